@@ -1,0 +1,138 @@
+"""The LISTEN connection: one dedicated asyncpg connection per server process.
+
+It is never taken from a pool. Losing it is routine: a termination callback and
+a periodic keepalive query detect a dead connection, and the listener reconnects
+with capped exponential backoff and LISTENs again, logging each step. The NOTIFY
+callback only hands the payload on; it never awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+__all__ = ["CHANNEL", "Listener"]
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "broadcaster_changes"
+"""The channel ``triggers.sql`` notifies on."""
+
+APPLICATION_NAME = "broadcaster-listener"
+
+_FIRST_DELAY = 0.1
+
+
+class Listener:
+    """Keeps one LISTEN connection up and passes every payload to ``on_payload``.
+
+    ``ready`` is true while the connection is up and LISTENing; ``status`` says
+    why it is not, for ``/readyz``.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        on_payload: Callable[[str], None],
+        *,
+        keepalive_interval: float,
+        keepalive_timeout: float,
+        reconnect_max_delay: float,
+        channel: str = CHANNEL,
+    ) -> None:
+        self._dsn = dsn
+        self._on_payload = on_payload
+        self._keepalive_interval = keepalive_interval
+        self._keepalive_timeout = keepalive_timeout
+        self._reconnect_max_delay = reconnect_max_delay
+        self._channel = channel
+        self.ready = False
+        self.status = "not connected yet"
+        self.backend_pid: int | None = None
+
+    async def run(self) -> None:
+        """Connect, LISTEN and watch, forever; cancel to stop."""
+        failures = 0
+        while True:
+            try:
+                connection = await self._connect()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                failures += 1
+                self.status = f"cannot connect to Postgres: {exc}"
+                delay = self._backoff(failures)
+                logger.warning(
+                    "listener: %s; retrying in %.1fs (attempt %d)", self.status, delay, failures
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            reason = await self._watch(connection)
+            self.ready = False
+            self.backend_pid = None
+            self.status = f"LISTEN connection lost: {reason}"
+            connection.terminate()
+            failures += 1
+            delay = self._backoff(failures)
+            logger.warning("listener: %s; reconnecting in %.1fs", self.status, delay)
+            await asyncio.sleep(delay)
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self._reconnect_max_delay, _FIRST_DELAY * 2 ** (failures - 1))
+        # Jitter keeps the processes of a fleet from reconnecting in lockstep.
+        return float(ceiling * random.uniform(0.5, 1.0))
+
+    async def _connect(self) -> asyncpg.Connection:
+        logger.info("listener: connecting")
+        connection: asyncpg.Connection = await asyncpg.connect(
+            self._dsn,
+            timeout=self._keepalive_timeout,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+        try:
+            await connection.add_listener(self._channel, self._notified)
+        except BaseException:
+            connection.terminate()
+            raise
+        self.backend_pid = connection.get_server_pid()
+        self.ready = True
+        self.status = "listening"
+        logger.info("listener: LISTENing on %s (backend pid %d)", self._channel, self.backend_pid)
+        return connection
+
+    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        # Synchronous on purpose: asyncpg runs coroutine callbacks as separate
+        # tasks, which could reorder payloads.
+        self._on_payload(str(payload))
+
+    async def _watch(self, connection: asyncpg.Connection) -> str:
+        """Return the reason once ``connection`` is dead."""
+        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def terminated(_connection: Any) -> None:
+            if not lost.done():
+                lost.set_result("the connection was closed")
+
+        connection.add_termination_listener(terminated)
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.shield(lost), timeout=self._keepalive_interval
+                    )
+                except TimeoutError:
+                    pass
+                try:
+                    await asyncio.wait_for(
+                        connection.fetchval("SELECT 1"), timeout=self._keepalive_timeout
+                    )
+                except TimeoutError:
+                    return f"keepalive got no answer within {self._keepalive_timeout}s"
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    return f"keepalive failed: {exc}"
+        finally:
+            connection.remove_termination_listener(terminated)

@@ -1,0 +1,135 @@
+"""The native wire protocol, version 1: parsing client messages, encoding server ones.
+
+Plain data in, plain data out; ``docs/protocol.md`` is the reference for every
+message, field, error code and close code defined here. Server messages are
+returned as UTF-8 JSON bytes, ready to be framed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .exceptions import ProtocolError
+from .payloads import Change
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_INVALID_DATA",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_SLOW_CONSUMER",
+    "ClientMessage",
+    "Ping",
+    "Ref",
+    "Subscribe",
+    "Unsubscribe",
+    "batch",
+    "encode_change",
+    "encode_error",
+    "encode_pong",
+    "encode_subscribed",
+    "encode_unsubscribed",
+    "parse_client_message",
+]
+
+# Error codes (the "code" of an error message).
+BAD_JSON: Final = "bad_json"
+BAD_MESSAGE: Final = "bad_message"
+UNKNOWN_TYPE: Final = "unknown_type"
+TOO_LARGE: Final = "too_large"
+TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
+BINARY_NOT_SUPPORTED: Final = "binary_not_supported"
+
+# Close codes.
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_INVALID_DATA: Final = 1007
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_SLOW_CONSUMER: Final = 4000
+
+Ref = str | int | float | None
+"""A client's ``ref``: any JSON string or number, echoed back verbatim."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    ref: Ref
+    table_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    ref: Ref
+    table_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: Ref
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """Parse one text frame from a client; raise :class:`ProtocolError` if invalid."""
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(BAD_JSON, f"message is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(BAD_MESSAGE, "message must be a JSON object")
+    ref = message.get("ref")
+    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, str | int | float)):
+        raise ProtocolError(BAD_MESSAGE, "ref must be a string or a number")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(BAD_MESSAGE, "message needs a string type", ref)
+    if kind == "ping":
+        return Ping(ref)
+    if kind in ("subscribe", "unsubscribe"):
+        table_id = message.get("table_id")
+        if not isinstance(table_id, str) or not table_id:
+            raise ProtocolError(BAD_MESSAGE, f"{kind} needs a non-empty string table_id", ref)
+        return Subscribe(ref, table_id) if kind == "subscribe" else Unsubscribe(ref, table_id)
+    raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", ref)
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_subscribed(ref: Ref, table_id: str) -> bytes:
+    return _encode({"type": "subscribed", "ref": ref, "table_id": table_id})
+
+
+def encode_unsubscribed(ref: Ref, table_id: str) -> bytes:
+    return _encode({"type": "unsubscribed", "ref": ref, "table_id": table_id})
+
+
+def encode_pong(ref: Ref) -> bytes:
+    return _encode({"type": "pong", "ref": ref})
+
+
+def encode_error(code: str, message: str, ref: Ref = None) -> bytes:
+    error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        error["ref"] = ref
+    return _encode(error)
+
+
+def encode_change(change: Change) -> bytes:
+    """The ``change`` message; the row's JSON is spliced in as Postgres wrote it."""
+    if change.row_json is None:
+        raise ValueError(f"{change!r} must be fetched before it is encoded")
+    table_id = json.dumps(change.table_id, ensure_ascii=False)
+    return (
+        f'{{"type":"change","table_id":{table_id},"op":"{change.op}","row":{change.row_json}}}'
+    ).encode()
+
+
+def batch(messages: list[bytes]) -> bytes:
+    """Several encoded messages as one JSON array (one frame)."""
+    return b"[" + b",".join(messages) + b"]"

@@ -1,0 +1,72 @@
+"""Running the server: uvicorn with the starlette app and our WebSocket protocol class."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import uvicorn
+
+from .app import create_app
+from .exceptions import StartupError
+from .settings import Settings
+from .websocket import WebSocketConnection
+
+__all__ = ["Server"]
+
+
+class Server:
+    """One server process's HTTP and WebSocket listener.
+
+    ``await start()`` returns once the socket is bound and the runtime started;
+    :attr:`port` is then the real port (useful with ``port=0``).
+    """
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        config = uvicorn.Config(
+            create_app(settings, database_url),
+            host=settings.host,
+            port=settings.port,
+            ws=WebSocketConnection,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            # Clients get close_timeout to finish their closing handshake.
+            timeout_graceful_shutdown=int(settings.close_timeout) + 1,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        sockets = self._uvicorn.servers[0].sockets
+        return int(sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}/ws"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._uvicorn.serve())
+        while not self._uvicorn.started:
+            if self._task.done():
+                await self._task
+                raise StartupError("the server stopped during start-up; see its log")
+            await asyncio.sleep(0.01)
+
+    async def wait(self) -> None:
+        """Serve until SIGINT or SIGTERM; connected clients get close code 1001."""
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        self._uvicorn.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

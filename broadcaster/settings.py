@@ -1,0 +1,170 @@
+"""Server settings: one table that drives environment variables, CLI flags and docs.
+
+Each :class:`Setting` names its environment variable, its ``serve`` flag, its
+default and its meaning. A flag wins over the environment, which wins over the
+default. ``broadcaster serve --help`` and the README's configuration table are
+both generated from :data:`SETTINGS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .exceptions import ConfigurationError
+
+__all__ = ["SETTINGS", "Setting", "Settings", "markdown_table"]
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a server process, validated."""
+
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    data_dir: str = ".broadcaster"
+    max_message_bytes: int = 64 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    max_subscriptions: int = 100
+    max_buffer_bytes: int = 1024 * 1024
+    close_timeout: float = 5.0
+    keepalive_interval: float = 5.0
+    keepalive_timeout: float = 5.0
+    reconnect_max_delay: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigurationError(
+                f"log level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"port must be between 0 and 65535, not {self.port}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name != "port" and isinstance(value, int | float) and value <= 0:
+                raise ConfigurationError(f"{field.name} must be positive, not {value}")
+        if self.max_frame_bytes < self.max_message_bytes:
+            raise ConfigurationError("max_frame_bytes must be at least max_message_bytes")
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Settings from ``environ``, with ``overrides`` (CLI flags) on top."""
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = environ.get(setting.env)
+            if raw is not None and raw != "":
+                values[setting.name] = setting.parse(raw)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+
+def _parser(kind: type) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigurationError(f"expected {kind.__name__}, got {raw!r}") from None
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default(self) -> Any:
+        return Settings.__dataclass_fields__[self.name].default
+
+    @property
+    def kind(self) -> type:
+        default = self.default
+        return str if default is None else type(default)
+
+    def parse(self, raw: str) -> Any:
+        try:
+            return _parser(self.kind)(raw)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{self.env}: {exc}") from None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "database_url",
+        "DATABASE_URL",
+        "Postgres to serve, as a libpq URL. Unset: start an embedded Postgres in data_dir.",
+    ),
+    Setting("host", "BROADCASTER_HOST", "Address to listen on."),
+    Setting("port", "BROADCASTER_PORT", "Port to listen on (0 picks a free one)."),
+    Setting("log_level", "BROADCASTER_LOG_LEVEL", "One of critical, error, warning, info, debug."),
+    Setting(
+        "data_dir",
+        "BROADCASTER_DATA_DIR",
+        "Where the embedded Postgres keeps its data (only without DATABASE_URL).",
+    ),
+    Setting(
+        "max_message_bytes",
+        "BROADCASTER_MAX_MESSAGE_BYTES",
+        "Largest client message handled; a larger one gets a too_large error.",
+    ),
+    Setting(
+        "max_frame_bytes",
+        "BROADCASTER_MAX_FRAME_BYTES",
+        "Largest client message read at all; a larger one closes the connection (1009).",
+    ),
+    Setting(
+        "max_subscriptions",
+        "BROADCASTER_MAX_SUBSCRIPTIONS",
+        "Subscriptions one connection may hold.",
+    ),
+    Setting(
+        "max_buffer_bytes",
+        "BROADCASTER_MAX_BUFFER_BYTES",
+        "Unsent bytes a client may have queued before it is closed as a slow consumer (4000).",
+    ),
+    Setting(
+        "close_timeout",
+        "BROADCASTER_CLOSE_TIMEOUT",
+        "Seconds a closing client has to finish the closing handshake before it is cut off.",
+    ),
+    Setting(
+        "keepalive_interval",
+        "BROADCASTER_KEEPALIVE_INTERVAL",
+        "Seconds between checks that the LISTEN connection is alive.",
+    ),
+    Setting(
+        "keepalive_timeout",
+        "BROADCASTER_KEEPALIVE_TIMEOUT",
+        "Seconds a keepalive check may take before the LISTEN connection is declared dead.",
+    ),
+    Setting(
+        "reconnect_max_delay",
+        "BROADCASTER_RECONNECT_MAX_DELAY",
+        "Cap, in seconds, of the exponential backoff between reconnection attempts.",
+    ),
+)
+
+
+def markdown_table() -> str:
+    """The configuration table of the README."""
+    lines = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        default = "(embedded)" if setting.default is None else f"`{setting.default}`"
+        lines.append(f"| `{setting.env}` | `{setting.flag}` | {default} | {setting.help} |")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""WebSocket connections, served on the transport itself rather than through ASGI.
+
+uvicorn parses each HTTP request; starlette answers the plain HTTP routes. An
+upgrade request is handed, with its socket, to :class:`WebSocketConnection`
+(uvicorn's ``ws`` protocol-class hook). It runs websockets' sans-I/O
+``ServerProtocol`` for the handshake and for incoming frames, and writes outgoing
+frames straight to the transport: the frame built once for a change goes to
+every subscriber as the same bytes, and a client whose unsent data exceeds
+``max_buffer_bytes`` is closed as a slow consumer without anyone waiting on it.
+See ``docs/performance.md`` for why the fan-out path bypasses ASGI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from . import protocol
+from .native import NativeSession
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["WebSocketConnection"]
+
+logger = logging.getLogger(__name__)
+
+NATIVE_PATH = "/ws"
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One WebSocket connection, from the upgrade request to the closed socket."""
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._runtime: Runtime | None = app_state.get("broadcaster")
+        self._connections: set[Any] = server_state.connections
+        settings = self._runtime.settings if self._runtime is not None else None
+        self._max_buffer_bytes = settings.max_buffer_bytes if settings else 0
+        self._close_timeout = settings.close_timeout if settings else 1.0
+        self._ws = ServerProtocol(
+            max_size=settings.max_frame_bytes if settings else 1,
+            logger=logger,
+        )
+        self._transport: asyncio.Transport | None = None
+        self._session: NativeSession | None = None
+        self._fragments: list[bytes] = []
+        self._fragment_opcode: Opcode | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._peer = "?"
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self._peer = f"{peer[0]}:{peer[1]}"
+        self._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._ws.receive_data(data)
+        for event in self._ws.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+        if self._session is not None:
+            self._session.close()
+            logger.debug("%s disconnected", self._peer)
+
+    # uvicorn calls this on every connection when the server shuts down.
+
+    def shutdown(self) -> None:
+        if self._ws.state is State.OPEN:
+            self.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
+        elif self._transport is not None:
+            self._transport.close()
+
+    # Transport, for the session
+
+    def send(self, frame: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._ws.state is not State.OPEN:
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self._max_buffer_bytes:
+            logger.warning(
+                "%s is a slow consumer (%d bytes unsent): closing it",
+                self._peer,
+                transport.get_write_buffer_size(),
+            )
+            self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    def close(self, code: int, reason: str) -> None:
+        if self._session is not None:
+            self._session.close()
+        try:
+            self._ws.send_close(code, reason)
+        except InvalidState:
+            return
+        self._flush()
+
+    # internals
+
+    def _handshake(self, request: Request) -> None:
+        path = urlsplit(request.path).path
+        if self._runtime is None:
+            response = self._ws.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
+        elif path != NATIVE_PATH:
+            response = self._ws.reject(http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
+        else:
+            response = self._ws.accept(request)
+        self._ws.send_response(response)
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS or self._runtime is None:
+            return
+        settings = self._runtime.settings
+        self._session = NativeSession(
+            self._runtime.hub,
+            self,
+            max_subscriptions=settings.max_subscriptions,
+            max_message_bytes=settings.max_message_bytes,
+        )
+        logger.debug("%s connected to %s", self._peer, path)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.CONT:
+            self._fragments.append(bytes(frame.data))
+            if not frame.fin:
+                return
+            opcode = self._fragment_opcode or Opcode.TEXT
+            data = b"".join(self._fragments)
+            self._fragments = []
+            self._fragment_opcode = None
+        elif opcode in (Opcode.TEXT, Opcode.BINARY):
+            if not frame.fin:
+                self._fragment_opcode = opcode
+                self._fragments = [bytes(frame.data)]
+                return
+            data = bytes(frame.data)
+        else:
+            # websockets answers pings and closes itself.
+            return
+        session = self._session
+        if session is None or session.closed:
+            return
+        if opcode is Opcode.TEXT:
+            session.receive_text(data)
+        else:
+            session.receive_binary()
+
+    def _flush(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for data in self._ws.data_to_send():
+            if data:
+                transport.write(data)
+            else:
+                # websockets asks the server to close TCP once the closing
+                # handshake is done (or the handshake was refused).
+                transport.close()
+        if self._ws.close_expected() and self._abort_timer is None:
+            self._abort_timer = asyncio.get_running_loop().call_later(
+                self._close_timeout, transport.abort
+            )

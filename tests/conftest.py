@@ -1,0 +1,61 @@
+"""Fixtures shared by every tier: databases, loop hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from broadcaster.migrate import migrate
+from tests.support.database import Databases, postgres_server
+
+TEMPLATE = "broadcaster_test_template"
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[Databases]:
+    with postgres_server() as admin_dsn:
+        yield Databases(admin_dsn)
+
+
+@pytest.fixture(scope="session")
+def migrated_template(databases: Databases) -> str:
+    """Name of a database with the migrations applied, cloned per test."""
+    dsn = databases.create()
+    migrate(dsn)
+    name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
+    return name
+
+
+@pytest.fixture
+async def empty_database_url(databases: Databases) -> AsyncIterator[str]:
+    """A fresh database with nothing in it."""
+    dsn = await asyncio.to_thread(databases.create)
+    yield dsn
+    await databases.drop(dsn)
+
+
+@pytest.fixture
+async def database_url(databases: Databases, migrated_template: str) -> AsyncIterator[str]:
+    """A fresh database with the schema and triggers applied."""
+    dsn = await asyncio.to_thread(databases.create, migrated_template)
+    yield dsn
+    await databases.drop(dsn)
+
+
+@pytest.fixture(autouse=True)
+async def _fail_on_loop_exceptions() -> AsyncIterator[None]:
+    """An exception nobody handled on the event loop fails the test."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    if errors:
+        details = "; ".join(
+            f"{ctx.get('message')}: {ctx.get('exception')!r}" for ctx in errors
+        )
+        pytest.fail(f"unhandled exceptions on the event loop: {details}")

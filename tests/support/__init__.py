@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers: databases, timeouts, a running server."""
