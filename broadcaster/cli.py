@@ -8,16 +8,28 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .exceptions import BroadcasterError
-from .settings import SETTINGS, Settings
+from .exceptions import BroadcasterError, ConfigurationError
+from .settings import SETTINGS, Setting, Settings
 
 __all__ = ["main"]
 
 logger = logging.getLogger("broadcaster")
+
+
+def _flag_type(setting: Setting) -> Callable[[str], Any]:
+    # argparse reports ArgumentTypeError as a usage error instead of a traceback.
+    def parse(raw: str) -> Any:
+        try:
+            return setting.parse(raw)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(
             setting.flag,
             dest=setting.name,
-            type=setting.parse,
+            type=_flag_type(setting),
             default=None,
             metavar=setting.kind.__name__.upper(),
             help=f"{setting.help} [env {setting.env}; default {setting.default}]",

@@ -81,12 +81,13 @@ class Hub:
             return 0
         # A subscriber may unsubscribe itself while we iterate (a slow consumer
         # being dropped), so iterate over a snapshot.
-        for subscriber in tuple(subscribers):
+        snapshot = tuple(subscribers)
+        for subscriber in snapshot:
             try:
                 subscriber.deliver(batch)
             except Exception:
                 logger.exception("subscriber %r failed to take %r", subscriber, batch)
-        return len(subscribers)
+        return len(snapshot)
 
 
 def group_by_table(changes: Sequence[Change]) -> list[Batch]:

@@ -56,7 +56,7 @@ def decode(payload: str) -> Change:
     table_id = header.get("table_id")
     row_id = header.get("id")
     version = header.get("version")
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise PayloadError(f"payload has an unknown op: {op!r}")
     if not isinstance(table_id, str) or not isinstance(row_id, str):
         raise PayloadError("payload table_id and id must be strings")

@@ -8,6 +8,7 @@ returned as UTF-8 JSON bytes, ready to be framed.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -73,17 +74,40 @@ class Ping:
 ClientMessage = Subscribe | Unsubscribe | Ping
 
 
+def _reject_constant(name: str) -> None:
+    # Python's json accepts NaN and Infinity; JSON does not, and echoing them
+    # back would send the client invalid JSON.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _encodable(text: str) -> bool:
+    # A JSON escape may produce a lone surrogate, which no reply can carry.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _valid_ref(ref: object) -> bool:
+    if ref is None or (isinstance(ref, int) and not isinstance(ref, bool)):
+        return True
+    if isinstance(ref, float):
+        return math.isfinite(ref)
+    return isinstance(ref, str) and _encodable(ref)
+
+
 def parse_client_message(text: str) -> ClientMessage:
     """Parse one text frame from a client; raise :class:`ProtocolError` if invalid."""
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise ProtocolError(BAD_JSON, f"message is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError(BAD_MESSAGE, "message must be a JSON object")
     ref = message.get("ref")
-    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, str | int | float)):
-        raise ProtocolError(BAD_MESSAGE, "ref must be a string or a number")
+    if not _valid_ref(ref):
+        raise ProtocolError(BAD_MESSAGE, "ref must be a string or a finite number")
     kind = message.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(BAD_MESSAGE, "message needs a string type", ref)
@@ -91,7 +115,7 @@ def parse_client_message(text: str) -> ClientMessage:
         return Ping(ref)
     if kind in ("subscribe", "unsubscribe"):
         table_id = message.get("table_id")
-        if not isinstance(table_id, str) or not table_id:
+        if not isinstance(table_id, str) or not table_id or not _encodable(table_id):
             raise ProtocolError(BAD_MESSAGE, f"{kind} needs a non-empty string table_id", ref)
         return Subscribe(ref, table_id) if kind == "subscribe" else Unsubscribe(ref, table_id)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", ref)

@@ -9,6 +9,7 @@ both generated from :data:`SETTINGS`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,17 +41,25 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.log_level not in _LOG_LEVELS:
+            levels = ", ".join(_LOG_LEVELS)
             raise ConfigurationError(
-                f"log level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}"
+                f"{_named('log_level')} must be one of {levels}, not {self.log_level!r}"
             )
         if not 0 <= self.port <= 65535:
-            raise ConfigurationError(f"port must be between 0 and 65535, not {self.port}")
+            raise ConfigurationError(
+                f"{_named('port')} must be between 0 and 65535, not {self.port}"
+            )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name != "port" and isinstance(value, int | float) and value <= 0:
-                raise ConfigurationError(f"{field.name} must be positive, not {value}")
+            # Written as "not >" so that NaN is refused too.
+            if field.name != "port" and isinstance(value, int | float) and not value > 0:
+                raise ConfigurationError(f"{_named(field.name)} must be positive, not {value}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigurationError(f"{_named(field.name)} must be finite, not {value}")
         if self.max_frame_bytes < self.max_message_bytes:
-            raise ConfigurationError("max_frame_bytes must be at least max_message_bytes")
+            raise ConfigurationError(
+                f"{_named('max_frame_bytes')} must be at least {_named('max_message_bytes')}"
+            )
 
     @classmethod
     def load(
@@ -66,6 +75,12 @@ class Settings:
             if value is not None:
                 values[name] = value
         return cls(**values)
+
+
+def _named(name: str) -> str:
+    """A setting as the user wrote it: its field name and environment variable."""
+    env = next(setting.env for setting in SETTINGS if setting.name == name)
+    return f"{name} ({env})"
 
 
 def _parser(kind: type) -> Callable[[str], Any]:
