@@ -71,11 +71,13 @@ class Listener:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            reason = await self._watch(connection)
-            self.ready = False
-            self.backend_pid = None
+            try:
+                reason = await self._watch(connection)
+            finally:
+                self.ready = False
+                self.backend_pid = None
+                connection.terminate()
             self.status = f"LISTEN connection lost: {reason}"
-            connection.terminate()
             failures += 1
             delay = self._backoff(failures)
             logger.warning("listener: %s; reconnecting in %.1fs", self.status, delay)
