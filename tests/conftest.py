@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from broadcaster.migrate import migrate
-from tests.support.database import Databases, postgres_server
+from tests.support.database import Databases, postgres_server, private_cluster
 
 TEMPLATE = "broadcaster_test_template"
 
@@ -21,12 +22,12 @@ def databases() -> Iterator[Databases]:
 
 
 @pytest.fixture(scope="session")
-def migrated_template(databases: Databases) -> str:
+def migrated_template(databases: Databases) -> Iterator[str]:
     """Name of a database with the migrations applied, cloned per test."""
     dsn = databases.create()
     migrate(dsn)
-    name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
-    return name
+    yield urlsplit(dsn).path.lstrip("/")
+    asyncio.run(databases.drop(dsn))
 
 
 @pytest.fixture
@@ -55,7 +56,14 @@ async def _fail_on_loop_exceptions() -> AsyncIterator[None]:
     await asyncio.sleep(0)
     loop.set_exception_handler(None)
     if errors:
-        details = "; ".join(
-            f"{ctx.get('message')}: {ctx.get('exception')!r}" for ctx in errors
-        )
+        details = "; ".join(f"{ctx.get('message')}: {ctx.get('exception')!r}" for ctx in errors)
         pytest.fail(f"unhandled exceptions on the event loop: {details}")
+
+
+@pytest.fixture
+async def private_database_url() -> AsyncIterator[str]:
+    """A migrated database on a cluster of this test's own, for fault tests."""
+    with private_cluster() as cluster:
+        dsn = cluster.dsn
+        await asyncio.to_thread(migrate, dsn)
+        yield dsn
