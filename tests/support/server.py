@@ -1,0 +1,124 @@
+"""A real server on port 0, and small clients to talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from broadcaster.server import Server
+from broadcaster.settings import Settings
+from tests.support.timeouts import eventually, within
+
+# Fast failure detection, so fault tests finish quickly.
+TEST_SETTINGS: dict[str, Any] = {
+    "port": 0,
+    "keepalive_interval": 0.5,
+    "keepalive_timeout": 2.0,
+    "reconnect_max_delay": 0.5,
+    "close_timeout": 2.0,
+}
+
+
+async def http_get(url: str) -> tuple[int, Any]:
+    """GET ``url``; return the status and the decoded JSON body."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        request = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        raw = await within(reader.read(), 5)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode(errors="replace")
+
+
+async def is_ready(server: Server) -> bool:
+    status, _ = await http_get(server.url + "/readyz")
+    return status == 200
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    database_url: str, *, wait_ready: bool = True, **overrides: Any
+) -> AsyncIterator[Server]:
+    """A server on a free port, started (and LISTENing unless not ``wait_ready``)."""
+    settings = Settings(**{**TEST_SETTINGS, **overrides})
+    server = Server(settings, database_url)
+    await within(server.start(), 10)
+    try:
+        if wait_ready:
+            await eventually(lambda: is_ready(server), 10)
+        yield server
+    finally:
+        await within(server.stop(), 10)
+
+
+class Client:
+    """A websockets client speaking the native protocol as JSON values."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self._ref = 0
+        self._backlog: list[Any] = []
+
+    async def send(self, message: dict[str, Any]) -> Any:
+        if "ref" not in message:
+            self._ref += 1
+            message = {**message, "ref": self._ref}
+        await self.connection.send(json.dumps(message))
+        return message["ref"]
+
+    async def recv(self, units: float = 5) -> Any:
+        """The next message (a frame carrying a batch is split into messages)."""
+        if not self._backlog:
+            frame = json.loads(await within(self.connection.recv(), units))
+            self._backlog = frame if isinstance(frame, list) else [frame]
+        return self._backlog.pop(0)
+
+    async def request(self, message: dict[str, Any]) -> Any:
+        """Send ``message`` and return the reply that carries its ref."""
+        ref = await self.send(message)
+        reply = await self.recv()
+        assert reply.get("ref") == ref, reply
+        return reply
+
+    async def subscribe(self, table_id: str) -> None:
+        reply = await self.request({"type": "subscribe", "table_id": table_id})
+        assert reply == {"type": "subscribed", "ref": reply["ref"], "table_id": table_id}
+
+    async def changes(self, count: int, units: float = 10) -> list[Any]:
+        received = []
+        while len(received) < count:
+            message = await self.recv(units)
+            assert message["type"] == "change", message
+            received.append(message)
+        return received
+
+    async def assert_silent(self, units: float = 0.3) -> None:
+        """No message arrives within ``units`` (use after a known-delivered change)."""
+        if self._backlog:
+            raise AssertionError(f"unexpected message {self._backlog[0]}")
+        try:
+            frame = await within(self.connection.recv(), units)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected message {frame}")
+
+
+@contextlib.asynccontextmanager
+async def client(server: Server, **options: Any) -> AsyncIterator[Client]:
+    async with connect(server.ws_url, open_timeout=5, close_timeout=2, **options) as connection:
+        yield Client(connection)
