@@ -99,7 +99,7 @@ def _serve(options: argparse.Namespace) -> int:
         database_url = embedded.start()
         migrate(database_url)
         print(f"broadcaster: embedded Postgres ready: {database_url}", flush=True)
-        print(f"broadcaster:   write rows with: psql '{database_url}'", flush=True)
+        print(f"broadcaster:   write rows with: {embedded.psql} '{database_url}'", flush=True)
 
     async def run() -> None:
         server = Server(settings, database_url)

@@ -69,6 +69,13 @@ class EmbeddedPostgres:
             self._server.cleanup()
             self._server = None
 
+    @property
+    def psql(self) -> Path:
+        """The ``psql`` shipped with the embedded Postgres (the machine may have none)."""
+        from pgserver import _commands
+
+        return Path(_commands.POSTGRES_BIN_PATH) / "psql"
+
     def pg_ctl(self, *args: str) -> str:
         """Run ``pg_ctl`` on this cluster, as the user that owns it (fault tests)."""
         if self._server is None:

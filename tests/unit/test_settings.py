@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +236,11 @@ def test_markdown_table_defaults() -> None:
     assert "| `BROADCASTER_PORT` | `--port` | `8000` |" in table
     assert "| `DATABASE_URL` | `--database-url` | (embedded) |" in table
     assert "| `BROADCASTER_CLOSE_TIMEOUT` | `--close-timeout` | `5.0` |" in table
+
+
+def test_the_readme_configuration_table_is_current() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("<!-- settings-table")
+    start = readme.index("\n", start) + 1
+    end = readme.index("<!-- /settings-table -->")
+    assert readme[start:end].strip() == markdown_table()
