@@ -3,7 +3,7 @@
 :func:`migrate` runs the Alembic migrations of ``schema/migrations`` up to head,
 then installs ``triggers.sql`` if the installed copy differs from this
 package's. The installed copy is identified by the sha256 of its text, kept in
-the comment of the trigger function ``broadcaster_after_write()``; the file and
+the comment of the trigger function ``broadcaster_before_write()``; the file and
 the comment are written in one transaction, so the comment never names a copy
 that is not installed.
 
@@ -11,6 +11,9 @@ On a database that is already current, :func:`migrate` only reads
 (``alembic_version`` and that comment), so servers may run it at every start
 without waiting for or blocking writers of ``rows``. Runs against the same
 database are serialised by a session advisory lock, which blocks no writer.
+
+The schema needs Postgres 13 or later (``xid8``, ``pg_current_xact_id()``);
+:func:`migrate` checks the server's version before it changes anything.
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ _LOCK_POLL_SECONDS = 0.5
 # only one thread at a time may run it, whatever the database.
 _ALEMBIC_LOCK = threading.Lock()
 
-_TRIGGERS_FUNCTION = "broadcaster_after_write()"
+# xid8 and pg_current_xact_id(), which the schema and triggers use, appeared in 13.
+_MINIMUM_SERVER_VERSION_NUM = 130000
+
+_TRIGGERS_FUNCTION = "broadcaster_before_write()"
 _TRIGGERS_COMMENT_PREFIX = "broadcaster triggers sha256:"
 
 
@@ -67,7 +73,8 @@ def migrate(database_url: str) -> MigrationReport:
     event loop of its own: from async code, call it with
     ``await asyncio.to_thread(migrate, url)``.
 
-    Raises :class:`MigrationError` when a step fails, and
+    Raises :class:`MigrationError` when a step fails or the server is older
+    than Postgres 13, and
     :class:`ConfigurationError` when ``schema/`` or ``triggers.sql`` cannot be found.
     """
     try:
@@ -88,6 +95,8 @@ async def _migrate(dsn: str, script_location: Path, triggers: str) -> MigrationR
     with _step("connecting to the database"):
         conn = await asyncpg.connect(dsn)
     try:
+        with _step("checking the server version"):
+            await _check_server_version(conn)
         with _step("taking the migration lock"):
             await _lock(conn)
         with _step("running the Alembic migrations"):
@@ -108,6 +117,19 @@ def _step(description: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise MigrationError(f"migration failed while {description}: {exc}") from exc
+
+
+async def _check_server_version(conn: asyncpg.Connection) -> None:
+    # Before any revision runs: on an older server revision 0001 would
+    # succeed and leave a schema that no later revision or triggers.sql can
+    # complete.
+    version_num = int(await conn.fetchval("SHOW server_version_num"))
+    if version_num < _MINIMUM_SERVER_VERSION_NUM:
+        version = await conn.fetchval("SHOW server_version")
+        raise MigrationError(
+            f"Postgres {version} is too old: the broadcaster needs Postgres"
+            f" {_MINIMUM_SERVER_VERSION_NUM // 10000} or later (xid8, pg_current_xact_id)"
+        )
 
 
 async def _lock(conn: asyncpg.Connection) -> None:

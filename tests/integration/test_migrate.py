@@ -1,9 +1,13 @@
 """``broadcaster.migrate.migrate()`` against real databases.
 
-Covers a fresh database, a second run, adopting a ``rows`` table that predates
-the broadcaster, reinstalling changed triggers, concurrent runs, and the
-property servers rely on to migrate at every start: on a current schema it
-never waits for a writer of ``rows``.
+Covers a fresh database, a second run, upgrading a database of revision 0001,
+adopting a ``rows`` table that predates the broadcaster (and objects of later
+revisions that already exist), reinstalling changed triggers, concurrent runs,
+the minimum Postgres version, and the property servers rely on to migrate at
+every start: on a current schema it never waits for a writer of ``rows``.
+
+What the triggers do with the tables is test_triggers.py's subject; here they
+only need to be installed and to fire.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -28,13 +34,18 @@ from sqlalchemy.pool import NullPool
 
 from broadcaster.exceptions import MigrationError
 from broadcaster.migrate import MigrationReport, migrate
-from broadcaster.resources import schema_dir, triggers_sql
+from broadcaster.resources import migrations_dir, schema_dir, triggers_sql
 from tests.support.database import with_database
 from tests.support.timeouts import seconds, within
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHANNEL = "broadcaster_changes"
-TRIGGERS = {"broadcaster_before_write", "broadcaster_after_write", "broadcaster_after_update"}
+TRIGGERS = {
+    "broadcaster_before_write",
+    "broadcaster_after_delete",
+    "broadcaster_after_move",
+    "broadcaster_before_truncate",
+}
 COLUMNS = {
     "id": "text",
     "table_id": "text",
@@ -43,8 +54,34 @@ COLUMNS = {
     "version": "bigint",
     "created_at": "timestamp with time zone",
     "updated_at": "timestamp with time zone",
+    "changed_xid": "xid8",
+    "inserted_xid": "xid8",
 }
-FRESH = MigrationReport(applied_revisions=["0001"], triggers_installed=True)
+INDEXES = {
+    "rows_pkey": "CREATE UNIQUE INDEX rows_pkey ON public.rows USING btree (id)",
+    "rows_table_id_changed_xid_idx": "CREATE INDEX rows_table_id_changed_xid_idx"
+    " ON public.rows USING btree (table_id, changed_xid)",
+}
+TOMBSTONE_COLUMNS = {
+    "table_id": "text",
+    "id": "text",
+    "version": "bigint",
+    "xid": "xid8",
+    "deleted_at": "timestamp with time zone",
+    "tombstone_id": "bigint",
+}
+TOMBSTONE_INDEXES = {
+    "broadcaster_tombstones_pkey": "CREATE UNIQUE INDEX broadcaster_tombstones_pkey"
+    " ON public.broadcaster_tombstones USING btree (tombstone_id)",
+    "broadcaster_tombstones_table_id_xid_idx": "CREATE INDEX"
+    " broadcaster_tombstones_table_id_xid_idx"
+    " ON public.broadcaster_tombstones USING btree (table_id, xid)",
+    "broadcaster_tombstones_deleted_at_idx": "CREATE INDEX broadcaster_tombstones_deleted_at_idx"
+    " ON public.broadcaster_tombstones USING btree (deleted_at)",
+}
+STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8"}
+HEAD = ["0001", "0002"]
+FRESH = MigrationReport(applied_revisions=HEAD, triggers_installed=True)
 CURRENT = MigrationReport(applied_revisions=[], triggers_installed=False)
 # Waits for a line on stdin once imported, so that the runs start together.
 MIGRATE_IN_A_PROCESS = """
@@ -68,17 +105,45 @@ async def run_migrate(url: str) -> MigrationReport:
     return await within(asyncio.to_thread(migrate, url), units=30)
 
 
-async def columns(db: asyncpg.Connection) -> dict[str, str]:
+async def columns(db: asyncpg.Connection, table: str = "rows") -> dict[str, str]:
     records = await db.fetch(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-        " WHERE attrelid = 'rows'::regclass AND attnum > 0 AND NOT attisdropped"
+        " WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+        table,
     )
     return {name: type_ for name, type_ in records}
 
 
-async def indexes(db: asyncpg.Connection) -> dict[str, str]:
-    records = await db.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'rows'")
+async def indexes(db: asyncpg.Connection, table: str = "rows") -> dict[str, str]:
+    records = await db.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = $1", table
+    )
     return {name: definition for name, definition in records}
+
+
+async def valid_indexes(db: asyncpg.Connection) -> set[str]:
+    records = await db.fetch("SELECT indexrelid::regclass::text FROM pg_index WHERE indisvalid")
+    return {name for (name,) in records}
+
+
+async def relations(db: asyncpg.Connection) -> dict[str, int]:
+    """Name to oid of each table, index and sequence; a rebuilt one has a new oid."""
+    records = await db.fetch(
+        "SELECT relname, oid FROM pg_class"
+        " WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'i', 'S')"
+    )
+    return {name: oid for name, oid in records}
+
+
+async def assert_changefeed_objects(db: asyncpg.Connection) -> None:
+    """The objects of revision 0002 are all there, with the single state row."""
+    assert await columns(db) == COLUMNS
+    assert await indexes(db) == INDEXES
+    assert await columns(db, "broadcaster_tombstones") == TOMBSTONE_COLUMNS
+    assert await indexes(db, "broadcaster_tombstones") == TOMBSTONE_INDEXES
+    assert await columns(db, "broadcaster_state") == STATE_COLUMNS
+    assert await db.fetch("SELECT * FROM broadcaster_state") == [(True, 1)]
+    assert set(INDEXES) | set(TOMBSTONE_INDEXES) <= await valid_indexes(db)
 
 
 async def triggers(db: asyncpg.Connection) -> dict[str, int]:
@@ -91,7 +156,7 @@ async def triggers(db: asyncpg.Connection) -> dict[str, int]:
 
 async def triggers_comment(db: asyncpg.Connection) -> str | None:
     comment: str | None = await db.fetchval(
-        "SELECT obj_description(to_regprocedure('broadcaster_after_write()'), 'pg_proc')"
+        "SELECT obj_description(to_regprocedure('broadcaster_before_write()'), 'pg_proc')"
     )
     return comment
 
@@ -100,10 +165,8 @@ def expected_comment() -> str:
     return "broadcaster triggers sha256:" + hashlib.sha256(triggers_sql().encode()).hexdigest()
 
 
-async def notification(
-    url: str, db: asyncpg.Connection, statement: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run ``statement`` on ``db`` and return the header and row of the change it sends."""
+async def wakes_up(url: str, db: asyncpg.Connection, statement: str) -> None:
+    """Run ``statement`` on ``db`` and wait for the wake-up it sends, whatever its payload."""
     listener = await asyncpg.connect(url)
     try:
         payloads: asyncio.Queue[str] = asyncio.Queue()
@@ -111,10 +174,17 @@ async def notification(
             CHANNEL, lambda _conn, _pid, _channel, payload: payloads.put_nowait(payload)
         )
         await db.execute(statement)
-        header, _, row = (await within(payloads.get())).partition("\n")
+        await within(payloads.get())
     finally:
         await listener.close()
-    return json.loads(header), json.loads(row)
+
+
+def upgrade_to(url: str, revision: str) -> None:
+    """Apply the migrations up to ``revision`` only, as an older release did; no triggers."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
+    config.attributes["dsn"] = url
+    command.upgrade(config, revision)
 
 
 async def migrate_beside_open_writer(url: str, wait_units: float) -> MigrationReport | None:
@@ -160,17 +230,31 @@ def load_models() -> ModuleType:
     return module
 
 
-async def test_empty_database_gets_table_index_sequence_and_triggers(
+async def test_empty_database_gets_tables_indexes_sequence_and_triggers(
     empty_database_url: str, db: asyncpg.Connection
 ) -> None:
     assert await run_migrate(empty_database_url) == FRESH
 
-    assert await columns(db) == COLUMNS
-    assert set(await indexes(db)) == {"rows_pkey", "rows_table_id_idx"}
+    # rows_table_id_idx, which 0001 created, is gone: 0002 replaced it.
+    await assert_changefeed_objects(db)
     assert await db.fetchval("SELECT to_regclass('broadcaster_version_seq') IS NOT NULL")
     assert set(await triggers(db)) == TRIGGERS
     assert await triggers_comment(db) == expected_comment()
-    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0001"
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == HEAD[-1]
+
+
+async def test_state_table_holds_one_row_at_most(database_url: str) -> None:
+    db = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await db.execute("INSERT INTO broadcaster_state DEFAULT VALUES")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await db.execute("INSERT INTO broadcaster_state VALUES (false)")
+        # Pruning state moves forward in place.
+        await db.execute("UPDATE broadcaster_state SET pruned_below = pg_current_xact_id()")
+        assert await db.fetchval("SELECT count(*) FROM broadcaster_state") == 1
+    finally:
+        await db.close()
 
 
 async def test_migrated_schema_matches_the_models(database_url: str) -> None:
@@ -193,9 +277,38 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
 async def test_second_run_changes_nothing(empty_database_url: str, db: asyncpg.Connection) -> None:
     await run_migrate(empty_database_url)
     installed = await triggers(db)
+    created = await relations(db)
 
     assert await run_migrate(empty_database_url) == CURRENT
     assert await triggers(db) == installed
+    assert await relations(db) == created
+    assert await db.fetchval("SELECT count(*) FROM broadcaster_state") == 1
+
+
+async def test_upgrades_a_database_of_revision_0001(
+    empty_database_url: str, db: asyncpg.Connection
+) -> None:
+    """The upgrade of every existing deployment: its rows keep their data, with NULL xids."""
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, "0001"), units=30)
+    await db.execute(
+        """INSERT INTO rows (id, table_id, data) VALUES ('a', 't1', '{"n": 1}'),"""
+        """ ('b', 't2', '{"n": 2}')"""
+    )
+    before = await db.fetch("SELECT * FROM rows ORDER BY id")
+    assert "rows_table_id_idx" in await indexes(db)
+
+    assert await run_migrate(empty_database_url) == MigrationReport(
+        applied_revisions=["0002"], triggers_installed=True
+    )
+
+    await assert_changefeed_objects(db)
+    after = await db.fetch("SELECT * FROM rows ORDER BY id")
+    assert [dict(record) for record in after] == [
+        {**dict(record), "changed_xid": None, "inserted_xid": None} for record in before
+    ]
+    await wakes_up(empty_database_url, db, """UPDATE rows SET data = '{"n": 3}' WHERE id = 'a'""")
+    assert await db.fetchval("SELECT changed_xid IS NOT NULL FROM rows WHERE id = 'a'")
+    assert await db.fetchval("SELECT changed_xid IS NULL FROM rows WHERE id = 'b'")
 
 
 async def test_adopts_a_table_with_some_columns(
@@ -212,8 +325,7 @@ async def test_adopts_a_table_with_some_columns(
 
     assert await run_migrate(empty_database_url) == FRESH
 
-    assert await columns(db) == COLUMNS
-    assert set(await indexes(db)) == {"rows_pkey", "rows_table_id_idx"}
+    await assert_changefeed_objects(db)
     assert await db.fetch("SELECT id, table_id, data FROM rows ORDER BY id") == before
     adopted = await db.fetch("SELECT * FROM rows")
     versions = {record["version"] for record in adopted}
@@ -221,19 +333,17 @@ async def test_adopts_a_table_with_some_columns(
     assert len(versions) == len(adopted)
     assert all(record["enriching_columns"] == [] for record in adopted)
     assert all(record["created_at"] == record["updated_at"] for record in adopted)
+    # The rows predate the tracking of transactions.
+    assert {(record["changed_xid"], record["inserted_xid"]) for record in adopted} == {(None, None)}
 
-    header, row = await notification(
-        empty_database_url, db, """UPDATE rows SET data = '{"n": 3}' WHERE id = 'a'"""
-    )
-    assert header["op"] == "UPDATE"
-    assert header["version"] > max(versions)
-    assert row["data"] == {"n": 3}
-    assert row["created_at"] < row["updated_at"]
-    header, row = await notification(
-        empty_database_url, db, "INSERT INTO rows (table_id) VALUES ('t3')"
-    )
-    assert header["op"] == "INSERT"
-    assert len(row["id"]) == 36
+    await wakes_up(empty_database_url, db, """UPDATE rows SET data = '{"n": 3}' WHERE id = 'a'""")
+    updated = await db.fetchrow("SELECT * FROM rows WHERE id = 'a'")
+    assert updated["version"] > max(versions)
+    assert updated["created_at"] < updated["updated_at"]
+    assert updated["changed_xid"] is not None
+    await wakes_up(empty_database_url, db, "INSERT INTO rows (table_id) VALUES ('t3')")
+    inserted = await db.fetchrow("SELECT * FROM rows WHERE table_id = 't3'")
+    assert len(inserted["id"]) == 36
 
 
 async def test_adopts_a_table_without_key_or_table_id(
@@ -256,10 +366,10 @@ async def test_adopts_a_table_without_key_or_table_id(
     with pytest.raises(asyncpg.NotNullViolationError):
         await db.execute("INSERT INTO rows (data) VALUES ('{}')")
 
-    header, _ = await notification(
-        empty_database_url, db, "INSERT INTO rows (table_id) VALUES ('t1')"
+    await wakes_up(empty_database_url, db, "INSERT INTO rows (table_id) VALUES ('t1')")
+    assert (
+        await db.fetchval("SELECT version FROM rows WHERE table_id = 't1'") > adopted[1]["version"]
     )
-    assert header["version"] > adopted[1]["version"]
 
 
 async def test_adoption_replaces_an_index_left_invalid(
@@ -273,10 +383,96 @@ async def test_adoption_replaces_an_index_left_invalid(
 
     assert await run_migrate(empty_database_url) == FRESH
 
-    assert await db.fetchval(
-        "SELECT indisvalid AND NOT indisunique FROM pg_index"
-        " WHERE indexrelid = 'rows_table_id_idx'::regclass"
+    # 0001 replaced it, and 0002 dropped the replacement in favour of its own.
+    await assert_changefeed_objects(db)
+
+
+async def test_replaces_a_changed_xid_index_left_invalid(
+    empty_database_url: str, db: asyncpg.Connection
+) -> None:
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, "0001"), units=30)
+    await db.execute("ALTER TABLE rows ADD COLUMN changed_xid xid8")
+    await db.execute(
+        "INSERT INTO rows (id, table_id, changed_xid) VALUES ('a', 't1', '5'), ('b', 't1', '5')"
     )
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute(
+            "CREATE UNIQUE INDEX CONCURRENTLY rows_table_id_changed_xid_idx"
+            " ON rows (table_id, changed_xid)"
+        )
+
+    assert await run_migrate(empty_database_url) == MigrationReport(
+        applied_revisions=["0002"], triggers_installed=True
+    )
+
+    await assert_changefeed_objects(db)
+
+
+async def test_adopts_changefeed_objects_that_exist(
+    empty_database_url: str, db: asyncpg.Connection
+) -> None:
+    """Some of 0002's objects already exist: it adds only what is missing, and keeps data."""
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, "0001"), units=30)
+    await db.execute("ALTER TABLE rows ADD COLUMN inserted_xid xid8")
+    await db.execute("INSERT INTO rows (id, table_id, inserted_xid) VALUES ('a', 't1', '7')")
+    await db.execute(
+        "CREATE TABLE broadcaster_tombstones (table_id text NOT NULL, id text NOT NULL,"
+        " version bigint NOT NULL, xid xid8 NOT NULL, deleted_at timestamptz NOT NULL,"
+        " tombstone_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY)"
+    )
+    await db.execute(
+        "INSERT INTO broadcaster_tombstones (table_id, id, version, xid, deleted_at)"
+        " VALUES ('t1', 'gone', 3, '6', now())"
+    )
+    await db.execute(
+        "CREATE TABLE broadcaster_state (singleton boolean PRIMARY KEY DEFAULT true"
+        " CONSTRAINT broadcaster_state_singleton_check CHECK (singleton),"
+        " pruned_below xid8 NOT NULL DEFAULT '1')"
+    )
+    tombstones = await db.fetch("SELECT * FROM broadcaster_tombstones")
+
+    assert await run_migrate(empty_database_url) == MigrationReport(
+        applied_revisions=["0002"], triggers_installed=True
+    )
+
+    await assert_changefeed_objects(db)
+    assert await db.fetch("SELECT * FROM broadcaster_tombstones") == tombstones
+    assert await db.fetchrow("SELECT changed_xid, inserted_xid FROM rows") == (None, 7)
+    # The missing default was added.
+    await db.execute(
+        "INSERT INTO broadcaster_tombstones (table_id, id, version, xid) VALUES ('t1', 'x', 4, '8')"
+    )
+
+
+async def test_refuses_a_changefeed_table_with_an_incompatible_column(
+    empty_database_url: str, db: asyncpg.Connection
+) -> None:
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, "0001"), units=30)
+    await db.execute(
+        "CREATE TABLE broadcaster_tombstones (table_id text, id text, version bigint, xid bigint,"
+        " deleted_at timestamptz)"
+    )
+
+    with pytest.raises(MigrationError, match=r"broadcaster_tombstones\.xid is bigint, not xid8"):
+        await run_migrate(empty_database_url)
+
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == "0001"
+    assert "changed_xid" not in await columns(db)
+    assert await db.fetchval("SELECT to_regclass('broadcaster_state')") is None
+
+
+async def test_refuses_an_index_of_the_right_name_on_other_columns(
+    empty_database_url: str, db: asyncpg.Connection
+) -> None:
+    """Dropping rows_table_id_idx relies on rows_table_id_changed_xid_idx leading with table_id."""
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, "0001"), units=30)
+    await db.execute("ALTER TABLE rows ADD COLUMN changed_xid xid8")
+    await db.execute("CREATE INDEX rows_table_id_changed_xid_idx ON rows (changed_xid)")
+
+    with pytest.raises(MigrationError, match="rows_table_id_changed_xid_idx is not the one"):
+        await run_migrate(empty_database_url)
+
+    assert "rows_table_id_idx" in await indexes(db)
 
 
 async def test_refuses_a_table_with_an_incompatible_column(
@@ -306,7 +502,22 @@ async def test_adopting_a_complete_table_does_not_block_writers(
 
     report = await migrate_beside_open_writer(database_url, wait_units=15)
 
-    assert report == MigrationReport(applied_revisions=["0001"], triggers_installed=False)
+    assert report == MigrationReport(applied_revisions=HEAD, triggers_installed=False)
+
+
+async def test_adopting_complete_changefeed_objects_does_not_block_writers(
+    database_url: str,
+) -> None:
+    """0002 on a database that has all its objects only reads the catalog."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = '0001'")
+    finally:
+        await conn.close()
+
+    report = await migrate_beside_open_writer(database_url, wait_units=15)
+
+    assert report == MigrationReport(applied_revisions=["0002"], triggers_installed=False)
 
 
 async def test_current_schema_does_not_block_writers(database_url: str) -> None:
@@ -319,7 +530,7 @@ async def test_reinstalling_triggers_waits_for_writers(database_url: str) -> Non
     """The counterpart of the test above: it would notice a migrate() that waits."""
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("COMMENT ON FUNCTION broadcaster_after_write() IS NULL")
+        await conn.execute("COMMENT ON FUNCTION broadcaster_before_write() IS NULL")
     finally:
         await conn.close()
 
@@ -329,9 +540,9 @@ async def test_reinstalling_triggers_waits_for_writers(database_url: str) -> Non
 @pytest.mark.parametrize(
     "tampering",
     [
-        "COMMENT ON FUNCTION broadcaster_after_write() IS 'broadcaster triggers sha256:0000'",
-        "COMMENT ON FUNCTION broadcaster_after_write() IS NULL",
-        "DROP FUNCTION broadcaster_after_write() CASCADE",
+        "COMMENT ON FUNCTION broadcaster_before_write() IS 'broadcaster triggers sha256:0000'",
+        "COMMENT ON FUNCTION broadcaster_before_write() IS NULL",
+        "DROP FUNCTION broadcaster_before_write() CASCADE",
     ],
     ids=["stale-hash", "no-hash", "dropped"],
 )
@@ -345,10 +556,7 @@ async def test_changed_triggers_are_reinstalled(database_url: str, tampering: st
         assert report == MigrationReport(applied_revisions=[], triggers_installed=True)
         assert await triggers_comment(db) == expected_comment()
         assert set(await triggers(db)) == TRIGGERS
-        header, _ = await notification(
-            database_url, db, "INSERT INTO rows (table_id) VALUES ('t1')"
-        )
-        assert header["op"] == "INSERT"
+        await wakes_up(database_url, db, "INSERT INTO rows (table_id) VALUES ('t1')")
         assert await run_migrate(database_url) == CURRENT
     finally:
         await db.close()
@@ -395,6 +603,21 @@ async def test_concurrent_runs_migrate_once(
     )
     assert reports == [CURRENT, CURRENT, CURRENT, FRESH]
     assert set(await triggers(db)) == TRIGGERS
+
+
+async def test_refuses_a_server_older_than_the_minimum(
+    empty_database_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No Postgres 12 at hand: raise the minimum above this server instead.
+    monkeypatch.setattr("broadcaster.migrate._MINIMUM_SERVER_VERSION_NUM", 990000)
+
+    with pytest.raises(
+        MigrationError, match=r"Postgres .+ is too old: .* needs Postgres 99 or later"
+    ):
+        await run_migrate(empty_database_url)
+
+    assert await db.fetchval("SELECT to_regclass('alembic_version')") is None
+    assert await db.fetchval("SELECT to_regclass('rows')") is None
 
 
 async def test_unreachable_database_raises_migration_error(empty_database_url: str) -> None:

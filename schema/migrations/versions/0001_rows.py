@@ -105,7 +105,12 @@ def _adopt_table(bind: sa.Connection) -> None:
         logger.warning(
             "rows has a primary key on (%s), not on (id); left as it is", ", ".join(primary_key)
         )
-    indexes = {"rows_table_id_idx": TABLE_ID_INDEX}
+    indexes: dict[str, str] = {}
+    # Revision 0002 replaced this index with rows_table_id_changed_xid_idx, whose
+    # leading column serves the same lookups: re-adopting a later schema must
+    # not build it again (and wait for writers doing so) for 0002 to drop it.
+    if not _index_is_valid(bind, "rows_table_id_changed_xid_idx"):
+        indexes["rows_table_id_idx"] = TABLE_ID_INDEX
     if not primary_key:
         indexes["rows_pkey"] = PRIMARY_KEY_INDEX
     valid = {name: _index_is_valid(bind, name) for name in indexes}
