@@ -1,28 +1,25 @@
--- Triggers that turn every committed change of `rows` into a NOTIFY.
+-- Triggers on `rows`: stamp every visible change, record deletions, wake the servers.
 --
--- This file is the single definition of the payload the server decodes
--- (broadcaster/payloads.py); `broadcaster migrate` installs it and reinstalls it
--- whenever its text changes. Every statement is idempotent.
+-- `broadcaster migrate` installs this file and reinstalls it whenever its text
+-- changes; every statement is idempotent. It needs the objects of the schema
+-- migrations (rows.changed_xid, rows.inserted_xid, broadcaster_tombstones).
 --
--- Payload on channel `broadcaster_changes`, format 1:
+-- How changes reach clients: the server reads them. A BEFORE trigger stamps each
+-- changed row with its transaction id (changed_xid) and a fresh version; a
+-- deletion leaves a tombstone. A server's read asks for rows and tombstones whose
+-- transaction is not visible in a snapshot (the cursor), in a statement whose own
+-- snapshot becomes the next cursor. NOTIFY only wakes the servers up.
 --
---     <header JSON>                      a reference: the row did not fit
---     <header JSON> LF <row JSON>        the row inline
---
--- header: {"op": "INSERT"|"UPDATE"|"DELETE", "table_id": T, "id": I, "version": V}
--- row:    broadcaster_row_json(row), the exact object clients receive.
---
--- NOTIFY payloads must be shorter than 8000 bytes. A writer's transaction never
--- fails because of us: a row that does not fit is sent as a reference and the
--- server fetches it; a DELETE that does not fit carries only its header.
+-- Payload on channel `broadcaster_changes` (decoded by broadcaster/payloads.py):
+-- the table_id whose rows changed, or the empty string for "any table" (a
+-- TRUNCATE, or a table_id too long for NOTIFY's 8000 bytes). Postgres delivers
+-- identical notifications of one transaction once, so a statement touching
+-- 10,000 rows of one table sends one.
 
--- One database-wide sequence: a row's version grows across every change,
--- including a DELETE and a later re-insert of the same id.
 CREATE SEQUENCE IF NOT EXISTS broadcaster_version_seq;
 
 -- The JSON shape of a row as clients see it. Timestamps are UTC ISO-8601 so
--- they do not depend on the writer's TimeZone setting. The server's fetch of a
--- referenced row uses this same function.
+-- they do not depend on the writer's TimeZone setting.
 CREATE OR REPLACE FUNCTION broadcaster_row_json(r rows) RETURNS json
 LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
@@ -36,96 +33,116 @@ LANGUAGE sql STABLE AS $$
     )
 $$;
 
-CREATE OR REPLACE FUNCTION broadcaster_notify(op text, r rows) RETURNS void
+CREATE OR REPLACE FUNCTION broadcaster_wake(table_id text) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    header text := json_build_object(
-        'op', op, 'table_id', r.table_id, 'id', r.id, 'version', r.version
-    )::text;
-    body text := broadcaster_row_json(r)::text;
 BEGIN
-    IF octet_length(header) + 1 + octet_length(body) < 8000 THEN
-        PERFORM pg_notify('broadcaster_changes', header || E'\n' || body);
-    ELSIF octet_length(header) < 8000 THEN
-        PERFORM pg_notify('broadcaster_changes', header);
+    -- `SET broadcaster.wake = 'off'` lets a writer skip the wake-up: Postgres
+    -- refuses to PREPARE (two-phase commit) a transaction that sent a NOTIFY.
+    -- Its rows are still stamped; servers find them at their next read.
+    IF current_setting('broadcaster.wake', true) = 'off' THEN
+        RETURN;
+    END IF;
+    -- A writer's transaction must never fail because of us: a table_id too long
+    -- for a payload wakes every table instead.
+    IF table_id <> '' AND octet_length(table_id) < 7900 THEN
+        PERFORM pg_notify('broadcaster_changes', table_id);
     ELSE
-        -- Only an id or table_id of several kilobytes gets here; failing the
-        -- writer would be worse than not announcing the change.
-        RAISE WARNING 'broadcaster: change of row % not announced: id and table_id exceed the NOTIFY limit',
-            left(r.id, 64);
+        PERFORM pg_notify('broadcaster_changes', '');
     END IF;
 END
 $$;
 
--- Maintains version, created_at and updated_at; leaves an UPDATE that changes
--- nothing a client can see untouched, so the AFTER trigger skips it.
+-- Stamps version, timestamps and transaction ids; leaves an UPDATE that changes
+-- nothing a client can see untouched, so no reader picks it up.
 CREATE OR REPLACE FUNCTION broadcaster_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        NEW.version := nextval('broadcaster_version_seq');
-        NEW.created_at := now();
-        NEW.updated_at := NEW.created_at;
-        RETURN NEW;
-    END IF;
-    IF NEW.id IS NOT DISTINCT FROM OLD.id
+    IF TG_OP = 'UPDATE'
+       AND NEW.id IS NOT DISTINCT FROM OLD.id
        AND NEW.table_id IS NOT DISTINCT FROM OLD.table_id
        AND NEW.data IS NOT DISTINCT FROM OLD.data
        AND NEW.enriching_columns IS NOT DISTINCT FROM OLD.enriching_columns THEN
         NEW.version := OLD.version;
         NEW.created_at := OLD.created_at;
         NEW.updated_at := OLD.updated_at;
+        NEW.changed_xid := OLD.changed_xid;
+        NEW.inserted_xid := OLD.inserted_xid;
         RETURN NEW;
     END IF;
     NEW.version := nextval('broadcaster_version_seq');
-    NEW.created_at := OLD.created_at;
+    NEW.changed_xid := pg_current_xact_id();
     NEW.updated_at := now();
+    IF TG_OP = 'INSERT' THEN
+        NEW.created_at := NEW.updated_at;
+        NEW.inserted_xid := NEW.changed_xid;
+    ELSE
+        NEW.created_at := OLD.created_at;
+        -- A row that changes its key or table arrives where it was not before.
+        IF NEW.id IS DISTINCT FROM OLD.id OR NEW.table_id IS DISTINCT FROM OLD.table_id THEN
+            NEW.inserted_xid := NEW.changed_xid;
+        ELSE
+            NEW.inserted_xid := OLD.inserted_xid;
+        END IF;
+    END IF;
+    -- Waking here rather than AFTER saves a trigger call per row; if the write
+    -- does not happen after all, the wake-up finds nothing new, which is harmless.
+    PERFORM broadcaster_wake(NEW.table_id);
     RETURN NEW;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION broadcaster_after_write() RETURNS trigger
+-- Leaves a tombstone where a row was: a deletion, or a row that moved away.
+CREATE OR REPLACE FUNCTION broadcaster_after_remove() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    gone rows;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        PERFORM broadcaster_notify('INSERT', NEW);
-    ELSIF TG_OP = 'DELETE' THEN
-        -- The DELETE carries a version of its own, newer than any state the
-        -- clients hold, so they can order it against a later re-insert.
-        gone := OLD;
-        gone.version := nextval('broadcaster_version_seq');
-        PERFORM broadcaster_notify('DELETE', gone);
-    ELSIF NEW.id IS DISTINCT FROM OLD.id OR NEW.table_id IS DISTINCT FROM OLD.table_id THEN
-        -- A row that changes its key or table leaves one place and arrives in
-        -- another: subscribers of the old table see it go.
-        gone := OLD;
-        gone.version := NEW.version;
-        PERFORM broadcaster_notify('DELETE', gone);
-        PERFORM broadcaster_notify('INSERT', NEW);
-    ELSE
-        PERFORM broadcaster_notify('UPDATE', NEW);
-    END IF;
+    INSERT INTO broadcaster_tombstones (table_id, id, version, xid)
+    VALUES (
+        OLD.table_id,
+        OLD.id,
+        -- A deletion gets a version of its own, newer than any state of the row
+        -- a client holds and older than a later re-insert of the same id.
+        CASE WHEN TG_OP = 'DELETE' THEN nextval('broadcaster_version_seq') ELSE NEW.version END,
+        pg_current_xact_id()
+    );
+    PERFORM broadcaster_wake(OLD.table_id);
     RETURN NULL;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION broadcaster_before_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO broadcaster_tombstones (table_id, id, version, xid)
+    SELECT table_id, id, nextval('broadcaster_version_seq'), pg_current_xact_id() FROM rows;
+    PERFORM broadcaster_wake('');
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS broadcaster_after_write ON rows;
+DROP TRIGGER IF EXISTS broadcaster_after_update ON rows;
 
 DROP TRIGGER IF EXISTS broadcaster_before_write ON rows;
 CREATE TRIGGER broadcaster_before_write
     BEFORE INSERT OR UPDATE ON rows
     FOR EACH ROW EXECUTE FUNCTION broadcaster_before_write();
 
-DROP TRIGGER IF EXISTS broadcaster_after_write ON rows;
-CREATE TRIGGER broadcaster_after_write
-    AFTER INSERT OR DELETE ON rows
-    FOR EACH ROW EXECUTE FUNCTION broadcaster_after_write();
+DROP TRIGGER IF EXISTS broadcaster_after_delete ON rows;
+CREATE TRIGGER broadcaster_after_delete
+    AFTER DELETE ON rows
+    FOR EACH ROW EXECUTE FUNCTION broadcaster_after_remove();
 
-DROP TRIGGER IF EXISTS broadcaster_after_update ON rows;
-CREATE TRIGGER broadcaster_after_update
+DROP TRIGGER IF EXISTS broadcaster_after_move ON rows;
+CREATE TRIGGER broadcaster_after_move
     AFTER UPDATE ON rows
     FOR EACH ROW
-    WHEN (OLD.version IS DISTINCT FROM NEW.version
-          OR OLD.id IS DISTINCT FROM NEW.id
-          OR OLD.table_id IS DISTINCT FROM NEW.table_id)
-    EXECUTE FUNCTION broadcaster_after_write();
+    WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.table_id IS DISTINCT FROM NEW.table_id)
+    EXECUTE FUNCTION broadcaster_after_remove();
+
+DROP TRIGGER IF EXISTS broadcaster_before_truncate ON rows;
+CREATE TRIGGER broadcaster_before_truncate
+    BEFORE TRUNCATE ON rows
+    FOR EACH STATEMENT EXECUTE FUNCTION broadcaster_before_truncate();
+
+DROP FUNCTION IF EXISTS broadcaster_after_write();
+DROP FUNCTION IF EXISTS broadcaster_notify(text, rows);

@@ -5,6 +5,7 @@ WebSocket upgrades never reach this app; :mod:`broadcaster.websocket` serves the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from .queries import DATABASE_ERRORS
 from .runtime import Runtime
 from .settings import Settings
 
@@ -30,10 +32,19 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    ready, reason = _runtime(request).ready
-    if ready:
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+    runtime = _runtime(request)
+    ready, reason = runtime.ready
+    body: dict[str, object] = (
+        {"status": "ready"} if ready else {"status": "not ready", "reason": reason}
+    )
+    if ready and runtime.reader is not None:
+        # How full Postgres' NOTIFY queue is (0 to 1): a stalled listener
+        # anywhere on the cluster makes it grow, and writers fail when it is full.
+        with contextlib.suppress(*DATABASE_ERRORS):
+            body["notification_queue_usage"] = await asyncio.wait_for(
+                runtime.reader.notification_queue_usage(), timeout=2
+            )
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def demo_page(request: Request) -> Response:

@@ -4,9 +4,10 @@
 
     BroadcasterError
     ├── ConfigurationError      a setting is missing or invalid
+    ├── CursorError             a client's cursor cannot be served; ``reason``
+                                is sent to it in a ``reset`` message
     ├── EmbeddedPostgresError   the embedded Postgres could not start or stop
     ├── MigrationError          applying the schema or triggers failed
-    ├── PayloadError            a NOTIFY payload does not follow triggers.sql
     ├── StartupError            the server could not start serving
     └── ProtocolError           a client's message breaks the wire protocol;
                                 ``code`` is the error code sent back to it
@@ -20,9 +21,9 @@ from __future__ import annotations
 __all__ = [
     "BroadcasterError",
     "ConfigurationError",
+    "CursorError",
     "EmbeddedPostgresError",
     "MigrationError",
-    "PayloadError",
     "ProtocolError",
     "StartupError",
 ]
@@ -36,16 +37,24 @@ class ConfigurationError(BroadcasterError):
     """A setting is missing or invalid."""
 
 
+class CursorError(BroadcasterError):
+    """A client's cursor cannot be served.
+
+    ``reason`` is the stable reason sent in the ``reset`` message:
+    ``malformed_cursor``, ``foreign_cursor`` or ``history_pruned``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class EmbeddedPostgresError(BroadcasterError):
     """The embedded Postgres could not be started or stopped."""
 
 
 class MigrationError(BroadcasterError):
     """Applying the schema or the triggers failed."""
-
-
-class PayloadError(BroadcasterError):
-    """A NOTIFY payload does not follow the format defined in ``triggers.sql``."""
 
 
 class StartupError(BroadcasterError):

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from .payloads import Change
+from .changes import Change
 
-__all__ = ["Batch", "Hub", "Subscriber", "group_by_table"]
+__all__ = ["Batch", "Hub", "Subscriber"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +23,31 @@ T = TypeVar("T")
 
 
 class Batch:
-    """Consecutive changes of one table, in commit order, delivered together."""
+    """What one read found for one table, delivered to its live subscribers together.
 
-    __slots__ = ("_memo", "changes", "table_id")
+    ``changes`` are in version order and ``cursor`` is the resume point after
+    them; ``since`` is the cursor the read started from, the resume point for a
+    client that got only part of the batch. A batch with no changes only
+    advances the cursor. ``reset`` is set when the table's history could not be
+    read from ``since``: ``changes`` then hold every row of the table.
+    """
 
-    def __init__(self, table_id: str, changes: Sequence[Change]) -> None:
+    __slots__ = ("_memo", "changes", "cursor", "reset", "since", "table_id")
+
+    def __init__(
+        self,
+        table_id: str,
+        changes: Sequence[Change],
+        cursor: str,
+        reset: str | None = None,
+        *,
+        since: str,
+    ) -> None:
         self.table_id = table_id
         self.changes = changes
+        self.cursor = cursor
+        self.since = since
+        self.reset = reset
         self._memo: dict[object, Any] = {}
 
     def memo(self, key: object, build: Callable[[Batch], T]) -> T:
@@ -70,6 +88,9 @@ class Hub:
     def subscribers(self, table_id: str) -> int:
         return len(self._tables.get(table_id, ()))
 
+    def is_subscribed(self, table_id: str) -> bool:
+        return table_id in self._tables
+
     @property
     def tables(self) -> int:
         return len(self._tables)
@@ -88,11 +109,3 @@ class Hub:
             except Exception:
                 logger.exception("subscriber %r failed to take %r", subscriber, batch)
         return len(snapshot)
-
-
-def group_by_table(changes: Sequence[Change]) -> list[Batch]:
-    """Split changes into per-table batches, keeping commit order within each table."""
-    tables: dict[str, list[Change]] = {}
-    for change in changes:
-        tables.setdefault(change.table_id, []).append(change)
-    return [Batch(table_id, grouped) for table_id, grouped in tables.items()]

@@ -3,7 +3,9 @@
 It is never taken from a pool. Losing it is routine: a termination callback and
 a periodic keepalive query detect a dead connection, and the listener reconnects
 with capped exponential backoff and LISTENs again, logging each step. The NOTIFY
-callback only hands the payload on; it never awaits.
+callback only hands the payload on; it never awaits. Every new LISTEN session is
+reported, since whatever was committed while none was up raised no wake-up that
+reached us.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+
+from .queries import DATABASE_ERRORS
 
 __all__ = ["CHANNEL", "Listener"]
 
@@ -39,6 +43,7 @@ class Listener:
         self,
         dsn: str,
         on_payload: Callable[[str], None],
+        on_listening: Callable[[], None],
         *,
         keepalive_interval: float,
         keepalive_timeout: float,
@@ -47,6 +52,7 @@ class Listener:
     ) -> None:
         self._dsn = dsn
         self._on_payload = on_payload
+        self._on_listening = on_listening
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
         self._reconnect_max_delay = reconnect_max_delay
@@ -61,7 +67,7 @@ class Listener:
         while True:
             try:
                 connection = await self._connect()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 failures += 1
                 self.status = f"cannot connect to Postgres: {exc}"
                 delay = self._backoff(failures)
@@ -104,6 +110,9 @@ class Listener:
         self.ready = True
         self.status = "listening"
         logger.info("listener: LISTENing on %s (backend pid %d)", self._channel, self.backend_pid)
+        # Only now: a change committed from here on raises a wake-up we will
+        # receive, so a read started after this call misses nothing.
+        self._on_listening()
         return connection
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
@@ -134,7 +143,7 @@ class Listener:
                     )
                 except TimeoutError:
                     return f"keepalive got no answer within {self._keepalive_timeout}s"
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except DATABASE_ERRORS as exc:
                     return f"keepalive failed: {exc}"
         finally:
             connection.remove_termination_listener(terminated)

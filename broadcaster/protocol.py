@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .changes import Change
 from .exceptions import ProtocolError
-from .payloads import Change
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -28,9 +28,12 @@ __all__ = [
     "Unsubscribe",
     "batch",
     "encode_change",
+    "encode_cursor",
     "encode_error",
     "encode_pong",
+    "encode_reset",
     "encode_subscribed",
+    "encode_synced",
     "encode_unsubscribed",
     "parse_client_message",
 ]
@@ -58,6 +61,8 @@ Ref = str | int | float | None
 class Subscribe:
     ref: Ref
     table_id: str
+    cursor: str | None = None
+    snapshot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +122,17 @@ def parse_client_message(text: str) -> ClientMessage:
         table_id = message.get("table_id")
         if not isinstance(table_id, str) or not table_id or not _encodable(table_id):
             raise ProtocolError(BAD_MESSAGE, f"{kind} needs a non-empty string table_id", ref)
-        return Subscribe(ref, table_id) if kind == "subscribe" else Unsubscribe(ref, table_id)
+        if kind == "unsubscribe":
+            return Unsubscribe(ref, table_id)
+        cursor = message.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise ProtocolError(BAD_MESSAGE, "cursor must be a string", ref)
+        snapshot = message.get("snapshot")
+        if snapshot is None:
+            snapshot = False
+        elif not isinstance(snapshot, bool):
+            raise ProtocolError(BAD_MESSAGE, "snapshot must be true or false", ref)
+        return Subscribe(ref, table_id, cursor, snapshot)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", ref)
 
 
@@ -144,13 +159,29 @@ def encode_error(code: str, message: str, ref: Ref = None) -> bytes:
     return _encode(error)
 
 
-def encode_change(change: Change) -> bytes:
-    """The ``change`` message; the row's JSON is spliced in as Postgres wrote it."""
-    if change.row_json is None:
-        raise ValueError(f"{change!r} must be fetched before it is encoded")
+def encode_synced(table_id: str, cursor: str) -> bytes:
+    return _encode({"type": "synced", "table_id": table_id, "cursor": cursor})
+
+
+def encode_reset(table_id: str, reason: str) -> bytes:
+    return _encode({"type": "reset", "table_id": table_id, "reason": reason})
+
+
+def encode_cursor(table_id: str, cursor: str) -> bytes:
+    return _encode({"type": "cursor", "table_id": table_id, "cursor": cursor})
+
+
+def encode_change(change: Change, cursor: str | None = None) -> bytes:
+    """The ``change`` message; the row's JSON is spliced in as Postgres wrote it.
+
+    Live changes carry the ``cursor`` to resume from; catch-up changes, sent
+    before ``synced``, carry none.
+    """
     table_id = json.dumps(change.table_id, ensure_ascii=False)
+    tail = "" if cursor is None else f',"cursor":{json.dumps(cursor)}'
     return (
-        f'{{"type":"change","table_id":{table_id},"op":"{change.op}","row":{change.row_json}}}'
+        f'{{"type":"change","table_id":{table_id},"op":"{change.op}",'
+        f'"row":{change.row_json}{tail}}}'
     ).encode()
 
 

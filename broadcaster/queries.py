@@ -1,4 +1,9 @@
-"""The queries the server runs against Postgres, outside the LISTEN connection."""
+"""The statements the server runs on Postgres, outside the LISTEN connection.
+
+:meth:`ChangeReader.read` runs a :class:`~broadcaster.feed.Read` as one
+statement, so everything it returns, and the snapshot it reports as the next
+cursor, come from one snapshot.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,126 @@ from collections.abc import Sequence
 
 import asyncpg
 
-__all__ = ["RowReader"]
+from .changes import Change
+from .cursors import FOREIGN, PRUNED, Origin
+from .feed import ReadResult, Request, Row
 
-_FETCH_ROWS = """
-SELECT r.id, r.table_id, broadcaster_row_json(r)::text
-FROM rows AS r
-WHERE r.id = ANY($1::text[])
+__all__ = ["DATABASE_ERRORS", "ChangeReader"]
+
+DATABASE_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # asyncpg raises this when a connection breaks in the middle of an operation.
+    asyncpg.InternalClientError,
+)
+"""What a database call may raise when the database or the network fails."""
+
+# One statement: a request k reads table t since snapshot `since` (rows and
+# tombstones whose transaction is not visible in it), or every row when `since`
+# is null or cannot be served. The `changed_xid >= xmin` conjunct lets the
+# (table_id, changed_xid) index serve the scan; rows written before the
+# triggers were installed have a null changed_xid and only come with every row.
+_READ = """
+WITH req AS (
+    SELECT k, t, since::pg_snapshot AS since
+    FROM unnest($1::int[], $2::text[], $3::text[]) AS u(k, t, since)
+), cur AS (
+    SELECT pg_current_snapshot() AS s, (SELECT pruned_below FROM broadcaster_state) AS pruned_below
+), chk AS (
+    SELECT req.k, req.t, req.since,
+        CASE
+            WHEN req.since IS NULL THEN NULL
+            WHEN pg_snapshot_xmax(req.since) > pg_snapshot_xmax(cur.s) THEN $4::text
+            WHEN pg_snapshot_xmin(req.since) < cur.pruned_below THEN $5::text
+        END AS reset
+    FROM req, cur
+)
+SELECT 0 AS kind, NULL::int AS k, NULL::text AS op, NULL::text AS table_id,
+       NULL::text AS id, NULL::bigint AS version, (SELECT s::text FROM cur) AS body
+UNION ALL
+SELECT 1, chk.k, NULL, NULL, NULL, NULL, chk.reset FROM chk WHERE chk.reset IS NOT NULL
+UNION ALL
+SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
+       json_build_object('id', b.id, 'table_id', b.table_id, 'version', b.version)::text
+FROM chk JOIN broadcaster_tombstones AS b ON b.table_id = chk.t
+WHERE chk.since IS NOT NULL AND chk.reset IS NULL
+  AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
+UNION ALL
+SELECT 3, chk.k,
+       CASE WHEN chk.since IS NULL OR chk.reset IS NOT NULL
+                 OR (r.inserted_xid IS NOT NULL
+                     AND NOT pg_visible_in_snapshot(r.inserted_xid, chk.since))
+            THEN 'INSERT' ELSE 'UPDATE' END,
+       r.table_id, r.id, r.version, broadcaster_row_json(r)::text
+FROM chk JOIN rows AS r ON r.table_id = chk.t
+WHERE chk.since IS NULL OR chk.reset IS NOT NULL
+   OR (r.changed_xid >= pg_snapshot_xmin(chk.since)
+       AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since))
 """
 
+_ORIGIN = """
+SELECT (SELECT system_identifier FROM pg_control_system()),
+       (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 
-class RowReader:
-    """Reads rows in the shape clients receive (``broadcaster_row_json``)."""
+# Tombstones older than the retention go; pruned_below moves past the newest
+# one removed, so a cursor that had not seen it is refused (history_pruned).
+_PRUNE = """
+WITH gone AS (
+    DELETE FROM broadcaster_tombstones
+    WHERE deleted_at < now() - make_interval(secs => $1)
+    RETURNING xid
+), newest AS (
+    SELECT max(xid::text::numeric) AS xid FROM gone
+)
+UPDATE broadcaster_state
+SET pruned_below = greatest(pruned_below, ((SELECT xid FROM newest) + 1)::text::xid8)
+WHERE (SELECT xid FROM newest) IS NOT NULL
+RETURNING (SELECT count(*) FROM gone)
+"""
 
+# Prunes from several server processes must not race; the loser skips its turn.
+_PRUNE_LOCK = 0x62726F61_64636173  # "broadcas"
+
+
+class ChangeReader:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def fetch_rows(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        records = await self._pool.fetch(_FETCH_ROWS, list(ids))
-        return {record[0]: (record[1], record[2]) for record in records}
+    async def origin(self) -> Origin:
+        ((system_identifier, database_oid),) = await self._pool.fetch(_ORIGIN)
+        return Origin(int(system_identifier), int(database_oid))
+
+    async def read(self, requests: Sequence[Request]) -> ReadResult:
+        records = await self._pool.fetch(
+            _READ,
+            [r.key for r in requests],
+            [r.table_id for r in requests],
+            [r.since for r in requests],
+            FOREIGN,
+            PRUNED,
+        )
+        snapshot = ""
+        resets: dict[int, str] = {}
+        rows: list[Row] = []
+        for kind, key, op, table_id, row_id, version, body in records:
+            if kind == 0:
+                snapshot = body
+            elif kind == 1:
+                resets[key] = body
+            else:
+                rows.append(Row(key, Change(op, table_id, row_id, version, body)))
+        return ReadResult(snapshot, resets, rows)
+
+    async def prune(self, retention: float) -> int:
+        """Delete tombstones older than ``retention`` seconds; return how many."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", _PRUNE_LOCK):
+                return 0
+            removed = await connection.fetchval(_PRUNE, retention)
+        return int(removed or 0)
+
+    async def notification_queue_usage(self) -> float:
+        return float(await self._pool.fetchval("SELECT pg_notification_queue_usage()"))

@@ -1,4 +1,4 @@
-"""What one server process runs: the hub, the listener and the dispatcher, wired.
+"""What one server process runs: the hub, the listener and the poller, wired.
 
 The starlette lifespan starts a :class:`Runtime` and stops it; the WebSocket
 adapter and the HTTP routes reach it through the lifespan state.
@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 
-from .dispatcher import Dispatcher
 from .hub import Hub
 from .listener import Listener
-from .queries import RowReader
+from .poller import Poller
+from .queries import ChangeReader
 from .settings import Settings
 
 __all__ = ["Runtime"]
@@ -30,49 +32,68 @@ class Runtime:
         self.hub = Hub()
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.dispatcher: Dispatcher | None = None
+        self.reader: ChangeReader | None = None
+        self.poller: Poller | None = None
         self.listener: Listener | None = None
+        self._crashed: str | None = None
 
     async def start(self) -> None:
+        settings = self.settings
         # min_size=0: the pool connects on first use, so a database that is down
-        # at start delays fetches instead of failing the start.
+        # at start delays reads instead of failing the start.
         self._pool = await asyncpg.create_pool(
             self.database_url,
             min_size=0,
-            max_size=2,
-            server_settings={"application_name": "broadcaster-reader"},
+            max_size=4,
+            server_settings={
+                "application_name": "broadcaster-reader",
+                # A read that hangs must not stall delivery for ever.
+                "statement_timeout": str(int(settings.keepalive_timeout * 6 * 1000)),
+            },
         )
-        self.dispatcher = Dispatcher(self.hub, RowReader(self._pool).fetch_rows)
+        self.reader = ChangeReader(self._pool)
+        self.poller = Poller(
+            self.hub,
+            self.reader,
+            refresh_interval=settings.refresh_interval,
+            tombstone_retention=settings.tombstone_retention,
+            retry_max_delay=settings.reconnect_max_delay,
+        )
         self.listener = Listener(
             self.database_url,
-            self.dispatcher.push,
-            keepalive_interval=self.settings.keepalive_interval,
-            keepalive_timeout=self.settings.keepalive_timeout,
-            reconnect_max_delay=self.settings.reconnect_max_delay,
+            self.poller.notified,
+            self.poller.listening,
+            keepalive_interval=settings.keepalive_interval,
+            keepalive_timeout=settings.keepalive_timeout,
+            reconnect_max_delay=settings.reconnect_max_delay,
         )
         self._tasks = [
-            asyncio.create_task(self._supervise("dispatcher", self.dispatcher.run())),
+            asyncio.create_task(self._supervise("poller", self.poller.run())),
             asyncio.create_task(self._supervise("listener", self.listener.run())),
         ]
 
-    async def _supervise(self, name: str, coroutine: object) -> None:
+    async def _supervise(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
         try:
-            await coroutine  # type: ignore[misc]
+            await coroutine
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except BaseException:
             # Both loops handle their expected failures; reaching here is a bug,
             # and a process that cannot deliver must not look ready.
             logger.critical("%s stopped unexpectedly", name, exc_info=True)
-            if self.listener is not None:
-                self.listener.ready = False
-                self.listener.status = f"{name} crashed; see the server log"
+            self._crashed = f"the {name} crashed; see the server log"
 
     @property
     def ready(self) -> tuple[bool, str]:
-        if self.listener is None:
+        if self._crashed:
+            return False, self._crashed
+        if self.listener is None or self.poller is None:
             return False, "starting"
-        return self.listener.ready, self.listener.status
+        if not self.listener.ready:
+            return False, self.listener.status
+        if not self.poller.caught_up:
+            return False, self.poller.status
+        return True, "ready"
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -38,6 +38,8 @@ class Settings:
     keepalive_interval: float = 5.0
     keepalive_timeout: float = 5.0
     reconnect_max_delay: float = 10.0
+    refresh_interval: float = 30.0
+    tombstone_retention: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.log_level not in _LOG_LEVELS:
@@ -172,6 +174,17 @@ SETTINGS: tuple[Setting, ...] = (
         "reconnect_max_delay",
         "BROADCASTER_RECONNECT_MAX_DELAY",
         "Cap, in seconds, of the exponential backoff between reconnection attempts.",
+    ),
+    Setting(
+        "refresh_interval",
+        "BROADCASTER_REFRESH_INTERVAL",
+        "Seconds between reads of every subscribed table, which advance idle clients' cursors; "
+        "old tombstones are pruned every ten of them.",
+    ),
+    Setting(
+        "tombstone_retention",
+        "BROADCASTER_TOMBSTONE_RETENTION",
+        "Seconds deleted rows are remembered; a cursor older than that gets a reset.",
     ),
 )
 

@@ -131,18 +131,26 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _handshake(self, request: Request) -> None:
         path = urlsplit(request.path).path
-        if self._runtime is None:
-            response = self._ws.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
-        elif path != NATIVE_PATH:
-            response = self._ws.reject(http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
-        else:
-            response = self._ws.accept(request)
-        self._ws.send_response(response)
-        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS or self._runtime is None:
+        runtime = self._runtime
+        poller = runtime.poller if runtime is not None else None
+        if runtime is None or poller is None:
+            self._ws.send_response(
+                self._ws.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
+            )
             return
-        settings = self._runtime.settings
+        if path != NATIVE_PATH:
+            self._ws.send_response(
+                self._ws.reject(http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
+            )
+            return
+        response = self._ws.accept(request)
+        self._ws.send_response(response)
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            return
+        settings = runtime.settings
         self._session = NativeSession(
-            self._runtime.hub,
+            runtime.hub,
+            poller,
             self,
             max_subscriptions=settings.max_subscriptions,
             max_message_bytes=settings.max_message_bytes,

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from broadcaster.embedded import EmbeddedPostgres
 from broadcaster.migrate import migrate
 from tests.support.database import Databases, postgres_server, private_cluster
 
@@ -61,9 +62,14 @@ async def _fail_on_loop_exceptions() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def private_database_url() -> AsyncIterator[str]:
-    """A migrated database on a cluster of this test's own, for fault tests."""
+async def private_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A migrated cluster of this test's own, which it may kill or restart."""
     with private_cluster() as cluster:
-        dsn = cluster.dsn
-        await asyncio.to_thread(migrate, dsn)
-        yield dsn
+        await asyncio.to_thread(migrate, cluster.dsn)
+        yield cluster
+
+
+@pytest.fixture
+def private_database_url(private_postgres: EmbeddedPostgres) -> str:
+    """The database of :func:`private_postgres`, for fault tests."""
+    return private_postgres.dsn

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,16 +13,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from broadcaster.settings import SETTINGS
+from tests.support.process import environment, serve
 from tests.support.server import Client
 from tests.support.timeouts import seconds, within
 
 pytestmark = pytest.mark.asyncio
-
-
-def _environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(extra)
-    return env
 
 
 async def _run(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -44,57 +35,10 @@ async def _run(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     return process.returncode, stdout.decode(), stderr.decode()
 
 
-class Serve:
-    """A ``broadcaster serve`` child process and what it printed."""
-
-    def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.process = process
-        self.log = log
-        self.dsn = ""
-        self.ws_url = ""
-
-    async def read_banner(self) -> None:
-        assert self.process.stdout is not None
-        while not self.ws_url:
-            line = (await within(self.process.stdout.readline(), 60)).decode()
-            if not line:
-                raise AssertionError(f"serve exited early:\n{self.log.read_text()}")
-            if match := re.search(r"embedded Postgres ready: (\S+)", line):
-                self.dsn = match.group(1)
-            if match := re.search(r"WebSocket (ws://\S+)\)", line):
-                self.ws_url = match.group(1)
-
-
-@contextlib.asynccontextmanager
-async def serve(tmp_path: Path, *args: str) -> AsyncIterator[Serve]:
-    log = tmp_path / "serve.log"
-    with log.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "broadcaster",
-            "serve",
-            "--port",
-            "0",
-            *args,
-            env=_environment(BROADCASTER_DATA_DIR=str(tmp_path / "data")),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-        )
-    running = Serve(process, log)
-    try:
-        await running.read_banner()
-        yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await within(process.wait(), 30)
-
-
 async def test_serve_on_the_embedded_default_delivers_and_stops_cleanly_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    async with serve(tmp_path) as server:
+    async with serve(tmp_path / "serve.log", BROADCASTER_DATA_DIR=str(tmp_path / "data")) as server:
         assert server.dsn.startswith("postgresql://")
         async with connect(server.ws_url, open_timeout=seconds(10)) as connection:
             c = Client(connection)
@@ -115,7 +59,7 @@ async def test_serve_on_the_embedded_default_delivers_and_stops_cleanly_on_sigte
         assert await within(server.process.wait(), 30) == 0, server.log.read_text()
 
     # The embedded cluster keeps its rows across restarts.
-    async with serve(tmp_path) as again:
+    async with serve(tmp_path / "serve.log", BROADCASTER_DATA_DIR=str(tmp_path / "data")) as again:
         writer = await asyncpg.connect(again.dsn)
         try:
             assert await writer.fetchval("SELECT count(*) FROM rows WHERE id = 'r1'") == 1
@@ -126,7 +70,7 @@ async def test_serve_on_the_embedded_default_delivers_and_stops_cleanly_on_sigte
 
 
 async def test_migrate_twice(empty_database_url: str) -> None:
-    env = _environment(DATABASE_URL=empty_database_url)
+    env = environment(DATABASE_URL=empty_database_url)
     code, first, stderr = await _run("migrate", env=env)
     assert code == 0, stderr
     code, second, stderr = await _run("migrate", env=env)
@@ -141,13 +85,13 @@ async def test_migrate_twice(empty_database_url: str) -> None:
 
 
 async def test_migrate_without_a_database_says_how_to_give_one() -> None:
-    code, _, stderr = await _run("migrate", env=_environment())
+    code, _, stderr = await _run("migrate", env=environment())
     assert code == 2
     assert "DATABASE_URL" in stderr
 
 
 async def test_serve_help_documents_every_setting() -> None:
-    code, stdout, _ = await _run("serve", "--help", env=_environment())
+    code, stdout, _ = await _run("serve", "--help", env=environment())
     assert code == 0
     for setting in SETTINGS:
         assert setting.flag in stdout
@@ -156,7 +100,7 @@ async def test_serve_help_documents_every_setting() -> None:
 
 async def test_a_bad_setting_is_a_clear_error() -> None:
     code, _, stderr = await _run(
-        "serve", env=_environment(BROADCASTER_PORT="eighty", BROADCASTER_DATA_DIR="/nonexistent")
+        "serve", env=environment(BROADCASTER_PORT="eighty", BROADCASTER_DATA_DIR="/nonexistent")
     )
     assert code == 1
     assert "BROADCASTER_PORT" in stderr

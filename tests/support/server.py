@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,6 +67,15 @@ async def running_server(
         await within(server.stop(), 10)
 
 
+@dataclass
+class Synced:
+    """What a subscribe brought: a reset reason, the catch-up, the cursor."""
+
+    reset: str | None = None
+    changes: list[Any] = field(default_factory=list)
+    cursor: str = ""
+
+
 class Client:
     """A websockets client speaking the native protocol as JSON values."""
 
@@ -73,6 +83,8 @@ class Client:
         self.connection = connection
         self._ref = 0
         self._backlog: list[Any] = []
+        self.cursors: dict[str, str] = {}
+        """The last cursor seen for each table: where to resume."""
 
     async def send(self, message: dict[str, Any]) -> Any:
         if "ref" not in message:
@@ -95,15 +107,37 @@ class Client:
         assert reply.get("ref") == ref, reply
         return reply
 
-    async def subscribe(self, table_id: str) -> None:
-        reply = await self.request({"type": "subscribe", "table_id": table_id})
-        assert reply == {"type": "subscribed", "ref": reply["ref"], "table_id": table_id}
+    async def subscribe(self, table_id: str, **options: Any) -> Synced:
+        """Subscribe; return what arrived up to and including ``synced``."""
+        ref = await self.send({"type": "subscribe", "table_id": table_id, **options})
+        reply = await self.recv()
+        assert reply == {"type": "subscribed", "ref": ref, "table_id": table_id}, reply
+        synced = Synced()
+        while True:
+            message = await self.recv(10)
+            if message["type"] == "reset":
+                assert message["table_id"] == table_id, message
+                synced.reset = message["reason"]
+            elif message["type"] == "change":
+                assert "cursor" not in message, message
+                synced.changes.append(message)
+            else:
+                assert message["type"] == "synced", message
+                assert message["table_id"] == table_id, message
+                synced.cursor = message["cursor"]
+                self.cursors[table_id] = synced.cursor
+                return synced
 
     async def changes(self, count: int, units: float = 10) -> list[Any]:
+        """The next ``count`` live changes (``cursor`` messages are noted and skipped)."""
         received = []
         while len(received) < count:
             message = await self.recv(units)
+            if message["type"] == "cursor":
+                self.cursors[message["table_id"]] = message["cursor"]
+                continue
             assert message["type"] == "change", message
+            self.cursors[message["table_id"]] = message["cursor"]
             received.append(message)
         return received
 

@@ -1,4 +1,4 @@
-"""Unit tests for broadcaster.hub: subscriptions by table_id, fan-out and batching."""
+"""Unit tests for broadcaster.hub: subscriptions by table_id, fan-out and batches."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import logging
 
 import pytest
 
-from broadcaster.hub import Batch, Hub, group_by_table
-from broadcaster.payloads import Change
+from broadcaster.changes import Change
+from broadcaster.hub import Batch, Hub
+
+CURSOR = "v1:7316243112858025123:16384:100:105:101"
+CURSOR_0 = "v1:7316243112858025123:16384:90:95:"
 
 
 def change(table_id: str, row_id: str, version: int) -> Change:
@@ -63,13 +66,38 @@ def hub() -> Hub:
 def test_new_hub_is_empty(hub: Hub) -> None:
     assert hub.tables == 0
     assert hub.subscribers("t1") == 0
-    assert hub.publish(Batch("t1", [change("t1", "r1", 1)])) == 0
+    assert hub.publish(Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)) == 0
+
+
+def test_is_subscribed_follows_subscriptions(hub: Hub) -> None:
+    first, second = Recorder("a"), Recorder("b")
+    assert not hub.is_subscribed("t1")
+
+    hub.subscribe("t1", first)
+    hub.subscribe("t1", second)
+    assert hub.is_subscribed("t1")
+    assert not hub.is_subscribed("t2")
+
+    hub.unsubscribe("t1", first)
+    assert hub.is_subscribed("t1")
+    hub.unsubscribe("t1", second)
+    assert not hub.is_subscribed("t1")
+
+
+def test_is_subscribed_is_false_after_the_last_subscriber_leaves_during_publish(
+    hub: Hub,
+) -> None:
+    hub.subscribe("t1", Leaver(hub))
+
+    hub.publish(Batch("t1", [], CURSOR, since=CURSOR))
+
+    assert not hub.is_subscribed("t1")
 
 
 def test_subscriber_gets_the_published_batch(hub: Hub) -> None:
     subscriber = Recorder()
     hub.subscribe("t1", subscriber)
-    published = Batch("t1", [change("t1", "r1", 1)])
+    published = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
 
     assert hub.publish(published) == 1
     assert subscriber.batches == [published]
@@ -94,7 +122,7 @@ def test_subscribing_twice_delivers_once(hub: Hub) -> None:
     hub.subscribe("t1", subscriber)
 
     assert hub.subscribers("t1") == 1
-    assert hub.publish(Batch("t1", [change("t1", "r1", 1)])) == 1
+    assert hub.publish(Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)) == 1
     assert len(subscriber.batches) == 1
 
 
@@ -105,7 +133,7 @@ def test_unsubscribe_stops_delivery_and_forgets_the_empty_table(hub: Hub) -> Non
 
     assert hub.tables == 0
     assert hub.subscribers("t1") == 0
-    assert hub.publish(Batch("t1", [change("t1", "r1", 1)])) == 0
+    assert hub.publish(Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)) == 0
     assert subscriber.batches == []
 
 
@@ -119,7 +147,7 @@ def test_unsubscribe_leaves_other_subscribers_and_tables(hub: Hub) -> None:
 
     assert hub.subscribers("t1") == 1
     assert hub.subscribers("t2") == 1
-    hub.publish(Batch("t1", [change("t1", "r1", 1)]))
+    hub.publish(Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR))
     assert leaving.batches == []
     assert len(staying.batches) == 1
 
@@ -140,7 +168,7 @@ def test_no_delivery_across_tables(hub: Hub) -> None:
     on_t1, on_t2 = Recorder("t1"), Recorder("t2")
     hub.subscribe("t1", on_t1)
     hub.subscribe("t2", on_t2)
-    batch_t1 = Batch("t1", [change("t1", "r1", 1)])
+    batch_t1 = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
 
     assert hub.publish(batch_t1) == 1
     assert on_t1.batches == [batch_t1]
@@ -152,7 +180,7 @@ def test_table_ids_are_exact_strings(hub: Hub) -> None:
     hub.subscribe("t1", subscriber)
 
     for other in ("T1", "t1 ", "t", "t10"):
-        assert hub.publish(Batch(other, [change(other, "r1", 1)])) == 0
+        assert hub.publish(Batch(other, [change(other, "r1", 1)], CURSOR, since=CURSOR)) == 0
     assert subscriber.batches == []
 
 
@@ -161,8 +189,8 @@ def test_publish_returns_the_number_of_subscribers(hub: Hub) -> None:
         hub.subscribe("t1", Recorder(name))
     hub.subscribe("t2", Recorder("d"))
 
-    assert hub.publish(Batch("t1", [change("t1", "r1", 1)])) == 3
-    assert hub.publish(Batch("t2", [change("t2", "r1", 2)])) == 1
+    assert hub.publish(Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)) == 3
+    assert hub.publish(Batch("t2", [change("t2", "r1", 2)], CURSOR, since=CURSOR)) == 1
 
 
 def test_delivery_order_is_subscription_order(hub: Hub) -> None:
@@ -170,7 +198,7 @@ def test_delivery_order_is_subscription_order(hub: Hub) -> None:
     for name in ["c", "a", "b"]:
         hub.subscribe("t1", Recorder(name, log))
 
-    hub.publish(Batch("t1", [change("t1", "r1", 1)]))
+    hub.publish(Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR))
 
     assert [name for name, _ in log] == ["c", "a", "b"]
 
@@ -179,7 +207,7 @@ def test_every_subscriber_gets_the_same_batch_object(hub: Hub) -> None:
     first, second = Recorder("a"), Recorder("b")
     hub.subscribe("t1", first)
     hub.subscribe("t1", second)
-    published = Batch("t1", [change("t1", "r1", 1)])
+    published = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
 
     hub.publish(published)
 
@@ -193,7 +221,7 @@ def test_failing_subscriber_does_not_stop_the_others(
     hub.subscribe("t1", before)
     hub.subscribe("t1", exploding)
     hub.subscribe("t1", after)
-    published = Batch("t1", [change("t1", "r1", 1)])
+    published = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
 
     with caplog.at_level(logging.ERROR, logger="broadcaster.hub"):
         count = hub.publish(published)
@@ -217,7 +245,7 @@ def test_subscriber_unsubscribing_itself_during_publish(hub: Hub) -> None:
     hub.subscribe("t1", first)
     hub.subscribe("t1", leaver)
     hub.subscribe("t1", after)
-    first_batch = Batch("t1", [change("t1", "r1", 1)])
+    first_batch = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
 
     hub.publish(first_batch)
 
@@ -226,7 +254,7 @@ def test_subscriber_unsubscribing_itself_during_publish(hub: Hub) -> None:
     assert after.batches == [first_batch]
     assert hub.subscribers("t1") == 2
 
-    second_batch = Batch("t1", [change("t1", "r1", 2)])
+    second_batch = Batch("t1", [change("t1", "r1", 2)], CURSOR, since=CURSOR)
     assert hub.publish(second_batch) == 2
     assert leaver.batches == [first_batch]
     assert after.batches == [first_batch, second_batch]
@@ -236,54 +264,19 @@ def test_last_subscriber_unsubscribing_itself_during_publish(hub: Hub) -> None:
     leaver = Leaver(hub)
     hub.subscribe("t1", leaver)
 
-    hub.publish(Batch("t1", [change("t1", "r1", 1)]))
+    hub.publish(Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR))
 
     assert len(leaver.batches) == 1
     assert hub.tables == 0
     # The table can be subscribed to again afterwards.
     again = Recorder()
     hub.subscribe("t1", again)
-    assert hub.publish(Batch("t1", [change("t1", "r1", 2)])) == 1
+    assert hub.publish(Batch("t1", [change("t1", "r1", 2)], CURSOR, since=CURSOR)) == 1
     assert len(again.batches) == 1
 
 
-def test_group_by_table_keeps_commit_order_per_table() -> None:
-    changes = [
-        change("t1", "a", 1),
-        change("t2", "b", 2),
-        change("t1", "c", 3),
-        change("t3", "d", 4),
-        change("t2", "e", 5),
-        change("t1", "a", 6),
-    ]
-
-    batches = group_by_table(changes)
-
-    assert [b.table_id for b in batches] == ["t1", "t2", "t3"]  # first appearance
-    assert [list(b.changes) for b in batches] == [
-        [changes[0], changes[2], changes[5]],
-        [changes[1], changes[4]],
-        [changes[3]],
-    ]
-    for grouped in batches:
-        assert all(c.table_id == grouped.table_id for c in grouped.changes)
-
-
-def test_group_by_table_of_nothing_is_no_batch() -> None:
-    assert group_by_table([]) == []
-
-
-def test_group_by_table_of_one_table_is_one_batch() -> None:
-    changes = [change("t1", "r1", v) for v in range(1, 5)]
-
-    [only] = group_by_table(changes)
-
-    assert only.table_id == "t1"
-    assert list(only.changes) == changes
-
-
 def test_batch_memo_builds_once_per_key() -> None:
-    the_batch = Batch("t1", [change("t1", "r1", 1)])
+    the_batch = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
     calls: list[tuple[str, Batch]] = []
 
     def build(key: str) -> object:
@@ -303,8 +296,8 @@ def test_batch_memo_builds_once_per_key() -> None:
 
 
 def test_batch_memo_is_per_batch() -> None:
-    first = Batch("t1", [change("t1", "r1", 1)])
-    second = Batch("t1", [change("t1", "r1", 1)])
+    first = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
+    second = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
 
     assert first.memo("k", lambda b: b.changes[0].version) == 1
     assert second.memo("k", lambda b: ["built", b.table_id]) == ["built", "t1"]
@@ -312,7 +305,7 @@ def test_batch_memo_is_per_batch() -> None:
 
 
 def test_batch_memo_does_not_cache_a_failed_build() -> None:
-    the_batch = Batch("t1", [change("t1", "r1", 1)])
+    the_batch = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
 
     def broken(_b: Batch) -> int:
         raise RuntimeError("build failed")
@@ -323,4 +316,42 @@ def test_batch_memo_does_not_cache_a_failed_build() -> None:
 
 
 def test_batch_repr() -> None:
-    assert repr(Batch("t1", [change("t1", "r1", 1), change("t1", "r2", 2)])) == "<Batch 't1' of 2>"
+    assert (
+        repr(Batch("t1", [change("t1", "r1", 1), change("t1", "r2", 2)], CURSOR, since=CURSOR))
+        == "<Batch 't1' of 2>"
+    )
+
+
+def test_batch_holds_its_table_changes_cursor_and_reset() -> None:
+    changes = [change("t1", "r1", 1), change("t1", "r2", 2)]
+
+    the_batch = Batch("t1", changes, CURSOR, "history_pruned", since=CURSOR_0)
+
+    assert the_batch.table_id == "t1"
+    assert the_batch.changes is changes
+    assert the_batch.cursor == CURSOR
+    assert the_batch.since == CURSOR_0
+    assert the_batch.reset == "history_pruned"
+
+
+def test_batch_reset_defaults_to_none() -> None:
+    assert Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR).reset is None
+
+
+def test_a_batch_with_no_changes_only_advances_the_cursor(hub: Hub) -> None:
+    subscriber = Recorder()
+    hub.subscribe("t1", subscriber)
+    cursor_only = Batch("t1", [], CURSOR, since=CURSOR)
+
+    assert hub.publish(cursor_only) == 1
+
+    assert subscriber.batches == [cursor_only]
+    assert list(subscriber.batches[0].changes) == []
+    assert repr(cursor_only) == "<Batch 't1' of 0>"
+
+
+def test_batch_has_no_instance_dict() -> None:
+    the_batch = Batch("t1", [], CURSOR, since=CURSOR)
+
+    with pytest.raises(AttributeError):
+        the_batch.extra = 1  # type: ignore[attr-defined]

@@ -8,20 +8,25 @@ from typing import Any
 import pytest
 
 from broadcaster import protocol
+from broadcaster.changes import Change
 from broadcaster.exceptions import BroadcasterError, ProtocolError
-from broadcaster.payloads import Change
 from broadcaster.protocol import (
     Ping,
     Subscribe,
     Unsubscribe,
     batch,
     encode_change,
+    encode_cursor,
     encode_error,
     encode_pong,
+    encode_reset,
     encode_subscribed,
+    encode_synced,
     encode_unsubscribed,
     parse_client_message,
 )
+
+CURSOR = "v1:7316243112858025123:16384:100:105:101,103"
 
 
 def _reject_constant(name: str) -> Any:
@@ -59,6 +64,61 @@ def rejected(text: str) -> ProtocolError:
 )
 def test_parse_valid_messages(text: str, expected: protocol.ClientMessage) -> None:
     assert parse_client_message(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, Subscribe(1, "t1", None, False)),
+        ({"cursor": CURSOR}, Subscribe(1, "t1", CURSOR, False)),
+        ({"cursor": None}, Subscribe(1, "t1", None, False)),
+        ({"cursor": ""}, Subscribe(1, "t1", "", False)),
+        ({"cursor": "not one of ours"}, Subscribe(1, "t1", "not one of ours", False)),
+        ({"snapshot": True}, Subscribe(1, "t1", None, True)),
+        ({"snapshot": False}, Subscribe(1, "t1", None, False)),
+        ({"cursor": CURSOR, "snapshot": True}, Subscribe(1, "t1", CURSOR, True)),
+    ],
+    ids=repr,
+)
+def test_parse_subscribe_with_cursor_and_snapshot(
+    fields: dict[str, Any], expected: Subscribe
+) -> None:
+    message = parse_client_message(
+        json.dumps({"type": "subscribe", "ref": 1, "table_id": "t1", **fields})
+    )
+
+    assert message == expected
+
+
+def test_subscribe_defaults_to_no_cursor_and_no_snapshot() -> None:
+    message = Subscribe("r", "t1")
+
+    assert message.cursor is None
+    assert message.snapshot is False
+
+
+def test_parse_keeps_a_cursor_verbatim() -> None:
+    # Cursors are opaque: the protocol does not judge them, the feed does.
+    cursor = "v1:1:2:10:20: é\n"
+
+    message = parse_client_message(
+        json.dumps({"type": "subscribe", "table_id": "t1", "cursor": cursor})
+    )
+
+    assert isinstance(message, Subscribe)
+    assert message.cursor == cursor
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"cursor": CURSOR}, {"snapshot": True}, {"cursor": 1, "snapshot": "yes"}],
+    ids=repr,
+)
+def test_unsubscribe_and_ping_ignore_cursor_and_snapshot(fields: dict[str, Any]) -> None:
+    assert parse_client_message(
+        json.dumps({"type": "unsubscribe", "ref": 2, "table_id": "t1", **fields})
+    ) == Unsubscribe(2, "t1")
+    assert parse_client_message(json.dumps({"type": "ping", "ref": 3, **fields})) == Ping(3)
 
 
 def test_parse_keeps_the_ref_type() -> None:
@@ -125,6 +185,36 @@ def test_missing_table_id_is_bad_message_with_ref(kind: str) -> None:
     assert error.ref == 3
 
 
+@pytest.mark.parametrize("cursor", [1, 0, 1.5, True, False, [CURSOR], {"cursor": CURSOR}], ids=repr)
+@pytest.mark.parametrize("ref", ["r", 7, 0.5], ids=repr)
+def test_non_string_cursor_is_bad_message_with_ref(cursor: Any, ref: Any) -> None:
+    error = rejected(
+        json.dumps({"type": "subscribe", "ref": ref, "table_id": "t1", "cursor": cursor})
+    )
+
+    assert error.code == protocol.BAD_MESSAGE
+    assert error.ref == ref
+    assert "cursor" in error.message
+
+
+@pytest.mark.parametrize("snapshot", [1, 0, "true", "false", [], {}, [True], 1.0], ids=repr)
+def test_non_bool_snapshot_is_bad_message_with_ref(snapshot: Any) -> None:
+    error = rejected(
+        json.dumps({"type": "subscribe", "ref": "s", "table_id": "t1", "snapshot": snapshot})
+    )
+
+    assert error.code == protocol.BAD_MESSAGE
+    assert error.ref == "s"
+    assert "snapshot" in error.message
+
+
+def test_table_id_is_checked_before_cursor_and_snapshot() -> None:
+    error = rejected(json.dumps({"type": "subscribe", "ref": 1, "cursor": 5, "snapshot": 5}))
+
+    assert error.code == protocol.BAD_MESSAGE
+    assert "table_id" in error.message
+
+
 @pytest.mark.parametrize("ref", [True, False, {}, {"a": 1}, [], [1]], ids=repr)
 @pytest.mark.parametrize("kind", ["ping", "subscribe", "nonsense"])
 def test_ref_that_is_not_a_string_or_number_is_bad_message(ref: Any, kind: str) -> None:
@@ -183,6 +273,7 @@ def test_ref_that_is_not_a_finite_number_never_yields_invalid_json(text: str) ->
     [
         pytest.param('{"type": "ping", "ref": "\\ud800"}', id="ref"),
         pytest.param('{"type": "subscribe", "table_id": "\\udc00x"}', id="table_id"),
+        pytest.param('{"type": "subscribe", "table_id": "t1", "cursor": "\\ud800"}', id="cursor"),
     ],
 )
 def test_lone_surrogate_escape_never_yields_unencodable_replies(text: str) -> None:
@@ -282,9 +373,71 @@ def test_encode_change_of_a_non_ascii_row_is_utf8() -> None:
     assert encode_change(Change("INSERT", "t1", "r1", 1, row)).endswith(row.encode() + b"}")
 
 
-def test_encode_change_of_an_unfetched_reference_raises() -> None:
-    with pytest.raises(ValueError, match="fetched"):
-        encode_change(Change("UPDATE", "t1", "r1", 42, None))
+def test_encode_change_with_a_cursor_appends_it() -> None:
+    encoded = encode_change(Change("UPDATE", "t1", "r1", 42, ROW), CURSOR)
+
+    assert encoded == (
+        b'{"type":"change","table_id":"t1","op":"UPDATE","row":'
+        + ROW.encode()
+        + b',"cursor":"'
+        + CURSOR.encode()
+        + b'"}'
+    )
+    assert strict_json(encoded) == {
+        "type": "change",
+        "table_id": "t1",
+        "op": "UPDATE",
+        "row": json.loads(ROW),
+        "cursor": CURSOR,
+    }
+
+
+def test_encode_change_without_a_cursor_has_no_cursor_field() -> None:
+    the_change = Change("DELETE", "t1", "r1", 42, '{"id":"r1","table_id":"t1","version":42}')
+
+    assert encode_change(the_change) == encode_change(the_change, None)
+    assert "cursor" not in strict_json(encode_change(the_change))
+
+
+@pytest.mark.parametrize("cursor", ['a"b', "a\\b", "é", "\n"], ids=repr)
+def test_encode_change_escapes_the_cursor(cursor: str) -> None:
+    encoded = encode_change(Change("INSERT", "t1", "r1", 1, '{"id":"r1"}'), cursor)
+
+    assert strict_json(encoded)["cursor"] == cursor
+
+
+def test_encode_synced() -> None:
+    assert encode_synced("t1", CURSOR) == (
+        b'{"type":"synced","table_id":"t1","cursor":"' + CURSOR.encode() + b'"}'
+    )
+
+
+@pytest.mark.parametrize("reason", ["malformed_cursor", "foreign_cursor", "history_pruned"])
+def test_encode_reset(reason: str) -> None:
+    assert encode_reset("t1", reason) == (
+        b'{"type":"reset","table_id":"t1","reason":"' + reason.encode() + b'"}'
+    )
+
+
+def test_encode_cursor() -> None:
+    assert encode_cursor("t1", CURSOR) == (
+        b'{"type":"cursor","table_id":"t1","cursor":"' + CURSOR.encode() + b'"}'
+    )
+
+
+@pytest.mark.parametrize("table_id", ['a"b', "a\\b", "line\nbreak", "tablé", "</script>"], ids=repr)
+def test_new_encoders_escape_the_table_id_and_write_utf8(table_id: str) -> None:
+    synced, reset, moved = (
+        encode_synced(table_id, CURSOR),
+        encode_reset(table_id, "history_pruned"),
+        encode_cursor(table_id, CURSOR),
+    )
+
+    assert strict_json(synced) == {"type": "synced", "table_id": table_id, "cursor": CURSOR}
+    assert strict_json(reset) == {"type": "reset", "table_id": table_id, "reason": "history_pruned"}
+    assert strict_json(moved) == {"type": "cursor", "table_id": table_id, "cursor": CURSOR}
+    for encoded in (synced, reset, moved):
+        assert b"\\u" not in encoded
 
 
 def test_batch_is_a_json_array_of_the_messages() -> None:
