@@ -53,9 +53,11 @@ async def demo_page(request: Request) -> Response:
 
 
 def create_app(settings: Settings, database_url: str) -> Starlette:
+    # Built now, so that a configuration error stops the server before it serves.
+    runtime = Runtime(settings, database_url)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Runtime]]:
-        runtime = Runtime(settings, database_url)
         await runtime.start()
         try:
             yield {"broadcaster": runtime}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -95,6 +96,15 @@ def _serve(options: argparse.Namespace) -> int:
     embedded: EmbeddedPostgres | None = None
     database_url = settings.database_url
     if database_url is None:
+        if settings.auth is None:
+            settings = dataclasses.replace(settings, auth="none")
+            logger.warning(
+                "anonymous access is on (BROADCASTER_AUTH=none): anyone who can reach "
+                "%s:%s may read every table; this is the default only for the embedded "
+                "Postgres, for local use",
+                settings.host,
+                settings.port,
+            )
         embedded = EmbeddedPostgres(Path(settings.data_dir) / "pgdata")
         database_url = embedded.start()
         migrate(database_url)

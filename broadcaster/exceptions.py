@@ -3,6 +3,8 @@
 .. code-block:: text
 
     BroadcasterError
+    ├── AuthenticationError     a client's token is refused; ``code`` is
+    │                           ``unauthorized`` or ``token_expired``
     ├── ConfigurationError      a setting is missing or invalid
     ├── CursorError             a client's cursor cannot be served; ``reason``
                                 is sent to it in a ``reset`` message
@@ -19,6 +21,7 @@ purpose; anything else is a bug.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "BroadcasterError",
     "ConfigurationError",
     "CursorError",
@@ -31,6 +34,20 @@ __all__ = [
 
 class BroadcasterError(Exception):
     """Root of every exception raised by this package."""
+
+
+class AuthenticationError(BroadcasterError):
+    """A client's token is refused.
+
+    ``code`` is the stable error code sent to the client: ``token_expired``
+    for a token past its ``exp``, ``unauthorized`` for any other refusal.
+    ``message`` says why, without repeating the token.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class ConfigurationError(BroadcasterError):

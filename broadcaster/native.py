@@ -1,27 +1,46 @@
-"""One client connection speaking the native protocol: its subscriptions and replies.
+"""One client connection speaking the native protocol: authentication, subscriptions, replies.
 
-Sans-I/O: the WebSocket adapter feeds it the text of each incoming message and
-gives it a :class:`Transport` to write complete frames to. A subscribe becomes
-a :class:`~broadcaster.feed.Join` handed to a :class:`Joiner`; when the join is
-answered the session sends ``subscribed``, a ``reset`` if the cursor could not
-be served, the catch-up, ``synced``, and from then on, as the hub subscriber of
-that table, every live batch.
+The session does no I/O of its own: the WebSocket adapter feeds it each
+incoming message and hands it a :class:`Transport` to write frames to, a token
+verifier, an authorizer and a :class:`Joiner`. Messages are handled strictly in
+order. Most are answered at once; one that must wait (verifying a token,
+asking a SQL authorizer) is finished by a task on the event loop, and messages
+arriving meanwhile queue behind it (reading from the socket pauses when the
+queue is long).
+
+A subscribe becomes a :class:`~broadcaster.feed.Join`; when it is answered the
+session sends ``subscribed``, a ``reset`` if the cursor could not be served,
+the catch-up, ``synced``, and from then on, as the hub subscriber of that
+table, every live batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Final, Protocol
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 from . import protocol
+from .auth import Identity, TokenVerifier
+from .authorization import Authorizer
 from .changes import Change
-from .exceptions import ProtocolError
+from .exceptions import AuthenticationError, ProtocolError
 from .feed import Join, JoinResult
 from .frames import text_frame
 from .hub import Batch, Hub
 
-__all__ = ["FRAME_BYTES", "Joiner", "NativeSession", "Transport", "encode_batch"]
+__all__ = [
+    "FRAME_BYTES",
+    "Joiner",
+    "Limits",
+    "NativeSession",
+    "Transport",
+    "encode_batch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +51,14 @@ _NATIVE_FRAME: Final = "native.frame"
 # may be larger), so a burst or a snapshot never becomes one frame of many
 # megabytes: common clients refuse frames over 1 MiB by default.
 FRAME_BYTES: Final = 256 * 1024
+
+# Queued messages past which the session stops reading from its socket, and
+# below which it reads again: a client cannot make it buffer without bound.
+_INBOX_HIGH: Final = 64
+_INBOX_LOW: Final = 16
+
+# Errors are counted per window; a client past the budget is disconnected.
+_ERROR_WINDOW: Final = 60.0
 
 
 def _chunks(messages: Sequence[bytes]) -> list[list[bytes]]:
@@ -83,6 +110,12 @@ class Transport(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code``."""
 
+    def pause_reading(self) -> None:
+        """Stop reading from the client until :meth:`resume_reading`."""
+
+    def resume_reading(self) -> None:
+        """Read from the client again."""
+
 
 class Joiner(Protocol):
     def join(self, join: Join) -> None:
@@ -92,8 +125,49 @@ class Joiner(Protocol):
         """Forget ``join`` if it has not been answered."""
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may do; ``docs/security.md`` explains each."""
+
+    max_subscriptions: int = 100
+    max_message_bytes: int = 64 * 1024
+    messages_per_second: float = 50.0
+    max_errors: int = 20
+    auth_timeout: float = 5.0
+
+
+class _TokenBucket:
+    """``rate`` messages a second on average, in bursts of up to twice that."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = max(2.0 * rate, 1.0)
+        self._tokens = self._burst
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+_Continuation = Coroutine[Any, Any, None]
+
+
 class NativeSession:
-    """Subscriptions and request handling for one native-protocol connection."""
+    """Authentication, subscriptions and request handling for one connection.
+
+    ``verifier`` is ``None`` when authentication is off: the connection is then
+    anonymous from the start and ``authorizer`` decides alone. With a verifier,
+    the client has ``limits.auth_timeout`` seconds to authenticate (``token``
+    is one that came with the upgrade request) and nothing but ``auth`` and
+    ``ping`` is served before it has.
+    """
 
     def __init__(
         self,
@@ -101,25 +175,59 @@ class NativeSession:
         joiner: Joiner,
         transport: Transport,
         *,
-        max_subscriptions: int,
-        max_message_bytes: int,
+        authorizer: Authorizer,
+        verifier: TokenVerifier | None = None,
+        token: str | None = None,
+        limits: Limits = Limits(),
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._hub = hub
         self._joiner = joiner
         self._transport = transport
-        self._max_subscriptions = max_subscriptions
-        self._max_message_bytes = max_message_bytes
+        self._authorizer = authorizer
+        self._verifier = verifier
+        self._limits = limits
+        self._clock = clock
+        self._wall_clock = wall_clock
         # table_id -> its pending Join, or None once live.
         self.tables: dict[str, Join | None] = {}
         self.closed = False
+        self.identity: Identity | None = None
+        self.authenticated = verifier is None
+        self._inbox: deque[protocol.ClientMessage] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+        self._rate = _TokenBucket(limits.messages_per_second, clock)
+        self._errors = 0
+        self._errors_since = clock()
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        if verifier is not None:
+            self._auth_timer = asyncio.get_running_loop().call_later(
+                limits.auth_timeout, self._auth_timed_out
+            )
+            if token is not None:
+                self._dispatch(protocol.Auth(None, token))
+
+    # Input from the transport
 
     def receive_text(self, data: bytes) -> None:
         """Handle one complete text message from the client."""
-        if len(data) > self._max_message_bytes:
+        if self.closed:
+            return
+        if not self._rate.take():
+            self._error(
+                protocol.RATE_LIMITED,
+                f"more than {self._limits.messages_per_second:g} messages a second; "
+                "this one was dropped",
+            )
+            return
+        if len(data) > self._limits.max_message_bytes:
             self._error(
                 protocol.TOO_LARGE,
                 f"message of {len(data)} bytes exceeds the limit of "
-                f"{self._max_message_bytes} bytes",
+                f"{self._limits.max_message_bytes} bytes",
             )
             return
         try:
@@ -129,34 +237,174 @@ class NativeSession:
             return
         try:
             message = protocol.parse_client_message(text)
-            self._handle(message)
         except ProtocolError as exc:
             self._error(exc.code, exc.message, exc.ref)
+            return
+        self._dispatch(message)
 
     def receive_binary(self) -> None:
         """Handle one binary message: the native protocol has none."""
-        self._error(protocol.BINARY_NOT_SUPPORTED, "the native protocol uses text frames only")
+        if not self.closed:
+            self._error(protocol.BINARY_NOT_SUPPORTED, "the native protocol uses text frames only")
 
-    def _handle(self, message: protocol.ClientMessage) -> None:
-        if isinstance(message, protocol.Ping):
-            self._reply(protocol.encode_pong(message.ref))
-        elif isinstance(message, protocol.Subscribe):
-            self._subscribe(message)
-        else:
+    # Ordering: a message is handled at once unless one before it is still
+    # waiting; then it queues, and the worker task handles the queue in order.
+
+    def _dispatch(self, message: protocol.ClientMessage) -> None:
+        if self._worker is not None:
+            self._inbox.append(message)
+            if len(self._inbox) > _INBOX_HIGH and not self._paused:
+                self._paused = True
+                self._transport.pause_reading()
+            return
+        continuation = self._handle(message)
+        if continuation is not None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(continuation))
+
+    async def _work(self, first: _Continuation) -> None:
+        continuation: _Continuation | None = first
+        try:
+            while continuation is not None:
+                await self._finish(continuation)
+                continuation = None
+                while continuation is None and self._inbox and not self.closed:
+                    continuation = self._handle(self._inbox.popleft())
+                    if self._paused and len(self._inbox) <= _INBOX_LOW:
+                        self._paused = False
+                        self._transport.resume_reading()
+        finally:
+            self._worker = None
+
+    async def _finish(self, continuation: _Continuation) -> None:
+        try:
+            await continuation
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.ref)
+        except Exception:
+            logger.exception("handling a client message failed")
+            self._transport.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _handle(self, message: protocol.ClientMessage) -> _Continuation | None:
+        """Handle ``message``; return what is left to await, if anything."""
+        if self.closed:
+            return None
+        try:
+            if isinstance(message, protocol.Ping):
+                self._reply(protocol.encode_pong(message.ref))
+                return None
+            if isinstance(message, protocol.Auth):
+                return self._authenticate(message)
+            if not self.authenticated:
+                raise ProtocolError(
+                    protocol.UNAUTHORIZED, "authenticate first: send an auth message", message.ref
+                )
+            if isinstance(message, protocol.Subscribe):
+                self._check_room(message)
+                verdict = self._authorizer.allowed(self.identity, message.table_id)
+                if isinstance(verdict, bool):
+                    self._subscribe(message, verdict)
+                    return None
+                return self._subscribe_when_decided(message, verdict)
             self._leave(message.table_id)
             self._reply(protocol.encode_unsubscribed(message.ref, message.table_id))
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.ref)
+        return None
 
-    def _subscribe(self, message: protocol.Subscribe) -> None:
+    # Authentication
+
+    async def _authenticate(self, message: protocol.Auth) -> None:
+        if self._verifier is None:
+            # Authentication is off: nothing to check, nothing to expire.
+            self._reply(protocol.encode_authenticated(message.ref, None))
+            return
+        try:
+            identity = await self._verifier.verify(message.token)
+        except AuthenticationError as exc:
+            self._reply(protocol.encode_error(exc.code, exc.message, message.ref))
+            expired = exc.code == protocol.TOKEN_EXPIRED
+            self._transport.close(
+                protocol.CLOSE_TOKEN_EXPIRED if expired else protocol.CLOSE_UNAUTHORIZED,
+                exc.code,
+            )
+            return
+        if self.closed:
+            return
+        self.identity = identity
+        self.authenticated = True
+        self._cancel_timers()
+        if identity.expires_at is not None:
+            delay = max(0.0, identity.expires_at - self._wall_clock())
+            self._expiry_timer = asyncio.get_running_loop().call_later(
+                delay, self._expired, identity
+            )
+        self._reply(protocol.encode_authenticated(message.ref, identity.expires_at))
+        # A refreshed token may grant fewer tables than the one it replaces.
+        for table_id in list(self.tables):
+            verdict = self._authorizer.allowed(identity, table_id)
+            allowed = verdict if isinstance(verdict, bool) else await verdict
+            if not allowed and table_id in self.tables:
+                self._leave(table_id)
+                self._reply(
+                    protocol.encode_error(
+                        protocol.FORBIDDEN,
+                        "the new token does not allow this table; unsubscribed",
+                        table_id=table_id,
+                    )
+                )
+
+    def _auth_timed_out(self) -> None:
+        if not self.authenticated and not self.closed:
+            self._reply(
+                protocol.encode_error(
+                    protocol.UNAUTHORIZED,
+                    f"no valid auth message within {self._limits.auth_timeout:g} seconds",
+                )
+            )
+            self._transport.close(protocol.CLOSE_UNAUTHORIZED, "authentication timeout")
+
+    def _expired(self, identity: Identity) -> None:
+        if self.identity is identity and not self.closed:
+            self._reply(
+                protocol.encode_error(
+                    protocol.TOKEN_EXPIRED, "the token expired and no fresh one arrived"
+                )
+            )
+            self._transport.close(protocol.CLOSE_TOKEN_EXPIRED, protocol.TOKEN_EXPIRED)
+
+    # Subscriptions
+
+    def _check_room(self, message: protocol.Subscribe) -> None:
         table_id = message.table_id
+        if table_id not in self.tables and len(self.tables) >= self._limits.max_subscriptions:
+            raise ProtocolError(
+                protocol.TOO_MANY_SUBSCRIPTIONS,
+                f"a connection may hold at most {self._limits.max_subscriptions} subscriptions",
+                message.ref,
+            )
+
+    async def _subscribe_when_decided(
+        self, message: protocol.Subscribe, verdict: Awaitable[bool]
+    ) -> None:
+        allowed = await verdict
+        if not self.closed:
+            self._subscribe(message, allowed)
+
+    def _subscribe(self, message: protocol.Subscribe, allowed: bool) -> None:
+        table_id = message.table_id
+        if not allowed:
+            self._reply(
+                protocol.encode_error(
+                    protocol.FORBIDDEN,
+                    "this token does not allow subscribing to this table",
+                    message.ref,
+                    table_id=table_id,
+                )
+            )
+            return
         if table_id in self.tables:
             # Subscribing again starts over from the cursor given this time.
             self._leave(table_id)
-        elif len(self.tables) >= self._max_subscriptions:
-            raise ProtocolError(
-                protocol.TOO_MANY_SUBSCRIPTIONS,
-                f"a connection may hold at most {self._max_subscriptions} subscriptions",
-                message.ref,
-            )
 
         def joined(result: JoinResult) -> None:
             self._joined(join, message.ref, result)
@@ -198,12 +446,24 @@ class NativeSession:
         self._transport.send(batch.memo(_NATIVE_FRAME, encode_batch))
 
     def close(self) -> None:
-        """Leave every table; the connection is gone or going."""
+        """Leave every table and stop; the connection is gone or going."""
         if self.closed:
             return
         self.closed = True
+        self._cancel_timers()
+        if self._worker is not None:
+            self._worker.cancel()
+        self._inbox.clear()
         for table_id in list(self.tables):
             self._leave(table_id)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._auth_timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._auth_timer = self._expiry_timer = None
+
+    # Replies
 
     def _reply(self, message: bytes) -> None:
         self._transport.send(text_frame(message))
@@ -211,3 +471,9 @@ class NativeSession:
     def _error(self, code: str, message: str, ref: protocol.Ref = None) -> None:
         logger.debug("client error %s: %s", code, message)
         self._reply(protocol.encode_error(code, message, ref))
+        now = self._clock()
+        if now - self._errors_since > _ERROR_WINDOW:
+            self._errors, self._errors_since = 0, now
+        self._errors += 1
+        if self._errors > self._limits.max_errors:
+            self._transport.close(protocol.CLOSE_TOO_MANY_ERRORS, "too many protocol errors")

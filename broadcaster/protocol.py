@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .changes import Change
@@ -21,12 +21,17 @@ __all__ = [
     "CLOSE_INVALID_DATA",
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TOKEN_EXPIRED",
+    "CLOSE_TOO_MANY_ERRORS",
+    "CLOSE_UNAUTHORIZED",
+    "Auth",
     "ClientMessage",
     "Ping",
     "Ref",
     "Subscribe",
     "Unsubscribe",
     "batch",
+    "encode_authenticated",
     "encode_change",
     "encode_cursor",
     "encode_error",
@@ -45,6 +50,10 @@ UNKNOWN_TYPE: Final = "unknown_type"
 TOO_LARGE: Final = "too_large"
 TOO_MANY_SUBSCRIPTIONS: Final = "too_many_subscriptions"
 BINARY_NOT_SUPPORTED: Final = "binary_not_supported"
+UNAUTHORIZED: Final = "unauthorized"
+TOKEN_EXPIRED: Final = "token_expired"
+FORBIDDEN: Final = "forbidden"
+RATE_LIMITED: Final = "rate_limited"
 
 # Close codes.
 CLOSE_GOING_AWAY: Final = 1001
@@ -52,6 +61,9 @@ CLOSE_INVALID_DATA: Final = 1007
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_SLOW_CONSUMER: Final = 4000
+CLOSE_UNAUTHORIZED: Final = 4001
+CLOSE_TOKEN_EXPIRED: Final = 4002
+CLOSE_TOO_MANY_ERRORS: Final = 4003
 
 Ref = str | int | float | None
 """A client's ``ref``: any JSON string or number, echoed back verbatim."""
@@ -76,7 +88,13 @@ class Ping:
     ref: Ref
 
 
-ClientMessage = Subscribe | Unsubscribe | Ping
+@dataclass(frozen=True, slots=True)
+class Auth:
+    ref: Ref
+    token: str = field(repr=False)
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping | Auth
 
 
 def _reject_constant(name: str) -> None:
@@ -118,6 +136,11 @@ def parse_client_message(text: str) -> ClientMessage:
         raise ProtocolError(BAD_MESSAGE, "message needs a string type", ref)
     if kind == "ping":
         return Ping(ref)
+    if kind == "auth":
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(BAD_MESSAGE, "auth needs a non-empty string token", ref)
+        return Auth(ref, token)
     if kind in ("subscribe", "unsubscribe"):
         table_id = message.get("table_id")
         if not isinstance(table_id, str) or not table_id or not _encodable(table_id):
@@ -152,10 +175,17 @@ def encode_pong(ref: Ref) -> bytes:
     return _encode({"type": "pong", "ref": ref})
 
 
-def encode_error(code: str, message: str, ref: Ref = None) -> bytes:
+def encode_authenticated(ref: Ref, expires_at: float | None) -> bytes:
+    expiry = None if expires_at is None else int(expires_at)
+    return _encode({"type": "authenticated", "ref": ref, "expires_at": expiry})
+
+
+def encode_error(code: str, message: str, ref: Ref = None, *, table_id: str | None = None) -> bytes:
     error: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if ref is not None:
         error["ref"] = ref
+    if table_id is not None:
+        error["table_id"] = table_id
     return _encode(error)
 
 

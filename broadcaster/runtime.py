@@ -14,8 +14,12 @@ from typing import Any
 
 import asyncpg
 
+from .auth import JWTVerifier, TokenVerifier, read_key
+from .authorization import Authorizer, ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
+from .exceptions import ConfigurationError
 from .hub import Hub
 from .listener import Listener
+from .native import Limits
 from .poller import Poller
 from .queries import ChangeReader
 from .settings import Settings
@@ -30,12 +34,57 @@ class Runtime:
         self.settings = settings
         self.database_url = database_url
         self.hub = Hub()
+        self.connections = 0
+        self.limits = Limits(
+            max_subscriptions=settings.max_subscriptions,
+            max_message_bytes=settings.max_message_bytes,
+            messages_per_second=settings.max_messages_per_second,
+            max_errors=settings.max_errors,
+            auth_timeout=settings.auth_timeout,
+        )
+        self._origins = _split(settings.allowed_origins)
+        self.verifier, self.authorizer = self._access(settings)
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.reader: ChangeReader | None = None
         self.poller: Poller | None = None
         self.listener: Listener | None = None
         self._crashed: str | None = None
+
+    def _access(self, settings: Settings) -> tuple[TokenVerifier | None, Authorizer]:
+        """Who may connect (the verifier) and what they may read (the authorizer)."""
+        authorizer: Authorizer
+        if settings.authorizer is not None:
+            authorizer = SqlAuthorizer(
+                lambda: self._pool,
+                settings.authorizer,
+                cache_seconds=settings.authorizer_cache_seconds,
+            )
+        elif settings.auth == "none":
+            authorizer = OpenAuthorizer()
+        else:
+            authorizer = ClaimAuthorizer(settings.table_ids_claim)
+        if settings.auth == "none":
+            return None, authorizer
+        if not (settings.jwt_secret or settings.jwt_public_key or settings.jwks_url):
+            raise ConfigurationError(
+                "BROADCASTER_AUTH is jwt (the default with DATABASE_URL) but no key is set: "
+                "set BROADCASTER_JWT_SECRET, BROADCASTER_JWT_PUBLIC_KEY or "
+                "BROADCASTER_JWKS_URL, or BROADCASTER_AUTH=none to let anyone read every table"
+            )
+        verifier = JWTVerifier(
+            secret=settings.jwt_secret,
+            public_key=read_key(settings.jwt_public_key) if settings.jwt_public_key else None,
+            jwks_url=settings.jwks_url,
+            algorithms=_split(settings.jwt_algorithms) or None,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway,
+        )
+        return verifier, authorizer
+
+    def origin_allowed(self, origin: str) -> bool:
+        return not self._origins or origin in self._origins
 
     async def start(self) -> None:
         settings = self.settings
@@ -105,3 +154,8 @@ class Runtime:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+def _split(values: str | None) -> list[str]:
+    """A comma-separated setting as a list."""
+    return [value.strip() for value in (values or "").split(",") if value.strip()]

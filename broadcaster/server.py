@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import create_app
 from .exceptions import StartupError
@@ -13,6 +15,46 @@ from .settings import Settings
 from .websocket import WebSocketConnection
 
 __all__ = ["Server"]
+
+
+class _HandshakeTimeout(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing connections that send no complete request.
+
+    uvicorn waits for ever for a request that never arrives or arrives a byte
+    at a time; each such connection would hold a socket (slowloris). A
+    connection whose first request has not begun within the timeout is closed.
+    """
+
+    handshake_timeout = 10.0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._handshake_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            self.handshake_timeout, self._handshake_expired
+        )
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _stop_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None:
+            self._stop_handshake_timer()
+
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        self._stop_handshake_timer()
+        super().handle_websocket_upgrade(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_handshake_timer()
+        super().connection_lost(exc)
 
 
 class Server:
@@ -29,6 +71,11 @@ class Server:
             host=settings.host,
             port=settings.port,
             ws=WebSocketConnection,
+            http=type(
+                "HandshakeTimeout",
+                (_HandshakeTimeout,),
+                {"handshake_timeout": settings.handshake_timeout},
+            ),
             lifespan="on",
             log_config=None,
             access_log=False,

@@ -19,6 +19,7 @@ from .exceptions import ConfigurationError
 __all__ = ["SETTINGS", "Setting", "Settings", "markdown_table"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_MAY_BE_ZERO = frozenset({"port", "jwt_leeway", "authorizer_cache_seconds"})
 
 
 @dataclass(frozen=True)
@@ -40,21 +41,43 @@ class Settings:
     reconnect_max_delay: float = 10.0
     refresh_interval: float = 30.0
     tombstone_retention: float = 24 * 3600.0
+    auth: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwks_url: str | None = None
+    jwt_algorithms: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: float = 0.0
+    table_ids_claim: str = "table_ids"
+    authorizer: str | None = None
+    authorizer_cache_seconds: float = 10.0
+    auth_timeout: float = 5.0
+    handshake_timeout: float = 10.0
+    max_connections: int = 10_000
+    max_messages_per_second: float = 50.0
+    max_errors: int = 20
+    allowed_origins: str | None = None
 
     def __post_init__(self) -> None:
+        if self.auth not in (None, "jwt", "none"):
+            raise ConfigurationError(f"{_named('auth')} must be jwt or none, not {self.auth!r}")
         if self.log_level not in _LOG_LEVELS:
             levels = ", ".join(_LOG_LEVELS)
             raise ConfigurationError(
                 f"{_named('log_level')} must be one of {levels}, not {self.log_level!r}"
             )
-        if not 0 <= self.port <= 65535:
+        if self.port > 65535:
             raise ConfigurationError(
                 f"{_named('port')} must be between 0 and 65535, not {self.port}"
             )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             # Written as "not >" so that NaN is refused too.
-            if field.name != "port" and isinstance(value, int | float) and not value > 0:
+            if isinstance(value, int | float) and field.name in _MAY_BE_ZERO:
+                if not value >= 0:
+                    raise ConfigurationError(f"{_named(field.name)} must be 0 or more, not {value}")
+            elif isinstance(value, int | float) and not value > 0:
                 raise ConfigurationError(f"{_named(field.name)} must be positive, not {value}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigurationError(f"{_named(field.name)} must be finite, not {value}")
@@ -185,6 +208,86 @@ SETTINGS: tuple[Setting, ...] = (
         "tombstone_retention",
         "BROADCASTER_TOMBSTONE_RETENTION",
         "Seconds deleted rows are remembered; a cursor older than that gets a reset.",
+    ),
+    Setting(
+        "auth",
+        "BROADCASTER_AUTH",
+        "jwt (default with DATABASE_URL): clients must present a JWT; none: anyone may "
+        "subscribe to any table (the default on the embedded Postgres, for local use).",
+    ),
+    Setting(
+        "jwt_secret",
+        "BROADCASTER_JWT_SECRET",
+        "Shared secret for HS256/HS384/HS512 tokens.",
+    ),
+    Setting(
+        "jwt_public_key",
+        "BROADCASTER_JWT_PUBLIC_KEY",
+        "PEM public key (RSA, EC P-256 or Ed25519) for RS256/ES256/EdDSA tokens, "
+        "or @path to a file holding it.",
+    ),
+    Setting(
+        "jwks_url",
+        "BROADCASTER_JWKS_URL",
+        "JWKS URL of an identity provider; cached, refetched on an unknown kid.",
+    ),
+    Setting(
+        "jwt_algorithms",
+        "BROADCASTER_JWT_ALGORITHMS",
+        "Comma-separated allow-list of JWT algorithms (default: those the keys support).",
+    ),
+    Setting("jwt_issuer", "BROADCASTER_JWT_ISSUER", "Required iss claim, if set."),
+    Setting("jwt_audience", "BROADCASTER_JWT_AUDIENCE", "Required aud claim, if set."),
+    Setting(
+        "jwt_leeway", "BROADCASTER_JWT_LEEWAY", "Seconds of clock skew allowed on exp and nbf."
+    ),
+    Setting(
+        "table_ids_claim",
+        "BROADCASTER_TABLE_IDS_CLAIM",
+        'Claim listing the table_ids a token may subscribe to ("*" or ["*"]: all).',
+    ),
+    Setting(
+        "authorizer",
+        "BROADCASTER_AUTHORIZER",
+        "SQL function f(claims jsonb, table_id text) returns boolean deciding each "
+        "subscribe, instead of the claim.",
+    ),
+    Setting(
+        "authorizer_cache_seconds",
+        "BROADCASTER_AUTHORIZER_CACHE_SECONDS",
+        "Seconds the SQL authorizer's answers are cached.",
+    ),
+    Setting(
+        "auth_timeout",
+        "BROADCASTER_AUTH_TIMEOUT",
+        "Seconds a connection has to authenticate before it is closed (4001).",
+    ),
+    Setting(
+        "handshake_timeout",
+        "BROADCASTER_HANDSHAKE_TIMEOUT",
+        "Seconds a new TCP connection has to send a complete HTTP request.",
+    ),
+    Setting(
+        "max_connections",
+        "BROADCASTER_MAX_CONNECTIONS",
+        "WebSocket connections one process accepts; more are refused with HTTP 503.",
+    ),
+    Setting(
+        "max_messages_per_second",
+        "BROADCASTER_MAX_MESSAGES_PER_SECOND",
+        "Messages a connection may send a second (bursts of twice that); "
+        "more get rate_limited errors.",
+    ),
+    Setting(
+        "max_errors",
+        "BROADCASTER_MAX_ERRORS",
+        "Errors a connection may cause in a minute before it is closed (4003).",
+    ),
+    Setting(
+        "allowed_origins",
+        "BROADCASTER_ALLOWED_ORIGINS",
+        "Comma-separated Origin values browsers may connect from (default: any); "
+        "others are refused with HTTP 403.",
     ),
 )
 

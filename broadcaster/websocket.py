@@ -16,7 +16,7 @@ import asyncio
 import http
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
@@ -93,6 +93,8 @@ class WebSocketConnection(asyncio.Protocol):
             self._abort_timer.cancel()
         if self._session is not None:
             self._session.close()
+            if self._runtime is not None:
+                self._runtime.connections -= 1
             logger.debug("%s disconnected", self._peer)
 
     # uvicorn calls this on every connection when the server shuts down.
@@ -118,6 +120,14 @@ class WebSocketConnection(asyncio.Protocol):
             )
             self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
 
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
     def close(self, code: int, reason: str) -> None:
         if self._session is not None:
             self._session.close()
@@ -129,33 +139,43 @@ class WebSocketConnection(asyncio.Protocol):
 
     # internals
 
+    def _refuse(self, status: http.HTTPStatus, text: str) -> None:
+        self._ws.send_response(self._ws.reject(status, text))
+
     def _handshake(self, request: Request) -> None:
-        path = urlsplit(request.path).path
+        url = urlsplit(request.path)
         runtime = self._runtime
         poller = runtime.poller if runtime is not None else None
         if runtime is None or poller is None:
-            self._ws.send_response(
-                self._ws.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
-            )
+            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
             return
-        if path != NATIVE_PATH:
-            self._ws.send_response(
-                self._ws.reject(http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
-            )
+        if url.path != NATIVE_PATH:
+            self._refuse(http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
+            return
+        origin = request.headers.get("Origin")
+        if origin is not None and not runtime.origin_allowed(origin):
+            # A browser page of another site must not use its visitor's network
+            # position to reach this server (cross-site WebSocket hijacking).
+            self._refuse(http.HTTPStatus.FORBIDDEN, "Origin not allowed.\n")
+            return
+        if runtime.connections >= runtime.settings.max_connections:
+            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections.\n")
             return
         response = self._ws.accept(request)
         self._ws.send_response(response)
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             return
-        settings = runtime.settings
+        runtime.connections += 1
         self._session = NativeSession(
             runtime.hub,
             poller,
             self,
-            max_subscriptions=settings.max_subscriptions,
-            max_message_bytes=settings.max_message_bytes,
+            authorizer=runtime.authorizer,
+            verifier=runtime.verifier,
+            token=_token(request, url.query),
+            limits=runtime.limits,
         )
-        logger.debug("%s connected to %s", self._peer, path)
+        logger.debug("%s connected to %s", self._peer, url.path)
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -199,3 +219,20 @@ class WebSocketConnection(asyncio.Protocol):
             self._abort_timer = asyncio.get_running_loop().call_later(
                 self._close_timeout, transport.abort
             )
+
+
+def _token(request: Request, query: str) -> str | None:
+    """A token sent with the upgrade request: ``Authorization: Bearer`` or ``access_token``.
+
+    Browsers cannot set headers on a WebSocket, hence the query parameter; it
+    ends up in proxies' access logs (see docs/security.md).
+    """
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    for value in parse_qs(query).get("access_token", []):
+        if value:
+            return value
+    return None

@@ -104,3 +104,12 @@ async def test_a_bad_setting_is_a_clear_error() -> None:
     )
     assert code == 1
     assert "BROADCASTER_PORT" in stderr
+
+
+async def test_serve_with_a_database_but_no_key_refuses_to_start(empty_database_url: str) -> None:
+    code, _, stderr = await _run(
+        "serve", "--port", "0", env=environment(DATABASE_URL=empty_database_url)
+    )
+    assert code == 1
+    assert "BROADCASTER_JWT_SECRET" in stderr
+    assert "BROADCASTER_AUTH=none" in stderr

@@ -161,7 +161,7 @@ async def test_a_server_killed_and_restarted_loses_nothing(
     private_database_url: str, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     log = tmp_path / "serve.log"
-    async with serve(log, DATABASE_URL=private_database_url) as first:
+    async with serve(log, DATABASE_URL=private_database_url, BROADCASTER_AUTH="none") as first:
         current = [first.ws_url]
         async with ResumingClient(lambda: current[0], TABLES) as reader:
             writers = Writers(private_database_url, writes=1500)
@@ -169,7 +169,9 @@ async def test_a_server_killed_and_restarted_loses_nothing(
             await asyncio.sleep(seconds(0.3))
             first.process.send_signal(signal.SIGKILL)
             await within(first.process.wait(), 10)
-            async with serve(log, DATABASE_URL=private_database_url) as second:
+            async with serve(
+                log, DATABASE_URL=private_database_url, BROADCASTER_AUTH="none"
+            ) as second:
                 current[0] = second.ws_url
                 await within(writing, 120)
                 assert writers.errors == []
@@ -213,7 +215,9 @@ async def test_a_stopped_server_never_fails_a_writer(
 ) -> None:
     """SIGSTOP for 30 s: the NOTIFY queue holds the wake-ups; no write fails; a 1 MB row too."""
     async with (
-        serve(tmp_path / "serve.log", DATABASE_URL=private_database_url) as server,
+        serve(
+            tmp_path / "serve.log", DATABASE_URL=private_database_url, BROADCASTER_AUTH="none"
+        ) as server,
         ResumingClient(lambda: server.ws_url, TABLES) as reader,
     ):
         os.kill(server.process.pid, signal.SIGSTOP)

@@ -19,6 +19,8 @@ from tests.support.timeouts import eventually, within
 # Fast failure detection, so fault tests finish quickly.
 TEST_SETTINGS: dict[str, Any] = {
     "port": 0,
+    # Most tests are about delivery; tests/integration/test_auth.py turns auth on.
+    "auth": "none",
     "keepalive_interval": 0.5,
     "keepalive_timeout": 2.0,
     "reconnect_max_delay": 0.5,

@@ -10,12 +10,13 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from broadcaster import cursors, native, protocol
+from broadcaster.authorization import OpenAuthorizer
 from broadcaster.changes import Change
 from broadcaster.cursors import Origin
 from broadcaster.feed import Feed, Join, JoinResult, ReadResult, Request, Row
 from broadcaster.frames import text_frame
 from broadcaster.hub import Batch, Hub
-from broadcaster.native import NativeSession, encode_batch
+from broadcaster.native import Limits, NativeSession, encode_batch
 
 MAX_SUBSCRIPTIONS = 3
 MAX_MESSAGE_BYTES = 256
@@ -32,12 +33,19 @@ class FakeTransport:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.closes: list[tuple[int, str]] = []
+        self.paused = False
 
     def send(self, frame: bytes) -> None:
         self.sent.append(frame)
 
     def close(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
 
 class FakeJoiner:
@@ -154,8 +162,14 @@ def new_session(
         hub,
         joiner if joiner is not None else FakeJoiner(),
         transport,
-        max_subscriptions=MAX_SUBSCRIPTIONS,
-        max_message_bytes=MAX_MESSAGE_BYTES,
+        authorizer=OpenAuthorizer(),
+        # These tests are about the protocol; limits are tested on their own.
+        limits=Limits(
+            max_subscriptions=MAX_SUBSCRIPTIONS,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            messages_per_second=1e9,
+            max_errors=10**9,
+        ),
     )
 
 
