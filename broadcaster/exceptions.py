@@ -5,9 +5,16 @@
     BroadcasterError
     ├── AuthenticationError     a client's token is refused; ``code`` is
     │                           ``unauthorized`` or ``token_expired``
+    ├── ClientError             raised by broadcaster.client (defined there)
+    │   ├── ConnectError              the first connection failed for good
+    │   ├── ClientClosedError         the client or subscription is closed
+    │   ├── SlowConsumerError         a subscription's queue overflowed with no
+    │   │                             cursor to resume from
+    │   └── SubscriptionError         the server refused or ended a subscription
+    │       └── TooManySubscriptionsError
     ├── ConfigurationError      a setting is missing or invalid
     ├── CursorError             a client's cursor cannot be served; ``reason``
-                                is sent to it in a ``reset`` message
+    │                           is sent to it in a ``reset`` message
     ├── EmbeddedPostgresError   the embedded Postgres could not start or stop
     ├── MigrationError          applying the schema or triggers failed
     ├── StartupError            the server could not start serving
