@@ -137,11 +137,11 @@ class Limits:
 
 
 class _TokenBucket:
-    """``rate`` messages a second on average, in bursts of up to twice that."""
+    """``rate`` messages a second on average, in bursts of up to ``burst``."""
 
-    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
         self._rate = rate
-        self._burst = max(2.0 * rate, 1.0)
+        self._burst = max(burst, 1.0)
         self._tokens = self._burst
         self._clock = clock
         self._last = clock()
@@ -198,7 +198,13 @@ class NativeSession:
         self._inbox: deque[protocol.ClientMessage] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
-        self._rate = _TokenBucket(limits.messages_per_second, clock)
+        # A reconnecting client resubscribes every table at once (plus its auth
+        # message): the burst allows that as well as twice the rate.
+        self._rate = _TokenBucket(
+            limits.messages_per_second,
+            max(2 * limits.messages_per_second, limits.max_subscriptions + 2),
+            clock,
+        )
         self._errors = 0
         self._errors_since = clock()
         self._auth_timer: asyncio.TimerHandle | None = None
@@ -216,13 +222,6 @@ class NativeSession:
         """Handle one complete text message from the client."""
         if self.closed:
             return
-        if not self._rate.take():
-            self._error(
-                protocol.RATE_LIMITED,
-                f"more than {self._limits.messages_per_second:g} messages a second; "
-                "this one was dropped",
-            )
-            return
         if len(data) > self._limits.max_message_bytes:
             self._error(
                 protocol.TOO_LARGE,
@@ -239,6 +238,16 @@ class NativeSession:
             message = protocol.parse_client_message(text)
         except ProtocolError as exc:
             self._error(exc.code, exc.message, exc.ref)
+            return
+        # Checked after parsing so the error can answer the message's ref: a
+        # client then knows which of its requests was dropped.
+        if not self._rate.take():
+            self._error(
+                protocol.RATE_LIMITED,
+                f"more than {self._limits.messages_per_second:g} messages a second; "
+                "this one was dropped",
+                message.ref,
+            )
             return
         self._dispatch(message)
 

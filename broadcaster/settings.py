@@ -275,8 +275,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_messages_per_second",
         "BROADCASTER_MAX_MESSAGES_PER_SECOND",
-        "Messages a connection may send a second (bursts of twice that); "
-        "more get rate_limited errors.",
+        "Messages a connection may send a second (in bursts of twice that, or of a full "
+        "resubscribe); more get rate_limited errors.",
     ),
     Setting(
         "max_errors",
