@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, Protocol
 
 import asyncpg
@@ -90,7 +90,7 @@ class SqlAuthorizer:
         cached = self._cache.get((claims, table_id))
         if cached is not None and cached[0] > self._clock():
             return cached[1]
-        return self._ask(claims, table_id)
+        return _Deferred(lambda: self._ask(claims, table_id))
 
     async def _ask(self, claims: str, table_id: str) -> bool:
         pool = self._pool()
@@ -106,6 +106,22 @@ class SqlAuthorizer:
             self._cache.clear()
         self._cache[(claims, table_id)] = (self._clock() + self._cache_seconds, allowed)
         return allowed
+
+
+class _Deferred:
+    """An awaitable that creates its coroutine only when awaited.
+
+    A session may drop an answer it has not started waiting for (the client
+    left); a coroutine created but never awaited would be reported as a bug.
+    """
+
+    __slots__ = ("_start",)
+
+    def __init__(self, start: Callable[[], Coroutine[Any, Any, bool]]) -> None:
+        self._start = start
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return self._start().__await__()
 
 
 def _canonical(claims: Mapping[str, Any]) -> str:

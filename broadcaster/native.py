@@ -197,6 +197,9 @@ class NativeSession:
         self.authenticated = verifier is None
         self._inbox: deque[protocol.ClientMessage] = deque()
         self._worker: asyncio.Task[None] | None = None
+        # The continuation handed to a worker task that has not run yet: if the
+        # session closes first, it is closed rather than left never awaited.
+        self._unstarted: _Continuation | None = None
         self._paused = False
         # A reconnecting client resubscribes every table at once (plus its auth
         # message): the burst allows that as well as twice the rate.
@@ -268,9 +271,11 @@ class NativeSession:
             return
         continuation = self._handle(message)
         if continuation is not None:
+            self._unstarted = continuation
             self._worker = asyncio.get_running_loop().create_task(self._work(continuation))
 
     async def _work(self, first: _Continuation) -> None:
+        self._unstarted = None
         continuation: _Continuation | None = first
         try:
             while continuation is not None:
@@ -462,6 +467,9 @@ class NativeSession:
         self._cancel_timers()
         if self._worker is not None:
             self._worker.cancel()
+        if self._unstarted is not None:
+            self._unstarted.close()
+            self._unstarted = None
         self._inbox.clear()
         for table_id in list(self.tables):
             self._leave(table_id)
