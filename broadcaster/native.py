@@ -254,7 +254,7 @@ class NativeSession:
             return
         self._dispatch(message)
 
-    def receive_binary(self) -> None:
+    def receive_binary(self, data: bytes) -> None:
         """Handle one binary message: the native protocol has none."""
         if not self.closed:
             self._error(protocol.BINARY_NOT_SUPPORTED, "the native protocol uses text frames only")

@@ -24,8 +24,9 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from . import protocol
+from . import phoenix, protocol
 from .native import NativeSession
+from .supabase import SupabaseSession
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -35,6 +36,8 @@ __all__ = ["WebSocketConnection"]
 logger = logging.getLogger(__name__)
 
 NATIVE_PATH = "/ws"
+# Where supabase-js connects: NEXT_PUBLIC_SUPABASE_URL + /realtime/v1/websocket.
+SUPABASE_PATHS = frozenset({"/realtime/v1/websocket", "/socket/websocket"})
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -57,7 +60,7 @@ class WebSocketConnection(asyncio.Protocol):
             logger=logger,
         )
         self._transport: asyncio.Transport | None = None
-        self._session: NativeSession | None = None
+        self._session: NativeSession | SupabaseSession | None = None
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
@@ -149,8 +152,13 @@ class WebSocketConnection(asyncio.Protocol):
         if runtime is None or poller is None:
             self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
             return
-        if url.path != NATIVE_PATH:
+        if url.path != NATIVE_PATH and url.path not in SUPABASE_PATHS:
             self._refuse(http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
+            return
+        query = parse_qs(url.query)
+        vsn = (query.get("vsn") or [phoenix.VSN_1])[0]
+        if url.path in SUPABASE_PATHS and vsn not in (phoenix.VSN_1, phoenix.VSN_2):
+            self._refuse(http.HTTPStatus.BAD_REQUEST, f"Unsupported vsn {vsn[:20]!r}.\n")
             return
         origin = request.headers.get("Origin")
         if origin is not None and not runtime.origin_allowed(origin):
@@ -166,6 +174,20 @@ class WebSocketConnection(asyncio.Protocol):
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             return
         runtime.connections += 1
+        if url.path in SUPABASE_PATHS:
+            self._session = SupabaseSession(
+                runtime.hub,
+                poller,
+                self,
+                vsn=vsn,
+                authorizer=runtime.authorizer,
+                verifier=runtime.verifier,
+                apikey=next(iter(query.get("apikey", [])), None),
+                max_subscriptions=runtime.limits.max_subscriptions,
+                max_message_bytes=runtime.limits.max_message_bytes,
+            )
+            logger.debug("%s connected to %s (vsn %s)", self._peer, url.path, vsn)
+            return
         self._session = NativeSession(
             runtime.hub,
             poller,
@@ -202,7 +224,7 @@ class WebSocketConnection(asyncio.Protocol):
         if opcode is Opcode.TEXT:
             session.receive_text(data)
         else:
-            session.receive_binary()
+            session.receive_binary(data)
 
     def _flush(self) -> None:
         transport = self._transport

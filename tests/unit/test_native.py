@@ -710,7 +710,7 @@ def test_invalid_utf8_closes_with_1007(
 
 
 def test_binary_is_not_supported(session: NativeSession, transport: FakeTransport) -> None:
-    session.receive_binary()
+    session.receive_binary(b"\x00")
 
     [error] = messages(transport)
     assert error["type"] == "error"
@@ -1014,7 +1014,7 @@ def test_errors_of_one_session_do_not_affect_another(hub: Hub) -> None:
     good_transport.sent.clear()
 
     bad.receive_text(b"{nope")
-    bad.receive_binary()
+    bad.receive_binary(b"\x00")
     bad.receive_text(b"x" * (MAX_MESSAGE_BYTES + 1))
     bad.receive_text(b'{"type": "subscribe", "table_id": "t1", "cursor": []}')
     bad.receive_text(b"\xff")

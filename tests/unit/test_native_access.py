@@ -1131,7 +1131,7 @@ async def test_every_kind_of_error_counts_towards_the_budget(
     session.receive_text(b"{not json")  # bad_json
     session.receive_text(b"x" * 101)  # too_large
     assert transport.closes == []
-    session.receive_binary()  # binary_not_supported
+    session.receive_binary(b"\x00")  # binary_not_supported
 
     assert [m["code"] for m in messages(transport)] == [
         protocol.UNAUTHORIZED,
@@ -1292,7 +1292,7 @@ async def test_close_during_a_verification_cancels_it_and_sends_nothing_more(
     assert joiner.joins == []
     assert not session.authenticated
     send(session, {"type": "ping", "ref": 4})
-    session.receive_binary()
+    session.receive_binary(b"\x00")
     assert transport.sent == []
 
 

@@ -1,0 +1,414 @@
+"""One client connection speaking Supabase Realtime's protocol: ``postgres_changes`` channels.
+
+Unmodified supabase-js apps subscribe with
+``supabase.channel(name).on('postgres_changes', {event, schema: 'public',
+table: 'rows', filter: 'table_id=eq.' + id}, callback).subscribe()``. This
+session serves that on the same hub and feed as the native protocol: each
+channel's bindings name the table_ids they route to (``table_id=eq.X`` or
+``table_id=in.(a,b)``), the session joins those tables through the feed, and
+only once they are live does it reply to ``phx_join`` (so a change committed
+after the client reports SUBSCRIBED is never missed).
+
+Not served yet: broadcast and presence (answered with a ``system`` error).
+Bindings without a table_id filter, filtered on another column, or on a table
+other than ``public.rows`` are refused with the reason. See ``docs/supabase.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from . import phoenix
+from .auth import Identity, TokenVerifier
+from .authorization import Authorizer
+from .changes import Change
+from .exceptions import AuthenticationError, ProtocolError
+from .feed import Join, JoinResult
+from .frames import text_frame
+from .hub import Batch, Hub
+from .native import Joiner, Transport
+from .phoenix import Message
+
+__all__ = ["Binding", "FilterError", "SupabaseSession", "parse_filter"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA: Final = "public"
+TABLE: Final = "rows"
+COLUMNS: Final = [
+    {"name": "id", "type": "text"},
+    {"name": "table_id", "type": "text"},
+    {"name": "data", "type": "jsonb"},
+    {"name": "enriching_columns", "type": "_text"},
+    {"name": "version", "type": "int8"},
+    {"name": "created_at", "type": "timestamptz"},
+    {"name": "updated_at", "type": "timestamptz"},
+]
+_EVENTS: Final = {"*", "INSERT", "UPDATE", "DELETE"}
+_FILTER = re.compile(r"(?P<column>[A-Za-z_]+)=(?P<op>[a-z]+)\.(?P<value>.*)", re.DOTALL)
+
+
+class FilterError(ValueError):
+    """A binding this server cannot serve; the message says why."""
+
+
+def parse_filter(text: str) -> tuple[str, ...]:
+    """The table_ids a PostgREST-style filter routes to: ``table_id=eq.X`` or ``table_id=in.(a,b)``.
+
+    A binding carries one filter, and changes are routed by table_id, so a
+    filter on another column would leave nothing to route by: it is refused.
+    """
+    match = _FILTER.fullmatch(text)
+    if match is None:
+        raise FilterError(f"filter {text!r} is not column=operator.value")
+    column, op, value = match["column"], match["op"], match["value"]
+    if column != "table_id" or op not in ("eq", "in"):
+        raise FilterError(
+            f"filter {text!r} cannot be served: changes are routed by table_id, so the "
+            "filter must be table_id=eq.X or table_id=in.(a,b)"
+        )
+    if op == "eq":
+        return (value,)
+    if not (value.startswith("(") and value.endswith(")")):
+        raise FilterError("an in filter lists values in parentheses: table_id=in.(a,b)")
+    values = tuple(v.strip().strip('"') for v in value[1:-1].split(",") if v.strip())
+    if not values:
+        raise FilterError("table_id=in.() names no table")
+    return values
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One ``postgres_changes`` entry of a join, with the id the client matches on."""
+
+    id: int
+    event: str
+    tables: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, entry: object) -> Binding:
+        if not isinstance(entry, dict):
+            raise FilterError("each postgres_changes entry is an object")
+        event = entry.get("event", "*")
+        if event not in _EVENTS:
+            raise FilterError(f"event must be one of *, INSERT, UPDATE, DELETE, not {event!r}")
+        if entry.get("schema", SCHEMA) != SCHEMA or entry.get("table") != TABLE:
+            raise FilterError(
+                f"only {SCHEMA}.{TABLE} is published here, not "
+                f"{entry.get('schema')}.{entry.get('table')}"
+            )
+        text = entry.get("filter")
+        if not isinstance(text, str) or not text:
+            raise FilterError(
+                "a filter on table_id is required (table_id=eq.X or table_id=in.(a,b)): "
+                "changes are routed by table_id"
+            )
+        tables = parse_filter(text)
+        # Deterministic, so every client with the same bindings gets the same
+        # ids (as Supabase's hash of the parameters); never 0, which the client
+        # treats as unset.
+        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        binding_id = zlib.crc32(canonical.encode()) & 0x7FFFFFFF or 1
+        return cls(binding_id, event, tables)
+
+    def matches(self, change: Change) -> bool:
+        return self.event in ("*", change.op) and change.table_id in self.tables
+
+
+@dataclass(eq=False)
+class _Channel:
+    topic: str
+    join_ref: str | None
+    bindings: list[Binding]
+    tables: frozenset[str]
+    live: bool = False
+    pending: set[str] = field(default_factory=set)
+    reply: Callable[[], None] | None = None
+
+
+class SupabaseSession:
+    """Channels of one connection; the hub subscriber for every table they route to."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        joiner: Joiner,
+        transport: Transport,
+        *,
+        vsn: str,
+        authorizer: Authorizer,
+        verifier: TokenVerifier | None,
+        apikey: str | None,
+        max_subscriptions: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._hub = hub
+        self._joiner = joiner
+        self._transport = transport
+        self._vsn = vsn
+        self._authorizer = authorizer
+        self._verifier = verifier
+        self._apikey = apikey
+        self._max_subscriptions = max_subscriptions
+        self._max_message_bytes = max_message_bytes
+        self._channels: dict[str, _Channel] = {}
+        # table_id -> its pending Join, or None once live.
+        self.tables: dict[str, Join | None] = {}
+        self.identity: Identity | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    # Input
+
+    def receive_text(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if len(data) > self._max_message_bytes:
+            self._system_error("", f"message over {self._max_message_bytes} bytes ignored")
+            return
+        try:
+            message = phoenix.decode_text(data.decode("utf-8", "replace"), self._vsn)
+        except ProtocolError as exc:
+            logger.debug("ignoring a bad Phoenix message: %s", exc)
+            return
+        self._handle(message)
+
+    def receive_binary(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            message = phoenix.decode_binary(data)
+        except ProtocolError as exc:
+            logger.debug("ignoring a bad binary message: %s", exc)
+            return
+        self._handle(message)
+
+    def _handle(self, message: Message) -> None:
+        if message.topic == "phoenix" and message.event == "heartbeat":
+            self._reply(message, "ok", {})
+        elif message.event == "phx_join":
+            self._spawn(self._join(message))
+        elif message.event == "phx_leave":
+            self._leave(message.topic)
+            self._reply(message, "ok", {})
+        elif message.event == "access_token":
+            self._spawn(self._refresh(message))
+        elif message.event in ("broadcast", "presence"):
+            self._system_error(
+                message.topic, f"{message.event} is not supported by this server yet"
+            )
+        else:
+            self._reply(message, "error", {"reason": f"unknown event {message.event[:64]!r}"})
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Channels
+
+    async def _join(self, message: Message) -> None:
+        topic = message.topic
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        config = payload.get("config")
+        entries = (config.get("postgres_changes") if isinstance(config, dict) else None) or []
+        if not isinstance(entries, list):
+            return self._refuse(message, "config.postgres_changes must be a list")
+        try:
+            bindings = [Binding.parse(entry) for entry in entries]
+        except FilterError as exc:
+            self._system_error(topic, str(exc))
+            return self._refuse(message, str(exc))
+        token = payload.get("access_token") or self._apikey
+        try:
+            identity = await self._verify(token if isinstance(token, str) else None)
+        except AuthenticationError as exc:
+            return self._refuse(message, f"{exc.code}: {exc.message}")
+        tables = frozenset(t for binding in bindings for t in binding.tables)
+        for table_id in sorted(tables):
+            verdict = self._authorizer.allowed(identity, table_id)
+            allowed = verdict if isinstance(verdict, bool) else await verdict
+            if not allowed:
+                return self._refuse(message, f"forbidden: this token may not read {table_id!r}")
+        if self.closed:
+            return None
+        if len(set(self.tables) | tables) > self._max_subscriptions:
+            return self._refuse(message, "too many subscriptions on this connection")
+        self.identity = identity
+        self._leave(topic)
+        channel = _Channel(topic, message.join_ref, bindings, tables)
+        self._channels[topic] = channel
+        echoed = [{**entry, "id": b.id} for entry, b in zip(entries, bindings, strict=True)]
+
+        def reply() -> None:
+            channel.live = True
+            self._reply(message, "ok", {"postgres_changes": echoed})
+            if bindings:
+                name = topic.removeprefix("realtime:")
+                self._send(
+                    Message(
+                        topic,
+                        "system",
+                        {
+                            "extension": "postgres_changes",
+                            "status": "ok",
+                            "message": "Subscribed to PostgreSQL",
+                            "channel": name,
+                        },
+                    )
+                )
+
+        channel.reply = reply
+        for table_id in tables:
+            if table_id not in self.tables:
+                self._join_table(table_id)
+            if self.tables.get(table_id) is not None:
+                channel.pending.add(table_id)
+        self._maybe_live(channel)
+        return None
+
+    def _join_table(self, table_id: str) -> None:
+        def joined(result: JoinResult) -> None:
+            if self.closed or self.tables.get(table_id) is not join:
+                return
+            self.tables[table_id] = None
+            self._hub.subscribe(table_id, self)
+            for channel in list(self._channels.values()):
+                channel.pending.discard(table_id)
+                self._maybe_live(channel)
+
+        join = Join(table_id, joined)
+        self.tables[table_id] = join
+        self._joiner.join(join)
+
+    def _maybe_live(self, channel: _Channel) -> None:
+        if not channel.live and not channel.pending and channel.reply is not None:
+            channel.reply()
+
+    def _leave(self, topic: str) -> None:
+        channel = self._channels.pop(topic, None)
+        if channel is None:
+            return
+        still = {t for other in self._channels.values() for t in other.tables}
+        for table_id in channel.tables - still:
+            join = self.tables.pop(table_id, None)
+            if join is None:
+                self._hub.unsubscribe(table_id, self)
+            else:
+                self._joiner.cancel(join)
+
+    async def _verify(self, token: str | None) -> Identity | None:
+        if self._verifier is None:
+            return None
+        if not token:
+            raise AuthenticationError("unauthorized", "no access_token and no JWT apikey")
+        return await self._verifier.verify(token)
+
+    async def _refresh(self, message: Message) -> None:
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        token = payload.get("access_token")
+        try:
+            identity = await self._verify(token if isinstance(token, str) else None)
+        except AuthenticationError as exc:
+            self._system_error(message.topic, f"{exc.code}: {exc.message}")
+            self._send(Message(message.topic, "phx_close", {}, None, message.join_ref))
+            self._leave(message.topic)
+            return
+        self.identity = identity
+
+    def _refuse(self, message: Message, reason: str) -> None:
+        self._reply(message, "error", {"reason": reason})
+
+    # Output
+
+    def deliver(self, batch: Batch) -> None:
+        rows = batch.memo("supabase.rows", _rows)
+        for channel in self._channels.values():
+            if not channel.live or batch.table_id not in channel.tables:
+                continue
+            for change, row in zip(batch.changes, rows, strict=True):
+                ids = [b.id for b in channel.bindings if b.matches(change)]
+                if ids:
+                    self._send(
+                        Message(
+                            channel.topic,
+                            "postgres_changes",
+                            {"ids": ids, "data": _data(change, row)},
+                        )
+                    )
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in self._tasks:
+            task.cancel()
+        for topic in list(self._channels):
+            self._leave(topic)
+
+    def _reply(self, message: Message, status: str, response: dict[str, Any]) -> None:
+        self._send(
+            Message(
+                message.topic,
+                "phx_reply",
+                {"status": status, "response": response},
+                message.ref,
+                message.join_ref,
+            )
+        )
+
+    def _system_error(self, topic: str, reason: str) -> None:
+        self._send(
+            Message(
+                topic,
+                "system",
+                {
+                    "extension": "postgres_changes",
+                    "status": "error",
+                    "message": reason,
+                    "channel": topic.removeprefix("realtime:"),
+                },
+            )
+        )
+
+    def _send(self, message: Message) -> None:
+        self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
+
+
+def _rows(batch: Batch) -> list[dict[str, Any]]:
+    return [json.loads(change.row_json) for change in batch.changes]
+
+
+def _data(change: Change, row: dict[str, Any]) -> dict[str, Any]:
+    key = {"id": change.id, "table_id": change.table_id}
+    if change.op == "DELETE":
+        committed = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return {
+            "schema": SCHEMA,
+            "table": TABLE,
+            "commit_timestamp": committed,
+            "type": "DELETE",
+            "columns": COLUMNS,
+            "old_record": {**key, "version": change.version},
+            "errors": None,
+        }
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        "table": TABLE,
+        "commit_timestamp": row.get("updated_at"),
+        "type": change.op,
+        "columns": COLUMNS,
+        "record": row,
+        "errors": None,
+    }
+    if change.op == "UPDATE":
+        data["old_record"] = key
+    return data

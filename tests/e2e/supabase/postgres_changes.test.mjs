@@ -1,0 +1,191 @@
+// Unmodified supabase-js apps against broadcaster: postgres_changes on `rows`, by table_id.
+//
+// Run by tests/e2e/test_supabase.py, which starts the server and passes
+// BROADCASTER_URL (http://host:port) and DATABASE_URL. Every wait is bounded by
+// TIMEOUT_MS (scaled like the Python tests' unit).
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { createClient } from "@supabase/supabase-js";
+import pg from "pg";
+import WebSocket from "ws";
+
+const URL = process.env.BROADCASTER_URL;
+const TIMEOUT_MS = 10_000 * Number(process.env.BROADCASTER_TEST_TIMEOUT_SCALE ?? "1");
+const db = new pg.Client({ connectionString: process.env.DATABASE_URL });
+await db.connect();
+const clients = [];
+
+after(async () => {
+  for (const client of clients) await client.removeAllChannels();
+  await db.end();
+});
+
+function supabase(realtime = {}) {
+  // The anon key is only passed through as apikey; this server runs without auth.
+  const client = createClient(URL, "anon-key", {
+    realtime: { transport: WebSocket, ...realtime },
+    auth: { persistSession: false, autoRefreshToken: false },
+  });
+  clients.push(client);
+  return client;
+}
+
+function within(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// Subscribe and resolve with [status, error] once the channel settles.
+function subscribe(channel) {
+  return within(
+    new Promise((resolve) => {
+      channel.subscribe((status, error) => {
+        if (status !== "CLOSED") resolve([status, error]);
+      });
+    }),
+    "the channel to settle",
+  );
+}
+
+// Collects payloads; next(n) resolves with the next n.
+function collector() {
+  const seen = [];
+  const waiters = [];
+  return {
+    seen,
+    push(payload) {
+      seen.push(payload);
+      for (const waiter of [...waiters]) waiter();
+    },
+    next(count, what = "changes") {
+      return within(
+        new Promise((resolve) => {
+          const check = () => {
+            if (seen.length >= count) {
+              waiters.splice(waiters.indexOf(check), 1);
+              resolve(seen.slice(0, count));
+            }
+          };
+          waiters.push(check);
+          check();
+        }),
+        what,
+      );
+    },
+  };
+}
+
+for (const vsn of ["2.0.0", "1.0.0"]) {
+  test(`vsn ${vsn}: insert, update and delete arrive in the supabase shape`, async () => {
+    const table = `t-${vsn}`;
+    const changes = collector();
+    const channel = supabase({ vsn })
+      .channel(`table:${table}`)
+      .on(
+        "postgres_changes",
+        { event: "*", schema: "public", table: "rows", filter: `table_id=eq.${table}` },
+        (payload) => changes.push(payload),
+      );
+    const [status, error] = await subscribe(channel);
+    assert.equal(status, "SUBSCRIBED", String(error));
+
+    await db.query("INSERT INTO rows (id, table_id, data) VALUES ($1, $2, $3)", [
+      `r-${vsn}`, table, { name: "Ada" },
+    ]);
+    const [inserted] = await changes.next(1, "the insert");
+    assert.equal(inserted.eventType, "INSERT");
+    assert.equal(inserted.schema, "public");
+    assert.equal(inserted.table, "rows");
+    assert.equal(inserted.new.id, `r-${vsn}`);
+    assert.equal(inserted.new.table_id, table);
+    assert.deepEqual(inserted.new.data, { name: "Ada" });
+    assert.deepEqual(inserted.new.enriching_columns, []);
+    assert.match(inserted.commit_timestamp, /^\d{4}-\d\d-\d\dT/);
+
+    await db.query("UPDATE rows SET enriching_columns = '{email}' WHERE id = $1", [`r-${vsn}`]);
+    const [, updated] = await changes.next(2, "the update");
+    assert.equal(updated.eventType, "UPDATE");
+    assert.deepEqual(updated.new.enriching_columns, ["email"]);
+    assert.equal(updated.old.id, `r-${vsn}`);
+
+    await db.query("DELETE FROM rows WHERE id = $1", [`r-${vsn}`]);
+    const [, , deleted] = await changes.next(3, "the delete");
+    assert.equal(deleted.eventType, "DELETE");
+    assert.equal(deleted.old.id, `r-${vsn}`);
+    assert.equal(deleted.old.table_id, table);
+  });
+}
+
+test("an UPDATE-only binding gets only updates; another table's channel gets nothing", async () => {
+  const client = supabase();
+  const updates = collector();
+  const elsewhere = collector();
+  const only = client
+    .channel("updates-only")
+    .on(
+      "postgres_changes",
+      { event: "UPDATE", schema: "public", table: "rows", filter: "table_id=eq.u1" },
+      (payload) => updates.push(payload),
+    );
+  const other = client
+    .channel("other-table")
+    .on(
+      "postgres_changes",
+      { event: "*", schema: "public", table: "rows", filter: "table_id=eq.u2" },
+      (payload) => elsewhere.push(payload),
+    );
+  assert.equal((await subscribe(only))[0], "SUBSCRIBED");
+  assert.equal((await subscribe(other))[0], "SUBSCRIBED");
+
+  await db.query("INSERT INTO rows (id, table_id) VALUES ('u', 'u1')");
+  await db.query(`UPDATE rows SET data = '{"n": 1}' WHERE id = 'u'`);
+  const [update] = await updates.next(1, "the update");
+  assert.equal(update.eventType, "UPDATE");
+  assert.deepEqual(update.new.data, { n: 1 });
+  // The insert came first and was not delivered to the UPDATE-only binding.
+  assert.equal(updates.seen.length, 1);
+  assert.equal(elsewhere.seen.length, 0);
+});
+
+test("a binding the server cannot serve is refused with the reason", async () => {
+  const channel = supabase()
+    .channel("unroutable")
+    .on(
+      "postgres_changes",
+      { event: "*", schema: "public", table: "rows", filter: "id=eq.r1" },
+      () => {},
+    );
+  const [status, error] = await subscribe(channel);
+  assert.equal(status, "CHANNEL_ERROR");
+  assert.match(String(error?.message ?? error), /routed by table_id/);
+});
+
+test("the seed's useTableRealtime shape works unchanged", async () => {
+  // What the seed's hook does: one channel per table, * events, filter by table_id,
+  // then dispatch on eventType.
+  const tableId = "seed";
+  const rows = new Map();
+  const seen = collector();
+  const channel = supabase()
+    .channel(`rows:${tableId}`)
+    .on(
+      "postgres_changes",
+      { event: "*", schema: "public", table: "rows", filter: `table_id=eq.${tableId}` },
+      (payload) => {
+        if (payload.eventType === "DELETE") rows.delete(payload.old.id);
+        else rows.set(payload.new.id, payload.new);
+        seen.push(payload);
+      },
+    );
+  assert.equal((await subscribe(channel))[0], "SUBSCRIBED");
+  await db.query("INSERT INTO rows (id, table_id, enriching_columns) VALUES ('s1', $1, '{ceo}')", [tableId]);
+  await db.query(
+    `UPDATE rows SET data = '{"ceo": "Grace"}', enriching_columns = '{}' WHERE id = 's1'`,
+  );
+  await seen.next(2);
+  assert.deepEqual(rows.get("s1").data, { ceo: "Grace" });
+  assert.deepEqual(rows.get("s1").enriching_columns, []);
+});

@@ -1,0 +1,47 @@
+"""The real @supabase/supabase-js (2.109.0, in Node) against a live server.
+
+The JavaScript tests live in tests/e2e/supabase/; this test starts the server
+and the database they use, installs their packages when missing, and runs them
+with Node's test runner. It is skipped, saying why, where Node is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import running_server
+from tests.support.timeouts import within
+
+pytestmark = pytest.mark.asyncio
+
+HERE = Path(__file__).parent / "supabase"
+
+
+async def _run(*command: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=HERE,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await within(process.communicate(), 300)
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
+
+
+async def test_supabase_js_postgres_changes(database_url: str) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js and npm are needed for the supabase-js tests (Node 20)")
+    if not (HERE / "node_modules").exists():
+        code, output = await _run("npm", "ci", "--no-audit", "--no-fund")
+        assert code == 0, output
+    async with running_server(database_url) as server:
+        env = {**os.environ, "BROADCASTER_URL": server.url, "DATABASE_URL": database_url}
+        code, output = await _run("node", "--test", "--test-reporter=spec", env=env)
+    assert code == 0, output
