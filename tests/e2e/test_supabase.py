@@ -35,13 +35,31 @@ async def _run(*command: str, env: dict[str, str] | None = None) -> tuple[int, s
     return process.returncode, output.decode(errors="replace")
 
 
-async def test_supabase_js_postgres_changes(database_url: str) -> None:
+async def _node_tests(database_url: str, file: str, **server: str) -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are needed for the supabase-js tests (Node 20)")
     if not (HERE / "node_modules").exists():
         code, output = await _run("npm", "ci", "--no-audit", "--no-fund")
         assert code == 0, output
-    async with running_server(database_url) as server:
-        env = {**os.environ, "BROADCASTER_URL": server.url, "DATABASE_URL": database_url}
-        code, output = await _run("node", "--test", "--test-reporter=spec", env=env)
+    async with running_server(database_url, **server) as running:
+        env = {
+            **os.environ,
+            "BROADCASTER_URL": running.url,
+            "DATABASE_URL": database_url,
+            "JWT_SECRET": server.get("jwt_secret", ""),
+        }
+        code, output = await _run("node", "--test", "--test-reporter=spec", file, env=env)
     assert code == 0, output
+
+
+async def test_supabase_js_postgres_changes(database_url: str) -> None:
+    await _node_tests(database_url, "postgres_changes.test.mjs")
+
+
+async def test_supabase_js_with_authentication(database_url: str) -> None:
+    await _node_tests(
+        database_url,
+        "auth.test.mjs",
+        auth="jwt",
+        jwt_secret="supabase-compat-test-secret-32-bytes!",
+    )

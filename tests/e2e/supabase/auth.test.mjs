@@ -1,0 +1,128 @@
+// supabase-js against a server with authentication on: tokens, refused joins, setAuth, heartbeats.
+//
+// Run by tests/e2e/test_supabase.py with BROADCASTER_URL, DATABASE_URL and
+// JWT_SECRET (the server's BROADCASTER_JWT_SECRET; table_ids claim).
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { createClient } from "@supabase/supabase-js";
+import pg from "pg";
+import WebSocket from "ws";
+
+const URL = process.env.BROADCASTER_URL;
+const SECRET = process.env.JWT_SECRET;
+const TIMEOUT_MS = 10_000 * Number(process.env.BROADCASTER_TEST_TIMEOUT_SCALE ?? "1");
+const db = new pg.Client({ connectionString: process.env.DATABASE_URL });
+await db.connect();
+const clients = [];
+
+after(async () => {
+  for (const client of clients) await client.removeAllChannels();
+  await db.end();
+});
+
+function jwt(claims) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${encode({ alg: "HS256", typ: "JWT" })}.${encode({
+    role: "authenticated",
+    sub: "user-1",
+    exp: Math.floor(Date.now() / 1000) + 300,
+    ...claims,
+  })}`;
+  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
+}
+
+function supabase(key, realtime = {}) {
+  const client = createClient(URL, key, {
+    realtime: { transport: WebSocket, ...realtime },
+    auth: { persistSession: false, autoRefreshToken: false },
+  });
+  clients.push(client);
+  return client;
+}
+
+function within(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// Subscribe; resolve with [status, error] once the channel settles. Every
+// status the channel reports later is appended to channel.statuses.
+function subscribe(channel) {
+  channel.statuses = [];
+  return within(
+    new Promise((resolve) => {
+      channel.subscribe((status, error) => {
+        channel.statuses.push(status);
+        if (status !== "CLOSED") resolve([status, error]);
+      });
+    }),
+    "the channel to settle",
+  );
+}
+
+function on(client, table, changes) {
+  return client
+    .channel(`auth:${table}:${Math.random()}`)
+    .on(
+      "postgres_changes",
+      { event: "*", schema: "public", table: "rows", filter: `table_id=eq.${table}` },
+      (payload) => changes.push(payload),
+    );
+}
+
+async function eventually(predicate, what) {
+  await within(
+    (async () => {
+      while (!predicate()) await new Promise((resolve) => setTimeout(resolve, 20));
+    })(),
+    what,
+  );
+}
+
+test("the anon key (a JWT apikey) authenticates a join without a session", async () => {
+  const changes = [];
+  const client = supabase(jwt({ table_ids: ["a1"] }));
+  assert.equal((await subscribe(on(client, "a1", changes)))[0], "SUBSCRIBED");
+  await db.query("INSERT INTO rows (id, table_id) VALUES ('x1', 'a1')");
+  await eventually(() => changes.length === 1, "the change");
+});
+
+test("a refused join shows CHANNEL_ERROR with the reason", async () => {
+  const client = supabase(jwt({ table_ids: ["a1"] }));
+  const [status, error] = await subscribe(on(client, "not-mine", []));
+  assert.equal(status, "CHANNEL_ERROR");
+  assert.match(String(error?.message ?? error), /forbidden/);
+
+  const bad = supabase("not-a-jwt");
+  const [badStatus, badError] = await subscribe(on(bad, "a1", []));
+  assert.equal(badStatus, "CHANNEL_ERROR");
+  assert.match(String(badError?.message ?? badError), /unauthorized/);
+});
+
+test("setAuth sends a fresh access_token; a bad one ends the channel", async () => {
+  const client = supabase(jwt({ table_ids: ["a2"] }));
+  const changes = [];
+  const channel = on(client, "a2", changes);
+  assert.equal((await subscribe(channel))[0], "SUBSCRIBED");
+  await client.realtime.setAuth(jwt({ table_ids: ["a2"], sub: "user-2" }));
+  await db.query("INSERT INTO rows (id, table_id) VALUES ('x2', 'a2')");
+  await eventually(() => changes.length === 1, "the change after a refresh");
+
+  await client.realtime.setAuth("garbage");
+  await eventually(() => channel.statuses.includes("CLOSED"), "the channel to close");
+});
+
+test("heartbeats keep the connection up", async () => {
+  const statuses = [];
+  const client = supabase(jwt({ table_ids: ["a3"] }), {
+    heartbeatIntervalMs: 200,
+    heartbeatCallback: (status) => statuses.push(status),
+  });
+  assert.equal((await subscribe(on(client, "a3", [])))[0], "SUBSCRIBED");
+  await eventually(() => statuses.filter((s) => s === "ok").length >= 3, "three heartbeat replies");
+  assert.ok(!statuses.includes("timeout"));
+});
