@@ -1,0 +1,230 @@
+/**
+ * The wire protocol (docs/protocol.md in the broadcaster repository), as types
+ * and as the checks that turn an untrusted frame into those types.
+ *
+ * Validation is deliberately shallow: the server is trusted to send what the
+ * protocol says, but a message that lacks what the client relies on (a
+ * `table_id`, a row `id` and `version`) is dropped rather than allowed to
+ * corrupt a store. Unknown message types and extra fields are ignored, so a
+ * newer server can add to the protocol without breaking this client.
+ */
+
+/** A client's correlation value; replies carry it unchanged. */
+export type Ref = string | number;
+
+/**
+ * A reply's `ref`: the client's, or null when no client message carried one
+ * (an `authenticated` answering a token sent with the upgrade request).
+ */
+export type ReplyRef = Ref | null;
+
+/** The cells of a row: `rows.data`, a JSON object. */
+export type RowData = Record<string, unknown>;
+
+/** A row of the `rows` table as the server sends it. */
+export interface Row<TData extends object = RowData> {
+  id: string;
+  table_id: string;
+  data: TData;
+  /** Keys of `data` being enriched right now. */
+  enriching_columns: string[];
+  /** From one database-wide sequence; grows with every change of the row, including its deletion. */
+  version: number;
+  /** UTC, ISO-8601 with microseconds and `Z`. */
+  created_at: string;
+  updated_at: string;
+}
+
+/** What a `DELETE` carries: the row's identity and the version of the deletion. */
+export interface DeletedRow {
+  id: string;
+  table_id: string;
+  version: number;
+}
+
+export type Op = "INSERT" | "UPDATE" | "DELETE";
+
+export type ResetReason = "malformed_cursor" | "foreign_cursor" | "history_pruned" | (string & {});
+
+export interface SubscribedMessage {
+  type: "subscribed";
+  ref?: ReplyRef;
+  table_id: string;
+}
+
+export interface UnsubscribedMessage {
+  type: "unsubscribed";
+  ref?: ReplyRef;
+  table_id: string;
+}
+
+export type ChangeMessage =
+  | { type: "change"; table_id: string; op: "INSERT" | "UPDATE"; row: Row; cursor?: string }
+  | { type: "change"; table_id: string; op: "DELETE"; row: DeletedRow; cursor?: string };
+
+export interface SyncedMessage {
+  type: "synced";
+  table_id: string;
+  cursor: string;
+}
+
+export interface CursorMessage {
+  type: "cursor";
+  table_id: string;
+  cursor: string;
+}
+
+export interface ResetMessage {
+  type: "reset";
+  table_id: string;
+  reason: ResetReason;
+}
+
+export interface PongMessage {
+  type: "pong";
+  ref?: ReplyRef;
+}
+
+export interface AuthenticatedMessage {
+  type: "authenticated";
+  ref?: ReplyRef;
+  /** Unix seconds after which the token is no longer accepted; null: it does not expire. */
+  expires_at: number | null;
+}
+
+export interface ErrorMessage {
+  type: "error";
+  ref?: ReplyRef;
+  code: string;
+  message: string;
+  /** Present when the error concerns one table (`forbidden`): its subscription has ended. */
+  table_id?: string;
+}
+
+export type ServerMessage =
+  | SubscribedMessage
+  | UnsubscribedMessage
+  | ChangeMessage
+  | SyncedMessage
+  | CursorMessage
+  | ResetMessage
+  | PongMessage
+  | AuthenticatedMessage
+  | ErrorMessage;
+
+export type ClientMessage =
+  | { type: "subscribe"; ref: Ref; table_id: string; snapshot?: boolean; cursor?: string }
+  | { type: "unsubscribe"; ref: Ref; table_id: string }
+  | { type: "ping"; ref: Ref }
+  | { type: "auth"; ref: Ref; token: string };
+
+/** Close codes of the protocol that the client reacts to. */
+export const CloseCode = {
+  normal: 1000,
+  goingAway: 1001,
+  slowConsumer: 4000,
+  unauthorized: 4001,
+  tokenExpired: 4002,
+} as const;
+
+type JsonObject = Record<string, unknown>;
+
+function isObject(value: unknown): value is JsonObject {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function isRef(value: unknown): value is Ref {
+  return typeof value === "string" || (typeof value === "number" && Number.isFinite(value));
+}
+
+function optionalRef(message: JsonObject): boolean {
+  return message["ref"] === undefined || message["ref"] === null || isRef(message["ref"]);
+}
+
+function hasString(message: JsonObject, key: string): boolean {
+  return typeof message[key] === "string";
+}
+
+function isRow(value: unknown): value is Row {
+  return (
+    isObject(value) &&
+    typeof value["id"] === "string" &&
+    typeof value["table_id"] === "string" &&
+    typeof value["version"] === "number" &&
+    isObject(value["data"]) &&
+    Array.isArray(value["enriching_columns"])
+  );
+}
+
+function isDeletedRow(value: unknown): value is DeletedRow {
+  return isObject(value) && typeof value["id"] === "string" && typeof value["version"] === "number";
+}
+
+/**
+ * The message if it is well-formed and of a type this client understands;
+ * "unknown" for a well-formed message of another type (a newer server's);
+ * null for anything malformed.
+ */
+export function toServerMessage(value: unknown): ServerMessage | "unknown" | null {
+  if (!isObject(value) || typeof value["type"] !== "string" || !optionalRef(value)) return null;
+  const message = value;
+  switch (message["type"]) {
+    case "subscribed":
+    case "unsubscribed":
+      return hasString(message, "table_id") ? (message as unknown as ServerMessage) : null;
+    case "change": {
+      if (!hasString(message, "table_id")) return null;
+      if (message["cursor"] !== undefined && !hasString(message, "cursor")) return null;
+      const op = message["op"];
+      if (op === "DELETE") return isDeletedRow(message["row"]) ? (message as unknown as ChangeMessage) : null;
+      if (op === "INSERT" || op === "UPDATE") {
+        return isRow(message["row"]) ? (message as unknown as ChangeMessage) : null;
+      }
+      return null;
+    }
+    case "synced":
+    case "cursor":
+      return hasString(message, "table_id") && hasString(message, "cursor")
+        ? (message as unknown as ServerMessage)
+        : null;
+    case "reset":
+      return hasString(message, "table_id") ? (message as unknown as ResetMessage) : null;
+    case "pong":
+      return message as unknown as PongMessage;
+    case "authenticated": {
+      const expiresAt = message["expires_at"];
+      const valid = expiresAt === undefined || expiresAt === null || typeof expiresAt === "number";
+      return valid ? ({ ...message, expires_at: expiresAt ?? null } as unknown as AuthenticatedMessage) : null;
+    }
+    case "error":
+      if (message["table_id"] !== undefined && !hasString(message, "table_id")) return null;
+      return hasString(message, "code") ? (message as unknown as ErrorMessage) : null;
+    default:
+      return "unknown";
+  }
+}
+
+/**
+ * Split a text frame into its messages. A frame is one message (an object) or
+ * a batch (an array of them, in order). Returns the messages this client
+ * understands, in order, and how many items were malformed (not JSON, or
+ * missing what the client relies on). Messages of unknown types are skipped
+ * silently.
+ */
+export function parseFrame(text: string): { messages: ServerMessage[]; malformed: number } {
+  let decoded: unknown;
+  try {
+    decoded = JSON.parse(text);
+  } catch {
+    return { messages: [], malformed: 1 };
+  }
+  const items: unknown[] = Array.isArray(decoded) ? decoded : [decoded];
+  const messages: ServerMessage[] = [];
+  let malformed = 0;
+  for (const item of items) {
+    const message = toServerMessage(item);
+    if (message === null) malformed += 1;
+    else if (message !== "unknown") messages.push(message);
+  }
+  return { messages, malformed };
+}

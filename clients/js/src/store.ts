@@ -1,0 +1,266 @@
+/**
+ * One table's rows as the client holds them, and the handles that share them.
+ *
+ * The store applies the client's side of the contract (docs/guarantees.md):
+ * keep per row id the state with the highest `version`, drop anything not
+ * newer, remember the version of deleted ids so an older re-sent state is not
+ * resurrected, and drop everything on `reset`. The client (client.ts) owns the
+ * subscription and feeds the store; the store knows nothing of sockets.
+ */
+
+import { Emitter, type Listener, type Unsubscribe } from "./emitter.js";
+import type { ChangeMessage, ResetReason, Row, RowData } from "./protocol.js";
+import { BroadcasterError, type ChangeKind, type ClientStatus, type LiveTable, type TableEvents } from "./types.js";
+
+/** How the current subscription's catch-up is to be labelled. */
+export type CatchUp = "snapshot" | "resume" | "none";
+
+export class TableStore<TData extends object = RowData> {
+  readonly events = new Emitter<TableEvents<TData>>();
+  cursor: string | null = null;
+  synced = false;
+  status: ClientStatus;
+
+  private readonly byId = new Map<string, Row<TData>>();
+  // Versions of deleted ids. Kept until a reset (versions from before a reset
+  // may come from another database: see `reset`). Grows with the number of
+  // distinct ids deleted while subscribed; an id re-inserted leaves it.
+  private readonly deletedVersions = new Map<string, number>();
+  private rowsCache: readonly Row<TData>[] | null = null;
+  private catchUp: CatchUp = "none";
+  // During a snapshot into a store that already holds rows (a first load cut
+  // short by a disconnect): the ids the snapshot sent. Rows it did not send
+  // were deleted meanwhile and are dropped at `synced`.
+  private seen: Set<string> | null = null;
+  // What the frame being applied changed; flushed as one `change` event.
+  private pending = new Map<string, ChangeKind>();
+  private pendingReset = false;
+
+  constructor(
+    readonly tableId: string,
+    status: ClientStatus,
+  ) {
+    this.status = status;
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  get(id: string): Row<TData> | undefined {
+    return this.byId.get(id);
+  }
+
+  has(id: string): boolean {
+    return this.byId.has(id);
+  }
+
+  rows(): readonly Row<TData>[] {
+    if (this.rowsCache === null) this.rowsCache = Object.freeze([...this.byId.values()]);
+    return this.rowsCache;
+  }
+
+  /** A subscribe was sent: what follows until `synced` is its catch-up. */
+  beginSubscription(catchUp: CatchUp): void {
+    this.catchUp = catchUp;
+    this.synced = false;
+    this.seen = catchUp === "snapshot" && this.byId.size > 0 ? new Set() : null;
+  }
+
+  /** The connection carrying the subscription is gone; rows and cursor stay for the resume. */
+  connectionLost(): void {
+    this.synced = false;
+  }
+
+  applyChange(message: ChangeMessage): void {
+    // A change with a cursor is live; without, it belongs to the catch-up.
+    const kind: ChangeKind = message.cursor !== undefined ? "live" : this.catchUp === "resume" ? "resume" : "snapshot";
+    const id = message.row.id;
+    const version = message.row.version;
+    if (kind === "snapshot") this.seen?.add(id);
+    const held = this.byId.get(id);
+    const known = held?.version ?? this.deletedVersions.get(id);
+    // At-least-once delivery: a state not newer than the one held is a re-send.
+    if (known !== undefined && version <= known) return;
+
+    if (message.op === "DELETE") {
+      this.deletedVersions.set(id, version);
+      if (held === undefined) return; // Nothing held, nothing visible changed.
+      this.byId.delete(id);
+      this.touched(id, kind);
+      this.events.emit("delete", { tableId: this.tableId, id, previous: held, version, kind });
+      return;
+    }
+
+    const row = message.row as Row<TData>;
+    this.deletedVersions.delete(id);
+    this.byId.set(id, row);
+    this.touched(id, kind);
+    const event = { tableId: this.tableId, id, row, previous: held, op: message.op, kind };
+    this.events.emit(held === undefined ? "insert" : "update", event);
+  }
+
+  /**
+   * Drop everything held: the cursor could not be served, every row follows.
+   * Remembered versions go too: after `foreign_cursor` the rows come from
+   * another database whose versions may be lower than the ones held.
+   */
+  applyReset(reason: ResetReason): void {
+    this.byId.clear();
+    this.deletedVersions.clear();
+    this.rowsCache = null;
+    this.catchUp = "snapshot";
+    this.seen = null;
+    this.pending.clear();
+    this.pendingReset = true;
+    this.events.emit("reset", { tableId: this.tableId, reason });
+  }
+
+  applySynced(cursor: string): void {
+    if (this.seen !== null) this.sweep(this.seen);
+    this.seen = null;
+    this.cursor = cursor;
+    this.synced = true;
+    const resumed = this.catchUp === "resume";
+    this.catchUp = "none";
+    this.events.emit("synced", { tableId: this.tableId, cursor, resumed });
+  }
+
+  applyCursor(cursor: string): void {
+    this.cursor = cursor;
+  }
+
+  /** End of a frame: one `change` event for everything it changed. */
+  flush(): void {
+    if (this.pending.size === 0 && !this.pendingReset) return;
+    const changed = this.pending;
+    const reset = this.pendingReset;
+    this.pending = new Map();
+    this.pendingReset = false;
+    this.events.emit("change", { tableId: this.tableId, changed, reset });
+  }
+
+  setStatus(status: ClientStatus): void {
+    if (status === this.status) return;
+    this.status = status;
+    this.events.emit("status", status);
+  }
+
+  fail(error: BroadcasterError): void {
+    this.events.emit("error", error);
+  }
+
+  /**
+   * Drop the rows a completed snapshot did not contain. The deletion's own
+   * version is unknown (a snapshot sends no tombstones), so the event carries
+   * the last version held, and nothing is remembered for the id: any later
+   * state of it comes from a read after this snapshot, hence is newer.
+   */
+  private sweep(seen: ReadonlySet<string>): void {
+    for (const [id, previous] of [...this.byId]) {
+      if (seen.has(id)) continue;
+      this.byId.delete(id);
+      this.touched(id, "snapshot");
+      this.events.emit("delete", { tableId: this.tableId, id, previous, version: previous.version, kind: "snapshot" });
+    }
+  }
+
+  private touched(id: string, kind: ChangeKind): void {
+    this.rowsCache = null;
+    this.pending.set(id, kind);
+  }
+}
+
+/** One `client.table()` call's view of a shared store. */
+export class TableHandle<TData extends object = RowData> implements LiveTable<TData> {
+  private isClosed = false;
+  // Listeners registered through this handle, removed when it closes.
+  private readonly unsubscribers = new Set<Unsubscribe>();
+  private readonly closeCallbacks = new Set<() => void>();
+
+  constructor(
+    private readonly store: TableStore<TData>,
+    private readonly release: () => void,
+  ) {}
+
+  get tableId(): string {
+    return this.store.tableId;
+  }
+  get cursor(): string | null {
+    return this.store.cursor;
+  }
+  get synced(): boolean {
+    return this.store.synced;
+  }
+  get status(): ClientStatus {
+    return this.store.status;
+  }
+  get size(): number {
+    return this.store.size;
+  }
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  get(id: string): Row<TData> | undefined {
+    return this.store.get(id);
+  }
+
+  has(id: string): boolean {
+    return this.store.has(id);
+  }
+
+  rows(): readonly Row<TData>[] {
+    return this.store.rows();
+  }
+
+  on<K extends keyof TableEvents<TData>>(event: K, listener: Listener<TableEvents<TData>[K]>): Unsubscribe {
+    if (this.isClosed) return () => {};
+    const off = this.store.events.on(event, listener);
+    const unsubscribe = (): void => {
+      off();
+      this.unsubscribers.delete(unsubscribe);
+    };
+    this.unsubscribers.add(unsubscribe);
+    return unsubscribe;
+  }
+
+  whenSynced(): Promise<void> {
+    if (this.store.synced) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      if (this.isClosed) {
+        reject(new BroadcasterError("closed", "the table handle is closed", { tableId: this.tableId }));
+        return;
+      }
+      const offSynced = this.on("synced", () => {
+        offSynced();
+        offClosed();
+        resolve();
+      });
+      // `close()` drops every listener registered through this handle, so a
+      // close before the sync is seen through this dedicated hook.
+      const offClosed = this.onClose(() => {
+        offSynced();
+        reject(
+          new BroadcasterError("closed", "the table handle was closed before it synced", { tableId: this.tableId }),
+        );
+      });
+    });
+  }
+
+  close(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    for (const unsubscribe of [...this.unsubscribers]) unsubscribe();
+    for (const callback of [...this.closeCallbacks]) callback();
+    this.closeCallbacks.clear();
+    this.release();
+  }
+
+  private onClose(callback: () => void): Unsubscribe {
+    this.closeCallbacks.add(callback);
+    return () => {
+      this.closeCallbacks.delete(callback);
+    };
+  }
+}

@@ -1,0 +1,247 @@
+/** The public types of the core client. */
+
+import type { Unsubscribe } from "./emitter.js";
+import type { Op, Ref, ResetReason, Row, RowData } from "./protocol.js";
+
+/**
+ * The connection's state:
+ * - `connecting`: opening the first connection (never live yet);
+ * - `live`: connected (and, with a token, authenticated); subscriptions are served;
+ * - `reconnecting`: the connection was lost; waiting for the backoff or opening a new one;
+ * - `offline`: not connected and not about to be: the browser reports no
+ *   network (the client reconnects on `online`), the client was closed, or the
+ *   server refused a token that cannot be replaced (no `getToken`).
+ */
+export type ClientStatus = "connecting" | "live" | "reconnecting" | "offline";
+
+/** The minimal event shapes the client reads; both browser and `ws` events satisfy them. */
+export interface SocketMessageEventLike {
+  data: unknown;
+}
+export interface SocketCloseEventLike {
+  code: number;
+  reason: string;
+}
+
+/**
+ * The part of the WebSocket API the client uses: the browser's `WebSocket`
+ * and the `ws` package's `WebSocket` both provide it. Listeners are declared
+ * with method syntax on purpose, so implementations whose events carry more
+ * fields still match.
+ */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(type: "open", listener: () => void): void;
+  addEventListener(type: "message", listener: (event: SocketMessageEventLike) => void): void;
+  addEventListener(type: "close", listener: (event: SocketCloseEventLike) => void): void;
+  addEventListener(type: "error", listener: () => void): void;
+  /** `ws` only: drop the TCP connection without a closing handshake. */
+  terminate?(): void;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ReconnectOptions {
+  /** Delay before the first reconnection attempt. Default 500 ms. */
+  initialDelayMs?: number;
+  /** Cap of the exponential backoff. Default 30 000 ms. */
+  maxDelayMs?: number;
+  /**
+   * Fraction of each delay that is randomised, 0 to 1: the delay is drawn
+   * uniformly from [delay × (1 − jitter), delay]. Spreads the reconnections of
+   * many clients after a server restart. Default 0.5.
+   */
+  jitter?: number;
+}
+
+export interface ClientOptions {
+  /** A static token, sent in an `auth` message as the first message of every connection. */
+  token?: string;
+  /**
+   * Called before every connection and before the current token expires (see
+   * `tokenRefreshMarginMs`); wins over `token`. Should return a token that is
+   * valid now: cache it on your side if fetching one is expensive.
+   */
+  getToken?: () => Promise<string> | string;
+  /**
+   * The WebSocket implementation. Default: `globalThis.WebSocket` (browsers,
+   * Node 22+). On Node 20 pass the `ws` package's: `import { WebSocket } from "ws"`.
+   */
+  WebSocket?: WebSocketConstructor;
+  /** Interval between application-level pings. Default 25 000 ms. */
+  heartbeatIntervalMs?: number;
+  /** A ping not answered within this is a dead connection: it is dropped and re-opened. Default 10 000 ms. */
+  heartbeatTimeoutMs?: number;
+  /** A connection not open within this is abandoned and retried. Default 10 000 ms. */
+  connectTimeoutMs?: number;
+  /** Backoff between reconnection attempts. */
+  reconnect?: ReconnectOptions;
+  /** With `getToken`: fetch and send a new token this long before `expires_at`. Default 30 000 ms. */
+  tokenRefreshMarginMs?: number;
+  /**
+   * How long a table nobody holds any more stays subscribed before the
+   * `unsubscribe` is sent. A `table()` call within it reuses the subscription
+   * and its rows (React StrictMode and route changes unmount and remount).
+   * Default 0: unsubscribe on the next timer tick, not synchronously.
+   */
+  unsubscribeDelayMs?: number;
+}
+
+export interface TableOptions {
+  /**
+   * Load every row of the table first (`snapshot: true` on the first subscribe).
+   * Default true. With false, the store only holds rows changed after it
+   * subscribed. Resubscriptions always resume from the cursor. Only the first
+   * `table()` call for a table decides; later calls share its subscription.
+   */
+  snapshot?: boolean;
+}
+
+/** Where a change came from. */
+export type ChangeKind =
+  /** Part of a snapshot: the first load, or the reload after a `reset`. */
+  | "snapshot"
+  /** Part of a catch-up from a cursor: what changed while the client was away. */
+  | "resume"
+  /** A live change, as it happened. */
+  | "live";
+
+export interface RowChangeEvent<TData extends object = RowData> {
+  tableId: string;
+  id: string;
+  /** The row as the store now holds it. */
+  row: Row<TData>;
+  /** The state it replaced; undefined for `insert`. */
+  previous: Row<TData> | undefined;
+  /** The server's op. A store `insert` may come from an `UPDATE` of a row it did not hold yet (and vice versa). */
+  op: Op;
+  kind: ChangeKind;
+}
+
+export interface RowDeleteEvent<TData extends object = RowData> {
+  tableId: string;
+  id: string;
+  /** The state the store held until the deletion. */
+  previous: Row<TData>;
+  /** The version of the deletion. */
+  version: number;
+  kind: ChangeKind;
+}
+
+export interface ResetEvent {
+  tableId: string;
+  reason: ResetReason;
+}
+
+export interface SyncedEvent {
+  tableId: string;
+  cursor: string;
+  /** True when the catch-up was a resume from a cursor, false for a snapshot or plain subscribe. */
+  resumed: boolean;
+}
+
+/** Emitted once per frame that changed the store, after its per-row events. */
+export interface TableChangeEvent {
+  tableId: string;
+  /** Every id inserted, updated or deleted by the frame, with the kind of its last change. */
+  changed: ReadonlyMap<string, ChangeKind>;
+  /** The frame reset the table (its rows were dropped before the changes). */
+  reset: boolean;
+}
+
+export interface TableEvents<TData extends object = RowData> {
+  insert: RowChangeEvent<TData>;
+  update: RowChangeEvent<TData>;
+  delete: RowDeleteEvent<TData>;
+  reset: ResetEvent;
+  synced: SyncedEvent;
+  change: TableChangeEvent;
+  status: ClientStatus;
+  error: BroadcasterError;
+}
+
+/**
+ * A table's rows, kept up to date. Every `client.table()` call returns its own
+ * handle onto the one store and subscription per table; `close()` releases the
+ * handle (and its listeners) and the last release unsubscribes.
+ */
+export interface LiveTable<TData extends object = RowData> {
+  readonly tableId: string;
+  /** The last cursor seen for the table (synced, live change or cursor message); null before the first. */
+  readonly cursor: string | null;
+  /** True once the current subscription's catch-up is complete; false while (re)subscribing. */
+  readonly synced: boolean;
+  /** The client's connection status. */
+  readonly status: ClientStatus;
+  /** Number of rows held. */
+  readonly size: number;
+  /** True after `close()`. */
+  readonly closed: boolean;
+  get(id: string): Row<TData> | undefined;
+  has(id: string): boolean;
+  /**
+   * Every row held, in the order first received. The same array is returned
+   * until the rows change, so it can be compared by identity (React).
+   */
+  rows(): readonly Row<TData>[];
+  on<K extends keyof TableEvents<TData>>(event: K, listener: (value: TableEvents<TData>[K]) => void): Unsubscribe;
+  /** Resolves once `synced` is true; rejects if the handle is closed first. */
+  whenSynced(): Promise<void>;
+  /** Release this handle; idempotent. The table is unsubscribed when its last handle is released. */
+  close(): void;
+}
+
+export interface ClientEvents {
+  status: ClientStatus;
+  error: BroadcasterError;
+}
+
+export interface BroadcasterClient {
+  readonly url: string;
+  readonly status: ClientStatus;
+  /** `status === "live"`. */
+  readonly isConnected: boolean;
+  /** A live store for `tableId`, sharing the client's one subscription to it. */
+  table<TData extends object = RowData>(tableId: string, options?: TableOptions): LiveTable<TData>;
+  on<K extends keyof ClientEvents>(event: K, listener: (value: ClientEvents[K]) => void): Unsubscribe;
+  /** Fetch a token now and authenticate the open connection with it (e.g. after a login change). */
+  refreshAuth(): Promise<void>;
+  /** Re-open the connection now if it is not live, skipping any backoff delay. */
+  reconnectNow(): void;
+  /** Close the connection for good; tables keep their last rows but receive nothing more. */
+  close(): void;
+}
+
+/**
+ * Everything reported through `error` events. `code` is a server error code
+ * (docs/protocol.md) or one of the client's own:
+ * `heartbeat_timeout`, `connect_timeout`, `connection_closed` (an abnormal
+ * close; see `closeCode`), `malformed_frame`, `token_error` (getToken threw),
+ * `closed` (whenSynced on a closed handle).
+ */
+export class BroadcasterError extends Error {
+  readonly code: string;
+  readonly tableId: string | undefined;
+  readonly ref: Ref | undefined;
+  readonly closeCode: number | undefined;
+
+  constructor(
+    code: string,
+    message: string,
+    details: {
+      tableId?: string | undefined;
+      ref?: Ref | undefined;
+      closeCode?: number | undefined;
+      cause?: unknown;
+    } = {},
+  ) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = "BroadcasterError";
+    this.code = code;
+    this.tableId = details.tableId;
+    this.ref = details.ref;
+    this.closeCode = details.closeCode;
+  }
+}

@@ -1,0 +1,130 @@
+// @ts-check
+/**
+ * Against a real server and Postgres: the snapshot, live inserts, updates and
+ * deletes into the store, and one subscription per table.
+ */
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { WebSocket } from "ws";
+import { createClient } from "../dist/index.js";
+import { Backend } from "./support/backend.js";
+import { converged, recordingWebSocket } from "./support/helpers.js";
+import { eventually, within } from "./support/wait.js";
+
+/** @type {Backend} */
+let backend;
+/** @type {import("./support/backend.js").ServeProcess} */
+let server;
+/** @type {import("../dist/index.js").BroadcasterClient[]} */
+const clients = [];
+
+before(async () => {
+  backend = await Backend.create();
+  server = await backend.serve();
+});
+
+after(async () => {
+  for (const client of clients) client.close();
+  await backend?.close();
+});
+
+/** @param {import("../dist/index.js").ClientOptions} [options] */
+function connect(options = {}) {
+  const client = createClient(server.wsUrl, { WebSocket, ...options });
+  clients.push(client);
+  return client;
+}
+
+test("the snapshot holds every row of the table", async () => {
+  await backend.query(
+    `INSERT INTO rows (id, table_id, data, enriching_columns) VALUES
+       ('s1', 'snap', '{"name": "Ada"}', '{}'),
+       ('s2', 'snap', '{"name": "Grace"}', '{email}'),
+       ('o1', 'other', '{}', '{}')`,
+  );
+  const client = connect();
+  const table = client.table("snap");
+  await within(table.whenSynced(), 10_000, "the snapshot");
+  assert.deepEqual(
+    table
+      .rows()
+      .map((r) => r.id)
+      .sort(),
+    ["s1", "s2"],
+  );
+  assert.deepEqual(table.get("s2")?.enriching_columns, ["email"]);
+  assert.equal(typeof table.cursor, "string");
+  await converged(table, backend);
+});
+
+test("live inserts, updates and deletes reach the store, each with a cursor", async () => {
+  const client = connect();
+  const table = client.table("live");
+  await within(table.whenSynced(), 10_000, "synced");
+  assert.equal(table.size, 0);
+  /** @type {string[]} */
+  const events = [];
+  table.on("insert", (e) => events.push(`insert ${e.id} ${e.kind}`));
+  table.on("update", (e) => events.push(`update ${e.id} ${e.kind}`));
+  table.on("delete", (e) => events.push(`delete ${e.id} ${e.kind}`));
+
+  const syncedCursor = table.cursor;
+  await backend.query(`INSERT INTO rows (id, table_id, data) VALUES ('l1', 'live', '{"name": "Ada"}')`);
+  await eventually(() => table.get("l1"), { label: "the insert" });
+  assert.notEqual(table.cursor, syncedCursor);
+  const inserted = /** @type {import("../dist/index.js").Row} */ (table.get("l1"));
+
+  await backend.query(`UPDATE rows SET enriching_columns = '{email}' WHERE id = 'l1'`);
+  await eventually(() => table.get("l1")?.enriching_columns.includes("email"), { label: "the update" });
+  const updated = /** @type {import("../dist/index.js").Row} */ (table.get("l1"));
+  assert.ok(updated.version > inserted.version);
+
+  await backend.query(
+    `UPDATE rows SET data = data || '{"email": "ada@example.com"}', enriching_columns = '{}' WHERE id = 'l1'`,
+  );
+  await eventually(() => table.get("l1")?.data["email"] === "ada@example.com", { label: "the enrichment" });
+  assert.deepEqual(table.get("l1")?.enriching_columns, []);
+
+  await backend.query(`DELETE FROM rows WHERE id = 'l1'`);
+  await eventually(() => !table.has("l1"), { label: "the delete" });
+  assert.deepEqual(events, ["insert l1 live", "update l1 live", "update l1 live", "delete l1 live"]);
+  await converged(table, backend);
+});
+
+test("a statement changing many rows arrives in one batch", async () => {
+  const client = connect();
+  const table = client.table("bulk");
+  await within(table.whenSynced(), 10_000, "synced");
+  /** @type {number[]} */
+  const batches = [];
+  table.on("change", (e) => batches.push(e.changed.size));
+  await backend.query(
+    `INSERT INTO rows (table_id, data) SELECT 'bulk', jsonb_build_object('i', i) FROM generate_series(1, 200) AS i`,
+  );
+  await eventually(() => table.size === 200, { label: "200 rows" });
+  assert.ok(batches.length < 200, `${batches.length} change events for 200 rows`);
+  await converged(table, backend);
+});
+
+test("one subscription per table however many handles; unsubscribed after the last close", async () => {
+  const recorder = recordingWebSocket();
+  const client = connect({ WebSocket: recorder.WebSocket });
+  const a = client.table("shared");
+  const b = client.table("shared");
+  await within(Promise.all([a.whenSynced(), b.whenSynced()]), 10_000, "synced");
+  await backend.query(`INSERT INTO rows (id, table_id) VALUES ('sh1', 'shared')`);
+  await eventually(() => a.has("sh1") && b.has("sh1"), { label: "both handles see the row" });
+  const subscribes = () => recorder.sent.filter((m) => m["type"] === "subscribe" && m["table_id"] === "shared");
+  assert.equal(subscribes().length, 1);
+
+  a.close();
+  b.close();
+  await eventually(() => recorder.sent.some((m) => m["type"] === "unsubscribe" && m["table_id"] === "shared"), {
+    label: "the unsubscribe",
+  });
+  const c = client.table("shared");
+  await within(c.whenSynced(), 10_000, "synced again");
+  assert.equal(subscribes().length, 2);
+  assert.ok(c.has("sh1"), "a new subscription loads the snapshot again");
+});
