@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -33,7 +33,7 @@ _FIRST_DELAY = 0.1
 
 
 class Listener:
-    """Keeps one LISTEN connection up and passes every payload to ``on_payload``.
+    """Keeps one LISTEN connection up and passes each payload to its channel's callback.
 
     ``ready`` is true while the connection is up and LISTENing; ``status`` says
     why it is not, for ``/readyz``.
@@ -42,21 +42,19 @@ class Listener:
     def __init__(
         self,
         dsn: str,
-        on_payload: Callable[[str], None],
+        channels: Mapping[str, Callable[[str], None]],
         on_listening: Callable[[], None],
         *,
         keepalive_interval: float,
         keepalive_timeout: float,
         reconnect_max_delay: float,
-        channel: str = CHANNEL,
     ) -> None:
         self._dsn = dsn
-        self._on_payload = on_payload
+        self._channels = dict(channels)
         self._on_listening = on_listening
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
         self._reconnect_max_delay = reconnect_max_delay
-        self._channel = channel
         self.ready = False
         self.status = "not connected yet"
         self.backend_pid: int | None = None
@@ -102,23 +100,28 @@ class Listener:
             server_settings={"application_name": APPLICATION_NAME},
         )
         try:
-            await connection.add_listener(self._channel, self._notified)
+            for channel in self._channels:
+                await connection.add_listener(channel, self._notified)
         except BaseException:
             connection.terminate()
             raise
         self.backend_pid = connection.get_server_pid()
         self.ready = True
         self.status = "listening"
-        logger.info("listener: LISTENing on %s (backend pid %d)", self._channel, self.backend_pid)
+        logger.info(
+            "listener: LISTENing on %s (backend pid %d)",
+            ", ".join(self._channels),
+            self.backend_pid,
+        )
         # Only now: a change committed from here on raises a wake-up we will
         # receive, so a read started after this call misses nothing.
         self._on_listening()
         return connection
 
-    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+    def _notified(self, _connection: Any, _pid: int, channel: str, payload: object) -> None:
         # Synchronous on purpose: asyncpg runs coroutine callbacks as separate
         # tasks, which could reorder payloads.
-        self._on_payload(str(payload))
+        self._channels[channel](str(payload))
 
     async def _watch(self, connection: asyncpg.Connection) -> str:
         """Return the reason once ``connection`` is dead."""

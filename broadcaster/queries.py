@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from .broadcasts import CHANNEL as BROADCAST_CHANNEL
 from .changes import Change
 from .cursors import FOREIGN, PRUNED, Origin
 from .feed import ReadResult, Request, Row
@@ -131,6 +132,10 @@ class ChangeReader:
                 return 0
             removed = await connection.fetchval(_PRUNE, retention)
         return int(removed or 0)
+
+    async def broadcast(self, payload: str) -> None:
+        """NOTIFY one broadcast to every server process (see broadcasts.py)."""
+        await self._pool.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, payload)
 
     async def notification_queue_usage(self) -> float:
         return float(await self._pool.fetchval("SELECT pg_notification_queue_usage()"))

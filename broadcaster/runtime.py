@@ -16,8 +16,11 @@ import asyncpg
 
 from .auth import JWTVerifier, TokenVerifier, read_key
 from .authorization import Authorizer, ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
+from .broadcasts import CHANNEL as BROADCAST_CHANNEL
+from .broadcasts import Broadcasts
 from .exceptions import ConfigurationError
 from .hub import Hub
+from .listener import CHANNEL as CHANGES_CHANNEL
 from .listener import Listener
 from .native import Limits
 from .poller import Poller
@@ -34,6 +37,7 @@ class Runtime:
         self.settings = settings
         self.database_url = database_url
         self.hub = Hub()
+        self.broadcasts = Broadcasts()
         self.connections = 0
         self.limits = Limits(
             max_subscriptions=settings.max_subscriptions,
@@ -110,7 +114,7 @@ class Runtime:
         )
         self.listener = Listener(
             self.database_url,
-            self.poller.notified,
+            {CHANGES_CHANNEL: self.poller.notified, BROADCAST_CHANNEL: self.broadcasts.notified},
             self.poller.listening,
             keepalive_interval=settings.keepalive_interval,
             keepalive_timeout=settings.keepalive_timeout,

@@ -9,7 +9,8 @@ channel's bindings name the table_ids they route to (``table_id=eq.X`` or
 only once they are live does it reply to ``phx_join`` (so a change committed
 after the client reports SUBSCRIBED is never missed).
 
-Not served yet: broadcast and presence (answered with a ``system`` error).
+Broadcast goes through Postgres to every server process (broadcasts.py).
+Not served yet: presence (answered with a ``system`` error).
 Bindings without a table_id filter, filtered on another column, or on a table
 other than ``public.rows`` are refused with the reason. See ``docs/supabase.md``.
 """
@@ -21,14 +22,15 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from . import phoenix
+from . import broadcasts, phoenix
 from .auth import Identity, TokenVerifier
 from .authorization import Authorizer
+from .broadcasts import Broadcasts
 from .changes import Change
 from .exceptions import AuthenticationError, ProtocolError
 from .feed import Join, JoinResult
@@ -36,6 +38,7 @@ from .frames import text_frame
 from .hub import Batch, Hub
 from .native import Joiner, Transport
 from .phoenix import Message
+from .queries import DATABASE_ERRORS
 
 __all__ = ["Binding", "FilterError", "SupabaseSession", "parse_filter"]
 
@@ -129,6 +132,8 @@ class _Channel:
     join_ref: str | None
     bindings: list[Binding]
     tables: frozenset[str]
+    broadcast_self: bool = False
+    broadcast_ack: bool = False
     live: bool = False
     pending: set[str] = field(default_factory=set)
     reply: Callable[[], None] | None = None
@@ -149,6 +154,8 @@ class SupabaseSession:
         apikey: str | None,
         max_subscriptions: int,
         max_message_bytes: int,
+        broadcasts: Broadcasts,
+        send_broadcast: Callable[[str], Awaitable[None]],
     ) -> None:
         self._hub = hub
         self._joiner = joiner
@@ -159,6 +166,9 @@ class SupabaseSession:
         self._apikey = apikey
         self._max_subscriptions = max_subscriptions
         self._max_message_bytes = max_message_bytes
+        self._broadcasts = broadcasts
+        self._send_broadcast = send_broadcast
+        self._origin = broadcasts.origin(self)
         self._channels: dict[str, _Channel] = {}
         # table_id -> its pending Join, or None once live.
         self.tables: dict[str, Join | None] = {}
@@ -201,10 +211,10 @@ class SupabaseSession:
             self._reply(message, "ok", {})
         elif message.event == "access_token":
             self._spawn(self._refresh(message))
-        elif message.event in ("broadcast", "presence"):
-            self._system_error(
-                message.topic, f"{message.event} is not supported by this server yet"
-            )
+        elif message.event == "broadcast":
+            self._spawn(self._broadcast(message))
+        elif message.event == "presence":
+            self._system_error(message.topic, "presence is not supported by this server yet")
         else:
             self._reply(message, "error", {"reason": f"unknown event {message.event[:64]!r}"})
 
@@ -244,8 +254,18 @@ class SupabaseSession:
             return self._refuse(message, "too many subscriptions on this connection")
         self.identity = identity
         self._leave(topic)
-        channel = _Channel(topic, message.join_ref, bindings, tables)
+        broadcast = config.get("broadcast") if isinstance(config, dict) else None
+        broadcast = broadcast if isinstance(broadcast, dict) else {}
+        channel = _Channel(
+            topic,
+            message.join_ref,
+            bindings,
+            tables,
+            broadcast_self=broadcast.get("self") is True,
+            broadcast_ack=broadcast.get("ack") is True,
+        )
         self._channels[topic] = channel
+        self._broadcasts.listen(topic, self)
         echoed = [{**entry, "id": b.id} for entry, b in zip(entries, bindings, strict=True)]
 
         def reply() -> None:
@@ -297,6 +317,7 @@ class SupabaseSession:
         channel = self._channels.pop(topic, None)
         if channel is None:
             return
+        self._broadcasts.stop(topic, self)
         still = {t for other in self._channels.values() for t in other.tables}
         for table_id in channel.tables - still:
             join = self.tables.pop(table_id, None)
@@ -323,6 +344,37 @@ class SupabaseSession:
             self._leave(message.topic)
             return
         self.identity = identity
+
+    async def _broadcast(self, message: Message) -> None:
+        channel = self._channels.get(message.topic)
+        if channel is None or not channel.live:
+            self._reply(message, "error", {"reason": "join the channel before broadcasting"})
+            return
+        event = message.payload.get("event") if isinstance(message.payload, dict) else None
+        if not isinstance(event, str):
+            self._reply(message, "error", {"reason": "a broadcast needs a string event"})
+            return
+        payload = broadcasts.encode(message.topic, event, message.payload, self._origin)
+        if len(payload.encode()) > broadcasts.MAX_PAYLOAD_BYTES:
+            reason = f"broadcast over {broadcasts.MAX_PAYLOAD_BYTES} bytes: it travels by NOTIFY"
+            self._reply(message, "error", {"reason": reason})
+            return
+        try:
+            await self._send_broadcast(payload)
+        except DATABASE_ERRORS:
+            logger.warning("sending a broadcast failed", exc_info=True)
+            self._reply(message, "error", {"reason": "the broadcast could not be sent"})
+            return
+        if channel.broadcast_ack:
+            self._reply(message, "ok", {})
+
+    def deliver_broadcast(self, topic: str, event: str, payload: Any, origin: str) -> None:
+        channel = self._channels.get(topic)
+        if channel is None or not channel.live:
+            return
+        if origin == self._origin and not channel.broadcast_self:
+            return
+        self._send(Message(topic, "broadcast", payload))
 
     def _refuse(self, message: Message, reason: str) -> None:
         self._reply(message, "error", {"reason": reason})

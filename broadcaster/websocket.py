@@ -149,7 +149,8 @@ class WebSocketConnection(asyncio.Protocol):
         url = urlsplit(request.path)
         runtime = self._runtime
         poller = runtime.poller if runtime is not None else None
-        if runtime is None or poller is None:
+        reader = runtime.reader if runtime is not None else None
+        if runtime is None or poller is None or reader is None:
             self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
             return
         if url.path != NATIVE_PATH and url.path not in SUPABASE_PATHS:
@@ -185,6 +186,8 @@ class WebSocketConnection(asyncio.Protocol):
                 apikey=next(iter(query.get("apikey", [])), None),
                 max_subscriptions=runtime.limits.max_subscriptions,
                 max_message_bytes=runtime.limits.max_message_bytes,
+                broadcasts=runtime.broadcasts,
+                send_broadcast=reader.broadcast,
             )
             logger.debug("%s connected to %s (vsn %s)", self._peer, url.path, vsn)
             return

@@ -35,7 +35,9 @@ async def _run(*command: str, env: dict[str, str] | None = None) -> tuple[int, s
     return process.returncode, output.decode(errors="replace")
 
 
-async def _node_tests(database_url: str, file: str, **server: str) -> None:
+async def _node_tests(
+    database_url: str, file: str, extra_env: dict[str, str] | None = None, **server: str
+) -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are needed for the supabase-js tests (Node 20)")
     if not (HERE / "node_modules").exists():
@@ -47,6 +49,7 @@ async def _node_tests(database_url: str, file: str, **server: str) -> None:
             "BROADCASTER_URL": running.url,
             "DATABASE_URL": database_url,
             "JWT_SECRET": server.get("jwt_secret", ""),
+            **(extra_env or {}),
         }
         code, output = await _run("node", "--test", "--test-reporter=spec", file, env=env)
     assert code == 0, output
@@ -54,6 +57,11 @@ async def _node_tests(database_url: str, file: str, **server: str) -> None:
 
 async def test_supabase_js_postgres_changes(database_url: str) -> None:
     await _node_tests(database_url, "postgres_changes.test.mjs")
+
+
+async def test_supabase_js_broadcast_across_two_server_processes(database_url: str) -> None:
+    async with running_server(database_url) as other:
+        await _node_tests(database_url, "broadcast.test.mjs", {"BROADCASTER_URL_2": other.url})
 
 
 async def test_supabase_js_with_authentication(database_url: str) -> None:
