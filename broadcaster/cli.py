@@ -1,4 +1,4 @@
-"""The ``broadcaster`` command: ``serve`` and ``migrate``."""
+"""The ``broadcaster`` command: ``serve``, ``migrate`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,23 @@ def _flag_type(setting: Setting) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {value}")
+        return value
+
+    return parse
+
+
+_port = _bounded_int(0, 65535)
+_rows = _bounded_int(1, 100_000)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +91,30 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Postgres to migrate [env DATABASE_URL]",
     )
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the enrichment demo (from a clone of the repository)",
+        description=(
+            "Run the enrichment demo of examples/enrichment on an embedded Postgres of its "
+            "own (in BROADCASTER_DATA_DIR/demo-pgdata): the broadcaster, the example's API "
+            "and page, and its worker. Open the URL it prints; Ctrl-C stops everything. "
+            "Builds the JS client in clients/js first if it is not built."
+        ),
+        epilog=(
+            "The worker's fake provider answers after ENRICH_MIN_DELAY to ENRICH_MAX_DELAY "
+            "seconds (default 0.3 to 2.5) and fails ENRICH_FAILURE_RATE of the cells "
+            "(default 0.1). BROADCASTER_HOST and BROADCASTER_LOG_LEVEL apply too."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument("--port", type=_port, default=8080, help="port of the page (0: any free)")
+    demo.add_argument(
+        "--ws-port", type=_port, default=8000, help="port of the broadcaster (0: any free)"
+    )
+    demo.add_argument(
+        "--rows", type=_rows, default=300, help="rows to seed the table 'demo' with when empty"
+    )
     return parser
 
 
@@ -111,6 +152,15 @@ def _serve(options: argparse.Namespace) -> int:
         print(f"broadcaster: embedded Postgres ready: {database_url}", flush=True)
         print(f"broadcaster:   write rows with: {embedded.psql} '{database_url}'", flush=True)
 
+    if settings.workers > 1:
+        from .workers import run_workers
+
+        try:
+            return run_workers(settings, database_url, settings.workers)
+        finally:
+            if embedded is not None:
+                embedded.stop()
+
     async def run() -> None:
         server = Server(settings, database_url)
         await server.start()
@@ -144,11 +194,19 @@ def _migrate(options: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(options: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(port=options.port, ws_port=options.ws_port, rows=options.rows))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
     try:
         if options.command == "serve":
             return _serve(options)
+        if options.command == "demo":
+            return _demo(options)
         return _migrate(options)
     except BroadcasterError as exc:
         print(f"broadcaster {options.command}: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 import uvicorn
@@ -98,8 +99,9 @@ class Server:
     def ws_url(self) -> str:
         return f"ws://{self.settings.host}:{self.port}/ws"
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._uvicorn.serve())
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start serving, on ``sockets`` already bound (workers) or on host and port."""
+        self._task = asyncio.create_task(self._uvicorn.serve(sockets=sockets))
         while not self._uvicorn.started:
             if self._task.done():
                 await self._task

@@ -29,6 +29,7 @@ class Settings:
     database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1
     log_level: str = "info"
     data_dir: str = ".broadcaster"
     max_message_bytes: int = 64 * 1024
@@ -152,6 +153,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("host", "BROADCASTER_HOST", "Address to listen on."),
     Setting("port", "BROADCASTER_PORT", "Port to listen on (0 picks a free one)."),
+    Setting(
+        "workers",
+        "BROADCASTER_WORKERS",
+        "Server processes sharing the port, each with its own LISTEN connection.",
+    ),
     Setting("log_level", "BROADCASTER_LOG_LEVEL", "One of critical, error, warning, info, debug."),
     Setting(
         "data_dir",

@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from broadcaster.listener import APPLICATION_NAME
 from broadcaster.settings import SETTINGS
 from tests.support.process import environment, serve
 from tests.support.server import Client
@@ -113,3 +114,50 @@ async def test_serve_with_a_database_but_no_key_refuses_to_start(empty_database_
     assert code == 1
     assert "BROADCASTER_JWT_SECRET" in stderr
     assert "BROADCASTER_AUTH=none" in stderr
+
+
+async def test_serve_with_workers_runs_a_listener_each_and_stops_cleanly(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    code, _, stderr = await _run("migrate", env=environment(DATABASE_URL=empty_database_url))
+    assert code == 0, stderr
+    async with serve(
+        tmp_path / "serve.log",
+        "--workers",
+        "2",
+        DATABASE_URL=empty_database_url,
+        BROADCASTER_AUTH="none",
+    ) as server:
+        db = await asyncpg.connect(empty_database_url)
+        try:
+
+            async def listeners() -> int:
+                return int(
+                    await db.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                        APPLICATION_NAME,
+                    )
+                )
+
+            for _ in range(300):
+                if await listeners() == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert await listeners() == 2
+            clients = []
+            for _ in range(6):
+                connection = await connect(server.ws_url, open_timeout=seconds(10)).__aenter__()
+                clients.append(Client(connection))
+            try:
+                for c in clients:
+                    await c.subscribe("t1")
+                await db.execute("INSERT INTO rows (id, table_id) VALUES ('w', 't1')")
+                for c in clients:
+                    assert (await c.changes(1))[0]["row"]["id"] == "w"
+            finally:
+                for c in clients:
+                    await c.connection.close()
+        finally:
+            await db.close()
+        server.process.send_signal(signal.SIGTERM)
+        assert await within(server.process.wait(), 30) == 0, server.log.read_text()
