@@ -56,7 +56,13 @@ class ClaimAuthorizer:
     def allowed(self, identity: Identity | None, table_id: str) -> bool:
         if identity is None:
             return False
-        granted = identity.claims.get(self.claim)
+        granted: Any = identity.claims.get(self.claim)
+        if granted is None and "." in self.claim:
+            # Not a claim of that exact name (namespaced claims such as
+            # "https://example.com/tables" contain dots): a path into objects.
+            granted = identity.claims
+            for part in self.claim.split("."):
+                granted = granted.get(part) if isinstance(granted, Mapping) else None
         if granted == "*":
             return True
         return isinstance(granted, list) and ("*" in granted or table_id in granted)

@@ -47,6 +47,9 @@ class Runtime:
             auth_timeout=settings.auth_timeout,
         )
         self._origins = _split(settings.allowed_origins)
+        self.publishable_keys = dict(
+            item.split("=", 1) for item in _split(settings.publishable_keys) if "=" in item
+        )
         self.verifier, self.authorizer = self._access(settings)
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -59,6 +59,7 @@ class Settings:
     max_messages_per_second: float = 50.0
     max_errors: int = 20
     allowed_origins: str | None = None
+    publishable_keys: str | None = None
 
     def __post_init__(self) -> None:
         if self.auth not in (None, "jwt", "none"):
@@ -250,7 +251,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "table_ids_claim",
         "BROADCASTER_TABLE_IDS_CLAIM",
-        'Claim listing the table_ids a token may subscribe to ("*" or ["*"]: all).',
+        'Claim listing the table_ids a token may subscribe to ("*" or ["*"]: all); '
+        "a dotted path such as app_metadata.table_ids reaches into objects when no claim "
+        "has that exact name.",
     ),
     Setting(
         "authorizer",
@@ -294,6 +297,12 @@ SETTINGS: tuple[Setting, ...] = (
         "BROADCASTER_ALLOWED_ORIGINS",
         "Comma-separated Origin values browsers may connect from (default: any); "
         "others are refused with HTTP 403.",
+    ),
+    Setting(
+        "publishable_keys",
+        "BROADCASTER_PUBLISHABLE_KEYS",
+        "Supabase publishable keys accepted as apikey, each mapped to a role: "
+        "sb_publishable_abc=anon,sb_publishable_def=service.",
     ),
 )
 

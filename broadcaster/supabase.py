@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -156,6 +156,7 @@ class SupabaseSession:
         max_message_bytes: int,
         broadcasts: Broadcasts,
         send_broadcast: Callable[[str], Awaitable[None]],
+        publishable_keys: Mapping[str, str] | None = None,
     ) -> None:
         self._hub = hub
         self._joiner = joiner
@@ -166,6 +167,7 @@ class SupabaseSession:
         self._apikey = apikey
         self._max_subscriptions = max_subscriptions
         self._max_message_bytes = max_message_bytes
+        self._publishable_keys = publishable_keys or {}
         self._broadcasts = broadcasts
         self._send_broadcast = send_broadcast
         self._origin = broadcasts.origin(self)
@@ -331,6 +333,10 @@ class SupabaseSession:
             return None
         if not token:
             raise AuthenticationError("unauthorized", "no access_token and no JWT apikey")
+        role = self._publishable_keys.get(token)
+        if role is not None:
+            # Supabase's non-JWT publishable keys name a role and nothing else.
+            return Identity(claims={"role": role}, expires_at=None, subject=None)
         return await self._verifier.verify(token)
 
     async def _refresh(self, message: Message) -> None:

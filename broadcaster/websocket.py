@@ -188,6 +188,7 @@ class WebSocketConnection(asyncio.Protocol):
                 max_message_bytes=runtime.limits.max_message_bytes,
                 broadcasts=runtime.broadcasts,
                 send_broadcast=reader.broadcast,
+                publishable_keys=runtime.publishable_keys,
             )
             logger.debug("%s connected to %s (vsn %s)", self._peer, url.path, vsn)
             return

@@ -70,4 +70,5 @@ async def test_supabase_js_with_authentication(database_url: str) -> None:
         "auth.test.mjs",
         auth="jwt",
         jwt_secret="supabase-compat-test-secret-32-bytes!",
+        publishable_keys="sb_publishable_test_key=anon",
     )

@@ -444,3 +444,12 @@ def test_an_invalid_function_name_is_refused_before_any_question() -> None:
     with pytest.raises(ConfigurationError):
         SqlAuthorizer(pool, "x; drop table rows", cache_seconds=CACHE_SECONDS)
     assert asked_pool == []
+
+
+def test_the_claim_may_be_a_dotted_path_into_objects() -> None:
+    authorizer = ClaimAuthorizer("app_metadata.table_ids")
+    nested = Identity(claims={"app_metadata": {"table_ids": ["t1"]}}, expires_at=None, subject=None)
+    assert authorizer.allowed(nested, "t1") is True
+    assert authorizer.allowed(nested, "t2") is False
+    flat = Identity(claims={"app_metadata": "t1"}, expires_at=None, subject=None)
+    assert authorizer.allowed(flat, "t1") is False

@@ -126,3 +126,17 @@ test("heartbeats keep the connection up", async () => {
   await eventually(() => statuses.filter((s) => s === "ok").length >= 3, "three heartbeat replies");
   assert.ok(!statuses.includes("timeout"));
 });
+
+test("a configured publishable key authenticates as its role; an unknown one does not", async () => {
+  // The key maps to {role: "anon"}; it carries no table_ids, so the default
+  // claim authorizer then refuses the table: forbidden, not unauthorized.
+  const known = supabase("sb_publishable_test_key");
+  const [status, error] = await subscribe(on(known, "a1", []));
+  assert.equal(status, "CHANNEL_ERROR");
+  assert.match(String(error?.message ?? error), /forbidden/);
+
+  const unknown = supabase("sb_publishable_someone_elses");
+  const [unknownStatus, unknownError] = await subscribe(on(unknown, "a1", []));
+  assert.equal(unknownStatus, "CHANNEL_ERROR");
+  assert.match(String(unknownError?.message ?? unknownError), /unauthorized/);
+});
