@@ -7,14 +7,18 @@ cursor, come from one snapshot.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
+from . import presence
 from .broadcasts import CHANNEL as BROADCAST_CHANNEL
 from .changes import Change
 from .cursors import FOREIGN, PRUNED, Origin
 from .feed import ReadResult, Request, Row
+from .presence import CHANNEL as PRESENCE_CHANNEL
 
 __all__ = ["DATABASE_ERRORS", "ChangeReader"]
 
@@ -136,6 +140,72 @@ class ChangeReader:
     async def broadcast(self, payload: str) -> None:
         """NOTIFY one broadcast to every server process (see broadcasts.py)."""
         await self._pool.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, payload)
+
+    async def track(self, topic: str, key: str, ref: str, process: str, meta: Any) -> None:
+        """Upsert a presence and announce it (with the previous meta as a leave)."""
+        meta_json = json.dumps(meta, ensure_ascii=False)
+        async with self._pool.acquire() as connection, connection.transaction():
+            previous = await connection.fetchrow(
+                "SELECT key, meta::text FROM broadcaster_presence WHERE ref = $1 FOR UPDATE", ref
+            )
+            await connection.execute(
+                "INSERT INTO broadcaster_presence (ref, topic, key, process, meta)"
+                " VALUES ($1, $2, $3, $4, $5::jsonb)"
+                " ON CONFLICT (ref) DO UPDATE SET key = $3, meta = $5::jsonb, seen_at = now()",
+                ref,
+                topic,
+                key,
+                process,
+                meta_json,
+            )
+            leaves = [] if previous is None else [(previous[0], ref, json.loads(previous[1]))]
+            await connection.execute(
+                "SELECT pg_notify($1, $2)",
+                PRESENCE_CHANNEL,
+                presence.diff(topic, [(key, ref, meta)], leaves),
+            )
+
+    async def untrack(self, refs: Sequence[str]) -> None:
+        """Remove presences and announce them, per topic."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            gone = await connection.fetch(
+                "DELETE FROM broadcaster_presence WHERE ref = ANY($1::text[])"
+                " RETURNING topic, key, ref, meta::text",
+                list(refs),
+            )
+            await self._announce_leaves(connection, gone)
+
+    async def presence_state(self, topic: str) -> list[tuple[str, str, Any]]:
+        records = await self._pool.fetch(
+            "SELECT key, ref, meta::text FROM broadcaster_presence WHERE topic = $1 ORDER BY ref",
+            topic,
+        )
+        return [(r[0], r[1], json.loads(r[2])) for r in records]
+
+    async def keep_presence(self, process: str, stale_after: float) -> None:
+        """Prove this process alive; remove (and announce) the presences of dead ones."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "UPDATE broadcaster_presence SET seen_at = now() WHERE process = $1", process
+            )
+            gone = await connection.fetch(
+                "DELETE FROM broadcaster_presence"
+                " WHERE seen_at < now() - make_interval(secs => $1)"
+                " RETURNING topic, key, ref, meta::text",
+                stale_after,
+            )
+            await self._announce_leaves(connection, gone)
+
+    @staticmethod
+    async def _announce_leaves(connection: Any, gone: Sequence[Any]) -> None:
+        # One NOTIFY per presence: a diff of many (a process that died with
+        # thousands of clients) would not fit in NOTIFY's 8000 bytes.
+        for topic, key, ref, meta in gone:
+            await connection.execute(
+                "SELECT pg_notify($1, $2)",
+                PRESENCE_CHANNEL,
+                presence.diff(topic, [], [(key, ref, json.loads(meta))]),
+            )
 
     async def notification_queue_usage(self) -> float:
         return float(await self._pool.fetchval("SELECT pg_notification_queue_usage()"))

@@ -24,10 +24,15 @@ from .listener import CHANNEL as CHANGES_CHANNEL
 from .listener import Listener
 from .native import Limits
 from .poller import Poller
-from .queries import ChangeReader
+from .presence import CHANNEL as PRESENCE_CHANNEL
+from .presence import Presences
+from .queries import DATABASE_ERRORS, ChangeReader
 from .settings import Settings
 
-__all__ = ["Runtime"]
+__all__ = ["PRESENCE_HEARTBEAT", "Runtime"]
+
+PRESENCE_HEARTBEAT = 5.0
+"""Seconds between proofs that this process's presences are alive."""
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ class Runtime:
         self.database_url = database_url
         self.hub = Hub()
         self.broadcasts = Broadcasts()
+        self.presences = Presences()
         self.connections = 0
         self.limits = Limits(
             max_subscriptions=settings.max_subscriptions,
@@ -117,7 +123,11 @@ class Runtime:
         )
         self.listener = Listener(
             self.database_url,
-            {CHANGES_CHANNEL: self.poller.notified, BROADCAST_CHANNEL: self.broadcasts.notified},
+            {
+                CHANGES_CHANNEL: self.poller.notified,
+                BROADCAST_CHANNEL: self.broadcasts.notified,
+                PRESENCE_CHANNEL: self.presences.notified,
+            },
             self.poller.listening,
             keepalive_interval=settings.keepalive_interval,
             keepalive_timeout=settings.keepalive_timeout,
@@ -126,6 +136,7 @@ class Runtime:
         self._tasks = [
             asyncio.create_task(self._supervise("poller", self.poller.run())),
             asyncio.create_task(self._supervise("listener", self.listener.run())),
+            asyncio.create_task(self._supervise("presence", self._keep_presence(self.reader))),
         ]
 
     async def _supervise(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -138,6 +149,16 @@ class Runtime:
             # and a process that cannot deliver must not look ready.
             logger.critical("%s stopped unexpectedly", name, exc_info=True)
             self._crashed = f"the {name} crashed; see the server log"
+
+    async def _keep_presence(self, reader: ChangeReader) -> None:
+        # Refreshes this process's presences and expires those of processes
+        # that stopped doing so (crashed or cut off) after three missed rounds.
+        while True:
+            await asyncio.sleep(PRESENCE_HEARTBEAT)
+            try:
+                await reader.keep_presence(self.broadcasts.process, 3 * PRESENCE_HEARTBEAT)
+            except DATABASE_ERRORS:
+                logger.warning("keeping presences failed", exc_info=True)
 
     @property
     def ready(self) -> tuple[bool, str]:

@@ -9,8 +9,8 @@ channel's bindings name the table_ids they route to (``table_id=eq.X`` or
 only once they are live does it reply to ``phx_join`` (so a change committed
 after the client reports SUBSCRIBED is never missed).
 
-Broadcast goes through Postgres to every server process (broadcasts.py).
-Not served yet: presence (answered with a ``system`` error).
+Broadcast (broadcasts.py) and presence (presence.py) go through Postgres to
+every server process.
 Bindings without a table_id filter, filtered on another column, or on a table
 other than ``public.rows`` are refused with the reason. See ``docs/supabase.md``.
 """
@@ -22,12 +22,12 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from . import broadcasts, phoenix
+from . import broadcasts, phoenix, presence
 from .auth import Identity, TokenVerifier
 from .authorization import Authorizer
 from .broadcasts import Broadcasts
@@ -38,6 +38,7 @@ from .frames import text_frame
 from .hub import Batch, Hub
 from .native import Joiner, Transport
 from .phoenix import Message
+from .presence import Presences
 from .queries import DATABASE_ERRORS
 
 __all__ = ["Binding", "FilterError", "SupabaseSession", "parse_filter"]
@@ -134,6 +135,8 @@ class _Channel:
     tables: frozenset[str]
     broadcast_self: bool = False
     broadcast_ack: bool = False
+    presence_key: str | None = None
+    tracked: bool = False
     live: bool = False
     pending: set[str] = field(default_factory=set)
     reply: Callable[[], None] | None = None
@@ -156,6 +159,8 @@ class SupabaseSession:
         max_message_bytes: int,
         broadcasts: Broadcasts,
         send_broadcast: Callable[[str], Awaitable[None]],
+        presences: Presences,
+        presence_store: presence.Store,
         publishable_keys: Mapping[str, str] | None = None,
     ) -> None:
         self._hub = hub
@@ -168,6 +173,8 @@ class SupabaseSession:
         self._max_subscriptions = max_subscriptions
         self._max_message_bytes = max_message_bytes
         self._publishable_keys = publishable_keys or {}
+        self._presences = presences
+        self._presence_store = presence_store
         self._broadcasts = broadcasts
         self._send_broadcast = send_broadcast
         self._origin = broadcasts.origin(self)
@@ -216,7 +223,7 @@ class SupabaseSession:
         elif message.event == "broadcast":
             self._spawn(self._broadcast(message))
         elif message.event == "presence":
-            self._system_error(message.topic, "presence is not supported by this server yet")
+            self._spawn(self._presence(message))
         else:
             self._reply(message, "error", {"reason": f"unknown event {message.event[:64]!r}"})
 
@@ -258,6 +265,9 @@ class SupabaseSession:
         self._leave(topic)
         broadcast = config.get("broadcast") if isinstance(config, dict) else None
         broadcast = broadcast if isinstance(broadcast, dict) else {}
+        presence_config = config.get("presence") if isinstance(config, dict) else None
+        presence_config = presence_config if isinstance(presence_config, dict) else {}
+        key = presence_config.get("key")
         channel = _Channel(
             topic,
             message.join_ref,
@@ -265,14 +275,20 @@ class SupabaseSession:
             tables,
             broadcast_self=broadcast.get("self") is True,
             broadcast_ack=broadcast.get("ack") is True,
+            # Like Supabase: without a key of its own, a connection is one presence.
+            presence_key=key if isinstance(key, str) and key else self._origin,
         )
         self._channels[topic] = channel
         self._broadcasts.listen(topic, self)
+        # Follow diffs before reading the state: a diff that arrives first is
+        # held by the client until presence_state comes.
+        self._presences.follow(topic, self)
         echoed = [{**entry, "id": b.id} for entry, b in zip(entries, bindings, strict=True)]
 
         def reply() -> None:
             channel.live = True
             self._reply(message, "ok", {"postgres_changes": echoed})
+            self._spawn(self._send_presence_state(channel))
             if bindings:
                 name = topic.removeprefix("realtime:")
                 self._send(
@@ -320,6 +336,9 @@ class SupabaseSession:
         if channel is None:
             return
         self._broadcasts.stop(topic, self)
+        self._presences.stop(topic, self)
+        if channel.tracked:
+            _detached(self._presence_store.untrack([self._presence_ref(topic)]))
         still = {t for other in self._channels.values() for t in other.tables}
         for table_id in channel.tables - still:
             join = self.tables.pop(table_id, None)
@@ -373,6 +392,55 @@ class SupabaseSession:
             return
         if channel.broadcast_ack:
             self._reply(message, "ok", {})
+
+    def _presence_ref(self, topic: str) -> str:
+        return f"{self._origin}:{topic}"
+
+    async def _send_presence_state(self, channel: _Channel) -> None:
+        try:
+            entries = await self._presence_store.presence_state(channel.topic)
+        except DATABASE_ERRORS:
+            logger.warning("reading presence state failed", exc_info=True)
+            return
+        if self._channels.get(channel.topic) is channel:
+            self._send(Message(channel.topic, "presence_state", presence.state(entries)))
+
+    async def _presence(self, message: Message) -> None:
+        channel = self._channels.get(message.topic)
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        event = payload.get("event")
+        if channel is None or not channel.live or channel.presence_key is None:
+            self._reply(message, "error", {"reason": "join the channel before tracking presence"})
+            return
+        ref = self._presence_ref(channel.topic)
+        try:
+            if event == "track":
+                meta = payload.get("payload")
+                meta = meta if isinstance(meta, dict) else {}
+                if len(json.dumps(meta)) > presence.MAX_META_BYTES:
+                    reason = f"presence over {presence.MAX_META_BYTES} bytes"
+                    self._reply(message, "error", {"reason": reason})
+                    return
+                await self._presence_store.track(
+                    channel.topic, channel.presence_key, ref, self._broadcasts.process, meta
+                )
+                channel.tracked = True
+            elif event == "untrack":
+                await self._presence_store.untrack([ref])
+                channel.tracked = False
+            else:
+                self._reply(message, "error", {"reason": "presence events are track and untrack"})
+                return
+        except DATABASE_ERRORS:
+            logger.warning("updating presence failed", exc_info=True)
+            self._reply(message, "error", {"reason": "presence could not be updated"})
+            return
+        self._reply(message, "ok", {})
+
+    def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
+        channel = self._channels.get(topic)
+        if channel is not None and channel.live:
+            self._send(Message(topic, "presence_diff", {"joins": joins, "leaves": leaves}))
 
     def deliver_broadcast(self, topic: str, event: str, payload: Any, origin: str) -> None:
         channel = self._channels.get(topic)
@@ -439,6 +507,23 @@ class SupabaseSession:
 
     def _send(self, message: Message) -> None:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
+
+
+# Untracking when a connection goes must outlive the session's own tasks.
+_DETACHED: set[asyncio.Task[None]] = set()
+
+
+def _detached(coroutine: Coroutine[Any, Any, None]) -> None:
+    async def run() -> None:
+        try:
+            await coroutine
+        except DATABASE_ERRORS:
+            # The process's heartbeat will expire the presence instead.
+            logger.warning("removing a presence failed", exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(run())
+    _DETACHED.add(task)
+    task.add_done_callback(_DETACHED.discard)
 
 
 def _rows(batch: Batch) -> list[dict[str, Any]]:

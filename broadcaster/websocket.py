@@ -189,6 +189,8 @@ class WebSocketConnection(asyncio.Protocol):
                 broadcasts=runtime.broadcasts,
                 send_broadcast=reader.broadcast,
                 publishable_keys=runtime.publishable_keys,
+                presences=runtime.presences,
+                presence_store=reader,
             )
             logger.debug("%s connected to %s (vsn %s)", self._peer, url.path, vsn)
             return

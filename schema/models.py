@@ -135,3 +135,26 @@ class BroadcasterState(Base):
     pruned_below: Mapped[int] = mapped_column(
         XID8, nullable=False, server_default=text("'1'::xid8")
     )
+
+
+class Presence(Base):
+    """One tracked presence: a connection's ``track`` on a channel topic."""
+
+    __tablename__ = "broadcaster_presence"
+    __table_args__ = (
+        Index("broadcaster_presence_topic_idx", "topic"),
+        Index("broadcaster_presence_process_idx", "process"),
+    )
+
+    ref: Mapped[str] = mapped_column(Text, primary_key=True)
+    topic: Mapped[str] = mapped_column(Text, nullable=False)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    # The server process holding the connection; its presences go when it stops
+    # proving it is alive (seen_at).
+    process: Mapped[str] = mapped_column(Text, nullable=False)
+    meta: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )

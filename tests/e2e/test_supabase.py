@@ -64,6 +64,11 @@ async def test_supabase_js_broadcast_across_two_server_processes(database_url: s
         await _node_tests(database_url, "broadcast.test.mjs", {"BROADCASTER_URL_2": other.url})
 
 
+async def test_supabase_js_presence_across_two_server_processes(database_url: str) -> None:
+    async with running_server(database_url) as other:
+        await _node_tests(database_url, "presence.test.mjs", {"BROADCASTER_URL_2": other.url})
+
+
 async def test_supabase_js_with_authentication(database_url: str) -> None:
     await _node_tests(
         database_url,

@@ -1,0 +1,76 @@
+"""Presence in Postgres: tracking announces, and a dead process's presences expire."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from broadcaster.presence import CHANNEL
+from broadcaster.queries import ChangeReader
+from tests.support.timeouts import within
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def reader(database_url: str) -> AsyncIterator[ChangeReader]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    yield ChangeReader(pool)
+    await pool.close()
+
+
+@pytest.fixture
+async def diffs(database_url: str) -> AsyncIterator[asyncio.Queue[dict[str, object]]]:
+    connection = await asyncpg.connect(database_url)
+    queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    await connection.add_listener(
+        CHANNEL, lambda _c, _p, _ch, payload: queue.put_nowait(json.loads(payload))
+    )
+    yield queue
+    await connection.close()
+
+
+async def test_track_retrack_and_untrack_are_announced(
+    reader: ChangeReader, diffs: asyncio.Queue[dict[str, object]]
+) -> None:
+    await reader.track("room", "ada", "ref-1", "process-a", {"name": "Ada"})
+    assert await within(diffs.get()) == {
+        "topic": "room",
+        "joins": {"ada": {"metas": [{"name": "Ada", "phx_ref": "ref-1"}]}},
+        "leaves": {},
+    }
+    await reader.track("room", "ada", "ref-1", "process-a", {"name": "Ada L."})
+    retracked = await within(diffs.get())
+    assert retracked["joins"] == {"ada": {"metas": [{"name": "Ada L.", "phx_ref": "ref-1"}]}}
+    assert retracked["leaves"] == {"ada": {"metas": [{"name": "Ada", "phx_ref": "ref-1"}]}}
+    assert await reader.presence_state("room") == [("ada", "ref-1", {"name": "Ada L."})]
+    await reader.untrack(["ref-1"])
+    left = await within(diffs.get())
+    assert left["joins"] == {}
+    assert list(left["leaves"]) == ["ada"]  # type: ignore[call-overload]
+    assert await reader.presence_state("room") == []
+
+
+async def test_a_process_that_stopped_proving_it_is_alive_loses_its_presences(
+    reader: ChangeReader, diffs: asyncio.Queue[dict[str, object]], database_url: str
+) -> None:
+    await reader.track("room", "ghost", "ref-dead", "dead-process", {})
+    await reader.track("room", "live", "ref-live", "live-process", {})
+    await within(diffs.get())
+    await within(diffs.get())
+    db = await asyncpg.connect(database_url)
+    try:
+        await db.execute(
+            "UPDATE broadcaster_presence SET seen_at = now() - interval '1 minute'"
+            " WHERE process = 'dead-process'"
+        )
+    finally:
+        await db.close()
+    await reader.keep_presence("live-process", stale_after=15)
+    left = await within(diffs.get())
+    assert list(left["leaves"]) == ["ghost"]  # type: ignore[call-overload]
+    assert await reader.presence_state("room") == [("live", "ref-live", {})]
