@@ -17,6 +17,7 @@ table, every live batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -24,14 +25,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from . import protocol
+from . import broadcasts, presence, protocol
 from .auth import Identity, TokenVerifier
 from .authorization import Authorizer
+from .broadcasts import Broadcasts
 from .changes import Change
 from .exceptions import AuthenticationError, ProtocolError
 from .feed import Join, JoinResult
 from .frames import text_frame
 from .hub import Batch, Hub
+from .presence import Presences
+from .queries import DATABASE_ERRORS
 
 __all__ = [
     "FRAME_BYTES",
@@ -125,6 +129,36 @@ class Joiner(Protocol):
         """Forget ``join`` if it has not been answered."""
 
 
+class MessagingStore(Protocol):
+    """Where broadcasts are sent and presences kept (broadcaster.queries.ChangeReader)."""
+
+    async def broadcast(self, payload: str) -> None: ...
+
+    async def track(self, topic: str, key: str, ref: str, process: str, meta: Any) -> None: ...
+
+    async def untrack(self, refs: Sequence[str]) -> None: ...
+
+    async def presence_state(self, topic: str) -> list[tuple[str, str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Messaging:
+    """Client-to-client messages of a table's subscribers: broadcast and presence.
+
+    Both travel through Postgres to every server process; see broadcasts.py
+    and presence.py.
+    """
+
+    broadcasts: Broadcasts
+    presences: Presences
+    store: MessagingStore
+
+
+def _topic(table_id: str) -> str:
+    # Native topics cannot meet Supabase channel topics ("realtime:...").
+    return "native:" + table_id
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one connection may do; ``docs/security.md`` explains each."""
@@ -179,6 +213,7 @@ class NativeSession:
         verifier: TokenVerifier | None = None,
         token: str | None = None,
         limits: Limits = Limits(),
+        messaging: Messaging | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -188,6 +223,12 @@ class NativeSession:
         self._authorizer = authorizer
         self._verifier = verifier
         self._limits = limits
+        self._messaging = messaging
+        self._origin = messaging.broadcasts.origin(self) if messaging is not None else ""
+        # Tables whose presence this connection follows, and tracks.
+        self._presence: set[str] = set()
+        self._tracked: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._clock = clock
         self._wall_clock = wall_clock
         # table_id -> its pending Join, or None once live.
@@ -312,6 +353,8 @@ class NativeSession:
                 raise ProtocolError(
                     protocol.UNAUTHORIZED, "authenticate first: send an auth message", message.ref
                 )
+            if isinstance(message, protocol.Broadcast | protocol.Track | protocol.Untrack):
+                return self._message_others(message)
             if isinstance(message, protocol.Subscribe):
                 self._check_room(message)
                 verdict = self._authorizer.allowed(self.identity, message.table_id)
@@ -425,6 +468,8 @@ class NativeSession:
 
         join = Join(table_id, joined, message.cursor, message.snapshot)
         self.tables[table_id] = join
+        if message.presence:
+            self._presence.add(table_id)
         self._joiner.join(join)
 
     def _joined(self, join: Join, ref: protocol.Ref, result: JoinResult) -> None:
@@ -442,6 +487,96 @@ class NativeSession:
             return
         self.tables[table_id] = None
         self._hub.subscribe(table_id, self)
+        messaging = self._messaging
+        if messaging is not None:
+            messaging.broadcasts.listen(_topic(table_id), self)
+            if table_id in self._presence:
+                # Diffs are followed before the state is read: the client
+                # applies those that come first once presence_state arrives.
+                messaging.presences.follow(_topic(table_id), self)
+                self._spawn(self._send_presence_state(messaging, table_id))
+
+    # Broadcast and presence
+
+    def _message_others(
+        self, message: protocol.Broadcast | protocol.Track | protocol.Untrack
+    ) -> _Continuation | None:
+        messaging = self._messaging
+        if messaging is None or self.tables.get(message.table_id, join_pending) is not None:
+            raise ProtocolError(
+                protocol.NOT_SUBSCRIBED,
+                "subscribe to the table (and wait for synced) first",
+                message.ref,
+            )
+        topic = _topic(message.table_id)
+        if isinstance(message, protocol.Broadcast):
+            # An origin nobody has makes the sender hear its own message too.
+            origin = "" if message.echo else self._origin
+            payload = broadcasts.encode(topic, message.event, message.payload, origin)
+            if len(payload.encode()) > broadcasts.MAX_PAYLOAD_BYTES:
+                raise ProtocolError(
+                    protocol.TOO_LARGE,
+                    f"a broadcast travels by NOTIFY: at most {broadcasts.MAX_PAYLOAD_BYTES} bytes",
+                    message.ref,
+                )
+            return self._done(
+                messaging.store.broadcast(payload), "sent", message.ref, message.table_id
+            )
+        ref = f"{self._origin}:{topic}"
+        if isinstance(message, protocol.Track):
+            if len(json.dumps(message.meta)) > presence.MAX_META_BYTES:
+                raise ProtocolError(
+                    protocol.TOO_LARGE,
+                    f"a presence meta travels by NOTIFY: at most {presence.MAX_META_BYTES} bytes",
+                    message.ref,
+                )
+            self._tracked.add(message.table_id)
+            key = message.key or self._origin
+            process = messaging.broadcasts.process
+            stored = messaging.store.track(topic, key, ref, process, message.meta)
+            return self._done(stored, "tracked", message.ref, message.table_id)
+        self._tracked.discard(message.table_id)
+        return self._done(
+            messaging.store.untrack([ref]), "untracked", message.ref, message.table_id
+        )
+
+    async def _done(
+        self, operation: Awaitable[None], kind: str, ref: protocol.Ref, table_id: str
+    ) -> None:
+        try:
+            await operation
+        except DATABASE_ERRORS:
+            logger.warning("a %s request failed", kind, exc_info=True)
+            self._reply(
+                protocol.encode_error(
+                    protocol.UNAVAILABLE, "the database could not be reached", ref
+                )
+            )
+            return
+        self._reply(protocol.encode_done(kind, ref, table_id))
+
+    async def _send_presence_state(self, messaging: Messaging, table_id: str) -> None:
+        try:
+            entries = await messaging.store.presence_state(_topic(table_id))
+        except DATABASE_ERRORS:
+            logger.warning("reading presence state failed", exc_info=True)
+            return
+        if table_id in self._presence and self.tables.get(table_id, join_pending) is None:
+            self._reply(protocol.encode_presence_state(table_id, presence.state(entries)))
+
+    def deliver_broadcast(self, topic: str, event: str, payload: Any, origin: str) -> None:
+        if origin != self._origin and not self.closed:
+            self._reply(protocol.encode_broadcast(topic.removeprefix("native:"), event, payload))
+
+    def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
+        if not self.closed:
+            table_id = topic.removeprefix("native:")
+            self._reply(protocol.encode_presence_diff(table_id, joins, leaves))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _send_catch_up(self, changes: Sequence[Change]) -> None:
         for chunk in _chunks([protocol.encode_change(change) for change in changes]):
@@ -450,6 +585,15 @@ class NativeSession:
     def _leave(self, table_id: str) -> None:
         if table_id not in self.tables:
             return
+        messaging = self._messaging
+        if messaging is not None:
+            topic = _topic(table_id)
+            messaging.broadcasts.stop(topic, self)
+            messaging.presences.stop(topic, self)
+            if table_id in self._tracked:
+                _detached(messaging.store.untrack([f"{self._origin}:{topic}"]))
+        self._presence.discard(table_id)
+        self._tracked.discard(table_id)
         join = self.tables.pop(table_id)
         if join is None:
             self._hub.unsubscribe(table_id, self)
@@ -467,6 +611,8 @@ class NativeSession:
         self._cancel_timers()
         if self._worker is not None:
             self._worker.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self._unstarted is not None:
             self._unstarted.close()
             self._unstarted = None
@@ -494,3 +640,23 @@ class NativeSession:
         self._errors += 1
         if self._errors > self._limits.max_errors:
             self._transport.close(protocol.CLOSE_TOO_MANY_ERRORS, "too many protocol errors")
+
+
+# A pending join stands for "subscribed but not synced yet" in lookups.
+join_pending: Final = object()
+
+# Untracking when a connection goes must outlive the session's own tasks.
+_DETACHED: set[asyncio.Task[None]] = set()
+
+
+def _detached(operation: Coroutine[Any, Any, None]) -> None:
+    async def run() -> None:
+        try:
+            await operation
+        except DATABASE_ERRORS:
+            # The process's heartbeat will expire the presence instead.
+            logger.warning("removing a presence failed", exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(run())
+    _DETACHED.add(task)
+    task.add_done_callback(_DETACHED.discard)

@@ -25,17 +25,24 @@ __all__ = [
     "CLOSE_TOO_MANY_ERRORS",
     "CLOSE_UNAUTHORIZED",
     "Auth",
+    "Broadcast",
     "ClientMessage",
     "Ping",
     "Ref",
     "Subscribe",
+    "Track",
     "Unsubscribe",
+    "Untrack",
     "batch",
     "encode_authenticated",
+    "encode_broadcast",
     "encode_change",
     "encode_cursor",
+    "encode_done",
     "encode_error",
     "encode_pong",
+    "encode_presence_diff",
+    "encode_presence_state",
     "encode_reset",
     "encode_subscribed",
     "encode_synced",
@@ -54,6 +61,8 @@ UNAUTHORIZED: Final = "unauthorized"
 TOKEN_EXPIRED: Final = "token_expired"
 FORBIDDEN: Final = "forbidden"
 RATE_LIMITED: Final = "rate_limited"
+NOT_SUBSCRIBED: Final = "not_subscribed"
+UNAVAILABLE: Final = "unavailable"
 
 # Close codes.
 CLOSE_GOING_AWAY: Final = 1001
@@ -75,6 +84,7 @@ class Subscribe:
     table_id: str
     cursor: str | None = None
     snapshot: bool = False
+    presence: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +104,30 @@ class Auth:
     token: str = field(repr=False)
 
 
-ClientMessage = Subscribe | Unsubscribe | Ping | Auth
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    ref: Ref
+    table_id: str
+    event: str
+    payload: Any
+    echo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    ref: Ref
+    table_id: str
+    meta: dict[str, Any]
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Untrack:
+    ref: Ref
+    table_id: str
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping | Auth | Broadcast | Track | Untrack
 
 
 def _reject_constant(name: str) -> None:
@@ -141,12 +174,30 @@ def parse_client_message(text: str) -> ClientMessage:
         if not isinstance(token, str) or not token:
             raise ProtocolError(BAD_MESSAGE, "auth needs a non-empty string token", ref)
         return Auth(ref, token)
-    if kind in ("subscribe", "unsubscribe"):
+    if kind in ("subscribe", "unsubscribe", "broadcast", "track", "untrack"):
         table_id = message.get("table_id")
         if not isinstance(table_id, str) or not table_id or not _encodable(table_id):
             raise ProtocolError(BAD_MESSAGE, f"{kind} needs a non-empty string table_id", ref)
         if kind == "unsubscribe":
             return Unsubscribe(ref, table_id)
+        if kind == "untrack":
+            return Untrack(ref, table_id)
+        if kind == "broadcast":
+            event = message.get("event")
+            if not isinstance(event, str) or not event or not _encodable(event):
+                raise ProtocolError(BAD_MESSAGE, "broadcast needs a non-empty string event", ref)
+            echo = message.get("self", False)
+            if not isinstance(echo, bool):
+                raise ProtocolError(BAD_MESSAGE, "self must be true or false", ref)
+            return Broadcast(ref, table_id, event, message.get("payload"), echo)
+        if kind == "track":
+            meta = message.get("meta", {})
+            key = message.get("key")
+            if not isinstance(meta, dict):
+                raise ProtocolError(BAD_MESSAGE, "track needs an object meta", ref)
+            if key is not None and (not isinstance(key, str) or not key or not _encodable(key)):
+                raise ProtocolError(BAD_MESSAGE, "key must be a non-empty string", ref)
+            return Track(ref, table_id, meta, key)
         cursor = message.get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             raise ProtocolError(BAD_MESSAGE, "cursor must be a string", ref)
@@ -155,7 +206,10 @@ def parse_client_message(text: str) -> ClientMessage:
             snapshot = False
         elif not isinstance(snapshot, bool):
             raise ProtocolError(BAD_MESSAGE, "snapshot must be true or false", ref)
-        return Subscribe(ref, table_id, cursor, snapshot)
+        presence = message.get("presence")
+        if presence is not None and not isinstance(presence, bool):
+            raise ProtocolError(BAD_MESSAGE, "presence must be true or false", ref)
+        return Subscribe(ref, table_id, cursor, snapshot, presence is True)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", ref)
 
 
@@ -173,6 +227,25 @@ def encode_unsubscribed(ref: Ref, table_id: str) -> bytes:
 
 def encode_pong(ref: Ref) -> bytes:
     return _encode({"type": "pong", "ref": ref})
+
+
+def encode_done(kind: str, ref: Ref, table_id: str) -> bytes:
+    """The reply to broadcast (``sent``), track (``tracked``) or untrack (``untracked``)."""
+    return _encode({"type": kind, "ref": ref, "table_id": table_id})
+
+
+def encode_broadcast(table_id: str, event: str, payload: Any) -> bytes:
+    return _encode({"type": "broadcast", "table_id": table_id, "event": event, "payload": payload})
+
+
+def encode_presence_state(table_id: str, presences: Any) -> bytes:
+    return _encode({"type": "presence_state", "table_id": table_id, "presences": presences})
+
+
+def encode_presence_diff(table_id: str, joins: Any, leaves: Any) -> bytes:
+    return _encode(
+        {"type": "presence_diff", "table_id": table_id, "joins": joins, "leaves": leaves}
+    )
 
 
 def encode_authenticated(ref: Ref, expires_at: float | None) -> bytes:

@@ -22,7 +22,7 @@ from .exceptions import ConfigurationError
 from .hub import Hub
 from .listener import CHANNEL as CHANGES_CHANNEL
 from .listener import Listener
-from .native import Limits
+from .native import Limits, Messaging
 from .poller import Poller
 from .presence import CHANNEL as PRESENCE_CHANNEL
 from .presence import Presences
@@ -60,6 +60,7 @@ class Runtime:
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.reader: ChangeReader | None = None
+        self.messaging: Messaging | None = None
         self.poller: Poller | None = None
         self.listener: Listener | None = None
         self._crashed: str | None = None
@@ -114,6 +115,7 @@ class Runtime:
             },
         )
         self.reader = ChangeReader(self._pool)
+        self.messaging = Messaging(self.broadcasts, self.presences, self.reader)
         self.poller = Poller(
             self.hub,
             self.reader,

@@ -202,6 +202,7 @@ class WebSocketConnection(asyncio.Protocol):
             verifier=runtime.verifier,
             token=_token(request, url.query),
             limits=runtime.limits,
+            messaging=runtime.messaging,
         )
         logger.debug("%s connected to %s", self._peer, url.path)
 

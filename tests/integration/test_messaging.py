@@ -1,0 +1,119 @@
+"""Broadcast and presence on the native protocol, between two server processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from broadcaster.server import Server
+from tests.support.server import Client, client, running_server
+from tests.support.timeouts import seconds
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def servers(database_url: str) -> AsyncIterator[tuple[Server, Server]]:
+    async with running_server(database_url) as one, running_server(database_url) as two:
+        yield one, two
+
+
+async def exchange(c: Client, message: dict[str, object], *kinds: str) -> dict[str, Any]:
+    """Send ``message``; collect one message of each kind, in whatever order they come.
+
+    The reply (sent, tracked) and what the request caused (the echoed
+    broadcast, the presence diff) travel different paths.
+    """
+    await c.send(message)
+    found: dict[str, Any] = {}
+    while set(kinds) - set(found):
+        received = await c.recv(10)
+        if received["type"] in kinds:
+            found[received["type"]] = received
+    return found
+
+
+async def next_of(c: Client, kind: str) -> dict[str, object]:
+    while True:
+        message = await c.recv(10)
+        if message["type"] == kind:
+            return dict(message)
+
+
+async def test_a_broadcast_reaches_the_others_on_any_process(
+    servers: tuple[Server, Server],
+) -> None:
+    one, two = servers
+    async with client(one) as a, client(two) as b, client(two) as elsewhere:
+        await a.subscribe("t1")
+        await b.subscribe("t1")
+        await elsewhere.subscribe("t2")
+        reply = await a.request(
+            {"type": "broadcast", "table_id": "t1", "event": "cursor", "payload": {"x": 1}}
+        )
+        assert reply == {"type": "sent", "ref": reply["ref"], "table_id": "t1"}
+        heard = await next_of(b, "broadcast")
+        assert heard == {
+            "type": "broadcast",
+            "table_id": "t1",
+            "event": "cursor",
+            "payload": {"x": 1},
+        }
+        await a.assert_silent()
+        await elsewhere.assert_silent()
+        echoed = await exchange(
+            a,
+            {"type": "broadcast", "table_id": "t1", "event": "e", "payload": 2, "self": True},
+            "sent",
+            "broadcast",
+        )
+        assert echoed["broadcast"]["payload"] == 2
+
+
+async def test_broadcast_and_track_need_a_subscription(servers: tuple[Server, Server]) -> None:
+    one, _ = servers
+    async with client(one) as c:
+        for message in (
+            {"type": "broadcast", "table_id": "t9", "event": "e"},
+            {"type": "track", "table_id": "t9", "meta": {}},
+        ):
+            reply = await c.request(message)
+            assert reply["code"] == "not_subscribed"
+        await c.subscribe("t9")
+        reply = await c.request(
+            {"type": "broadcast", "table_id": "t9", "event": "e", "payload": "x" * 9000}
+        )
+        assert reply["code"] == "too_large"
+
+
+async def test_presence_state_joins_and_leaves_across_processes(
+    servers: tuple[Server, Server],
+) -> None:
+    one, two = servers
+    async with client(one) as a:
+        await a.subscribe("t1", presence=True)
+        assert (await next_of(a, "presence_state"))["presences"] == {}
+        tracked = await exchange(
+            a,
+            {"type": "track", "table_id": "t1", "key": "ada", "meta": {"name": "Ada"}},
+            "tracked",
+            "presence_diff",
+        )
+        assert list(tracked["presence_diff"]["joins"]) == ["ada"]
+
+        async with client(two) as b:
+            await b.subscribe("t1", presence=True)
+            state = await next_of(b, "presence_state")
+            metas = state["presences"]["ada"]["metas"]  # type: ignore[index]
+            assert metas[0]["name"] == "Ada"
+            await exchange(
+                b, {"type": "track", "table_id": "t1", "key": "bob", "meta": {}}, "tracked"
+            )
+            assert list((await next_of(a, "presence_diff"))["joins"]) == ["bob"]  # type: ignore[call-overload]
+        # B's connection closed: A sees Bob leave.
+        left = await next_of(a, "presence_diff")
+        assert list(left["leaves"]) == ["bob"]  # type: ignore[call-overload]
+        await asyncio.sleep(seconds(0.1))
