@@ -214,21 +214,31 @@ class SupabaseSession:
         if message.topic == "phoenix" and message.event == "heartbeat":
             self._reply(message, "ok", {})
         elif message.event == "phx_join":
-            self._spawn(self._join(message))
+            self._spawn(self._join(message), message.topic)
         elif message.event == "phx_leave":
             self._leave(message.topic)
             self._reply(message, "ok", {})
         elif message.event == "access_token":
-            self._spawn(self._refresh(message))
+            self._spawn(self._refresh(message), message.topic)
         elif message.event == "broadcast":
-            self._spawn(self._broadcast(message))
+            self._spawn(self._broadcast(message), message.topic)
         elif message.event == "presence":
-            self._spawn(self._presence(message))
+            self._spawn(self._presence(message), message.topic)
         else:
             self._reply(message, "error", {"reason": f"unknown event {message.event[:64]!r}"})
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], topic: str | None = None) -> None:
+        async def guarded() -> None:
+            try:
+                await coroutine
+            except Exception:
+                # A bug in one channel must not pass unnoticed, nor take the
+                # connection down: phx_error makes the client rejoin it.
+                logger.exception("a channel of %s failed", topic or "the connection")
+                if topic is not None and not self.closed:
+                    self._send(Message(topic, "phx_error", {}))
+
+        task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -288,7 +298,7 @@ class SupabaseSession:
         def reply() -> None:
             channel.live = True
             self._reply(message, "ok", {"postgres_changes": echoed})
-            self._spawn(self._send_presence_state(channel))
+            self._spawn(self._send_presence_state(channel), channel.topic)
             if bindings:
                 name = topic.removeprefix("realtime:")
                 self._send(
