@@ -34,9 +34,12 @@ DATABASE_ERRORS = (
 
 # One statement: a request k reads table t since snapshot `since` (rows and
 # tombstones whose transaction is not visible in it), or every row when `since`
-# is null or cannot be served. The `changed_xid >= xmin` conjunct lets the
-# (table_id, changed_xid) index serve the scan; rows written before the
-# triggers were installed have a null changed_xid and only come with every row.
+# is null or cannot be served. Every row and rows since a cursor are separate
+# branches: a single condition OR-ing them keeps the planner from the
+# (table_id, changed_xid) index and scans the whole table on every read. The
+# `changed_xid >= xmin` join condition is what lets the index serve a catch-up;
+# rows written before the triggers were installed have a null changed_xid and
+# only come with every row.
 _READ = """
 WITH req AS (
     SELECT k, t, since::pg_snapshot AS since
@@ -63,16 +66,19 @@ FROM chk JOIN broadcaster_tombstones AS b ON b.table_id = chk.t
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL
   AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
 UNION ALL
-SELECT 3, chk.k,
-       CASE WHEN chk.since IS NULL OR chk.reset IS NOT NULL
-                 OR (r.inserted_xid IS NOT NULL
-                     AND NOT pg_visible_in_snapshot(r.inserted_xid, chk.since))
-            THEN 'INSERT' ELSE 'UPDATE' END,
-       r.table_id, r.id, r.version, broadcaster_row_json(r)::text
+SELECT 3, chk.k, 'INSERT', r.table_id, r.id, r.version, broadcaster_row_json(r)::text
 FROM chk JOIN rows AS r ON r.table_id = chk.t
 WHERE chk.since IS NULL OR chk.reset IS NOT NULL
-   OR (r.changed_xid >= pg_snapshot_xmin(chk.since)
-       AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since))
+UNION ALL
+SELECT 3, chk.k,
+       CASE WHEN r.inserted_xid IS NOT NULL
+                 AND NOT pg_visible_in_snapshot(r.inserted_xid, chk.since)
+            THEN 'INSERT' ELSE 'UPDATE' END,
+       r.table_id, r.id, r.version, broadcaster_row_json(r)::text
+FROM chk JOIN rows AS r
+  ON r.table_id = chk.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
+WHERE chk.since IS NOT NULL AND chk.reset IS NULL
+  AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)
 """
 
 _ORIGIN = """
