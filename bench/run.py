@@ -1,0 +1,1528 @@
+"""The benchmark (issue 5): our server beside its peers, same writers, same clients, one run.
+
+Usage, from the repository root (with the repository's virtualenv)::
+
+    .venv/bin/python bench/run.py            # every target, under 5 minutes
+    .venv/bin/python bench/run.py --quick    # fewer targets, shorter windows, under 1 minute
+    .venv/bin/python bench/run.py --targets fanout,bulk --servers ours,node
+
+What it does:
+
+1. Creates two fresh databases on ``BENCH_DATABASE_URL`` (default
+   ``postgresql://postgres@127.0.0.1:5432/postgres``): ``bench_<random>`` gets
+   our schema from ``python -m broadcaster migrate``; ``bench_<random>_peers``
+   gets a plain ``rows`` table with the per-row NOTIFY trigger the peers' docs
+   show (``bench/peers/peer.sql``). Both get the same rows. Both are dropped at
+   the end.
+2. Starts each server as its own process, one target at a time: ours
+   (``python -m broadcaster serve``), encode/broadcaster under Starlette and
+   uvicorn, the thin asyncpg + ``websockets`` server, and Node ``pg`` + ``ws``
+   (``bench/peers``). The peers' Python runs in ``bench/.venv-peers`` (created
+   here: encode/broadcaster's PyPI name clashes with ours); Node's modules come
+   from ``npm ci``.
+3. Drives the same writers (pgbench, single-row UPDATEs of ``rows`` that stamp
+   ``data.t``, the commit time in epoch milliseconds) and the same WebSocket
+   clients (``bench/wsclient.py``, spread over several processes; they count
+   frames without parsing them, a sample parses them for latency).
+4. Prints a table per target, ours beside theirs.
+
+Every figure is measured in this run; nothing is copied from elsewhere.
+``docs/performance.md`` ("Benchmark") explains each column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from wsclient import connect_client
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PEERS = BENCH / "peers"
+PEER_VENV = BENCH / ".venv-peers"
+PEER_PYTHON = PEER_VENV / "bin" / "python"
+NODE_DIR = PEERS / "node"
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+SERVERS = ("ours", "encode", "thin", "node")
+LABELS = {
+    "ours": "ours",
+    "encode": "encode/broadcaster",
+    "thin": "thin Python",
+    "node": "Node pg+ws",
+}
+TARGETS = ("fanout", "ceiling", "fanout1k", "conns", "writers", "bulk", "workers")
+QUICK_TARGETS = ("fanout", "conns", "writers", "bulk", "workers")
+TABLES = tuple(f"t{i}" for i in range(10))
+BULK_TABLE = "bulk"
+BULK_ROWS = 10_000
+WRITERS = 8
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The writers' transaction: one single-row UPDATE of the next row of this
+# writer's sequence (rows r0..r{nrows-1}, table t{k % 10}); no row is written
+# twice in one target, so every commit is one change every subscriber of its
+# table must receive, with nothing to coalesce.
+WRITER_SCRIPT = """\\set n :n + 1
+\\set k (:base + :client_id + :nc * :n) % :nrows
+UPDATE rows
+SET data = jsonb_build_object(
+    't', round(extract(epoch FROM clock_timestamp()) * 1000, 3), 'r', :run::int)
+WHERE id = 'r' || :k;
+"""
+
+
+# --------------------------------------------------------------------------
+# Processes: CPU, memory, the machine
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot."""
+    with open("/proc/stat") as stat:
+        values = [int(value) for value in stat.readline().split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# --------------------------------------------------------------------------
+# Environments of the peers
+
+
+def ensure_peer_venv(log: Path) -> None:
+    """bench/.venv-peers with bench/peers/requirements.txt, rebuilt when that changes."""
+    requirements = PEERS / "requirements.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    stamp = PEER_VENV / ".requirements.sha256"
+    if stamp.exists() and stamp.read_text() == digest and PEER_PYTHON.exists():
+        return
+    print("setup: creating bench/.venv-peers (encode/broadcaster, websockets, asyncpg)", flush=True)
+    with open(log, "ab") as out:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--clear", str(PEER_VENV)],
+            check=True,
+            stdout=out,
+            stderr=out,
+        )
+        subprocess.run(
+            [str(PEER_PYTHON), "-m", "pip", "install", "-q", "-r", str(requirements)],
+            check=True,
+            stdout=out,
+            stderr=out,
+        )
+    stamp.write_text(digest)
+
+
+def ensure_node_modules(log: Path) -> None:
+    """``npm ci`` in bench/peers/node, unless node_modules matches package-lock.json."""
+    lock = NODE_DIR / "package-lock.json"
+    installed = NODE_DIR / "node_modules" / ".package-lock.json"
+    if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
+        return
+    print("setup: npm ci in bench/peers/node", flush=True)
+    with open(log, "ab") as out:
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            check=True,
+            stdout=out,
+            stderr=out,
+        )
+
+
+# --------------------------------------------------------------------------
+# Databases
+
+
+def database_url(admin_url: str, name: str) -> str:
+    return urlsplit(admin_url)._replace(path="/" + name).geturl()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_url: str, name: str) -> AsyncIterator[str]:
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield database_url(admin_url, name)
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+SEED = """
+INSERT INTO rows (id, table_id, data)
+SELECT 'r' || k, 't' || (k % 10), '{}' FROM generate_series(0, $1::int - 1) AS k;
+"""
+SEED_BULK = """
+INSERT INTO rows (id, table_id, data)
+SELECT 'b' || k, 'bulk', '{}' FROM generate_series(0, $1::int - 1) AS k;
+"""
+
+
+def migrate(url: str, log: Path) -> None:
+    """``python -m broadcaster migrate`` on ``url``, as a user runs it."""
+    env = {**os.environ, "DATABASE_URL": url}
+    with open(log, "ab") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "broadcaster", "migrate"], env=env, stdout=out, stderr=out
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"broadcaster migrate failed; see {log}")
+
+
+async def setup_ours(url: str, nrows: int, log: Path) -> None:
+    await asyncio.to_thread(migrate, url, log)
+    connection = await asyncpg.connect(url)
+    try:
+        # A bulk load needs no wake-ups (docs/guarantees.md); rows are stamped anyway.
+        await connection.execute("SET broadcaster.wake = 'off'")
+        await connection.execute(SEED, nrows)
+        await connection.execute(SEED_BULK, BULK_ROWS)
+        await connection.execute("VACUUM ANALYZE rows")
+    finally:
+        await connection.close()
+
+
+async def setup_peers(url: str, nrows: int) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute((PEERS / "peer.sql").read_text())
+        await connection.execute(SEED, nrows)
+        await connection.execute(SEED_BULK, BULK_ROWS)
+        await connection.execute("VACUUM ANALYZE rows")
+        await connection.execute((PEERS / "peer_trigger.sql").read_text())
+    finally:
+        await connection.close()
+
+
+async def expected_changes(url: str, run: int) -> dict[str, int]:
+    """Rows each table changed in writer run ``run``: the deliveries each subscriber is owed."""
+    connection = await asyncpg.connect(url)
+    try:
+        records = await connection.fetch(
+            "SELECT table_id, count(*) AS n FROM rows WHERE data->>'r' = $1 GROUP BY table_id",
+            str(run),
+        )
+    finally:
+        await connection.close()
+    return {record["table_id"]: int(record["n"]) for record in records}
+
+
+# --------------------------------------------------------------------------
+# Writers
+
+
+@dataclass
+class WriterRun:
+    run: int
+    seconds: float
+    commits: int
+    tps: float
+    cpu: float
+    failed: int = 0
+
+
+class Writers:
+    """pgbench processes doing single-row UPDATEs; each run marks its rows with ``run``."""
+
+    def __init__(self, workdir: Path, nrows: int) -> None:
+        self.script = workdir / "writer.sql"
+        self.script.write_text(WRITER_SCRIPT)
+        self.log = workdir / "pgbench.log"
+        self.nrows = nrows
+        self.base = 0
+        self.run_id = 0
+
+    def _pgbench(self, argv: list[str]) -> tuple[str, float, int]:
+        """Run pgbench to the end; its output, its CPU seconds (from wait4) and exit code."""
+        with tempfile.TemporaryFile() as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            _pid, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        with open(self.log, "a") as log:
+            log.write(f"$ {' '.join(argv)}\n{text}\n")
+        if process.returncode != 0:
+            raise RuntimeError(f"pgbench failed ({process.returncode}):\n{text}")
+        return text, usage.ru_utime + usage.ru_stime, process.returncode
+
+    async def run(
+        self, url: str, seconds: float, rate: float | None, clients: int = WRITERS
+    ) -> WriterRun:
+        """One writer run of ``seconds``, at ``rate`` commits/s or unthrottled."""
+        self.run_id += 1
+        run = self.run_id
+        argv = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2"]
+        argv += ["-T", str(max(1, round(seconds))), "-f", str(self.script)]
+        for name, value in (
+            ("n", -1),
+            ("base", self.base),
+            ("nc", clients),
+            ("nrows", self.nrows),
+            ("run", run),
+        ):
+            argv += ["-D", f"{name}={value}"]
+        if rate is not None:
+            argv += ["-R", str(rate)]
+        argv.append(url)
+        started = time.perf_counter()
+        text, cpu, _code = await asyncio.to_thread(self._pgbench, argv)
+        elapsed = time.perf_counter() - started
+        commits = _parse_int(r"number of transactions actually processed: (\d+)", text)
+        failed = _parse_int(r"number of failed transactions: (\d+)", text)
+        tps_match = re.search(r"tps = ([\d.]+)", text)
+        tps = float(tps_match.group(1)) if tps_match else commits / elapsed
+        # The next run starts past every row this one may have written (pgbench
+        # clients need not have run the same number of transactions).
+        self.base = (self.base + 2 * commits + 64 * clients) % self.nrows
+        return WriterRun(run, elapsed, commits, tps, cpu, failed)
+
+    async def builtin(self, url: str, seconds: float) -> WriterRun:
+        """pgbench's own simple-update (pgbench_accounts), the machine's reference."""
+        argv = ["pgbench", "-n", "-M", "prepared", "-b", "simple-update"]
+        argv += ["-c", str(WRITERS), "-j", "2", "-T", str(max(1, round(seconds))), url]
+        text, cpu, _code = await asyncio.to_thread(self._pgbench, argv)
+        commits = _parse_int(r"number of transactions actually processed: (\d+)", text)
+        tps_match = re.search(r"tps = ([\d.]+)", text)
+        tps = float(tps_match.group(1)) if tps_match else 0.0
+        return WriterRun(0, seconds, commits, tps, cpu)
+
+
+def _parse_int(pattern: str, text: str) -> int:
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else 0
+
+
+# --------------------------------------------------------------------------
+# Servers
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    workers: int = 1
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.name] + (f", --workers {self.workers}" if self.workers > 1 else "")
+
+    def cpu(self) -> float:
+        """CPU seconds of the server's processes (a --workers parent and its workers)."""
+        return backends_cpu(self.pids)
+
+    def rss(self) -> int:
+        total = 0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                total += rss_bytes(pid)
+        return total
+
+    @property
+    def ours(self) -> bool:
+        return self.name == "ours"
+
+
+def _server_argv(name: str, port: int, workers: int) -> list[str]:
+    if name == "ours":
+        argv = [sys.executable, "-m", "broadcaster", "serve"]
+        return argv + (["--workers", str(workers)] if workers > 1 else [])
+    if name == "encode":
+        return [
+            str(PEER_PYTHON),
+            "-m",
+            "uvicorn",
+            "encode_app:app",
+            "--app-dir",
+            str(PEERS),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+    if name == "thin":
+        return [str(PEER_PYTHON), str(PEERS / "thin.py")]
+    if name == "node":
+        return ["node", str(NODE_DIR / "server.js")]
+    raise ValueError(name)
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=out, cwd=cwd)
+
+
+async def _http_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        line = await reader.readline()
+        return int(line.split()[1])
+    finally:
+        writer.close()
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descended from it."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree = [root]
+    for pid in tree:
+        tree += [child for child, parent in parents.items() if parent == pid]
+    return tree
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    name: str, url: str, workdir: Path, tag: str, workers: int = 1
+) -> AsyncIterator[ServerProcess]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "PORT": str(port),
+        "BROADCASTER_AUTH": "none",
+        "BROADCASTER_PORT": str(port),
+        "BROADCASTER_HOST": "127.0.0.1",
+        "BROADCASTER_LOG_LEVEL": "warning",
+    }
+    log = workdir / f"server-{name}-{tag}.log"
+    # The peers run outside the repository: from its root, our package would
+    # shadow encode/broadcaster's (both are `broadcaster`).
+    argv = _server_argv(name, port, workers)
+    process = _spawn(argv, env, log, ROOT if name == "ours" else workdir)
+    server = ServerProcess(name, process, port, log, workers)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited during start-up; see {log}")
+            try:
+                if name == "ours":
+                    # With --workers, /readyz answers from whichever worker
+                    # accepts; each worker holds a LISTEN and a read connection
+                    # once it is ready.
+                    if await _http_status(port, "/readyz") == 200 and (
+                        workers == 1 or len(await server_backends(url)) >= 2 * workers
+                    ):
+                        break
+                else:
+                    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    break
+            except (OSError, ValueError, IndexError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not become ready in 30 s; see {log}")
+            await asyncio.sleep(0.05)
+        server.pids = await asyncio.to_thread(process_tree, process.pid)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, 10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                await asyncio.to_thread(process.wait)
+
+
+# --------------------------------------------------------------------------
+# Client processes
+
+
+class ClientPool:
+    """Processes of ``bench/wsclient.py``, each holding a share of the connections."""
+
+    def __init__(self, processes: list[asyncio.subprocess.Process]) -> None:
+        self.processes = processes
+        self.lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls, count: int) -> ClientPool:
+        processes = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(BENCH / "wsclient.py"),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 26,
+            )
+            for _ in range(count)
+        ]
+        return cls(processes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    async def call(self, index: int, command: dict[str, Any]) -> dict[str, Any]:
+        process = self.processes[index]
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write((json.dumps(command) + "\n").encode())
+        await process.stdin.drain()
+        line = await process.stdout.readline()
+        if not line:
+            raise RuntimeError("a client process died")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    async def all(self, commands: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return list(
+            await asyncio.gather(*(self.call(i, command) for i, command in enumerate(commands)))
+        )
+
+    async def each(self, command: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self.all([command] * len(self.processes))
+
+    def cpu(self) -> list[float]:
+        return [cpu_seconds(pid) for pid in self.pids]
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.returncode is None and process.stdin is not None:
+                process.stdin.write(b'{"cmd": "exit"}\n')
+                with contextlib.suppress(ConnectionError):
+                    await process.stdin.drain()
+        for process in self.processes:
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+# --------------------------------------------------------------------------
+# Load targets
+
+
+@dataclass
+class LoadSpec:
+    key: str
+    title: str
+    clients: int
+    rate: float | None
+    seconds: float
+    goal: str = ""
+
+
+@dataclass
+class LoadResult:
+    server: str
+    clients: int
+    label: str = ""
+    connected: int = 0
+    connect_errors: int = 0
+    connect_seconds: float = 0.0
+    error_sample: list[str] = field(default_factory=list)
+    asked: float | None = None
+    achieved: float = 0.0
+    window: float = 0.0
+    expected: int = 0
+    delivered: int = 0
+    frames: int = 0
+    lost: int = 0
+    extra: int = 0
+    dropped: int = 0
+    p50: float | None = None
+    p99: float | None = None
+    max: float | None = None
+    samples: int = 0
+    cpu_us_per_msg: float | None = None
+    server_cpu_pct: float = 0.0
+    pg_cpu_pct: float = 0.0
+    rss_idle: int = 0
+    rss_connected: int = 0
+    rss: int = 0
+    gen_cpu_pct: float = 0.0
+    gen_max_proc_pct: float = 0.0
+    writer_cpu_pct: float = 0.0
+    machine_pct: float = 0.0
+    note: str = ""
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rss_per_conn(self) -> float | None:
+        if not self.connected:
+            return None
+        return (self.rss_connected - self.rss_idle) / self.connected
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class Snapshot:
+    at: float
+    server_cpu: float
+    clients_cpu: list[float]
+    machine: tuple[int, int]
+    delivered: int
+    backends_cpu: float
+
+
+def backends_cpu(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+async def server_backends(url: str) -> list[int]:
+    """The Postgres backends of the server's own sessions (its LISTEN and its reads)."""
+    connection = await asyncpg.connect(url)
+    try:
+        records = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            " AND coalesce(application_name, '') <> 'pgbench'"
+        )
+    finally:
+        await connection.close()
+    return [int(record["pid"]) for record in records]
+
+
+async def _snapshot(
+    server: ServerProcess, pool: ClientPool, delivered: int, backends: Sequence[int]
+) -> Snapshot:
+    return Snapshot(
+        time.perf_counter(),
+        server.cpu(),
+        pool.cpu(),
+        machine_ticks(),
+        delivered,
+        backends_cpu(backends),
+    )
+
+
+async def _total(pool: ClientPool) -> int:
+    return sum(answer["received"] for answer in await pool.each({"cmd": "total"}))
+
+
+async def run_load(
+    spec: LoadSpec,
+    server: ServerProcess,
+    url: str,
+    pool: ClientPool,
+    writers: Writers,
+    drain_limit: float,
+) -> LoadResult:
+    """Connect ``spec.clients`` clients over ten tables, write at ``spec.rate``, count."""
+    result = LoadResult(server.name, spec.clients, asked=spec.rate, label=server.label)
+    workers = len(pool.processes)
+    result.rss_idle = server.rss()
+    # Client i reads table i % 10 and lives in process i % workers; in each
+    # process the first client of each table is sampled for latency.
+    plan: list[list[list[Any]]] = [[] for _ in range(workers)]
+    sampled: set[tuple[int, str]] = set()
+    for i in range(spec.clients):
+        table = TABLES[i % len(TABLES)]
+        worker = i % workers
+        sample = (worker, table) not in sampled
+        sampled.add((worker, table))
+        plan[worker].append([i, table, sample])
+    base = {"cmd": "connect", "host": "127.0.0.1", "port": server.port, "ours": server.ours}
+    started = time.perf_counter()
+    answers: list[dict[str, Any]] = []
+    if server.name == "encode":
+        # encode/broadcaster loses subscribers when the first ones of a channel
+        # subscribe at once (and its one asyncpg connection refuses concurrent
+        # LISTENs): the first client of each table connects alone, one table at
+        # a time; the rest follow together once every table is listened to.
+        firsts = [[spec_ for spec_ in part if spec_[0] < len(TABLES)] for part in plan]
+        rests = [[spec_ for spec_ in part if spec_[0] >= len(TABLES)] for part in plan]
+        for worker, part in enumerate(firsts):
+            if part:
+                answers.append(
+                    await pool.call(worker, {**base, "clients": part, "sequential": True})
+                )
+        answers += await pool.all([{**base, "clients": part} for part in rests])
+    else:
+        answers = await pool.all([{**base, "clients": part} for part in plan])
+    result.connect_seconds = time.perf_counter() - started
+    result.phases["connect"] = result.connect_seconds
+    result.connected = sum(answer["ready"] for answer in answers)
+    result.connect_errors = sum(answer["error_count"] for answer in answers)
+    result.error_sample = [error for answer in answers for error in answer["errors"]][:3]
+    await asyncio.sleep(0.3)
+    result.rss = result.rss_connected = server.rss()
+    try:
+        await pool.each({"cmd": "reset"})
+        backends = await server_backends(url)
+        first = await _snapshot(server, pool, 0, backends)
+        writer = await writers.run(url, spec.seconds, spec.rate)
+        result.phases["write"] = writer.seconds
+        result.achieved = writer.tps
+        expected = await expected_changes(url, writer.run)
+        per_worker = [Counter(table for _i, table, _s in part) for part in plan]
+        result.expected = sum(
+            expected.get(table, 0) * count
+            for counter in per_worker
+            for table, count in counter.items()
+        )
+        # Drain: wait until every client has what it is owed, or nothing moves.
+        last = await _snapshot(server, pool, await _total(pool), backends)
+        drain_started = time.perf_counter()
+        deadline = time.perf_counter() + drain_limit
+        while last.delivered < result.expected and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+            delivered = await _total(pool)
+            if delivered != last.delivered:
+                last = await _snapshot(server, pool, delivered, backends)
+            elif time.perf_counter() - last.at > 2.0:
+                break
+        result.phases["drain"] = time.perf_counter() - drain_started
+        reports = await pool.each({"cmd": "report"})
+        result.rss = max(result.rss, server.rss())
+    finally:
+        closing = time.perf_counter()
+        await pool.each({"cmd": "close"})
+        result.phases["close"] = time.perf_counter() - closing
+    window = last.at - first.at
+    result.window = window
+    latencies: list[float] = []
+    tables_of = {i: table for part in plan for i, table, _s in part}
+    for report in reports:
+        latencies += report["latencies"]
+        for index, received, frames, closed in report["clients"]:
+            owed = expected.get(tables_of[index], 0)
+            result.delivered += received
+            result.frames += frames
+            result.lost += max(0, owed - received)
+            result.extra += max(0, received - owed)
+            if closed or (owed and not received):
+                result.dropped += 1
+    result.dropped += result.connect_errors
+    latencies.sort()
+    result.samples = len(latencies)
+    if latencies:
+        result.p50 = percentile(latencies, 0.50)
+        result.p99 = percentile(latencies, 0.99)
+        result.max = latencies[-1]
+    server_cpu = last.server_cpu - first.server_cpu
+    if result.delivered:
+        result.cpu_us_per_msg = server_cpu / result.delivered * 1e6
+    if window > 0:
+        result.server_cpu_pct = server_cpu / window * 100
+        result.pg_cpu_pct = (last.backends_cpu - first.backends_cpu) / window * 100
+        client_cpu = [b - a for a, b in zip(first.clients_cpu, last.clients_cpu, strict=True)]
+        result.gen_cpu_pct = (sum(client_cpu) + writer.cpu) / window * 100
+        result.gen_max_proc_pct = max(client_cpu) / window * 100
+        result.writer_cpu_pct = writer.cpu / window * 100
+        busy = last.machine[0] - first.machine[0]
+        total = last.machine[1] - first.machine[1]
+        result.machine_pct = busy / total * 100 if total else 0.0
+    if writer.failed:
+        result.note = f"{writer.failed} writer transactions failed"
+    return result
+
+
+# --------------------------------------------------------------------------
+# Writers, notifications, catch-up
+
+
+@dataclass
+class WriterVariant:
+    label: str
+    commits_per_s: float
+    cpu_pct: float
+
+
+@dataclass
+class BulkResult:
+    label: str
+    rows: int
+    statement_ms: float
+    notifications: int
+
+
+@dataclass
+class CatchUpResult:
+    changes: int
+    received: int
+    synced_ms: float
+
+
+async def writers_target(
+    our_url: str, peer_url: str, writers: Writers, seconds: float, builtin: bool
+) -> list[WriterVariant]:
+    variants: list[WriterVariant] = []
+
+    async def measure(label: str, url: str) -> float:
+        run = await writers.run(url, seconds, None)
+        variants.append(WriterVariant(label, run.tps, run.cpu / run.seconds * 100))
+        return run.tps
+
+    connection = await asyncpg.connect(our_url)
+    try:
+        await measure("ours: rows with our triggers", our_url)
+        await connection.execute("ALTER TABLE rows DISABLE TRIGGER USER")
+        try:
+            await measure("no trigger: same rows, triggers disabled", our_url)
+        finally:
+            await connection.execute("ALTER TABLE rows ENABLE TRIGGER USER")
+    finally:
+        await connection.close()
+    await measure("per-row NOTIFY of the row (the peers' trigger)", peer_url)
+    if builtin:
+        process = await asyncio.create_subprocess_exec(
+            "pgbench",
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            peer_url,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await process.wait()
+        run = await writers.builtin(peer_url, seconds)
+        variants.append(
+            WriterVariant(
+                "pgbench -b simple-update (3 statements, no trigger)",
+                run.tps,
+                run.cpu / seconds * 100,
+            )
+        )
+    return variants
+
+
+async def bulk_update(url: str, channel: str, label: str) -> BulkResult:
+    """One UPDATE of the 10,000 rows of table ``bulk``; count the notifications it sends."""
+    listener = await asyncpg.connect(url)
+    writer = await asyncpg.connect(url)
+    heard: list[str] = []
+    try:
+        await listener.add_listener(channel, lambda *args: heard.append(args[3]))
+        started = time.perf_counter()
+        status = await writer.execute(
+            "UPDATE rows SET data = jsonb_build_object("
+            "'t', round(extract(epoch FROM clock_timestamp()) * 1000, 3), 'bulk', random())"
+            " WHERE table_id = $1",
+            BULK_TABLE,
+        )
+        statement_ms = (time.perf_counter() - started) * 1000
+        # Wait until the notifications stop arriving.
+        count = -1
+        while count != len(heard):
+            count = len(heard)
+            await asyncio.sleep(0.5)
+    finally:
+        await writer.close()
+        await listener.close()
+    return BulkResult(label, int(status.split()[-1]), statement_ms, len(heard))
+
+
+async def catch_up_target(server: ServerProcess, url: str) -> tuple[BulkResult, CatchUpResult]:
+    """A client synced on ``bulk`` leaves; 10,000 rows change; it resumes with its cursor."""
+    first = await connect_client(host="127.0.0.1", port=server.port, table_id=BULK_TABLE, ours=True)
+    cursor = first.synced_cursor
+    first.close()
+    bulk = await bulk_update(url, "broadcaster_changes", "ours (our triggers)")
+    started = time.perf_counter()
+    second = await connect_client(
+        host="127.0.0.1", port=server.port, table_id=BULK_TABLE, ours=True, cursor=cursor
+    )
+    synced_ms = (second.synced_at - started) * 1000
+    second.close()
+    return bulk, CatchUpResult(bulk.rows, second.catch_up, synced_ms)
+
+
+# --------------------------------------------------------------------------
+# Output
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    for row in rows:
+        cells = [
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_table(results: Sequence[LoadResult]) -> str:
+    headers = [
+        "server",
+        "upd/s asked",
+        "upd/s done",
+        "msgs/s",
+        "frames/s",
+        "lost",
+        "dropped",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "CPU µs/msg",
+        "srv CPU %",
+        "its PG CPU %",
+        "RSS MB",
+        "gen CPU %",
+        "machine %",
+    ]
+    rows = []
+    for r in results:
+        rate = r.delivered / r.window if r.window else 0.0
+        frames = r.frames / r.window if r.window else 0.0
+        rows.append(
+            [
+                r.label,
+                "max" if r.asked is None else fmt(r.asked),
+                fmt(r.achieved),
+                fmt(rate),
+                fmt(frames),
+                fmt(r.lost),
+                fmt(r.dropped),
+                fmt(r.p50, 1),
+                fmt(r.p99, 1),
+                fmt(r.max, 1),
+                fmt(r.cpu_us_per_msg, 1),
+                fmt(r.server_cpu_pct),
+                fmt(r.pg_cpu_pct),
+                fmt(r.rss / 2**20, 1),
+                f"{fmt(r.gen_cpu_pct)} ({fmt(r.gen_max_proc_pct)})",
+                fmt(r.machine_pct),
+            ]
+        )
+    return table(headers, rows)
+
+
+def conns_table(results: Sequence[LoadResult]) -> str:
+    headers = [
+        "server",
+        "connections",
+        "subscribed",
+        "errors",
+        "subscribe s",
+        "RSS idle MB",
+        "RSS subscribed MB",
+        "KB/conn",
+        "check: msgs",
+        "lost",
+        "p99 ms",
+        "CPU µs/msg",
+        "gen CPU %",
+        "machine %",
+    ]
+    rows = [
+        [
+            r.label,
+            fmt(r.clients),
+            fmt(r.connected),
+            fmt(r.connect_errors),
+            fmt(r.connect_seconds, 2),
+            fmt(r.rss_idle / 2**20, 1),
+            fmt(r.rss_connected / 2**20, 1),
+            fmt(None if r.rss_per_conn is None else r.rss_per_conn / 1024, 1),
+            fmt(r.delivered),
+            fmt(r.lost),
+            fmt(r.p99, 1),
+            fmt(r.cpu_us_per_msg, 1),
+            f"{fmt(r.gen_cpu_pct)} ({fmt(r.gen_max_proc_pct)})",
+            fmt(r.machine_pct),
+        ]
+        for r in results
+    ]
+    return table(headers, rows)
+
+
+# --------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class Plan:
+    quick: bool
+    targets: tuple[str, ...]
+    servers: tuple[str, ...]
+    window: float
+    writers_window: float
+    drain: float
+    nrows: int
+    connections: int
+    client_procs: int
+
+    @property
+    def check_seconds(self) -> float:
+        return 1.0 if self.quick else 2.0
+
+    def loads(self) -> list[LoadSpec]:
+        specs = {
+            "fanout": LoadSpec(
+                "fanout",
+                "1. 100 clients / 10 tables / 2,000 updates/s",
+                100,
+                2000,
+                self.window,
+                "ours: server CPU per delivered message at most 5 µs (half of Node's)",
+            ),
+            "ceiling": LoadSpec(
+                "ceiling",
+                "2a. 100 clients / 10 tables / writers' ceiling (8 pgbench writers, unthrottled)",
+                100,
+                None,
+                self.window,
+                "ours: p99 at most 10 ms, nothing lost",
+            ),
+            "fanout1k": LoadSpec(
+                "fanout1k",
+                "2b. 1,000 clients / 10 tables / 600 updates/s",
+                1000,
+                600,
+                self.window,
+                "ours: p99 at most 50 ms, nothing lost",
+            ),
+            "conns": LoadSpec(
+                "conns",
+                f"3. {self.connections:,} connections, each subscribed (10 tables), "
+                f"then 50 updates/s for {self.check_seconds:g} s as a delivery check",
+                self.connections,
+                50,
+                self.check_seconds,
+                "ours: at most 20 KB RSS per connection; all subscribed within 10 s, no error",
+            ),
+        }
+        return [
+            specs[key] for key in ("fanout", "ceiling", "fanout1k", "conns") if key in self.targets
+        ]
+
+    def scale_out(self) -> LoadSpec:
+        return LoadSpec(
+            "workers",
+            "5. Scale-out: 1,000 clients / 10 tables / writers' ceiling, "
+            "serve --workers 1 and --workers 2",
+            1000,
+            None,
+            self.window if not self.quick else 2.0,
+            "2 workers deliver at least 1.6 times what 1 worker does at the same p99",
+        )
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = bool(args.quick)
+    targets = (
+        tuple(args.targets.split(",")) if args.targets else (QUICK_TARGETS if quick else TARGETS)
+    )
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        raise SystemExit(
+            f"unknown targets: {', '.join(sorted(unknown))}; known: {', '.join(TARGETS)}"
+        )
+    servers = tuple(args.servers.split(",")) if args.servers else SERVERS
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        raise SystemExit(
+            f"unknown servers: {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}"
+        )
+    window = args.window or (2.0 if quick else 6.0)
+    return Plan(
+        quick=quick,
+        targets=targets,
+        servers=servers,
+        window=window,
+        writers_window=args.writers_window or (2.0 if quick else 4.0),
+        drain=3.0 if quick else 8.0,
+        nrows=args.rows,
+        connections=args.connections or (2_000 if quick else 10_000),
+        client_procs=args.client_procs,
+    )
+
+
+def has_workers_flag() -> bool:
+    result = subprocess.run(
+        [sys.executable, "-m", "broadcaster", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return "--workers" in result.stdout
+
+
+def header(plan: Plan, admin_url: str) -> str:
+    load1, load5, _ = os.getloadavg()
+    postgres = subprocess.run(
+        ["psql", admin_url, "-tAc", "SHOW server_version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return (
+        f"broadcaster bench ({'--quick' if plan.quick else 'full'}), "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
+        f"Postgres {postgres or '?'}, Python {sys.version.split()[0]}, "
+        f"load average {load1:.2f} / {load5:.2f} at start\n"
+        f"targets: {', '.join(plan.targets)}; servers: {', '.join(plan.servers)}; "
+        f"window {plan.window:g} s; client processes {plan.client_procs}; writers: "
+        f"{WRITERS} pgbench clients"
+    )
+
+
+async def profile_server(server: ServerProcess, seconds: float, out: Path) -> str:
+    """py-spy's view of a Python server over ``seconds``: the functions it sits in most."""
+    py_spy = PEER_VENV / "bin" / "py-spy"
+    if not py_spy.exists():
+        return "py-spy not installed"
+    process = await asyncio.create_subprocess_exec(
+        str(py_spy),
+        "record",
+        "--pid",
+        str(server.pid),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--output",
+        str(out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        return f"py-spy failed: {stderr.decode(errors='replace').strip()[-300:]}"
+    return summarize_profile(out)
+
+
+def summarize_profile(path: Path, top: int = 12) -> str:
+    own: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        own[_short_frame(frames[-1])] += count
+    lines = [f"{count / total * 100:5.1f}%  {name}" for name, count in own.most_common(top)]
+    return f"{total} samples; self time by function:\n" + "\n".join(lines)
+
+
+def _short_frame(frame: str) -> str:
+    match = re.match(r"(.*) \((.*):(\d+)\)", frame)
+    if not match:
+        return frame
+    function, path, _line = match.groups()
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{function} ({short})"
+
+
+@dataclass
+class Results:
+    """Everything one run measured (``--json`` writes it out)."""
+
+    loads: dict[str, list[LoadResult]] = field(default_factory=dict)
+    writers: list[WriterVariant] = field(default_factory=list)
+    bulk: list[BulkResult] = field(default_factory=list)
+    catch_up: CatchUpResult | None = None
+    workers_flag: bool = False
+    scale: list[LoadResult] = field(default_factory=list)
+    profiled: str = ""
+    profiles: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    machine_pct: float = 0.0
+
+
+async def run(plan: Plan, admin_url: str, json_out: Path | None, profile: bool) -> int:
+    raise_fd_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="broadcaster-bench-"))
+    setup_log = workdir / "setup.log"
+    print(header(plan, admin_url), flush=True)
+    print(f"logs: {workdir}", flush=True)
+    started = time.perf_counter()
+    machine_before = machine_ticks()
+    if {"encode", "thin"} & set(plan.servers) or profile:
+        ensure_peer_venv(setup_log)
+    if "node" in plan.servers:
+        ensure_node_modules(setup_log)
+    name = f"bench_{secrets.token_hex(4)}"
+    loads = plan.loads()
+    results = Results(loads={spec.key: [] for spec in loads})
+    if "workers" in plan.targets:
+        results.workers_flag = has_workers_flag()
+    # Profile the busiest load target of the run.
+    keys = [spec.key for spec in loads]
+    if profile:
+        results.profiled = next(
+            (k for k in ("fanout1k", "fanout", "ceiling", "conns") if k in keys), ""
+        )
+    pool = await ClientPool.start(plan.client_procs)
+    try:
+        async with (
+            fresh_database(admin_url, name) as our_url,
+            fresh_database(admin_url, name + "_peers") as peer_url,
+        ):
+            await asyncio.gather(
+                setup_ours(our_url, plan.nrows, setup_log), setup_peers(peer_url, plan.nrows)
+            )
+            print(f"setup: databases ready ({time.perf_counter() - started:.1f} s)", flush=True)
+            our_writers = Writers(workdir, plan.nrows)
+            peer_writers = Writers(workdir, plan.nrows)
+            # Keep the run markers of the two databases apart from each other.
+            peer_writers.run_id = 1_000_000
+            if "writers" in plan.targets:
+                results.writers = await writers_target(
+                    our_url, peer_url, our_writers, plan.writers_window, builtin=not plan.quick
+                )
+                print(f"done: writers ({time.perf_counter() - started:.0f} s)", flush=True)
+            if "bulk" in plan.targets and any(s != "ours" for s in plan.servers):
+                results.bulk.append(
+                    await bulk_update(peer_url, BULK_TABLE, "peers (per-row NOTIFY trigger)")
+                )
+            for server_name in plan.servers:
+                url = our_url if server_name == "ours" else peer_url
+                writers = our_writers if server_name == "ours" else peer_writers
+                for spec in loads:
+                    starting = time.perf_counter()
+                    async with running_server(server_name, url, workdir, spec.key) as server:
+                        start_seconds = time.perf_counter() - starting
+                        profiling = None
+                        if spec.key == results.profiled and server_name != "node":
+                            profiling = asyncio.create_task(
+                                profile_server(
+                                    server,
+                                    plan.window + 2,
+                                    workdir / f"profile-{server_name}.txt",
+                                )
+                            )
+                        result = await run_load(spec, server, url, pool, writers, plan.drain)
+                        if profiling is not None:
+                            results.profiles[server_name] = await profiling
+                        stopping = time.perf_counter()
+                    result.phases = {
+                        "start": start_seconds,
+                        **result.phases,
+                        "stop": time.perf_counter() - stopping,
+                    }
+                    results.loads[spec.key].append(result)
+                    _done(spec, result, started)
+                if server_name == "ours" and results.workers_flag:
+                    spec = plan.scale_out()
+                    for workers_count in (1, 2):
+                        async with running_server(
+                            "ours", url, workdir, f"workers{workers_count}", workers_count
+                        ) as server:
+                            result = await run_load(spec, server, url, pool, writers, plan.drain)
+                        results.scale.append(result)
+                        _done(spec, result, started)
+                if server_name == "ours" and "bulk" in plan.targets:
+                    async with running_server("ours", url, workdir, "bulk") as server:
+                        bulk, results.catch_up = await catch_up_target(server, url)
+                    results.bulk.insert(0, bulk)
+                    print(f"done: bulk and catch-up ({time.perf_counter() - started:.0f} s)")
+    finally:
+        await pool.stop()
+    results.seconds = time.perf_counter() - started
+    print()
+    print_report(plan, results)
+    busy = machine_ticks()[0] - machine_before[0]
+    total = machine_ticks()[1] - machine_before[1]
+    results.machine_pct = busy / total * 100 if total else 0.0
+    load1, _, _ = os.getloadavg()
+    print(
+        f"total {results.seconds:.0f} s; machine busy {results.machine_pct:.0f}% over the run "
+        f"(every process, this benchmark's and others'), load average {load1:.2f} at the end; "
+        f"logs in {workdir}"
+    )
+    if json_out is not None:
+        write_json(json_out, dataclasses.asdict(results))
+    return 0
+
+
+def _done(spec: LoadSpec, result: LoadResult, started: float) -> None:
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items())
+    print(
+        f"done: {spec.key} on {result.label} ({time.perf_counter() - started:.0f} s; {phases})",
+        flush=True,
+    )
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def print_report(plan: Plan, results: Results) -> None:
+    ours = {
+        key: next((r for r in value if r.server == "ours"), None)
+        for key, value in results.loads.items()
+    }
+    for spec in plan.loads():
+        rows = results.loads.get(spec.key, [])
+        print(f"## {spec.title} (window {spec.seconds:g} s)")
+        print()
+        print(conns_table(rows) if spec.key == "conns" else load_table(rows))
+        print()
+        mine = ours.get(spec.key)
+        outcome = ""
+        if mine is not None:
+            if spec.key == "fanout" and mine.cpu_us_per_msg is not None:
+                outcome = f"{mine.cpu_us_per_msg:.1f} µs, {verdict(mine.cpu_us_per_msg <= 5)}"
+            elif spec.key in ("ceiling", "fanout1k") and mine.p99 is not None:
+                limit = 10 if spec.key == "ceiling" else 50
+                met = mine.p99 <= limit and mine.lost == 0
+                outcome = f"p99 {mine.p99:.1f} ms, lost {mine.lost}, {verdict(met)}"
+            elif spec.key == "conns" and mine.rss_per_conn is not None:
+                met = (
+                    mine.rss_per_conn <= 20 * 1024
+                    and mine.connect_seconds <= 10
+                    and mine.connect_errors == 0
+                )
+                outcome = (
+                    f"{mine.rss_per_conn / 1024:.1f} KB/conn, {mine.connect_seconds:.1f} s, "
+                    f"{mine.connect_errors} errors, {verdict(met)}"
+                )
+                if spec.clients != 10_000:
+                    outcome += f" (at {spec.clients:,} connections, not 10,000)"
+        print(f"goal: {spec.goal}" + (f" -> ours: {outcome}" if outcome else ""))
+        for r in rows:
+            notes = []
+            if r.connect_errors:
+                notes.append(f"{r.connect_errors} connect errors, e.g. {r.error_sample[:1]}")
+            if r.extra:
+                notes.append(f"{r.extra} deliveries beyond what was owed")
+            if r.note:
+                notes.append(r.note)
+            if notes:
+                print(f"note: {r.label}: {'; '.join(notes)}")
+        print()
+    if results.writers:
+        print(
+            f"## 4a. Writers: {WRITERS} pgbench clients, single-row UPDATEs, unthrottled, "
+            f"{plan.writers_window:g} s each, no server running"
+        )
+        print()
+        variants = results.writers
+        reference = next((v.commits_per_s for v in variants if v.label.startswith("no ")), 0.0)
+        print(
+            table(
+                ["writers", "commits/s", "% of no-trigger", "pgbench CPU %"],
+                [
+                    [
+                        v.label,
+                        fmt(v.commits_per_s),
+                        fmt(v.commits_per_s / reference * 100 if reference else None),
+                        fmt(v.cpu_pct),
+                    ]
+                    for v in variants
+                ],
+            )
+        )
+        print()
+        share = variants[0].commits_per_s / reference * 100 if reference else 0.0
+        print(
+            "goal: ours at least 80% of the no-trigger commit rate -> "
+            f"ours: {share:.0f}%, {verdict(share >= 80)}"
+        )
+        print()
+    if results.bulk:
+        print("## 4b. One UPDATE statement touching 10,000 rows of one table")
+        print()
+        print(
+            table(
+                ["database", "rows", "statement ms", "notifications (LISTEN count)"],
+                [
+                    [b.label, fmt(b.rows), fmt(b.statement_ms, 1), fmt(b.notifications)]
+                    for b in results.bulk
+                ],
+            )
+        )
+        print()
+        mine_bulk = next((b for b in results.bulk if b.label.startswith("ours")), None)
+        outcome = ""
+        if mine_bulk is not None:
+            outcome = (
+                f" -> ours: {mine_bulk.notifications}, {verdict(mine_bulk.notifications <= 100)}"
+            )
+        print(f"goal: far fewer than 10,000 notifications{outcome}")
+        print()
+    if "workers" in plan.targets:
+        spec = plan.scale_out()
+        print(f"## {spec.title} (window {spec.seconds:g} s)")
+        print()
+        if not results.workers_flag:
+            print("not implemented: `broadcaster serve` has no --workers option")
+        elif len(results.scale) < 2:
+            print("not measured (needs our server: --servers ours)")
+        else:
+            print(load_table(results.scale))
+            one, two = results.scale[0], results.scale[1]
+            rate_one = one.delivered / one.window if one.window else 0.0
+            rate_two = two.delivered / two.window if two.window else 0.0
+            ratio = rate_two / rate_one if rate_one else 0.0
+            met = ratio >= 1.6 and (two.p99 or 0.0) <= (one.p99 or 0.0)
+            print()
+            print(
+                f"goal: {spec.goal} -> ours: x{ratio:.2f} msgs/s, p99 {fmt(one.p99, 1)} -> "
+                f"{fmt(two.p99, 1)} ms, {verdict(met)}"
+            )
+            print(
+                "note: the same writers run against both; more delivered per second "
+                "shows only where one worker is the bottleneck"
+            )
+        print()
+    if "bulk" in plan.targets:
+        print("## 6. Catch-up: a client resumes with its cursor after 10,000 changes to its table")
+        print()
+        catch_up = results.catch_up
+        if catch_up is None:
+            print("not measured (needs our server: --servers ours)")
+        else:
+            print(
+                table(
+                    ["server", "changes", "changes received", "synced after ms"],
+                    [
+                        [
+                            "ours",
+                            fmt(catch_up.changes),
+                            fmt(catch_up.received),
+                            fmt(catch_up.synced_ms, 1),
+                        ],
+                        ["peers", "-", "-", "n/a: no resume (no cursors)"],
+                    ],
+                )
+            )
+            met = catch_up.synced_ms <= 500 and catch_up.received >= catch_up.changes
+            print()
+            print(
+                f"goal: synced within 500 ms -> ours: {catch_up.synced_ms:.0f} ms, "
+                f"{catch_up.received:,} of {catch_up.changes:,} changes, {verdict(met)}"
+            )
+        print()
+    for server_name, text in results.profiles.items():
+        print(f"## Profile: {LABELS[server_name]} during target {results.profiled} (py-spy)")
+        print()
+        print(text)
+        print()
+
+
+def write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Benchmark our server beside encode/broadcaster, a thin Python server and "
+        "Node, with the same writers and clients (issue 5)."
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer targets, shorter windows")
+    parser.add_argument("--targets", help=f"comma-separated subset of: {', '.join(TARGETS)}")
+    parser.add_argument("--servers", help=f"comma-separated subset of: {', '.join(SERVERS)}")
+    parser.add_argument("--window", type=float, help="seconds of writing per load target")
+    parser.add_argument("--writers-window", type=float, help="seconds per writer variant")
+    parser.add_argument("--connections", type=int, help="connections in the conns target")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=100_000,
+        help="rows in each database's table, over 10 tables (a load target never writes a "
+        "row twice while it has fresh ones)",
+    )
+    parser.add_argument("--client-procs", type=int, default=4, help="client processes")
+    parser.add_argument("--profile", action="store_true", help="py-spy the Python servers")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if shutil.which("pgbench") is None:
+        raise SystemExit("pgbench not found (it comes with the postgresql client packages)")
+    plan = make_plan(args)
+    admin_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_ADMIN_URL)
+    return asyncio.run(run(plan, admin_url, args.json, args.profile))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
