@@ -1,7 +1,8 @@
 # broadcaster: stream Postgres row changes to WebSocket clients.
 #
 #   docker build -t broadcaster .
-#   docker run --rm -p 8000:8000 -e DATABASE_URL=postgresql://user:pass@host:5432/db broadcaster
+#   docker run --rm -p 8000:8000 -e DATABASE_URL=postgresql://user:pass@host:5432/db \
+#       -e BROADCASTER_JWT_SECRET=... broadcaster   # or the other keys: docs/security.md
 #
 # The container expects DATABASE_URL. Apply the schema first with
 # `docker run --rm -e DATABASE_URL=... broadcaster migrate` (docker-compose.yml does it
