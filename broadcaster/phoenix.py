@@ -72,19 +72,28 @@ def decode_binary(data: bytes) -> Message:
         raise ProtocolError("bad_message", "unknown binary message")
     sizes = data[1:6]
     encoding = data[6]
+    if 7 + sum(sizes) > len(data):
+        raise ProtocolError("bad_message", "binary message shorter than its header says")
+    if encoding != _JSON_ENCODING:
+        # Relaying raw bytes would need binary frames to every receiver.
+        raise ProtocolError("bad_message", "binary broadcast payloads are not supported")
     offset = 7
     parts = []
     for size in sizes:
         parts.append(data[offset : offset + size].decode("utf-8", "replace"))
         offset += size
     join_ref, ref, topic, event, metadata = parts
-    body = data[offset:]
     try:
-        payload: Any = json.loads(body) if encoding == _JSON_ENCODING else None
+        payload: Any = json.loads(data[offset:])
         meta = json.loads(metadata) if metadata else {}
     except ValueError:
         raise ProtocolError("bad_json", "broadcast payload is not valid JSON") from None
-    message = {"type": "broadcast", "event": event, "payload": payload, **meta}
+    if not isinstance(meta, dict):
+        raise ProtocolError("bad_message", "broadcast metadata must be a JSON object")
+    message: dict[str, Any] = {"type": "broadcast", "event": event, "payload": payload}
+    if meta:
+        # Kept apart, as realtime-js delivers it: it must not override the fields.
+        message["meta"] = meta
     return Message(topic, "broadcast", message, ref or None, join_ref or None)
 
 

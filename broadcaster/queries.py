@@ -8,6 +8,7 @@ cursor, come from one snapshot.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,43 +148,56 @@ class ChangeReader:
         """NOTIFY one broadcast to every server process (see broadcasts.py)."""
         await self._pool.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, payload)
 
-    async def track(self, topic: str, key: str, ref: str, process: str, meta: Any) -> None:
-        """Upsert a presence and announce it (with the previous meta as a leave)."""
+    async def track(self, topic: str, key: str, slot: str, process: str, meta: Any) -> None:
+        """Upsert the presence of ``slot`` and announce it, the previous one as a leave.
+
+        Each track gets a new ``phx_ref``: Phoenix clients apply a diff's joins
+        before its leaves, matched by ref, so a re-track under the same ref
+        would remove the presence it just added.
+        """
         meta_json = json.dumps(meta, ensure_ascii=False)
+        ref = uuid.uuid4().hex
         async with self._pool.acquire() as connection, connection.transaction():
             previous = await connection.fetchrow(
-                "SELECT key, meta::text FROM broadcaster_presence WHERE ref = $1 FOR UPDATE", ref
+                "SELECT key, phx_ref, meta::text FROM broadcaster_presence"
+                " WHERE slot = $1 FOR UPDATE",
+                slot,
             )
             await connection.execute(
-                "INSERT INTO broadcaster_presence (ref, topic, key, process, meta)"
-                " VALUES ($1, $2, $3, $4, $5::jsonb)"
-                " ON CONFLICT (ref) DO UPDATE SET key = $3, meta = $5::jsonb, seen_at = now()",
+                "INSERT INTO broadcaster_presence (slot, phx_ref, topic, key, process, meta)"
+                " VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
+                " ON CONFLICT (slot) DO UPDATE"
+                " SET phx_ref = $2, key = $4, meta = $6::jsonb, seen_at = now()",
+                slot,
                 ref,
                 topic,
                 key,
                 process,
                 meta_json,
             )
-            leaves = [] if previous is None else [(previous[0], ref, json.loads(previous[1]))]
+            leaves = (
+                [] if previous is None else [(previous[0], previous[1], json.loads(previous[2]))]
+            )
             await connection.execute(
                 "SELECT pg_notify($1, $2)",
                 PRESENCE_CHANNEL,
                 presence.diff(topic, [(key, ref, meta)], leaves),
             )
 
-    async def untrack(self, refs: Sequence[str]) -> None:
-        """Remove presences and announce them, per topic."""
+    async def untrack(self, slots: Sequence[str]) -> None:
+        """Remove presences and announce them."""
         async with self._pool.acquire() as connection, connection.transaction():
             gone = await connection.fetch(
-                "DELETE FROM broadcaster_presence WHERE ref = ANY($1::text[])"
-                " RETURNING topic, key, ref, meta::text",
-                list(refs),
+                "DELETE FROM broadcaster_presence WHERE slot = ANY($1::text[])"
+                " RETURNING topic, key, phx_ref, meta::text",
+                list(slots),
             )
             await self._announce_leaves(connection, gone)
 
     async def presence_state(self, topic: str) -> list[tuple[str, str, Any]]:
         records = await self._pool.fetch(
-            "SELECT key, ref, meta::text FROM broadcaster_presence WHERE topic = $1 ORDER BY ref",
+            "SELECT key, phx_ref, meta::text FROM broadcaster_presence"
+            " WHERE topic = $1 ORDER BY slot",
             topic,
         )
         return [(r[0], r[1], json.loads(r[2])) for r in records]
@@ -197,7 +211,7 @@ class ChangeReader:
             gone = await connection.fetch(
                 "DELETE FROM broadcaster_presence"
                 " WHERE seen_at < now() - make_interval(secs => $1)"
-                " RETURNING topic, key, ref, meta::text",
+                " RETURNING topic, key, phx_ref, meta::text",
                 stale_after,
             )
             await self._announce_leaves(connection, gone)

@@ -80,12 +80,13 @@ def parse_filter(text: str) -> tuple[str, ...]:
             "filter must be table_id=eq.X or table_id=in.(a,b)"
         )
     if op == "eq":
-        return (value,)
-    if not (value.startswith("(") and value.endswith(")")):
+        values: tuple[str, ...] = (value,)
+    elif value.startswith("(") and value.endswith(")"):
+        values = tuple(v.strip().strip('"') for v in value[1:-1].split(",") if v.strip())
+    else:
         raise FilterError("an in filter lists values in parentheses: table_id=in.(a,b)")
-    values = tuple(v.strip().strip('"') for v in value[1:-1].split(",") if v.strip())
-    if not values:
-        raise FilterError("table_id=in.() names no table")
+    if not values or "" in values:
+        raise FilterError(f"filter {text!r} names an empty table_id")
     return values
 
 
@@ -102,7 +103,7 @@ class Binding:
         if not isinstance(entry, dict):
             raise FilterError("each postgres_changes entry is an object")
         event = entry.get("event", "*")
-        if event not in _EVENTS:
+        if not isinstance(event, str) or event not in _EVENTS:
             raise FilterError(f"event must be one of *, INSERT, UPDATE, DELETE, not {event!r}")
         if entry.get("schema", SCHEMA) != SCHEMA or entry.get("table") != TABLE:
             raise FilterError(

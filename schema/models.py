@@ -146,7 +146,9 @@ class Presence(Base):
         Index("broadcaster_presence_process_idx", "process"),
     )
 
-    ref: Mapped[str] = mapped_column(Text, primary_key=True)
+    # One per connection and topic; each track gives it a new phx_ref.
+    slot: Mapped[str] = mapped_column(Text, primary_key=True)
+    phx_ref: Mapped[str] = mapped_column(Text, nullable=False)
     topic: Mapped[str] = mapped_column(Text, nullable=False)
     key: Mapped[str] = mapped_column(Text, nullable=False)
     # The server process holding the connection; its presences go when it stops

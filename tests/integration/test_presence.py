@@ -37,18 +37,22 @@ async def diffs(database_url: str) -> AsyncIterator[asyncio.Queue[dict[str, obje
 async def test_track_retrack_and_untrack_are_announced(
     reader: ChangeReader, diffs: asyncio.Queue[dict[str, object]]
 ) -> None:
-    await reader.track("room", "ada", "ref-1", "process-a", {"name": "Ada"})
-    assert await within(diffs.get()) == {
-        "topic": "room",
-        "joins": {"ada": {"metas": [{"name": "Ada", "phx_ref": "ref-1"}]}},
-        "leaves": {},
-    }
-    await reader.track("room", "ada", "ref-1", "process-a", {"name": "Ada L."})
+    await reader.track("room", "ada", "slot-1", "process-a", {"name": "Ada"})
+    first = await within(diffs.get())
+    assert first["topic"] == "room"
+    assert first["leaves"] == {}
+    (joined,) = first["joins"]["ada"]["metas"]  # type: ignore[index]
+    assert joined["name"] == "Ada"
+    # A re-track is the old presence leaving and a new one, with a new ref,
+    # joining: Phoenix clients apply joins before leaves, matched by ref.
+    await reader.track("room", "ada", "slot-1", "process-a", {"name": "Ada L."})
     retracked = await within(diffs.get())
-    assert retracked["joins"] == {"ada": {"metas": [{"name": "Ada L.", "phx_ref": "ref-1"}]}}
-    assert retracked["leaves"] == {"ada": {"metas": [{"name": "Ada", "phx_ref": "ref-1"}]}}
-    assert await reader.presence_state("room") == [("ada", "ref-1", {"name": "Ada L."})]
-    await reader.untrack(["ref-1"])
+    (rejoined,) = retracked["joins"]["ada"]["metas"]  # type: ignore[index]
+    (left,) = retracked["leaves"]["ada"]["metas"]  # type: ignore[index]
+    assert (rejoined["name"], left["name"]) == ("Ada L.", "Ada")
+    assert left["phx_ref"] == joined["phx_ref"] != rejoined["phx_ref"]
+    assert await reader.presence_state("room") == [("ada", rejoined["phx_ref"], {"name": "Ada L."})]
+    await reader.untrack(["slot-1"])
     left = await within(diffs.get())
     assert left["joins"] == {}
     assert list(left["leaves"]) == ["ada"]  # type: ignore[call-overload]
@@ -58,8 +62,8 @@ async def test_track_retrack_and_untrack_are_announced(
 async def test_a_process_that_stopped_proving_it_is_alive_loses_its_presences(
     reader: ChangeReader, diffs: asyncio.Queue[dict[str, object]], database_url: str
 ) -> None:
-    await reader.track("room", "ghost", "ref-dead", "dead-process", {})
-    await reader.track("room", "live", "ref-live", "live-process", {})
+    await reader.track("room", "ghost", "slot-dead", "dead-process", {})
+    await reader.track("room", "live", "slot-live", "live-process", {})
     await within(diffs.get())
     await within(diffs.get())
     db = await asyncpg.connect(database_url)
@@ -73,4 +77,4 @@ async def test_a_process_that_stopped_proving_it_is_alive_loses_its_presences(
     await reader.keep_presence("live-process", stale_after=15)
     left = await within(diffs.get())
     assert list(left["leaves"]) == ["ghost"]  # type: ignore[call-overload]
-    assert await reader.presence_state("room") == [("live", "ref-live", {})]
+    assert [(key, meta) for key, _, meta in await reader.presence_state("room")] == [("live", {})]

@@ -1,7 +1,8 @@
 """Presence: who is on which channel topic, shared by every server process.
 
 Creates ``broadcaster_presence``: one row per tracked presence (a connection's
-``track`` on a topic), with the server process that holds the connection and
+``track`` on a topic, its ``slot``; each track gets a new ``phx_ref``, as
+Phoenix presence expects), with the server process that holds the connection and
 when that process last proved it was alive, so the others can remove the
 presences of a process that died. A new table holds no data yet, so it is
 created with its indexes in the migration's transaction; on a database that
@@ -30,7 +31,8 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE TABLE broadcaster_presence (
-            ref text PRIMARY KEY,
+            slot text PRIMARY KEY,
+            phx_ref text NOT NULL,
             topic text NOT NULL,
             key text NOT NULL,
             process text NOT NULL,

@@ -5,21 +5,17 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import { createClient } from "@supabase/supabase-js";
 import pg from "pg";
-import WebSocket from "ws";
+import * as helpers from "./helpers.mjs";
+import { eventually, subscribe } from "./helpers.mjs";
 
-const URL = process.env.BROADCASTER_URL;
 const SECRET = process.env.JWT_SECRET;
-const TIMEOUT_MS = 10_000 * Number(process.env.BROADCASTER_TEST_TIMEOUT_SCALE ?? "1");
 const db = new pg.Client({ connectionString: process.env.DATABASE_URL });
 await db.connect();
-const clients = [];
+after(() => db.end());
 
-after(async () => {
-  for (const client of clients) await client.removeAllChannels();
-  await db.end();
-});
+const supabase = (key, realtime = {}) =>
+  helpers.supabase(process.env.BROADCASTER_URL, key, realtime);
 
 function jwt(claims) {
   const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
@@ -32,38 +28,6 @@ function jwt(claims) {
   return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
 }
 
-function supabase(key, realtime = {}) {
-  const client = createClient(URL, key, {
-    realtime: { transport: WebSocket, ...realtime },
-    auth: { persistSession: false, autoRefreshToken: false },
-  });
-  clients.push(client);
-  return client;
-}
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-// Subscribe; resolve with [status, error] once the channel settles. Every
-// status the channel reports later is appended to channel.statuses.
-function subscribe(channel) {
-  channel.statuses = [];
-  return within(
-    new Promise((resolve) => {
-      channel.subscribe((status, error) => {
-        channel.statuses.push(status);
-        if (status !== "CLOSED") resolve([status, error]);
-      });
-    }),
-    "the channel to settle",
-  );
-}
-
 function on(client, table, changes) {
   return client
     .channel(`auth:${table}:${Math.random()}`)
@@ -72,15 +36,6 @@ function on(client, table, changes) {
       { event: "*", schema: "public", table: "rows", filter: `table_id=eq.${table}` },
       (payload) => changes.push(payload),
     );
-}
-
-async function eventually(predicate, what) {
-  await within(
-    (async () => {
-      while (!predicate()) await new Promise((resolve) => setTimeout(resolve, 20));
-    })(),
-    what,
-  );
 }
 
 test("the anon key (a JWT apikey) authenticates a join without a session", async () => {

@@ -3,50 +3,13 @@
 // Run by tests/e2e/test_supabase.py with BROADCASTER_URL and BROADCASTER_URL_2:
 // two servers on one database, each with its own LISTEN connection, so a
 // message can only cross through Postgres.
-import { test, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { createClient } from "@supabase/supabase-js";
-import WebSocket from "ws";
+import * as helpers from "./helpers.mjs";
+import { eventually, within } from "./helpers.mjs";
 
-const TIMEOUT_MS = 10_000 * Number(process.env.BROADCASTER_TEST_TIMEOUT_SCALE ?? "1");
-const clients = [];
-
-after(async () => {
-  for (const client of clients) await client.removeAllChannels();
-});
-
-function supabase(url, realtime = {}) {
-  const client = createClient(url, "anon-key", {
-    realtime: { transport: WebSocket, ...realtime },
-    auth: { persistSession: false, autoRefreshToken: false },
-  });
-  clients.push(client);
-  return client;
-}
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function subscribe(channel) {
-  return within(
-    new Promise((resolve) => channel.subscribe((status) => status !== "CLOSED" && resolve(status))),
-    "the channel to settle",
-  );
-}
-
-async function eventually(predicate, what) {
-  await within(
-    (async () => {
-      while (!predicate()) await new Promise((resolve) => setTimeout(resolve, 20));
-    })(),
-    what,
-  );
-}
+const supabase = (url, realtime = {}) => helpers.supabase(url, "anon-key", realtime);
+const subscribe = async (channel) => (await helpers.subscribe(channel))[0];
 
 for (const vsn of ["2.0.0", "1.0.0"]) {
   test(`vsn ${vsn}: a broadcast reaches a client on the other process, with self and ack`, async () => {

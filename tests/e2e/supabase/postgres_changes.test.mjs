@@ -5,50 +5,17 @@
 // TIMEOUT_MS (scaled like the Python tests' unit).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { createClient } from "@supabase/supabase-js";
 import pg from "pg";
-import WebSocket from "ws";
+import * as helpers from "./helpers.mjs";
+import { subscribe, within } from "./helpers.mjs";
 
-const URL = process.env.BROADCASTER_URL;
-const TIMEOUT_MS = 10_000 * Number(process.env.BROADCASTER_TEST_TIMEOUT_SCALE ?? "1");
 const db = new pg.Client({ connectionString: process.env.DATABASE_URL });
 await db.connect();
-const clients = [];
+after(() => db.end());
 
-after(async () => {
-  for (const client of clients) await client.removeAllChannels();
-  await db.end();
-});
-
-function supabase(realtime = {}) {
-  // The anon key is only passed through as apikey; this server runs without auth.
-  const client = createClient(URL, "anon-key", {
-    realtime: { transport: WebSocket, ...realtime },
-    auth: { persistSession: false, autoRefreshToken: false },
-  });
-  clients.push(client);
-  return client;
-}
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-// Subscribe and resolve with [status, error] once the channel settles.
-function subscribe(channel) {
-  return within(
-    new Promise((resolve) => {
-      channel.subscribe((status, error) => {
-        if (status !== "CLOSED") resolve([status, error]);
-      });
-    }),
-    "the channel to settle",
-  );
-}
+// The anon key is only passed through as apikey; this server runs without auth.
+const supabase = (realtime = {}) =>
+  helpers.supabase(process.env.BROADCASTER_URL, "anon-key", realtime);
 
 // Collects payloads; next(n) resolves with the next n.
 function collector() {
@@ -182,6 +149,10 @@ test("the seed's useTableRealtime shape works unchanged", async () => {
     );
   assert.equal((await subscribe(channel))[0], "SUBSCRIBED");
   await db.query("INSERT INTO rows (id, table_id, enriching_columns) VALUES ('s1', $1, '{ceo}')", [tableId]);
+  // The server sends each row's latest state when it reads: wait for the
+  // spinner state before the value, as a user would see them.
+  await seen.next(1);
+  assert.deepEqual(rows.get("s1").enriching_columns, ["ceo"]);
   await db.query(
     `UPDATE rows SET data = '{"ceo": "Grace"}', enriching_columns = '{}' WHERE id = 's1'`,
   );
