@@ -16,7 +16,8 @@ import {
   type RowData,
   type ServerMessage,
 } from "./protocol.js";
-import { TableHandle, TableStore } from "./store.js";
+import type { TrackIntent } from "./presence.js";
+import { TableHandle, TableStore, type TableActions } from "./store.js";
 import {
   BroadcasterError,
   type BroadcasterClient,
@@ -24,6 +25,7 @@ import {
   type ClientOptions,
   type ClientStatus,
   type LiveTable,
+  type PresenceMeta,
   type TableOptions,
   type WebSocketConstructor,
   type WebSocketLike,
@@ -54,6 +56,10 @@ const MIN_REFRESH_DELAY_MS = 1_000;
 // The server's rate limit allows bursts of twice its per-second limit; one
 // second is enough for a dropped subscribe to go through.
 const RATE_LIMIT_RETRY_MS = 1_000;
+
+// Server errors that say nothing against a track's meta: the same meta is
+// still worth re-tracking on the next connection.
+const TRANSIENT_ERRORS: ReadonlySet<string> = new Set(["rate_limited", "unavailable"]);
 
 /** Close codes that are part of normal operation and not worth an `error` event. */
 const ORDINARY_CLOSES: ReadonlySet<number> = new Set([CloseCode.normal, CloseCode.goingAway, 1005, 1006]);
@@ -100,6 +106,28 @@ interface Subscription {
    */
   pendingRef: Ref | null;
   releaseTimer: Timer | null;
+  /** Broadcasts and presence changes waiting for the table to be synced on the current connection. */
+  queue: PendingRequest[];
+  /** The connection a track was last sent on (the server holds a presence for it there); null once untracked or lost. */
+  trackedOn: Connection | null;
+}
+
+/** A broadcast, track or untrack: sent once the table is synced, settled by the server's answer. */
+interface PendingRequest {
+  readonly subscription: Subscription;
+  /** The answer that settles it: `sent`, `tracked` or `untracked`. */
+  readonly answer: "sent" | "tracked" | "untracked";
+  readonly build: (ref: Ref) => ClientMessage;
+  /** For a track: the intent it sends. */
+  readonly intent: TrackIntent | null;
+  /** null: answered as expected; otherwise the error it failed with. */
+  settle(error: BroadcasterError | null): void;
+}
+
+function trackMessage(ref: Ref, tableId: string, intent: TrackIntent): ClientMessage {
+  return intent.key === undefined
+    ? { type: "track", ref, table_id: tableId, meta: intent.meta }
+    : { type: "track", ref, table_id: tableId, meta: intent.meta, key: intent.key };
 }
 
 function positive(value: number | undefined, fallback: number): number {
@@ -119,6 +147,8 @@ class Client implements BroadcasterClient {
   private readonly getToken: (() => Promise<string> | string) | undefined;
   private readonly events = new Emitter<ClientEvents>();
   private readonly subscriptions = new Map<string, Subscription>();
+  /** Requests sent on the current connection and not answered yet, by ref. */
+  private readonly inflight = new Map<Ref, PendingRequest>();
 
   private currentStatus: ClientStatus = "connecting";
   private connection: Connection | null = null;
@@ -172,7 +202,10 @@ class Client implements BroadcasterClient {
     return this.events.on(event, listener);
   }
 
-  table<TData extends object = RowData>(tableId: string, options: TableOptions = {}): LiveTable<TData> {
+  table<TData extends object = RowData, TMeta extends object = PresenceMeta>(
+    tableId: string,
+    options: TableOptions = {},
+  ): LiveTable<TData, TMeta> {
     if (this.closed) throw new BroadcasterError("closed", "the client is closed", { tableId });
     if (typeof tableId !== "string" || tableId === "") {
       throw new TypeError("@broadcaster/client: tableId must be a non-empty string");
@@ -187,6 +220,8 @@ class Client implements BroadcasterClient {
         sentOn: null,
         pendingRef: null,
         releaseTimer: null,
+        queue: [],
+        trackedOn: null,
       };
       this.subscriptions.set(tableId, subscription);
     }
@@ -203,7 +238,153 @@ class Client implements BroadcasterClient {
     // The store holds rows of whatever shape the caller declares; the client
     // cannot check TData, it only relays what the server sent.
     const store = held.store as unknown as TableStore<TData>;
-    return new TableHandle<TData>(store, () => this.release(held));
+    return new TableHandle<TData, TMeta>(store, () => this.release(held), this.actionsFor(held));
+  }
+
+  // -- broadcast and presence ------------------------------------------------
+
+  private actionsFor(subscription: Subscription): TableActions {
+    const { tableId, store } = subscription;
+    return {
+      broadcast: (event, payload, self) =>
+        this.request(subscription, "sent", (ref) => ({
+          type: "broadcast",
+          ref,
+          table_id: tableId,
+          event,
+          payload,
+          self,
+        })),
+      track: (meta, key) => {
+        // The intent outlives the promise: whatever happens to this track,
+        // the latest meta asked for is tracked again on every new connection.
+        const intent: TrackIntent = { meta, key };
+        store.presence.intent = intent;
+        return this.request(subscription, "tracked", (ref) => trackMessage(ref, tableId, intent), intent);
+      },
+      untrack: () => {
+        store.presence.intent = null;
+        // Nothing tracked on this connection (a lost connection took the
+        // presence with it) and nothing about to be: nothing to undo.
+        if (subscription.trackedOn === null && !subscription.queue.some((r) => r.answer === "tracked")) {
+          return Promise.resolve();
+        }
+        return this.request(subscription, "untracked", (ref) => ({ type: "untrack", ref, table_id: tableId }));
+      },
+    };
+  }
+
+  /**
+   * Send a request once its table is synced on the current connection. It
+   * fails if that connection (or the attempt to open it) is lost first, and at
+   * once when there is no connection, open or opening.
+   */
+  private request(
+    subscription: Subscription,
+    answer: PendingRequest["answer"],
+    build: (ref: Ref) => ClientMessage,
+    intent: TrackIntent | null = null,
+  ): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const { tableId } = subscription;
+      if (this.closed || this.subscriptions.get(tableId) !== subscription) {
+        const text = this.closed ? "the client is closed" : "the table was released";
+        reject(new BroadcasterError("closed", `${text}: ${answerLabel(answer)} not sent`, { tableId }));
+        return;
+      }
+      if (this.connection === null && !this.opening) {
+        reject(new BroadcasterError("disconnected", `not connected: ${answerLabel(answer)} not sent`, { tableId }));
+        return;
+      }
+      const request: PendingRequest = {
+        subscription,
+        answer,
+        build,
+        intent,
+        settle: (error) => (error === null ? resolve() : reject(error)),
+      };
+      const connection = this.connection;
+      if (connection !== null && this.inForce(connection, subscription)) this.dispatch(connection, request);
+      else subscription.queue.push(request);
+    });
+  }
+
+  /** The table is subscribed and synced on `connection`: the server accepts broadcasts and presence for it. */
+  private inForce(connection: Connection, subscription: Subscription): boolean {
+    return (
+      connection.open &&
+      this.connection === connection &&
+      subscription.sentOn === connection &&
+      subscription.pendingRef === null &&
+      subscription.store.synced
+    );
+  }
+
+  private dispatch(connection: Connection, request: PendingRequest): void {
+    const ref = this.nextRef();
+    const subscription = request.subscription;
+    if (request.answer === "tracked") subscription.trackedOn = connection;
+    else if (request.answer === "untracked") subscription.trackedOn = null;
+    this.inflight.set(ref, request);
+    if (!this.send(connection, request.build(ref))) {
+      this.inflight.delete(ref);
+      // A socket no longer open is closing: its close event is on the way.
+      const [code, text] =
+        connection.socket.readyState === OPEN
+          ? ["send_failed", "could not send"]
+          : ["disconnected", "the connection is closing: could not send"];
+      request.settle(
+        new BroadcasterError(code, `${text} the ${answerLabel(request.answer)}`, {
+          tableId: subscription.tableId,
+          ref,
+        }),
+      );
+    }
+  }
+
+  /**
+   * The table is synced on `connection`: track again what this client tracked
+   * (the server forgot it with the previous connection), then send what waited.
+   */
+  private flushRequests(connection: Connection, subscription: Subscription): void {
+    const queued = subscription.queue;
+    subscription.queue = [];
+    const intent = subscription.store.presence.intent;
+    // A queued track or untrack is the latest intent already.
+    if (intent !== null && subscription.trackedOn !== connection && !queued.some((r) => r.answer !== "sent")) {
+      this.dispatch(connection, {
+        subscription,
+        answer: "tracked",
+        build: (ref) => trackMessage(ref, subscription.tableId, intent),
+        intent,
+        settle: (error) => {
+          if (error === null) return;
+          subscription.store.fail(error);
+          this.emitError(error);
+        },
+      });
+    }
+    for (const request of queued) {
+      if (this.connection !== connection) break; // Settled by the loss of the connection.
+      this.dispatch(connection, request);
+    }
+  }
+
+  /** Settle every request waiting or unanswered: the connection they belong to is gone. */
+  private failRequests(code: string, reason: string): void {
+    const pending = [...this.inflight.values()];
+    this.inflight.clear();
+    for (const subscription of this.subscriptions.values()) {
+      pending.push(...subscription.queue);
+      subscription.queue = [];
+      subscription.trackedOn = null;
+    }
+    for (const request of pending) {
+      const tableId = request.subscription.tableId;
+      request.settle(
+        new BroadcasterError(code, `${reason}: ${answerLabel(request.answer)} not confirmed`, { tableId }),
+      );
+    }
   }
 
   async refreshAuth(): Promise<void> {
@@ -240,6 +421,7 @@ class Client implements BroadcasterClient {
       if (subscription.releaseTimer !== null) clearTimeout(subscription.releaseTimer);
       subscription.store.connectionLost();
     }
+    this.failRequests("closed", "the client was closed");
     this.setStatus("offline");
     this.subscriptions.clear();
   }
@@ -257,6 +439,7 @@ class Client implements BroadcasterClient {
         this.opening = false;
         if (this.closed) return;
         this.emitError(new BroadcasterError("token_error", "getToken failed", { cause }));
+        this.failRequests("disconnected", "could not connect (getToken failed)");
         this.scheduleReconnect();
         return;
       }
@@ -271,6 +454,7 @@ class Client implements BroadcasterClient {
       // A malformed URL throws synchronously; retrying cannot fix it, but
       // giving up silently would be worse, so report and keep backing off.
       this.emitError(new BroadcasterError("connection_failed", `cannot open ${this.url}`, { cause }));
+      this.failRequests("disconnected", "could not connect");
       this.scheduleReconnect();
       return;
     }
@@ -346,17 +530,19 @@ class Client implements BroadcasterClient {
     const { store, tableId } = subscription;
     subscription.sentOn = connection;
     subscription.pendingRef = ref;
+    // Presence is always asked for: a presence_state (often empty) and the
+    // diffs of a table nobody tracks on cost next to nothing.
     // The last cursor seen wins: resume from it. Without one (first load, or
     // a first load cut short) start from a snapshot again.
     if (store.cursor !== null) {
       store.beginSubscription("resume");
-      this.send(connection, { type: "subscribe", ref, table_id: tableId, cursor: store.cursor });
+      this.send(connection, { type: "subscribe", ref, table_id: tableId, cursor: store.cursor, presence: true });
     } else if (subscription.snapshot) {
       store.beginSubscription("snapshot");
-      this.send(connection, { type: "subscribe", ref, table_id: tableId, snapshot: true });
+      this.send(connection, { type: "subscribe", ref, table_id: tableId, snapshot: true, presence: true });
     } else {
       store.beginSubscription("none");
-      this.send(connection, { type: "subscribe", ref, table_id: tableId });
+      this.send(connection, { type: "subscribe", ref, table_id: tableId, presence: true });
     }
   }
 
@@ -374,7 +560,14 @@ class Client implements BroadcasterClient {
         this.send(connection, { type: "unsubscribe", ref: this.nextRef(), table_id: subscription.tableId });
       }
       subscription.sentOn = null;
+      subscription.trackedOn = null;
       subscription.store.connectionLost();
+      const queued = subscription.queue;
+      subscription.queue = [];
+      for (const request of queued) {
+        const text = `the table was released: ${answerLabel(request.answer)} not sent`;
+        request.settle(new BroadcasterError("closed", text, { tableId: subscription.tableId }));
+      }
     }, this.settings.unsubscribeDelayMs);
   }
 
@@ -430,6 +623,9 @@ class Client implements BroadcasterClient {
           // The cursor moves on even when the change itself was a re-send.
           if (message.cursor !== undefined) store.applyCursor(message.cursor);
         } else if (message.type === "synced") {
+          // The server accepts broadcasts and presence from now on. What waited
+          // goes first, before `synced` listeners can add to it.
+          this.flushRequests(connection, subscription);
           store.applySynced(message.cursor);
         } else if (message.type === "cursor") {
           store.applyCursor(message.cursor);
@@ -437,6 +633,29 @@ class Client implements BroadcasterClient {
           store.applyReset(message.reason);
         }
         return store;
+      }
+      case "broadcast":
+      case "presence_state":
+      case "presence_diff": {
+        const subscription = this.subscriptions.get(message.table_id);
+        if (subscription === undefined || subscription.sentOn !== connection || subscription.pendingRef !== null) {
+          return null;
+        }
+        const store = subscription.store;
+        if (message.type === "broadcast") store.applyBroadcast(message.event, message.payload);
+        else if (message.type === "presence_state") store.presence.applyState(message.presences);
+        else store.presence.applyDiff(message.joins, message.leaves);
+        return null;
+      }
+      case "sent":
+      case "tracked":
+      case "untracked": {
+        const ref = message.ref;
+        const request = ref === undefined || ref === null ? undefined : this.inflight.get(ref);
+        if (ref === undefined || ref === null || request === undefined || request.answer !== message.type) return null;
+        this.inflight.delete(ref);
+        request.settle(null);
+        return null;
       }
       case "pong":
         // Any pong proves the connection carries traffic now, whichever ping it answers.
@@ -461,6 +680,22 @@ class Client implements BroadcasterClient {
 
   private handleServerError(connection: Connection, message: ErrorMessage): void {
     if (message.code === "unauthorized" || message.code === "token_expired") connection.authFailure = message.code;
+    // The answer to a broadcast, track or untrack: it fails that request
+    // only; the table's subscription goes on (even when the error names it).
+    const ref = message.ref;
+    const request = ref === undefined || ref === null ? undefined : this.inflight.get(ref);
+    if (ref !== undefined && ref !== null && request !== undefined) {
+      this.inflight.delete(ref);
+      const presence = request.subscription.store.presence;
+      if (request.intent !== null && presence.intent === request.intent && !TRANSIENT_ERRORS.has(message.code)) {
+        // The server refuses this meta (too_large, …): do not send it again.
+        presence.intent = null;
+      }
+      request.settle(
+        new BroadcasterError(message.code, message.message, { tableId: request.subscription.tableId, ref }),
+      );
+      return;
+    }
     // The subscription the error ends, if any: the one whose subscribe it
     // answers (too_many_subscriptions, forbidden, rate_limited), or the one it
     // names (a refreshed token that no longer allows the table).
@@ -490,8 +725,15 @@ class Client implements BroadcasterClient {
       // were and the next connection subscribes again from its cursor.
       ended.pendingRef = null;
       ended.sentOn = null;
+      ended.trackedOn = null;
       ended.store.connectionLost();
       ended.store.fail(error);
+      if (!(answeredSubscribe && message.code === "rate_limited")) {
+        // No retry on this connection: what waited for the table to sync fails with it.
+        const queued = ended.queue;
+        ended.queue = [];
+        for (const request of queued) request.settle(error);
+      }
       if (answeredSubscribe && message.code === "rate_limited") this.retrySubscribe(connection, ended);
     }
     this.emitError(error);
@@ -539,6 +781,7 @@ class Client implements BroadcasterClient {
       subscription.pendingRef = null;
       subscription.store.connectionLost();
     }
+    this.failRequests(this.closed ? "closed" : "disconnected", "the connection was lost");
     if (this.closed) return;
     if (!ORDINARY_CLOSES.has(code)) {
       const text = `the server closed the connection with ${code}${reason ? ` (${reason})` : ""}`;
@@ -684,12 +927,15 @@ class Client implements BroadcasterClient {
 
   // -- helpers ---------------------------------------------------------------
 
-  private send(connection: Connection, message: ClientMessage): void {
-    if (connection.socket.readyState !== OPEN) return; // Whatever is unsent is resent on the next connection.
+  /** False if the message could not be sent. */
+  private send(connection: Connection, message: ClientMessage): boolean {
+    if (connection.socket.readyState !== OPEN) return false; // Whatever is unsent is resent on the next connection.
     try {
       connection.socket.send(JSON.stringify(message));
+      return true;
     } catch (cause) {
       this.emitError(new BroadcasterError("send_failed", `could not send ${message.type}`, { cause }));
+      return false;
     }
   }
 
@@ -708,6 +954,10 @@ class Client implements BroadcasterClient {
   private emitError(error: BroadcasterError): void {
     this.events.emit("error", error);
   }
+}
+
+function answerLabel(answer: PendingRequest["answer"]): string {
+  return answer === "sent" ? "broadcast" : answer === "tracked" ? "track" : "untrack";
 }
 
 function clearTimer(timer: Timer | null): void {

@@ -5,17 +5,29 @@
  *     const client = createClient("wss://example.com/ws", { getToken });
  *     const table = client.table("t1");
  *     table.on("change", () => render(table.rows()));
+ *     table.on("broadcast", ({ event, payload }) => console.log(event, payload));
+ *     await table.presence.track({ name: "Ada" });
  */
 
 export { createClient } from "./client.js";
 export { BroadcasterError } from "./types.js";
 export type {
+  BroadcastEvent,
+  BroadcastOptions,
   BroadcasterClient,
   ChangeKind,
   ClientEvents,
   ClientOptions,
   ClientStatus,
+  LivePresence,
   LiveTable,
+  Presence,
+  PresenceEvents,
+  PresenceJoinEvent,
+  PresenceLeaveEvent,
+  PresenceMeta,
+  PresenceState,
+  PresenceSyncEvent,
   ReconnectOptions,
   ResetEvent,
   RowChangeEvent,
@@ -26,6 +38,7 @@ export type {
   TableChangeEvent,
   TableEvents,
   TableOptions,
+  TrackOptions,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";

@@ -101,8 +101,46 @@ export interface ErrorMessage {
   table_id?: string;
 }
 
+/** The answer to a `broadcast` (`sent`), a `track` (`tracked`) or an `untrack` (`untracked`). */
+export interface DoneMessage {
+  type: "sent" | "tracked" | "untracked";
+  ref?: ReplyRef;
+  table_id: string;
+}
+
+/** A message another client broadcast on a table this client is subscribed to. */
+export interface BroadcastMessage {
+  type: "broadcast";
+  table_id: string;
+  event: string;
+  payload: unknown;
+}
+
+/** A presence's meta as the server sends it: the tracked meta plus its `phx_ref`. */
+export type WireMeta = Record<string, unknown> & { phx_ref: string };
+
+/** Presences by key, in the Phoenix shape. */
+export type WirePresences = Record<string, { metas: WireMeta[] }>;
+
+export interface PresenceStateMessage {
+  type: "presence_state";
+  table_id: string;
+  presences: WirePresences;
+}
+
+export interface PresenceDiffMessage {
+  type: "presence_diff";
+  table_id: string;
+  joins: WirePresences;
+  leaves: WirePresences;
+}
+
 export type ServerMessage =
   | SubscribedMessage
+  | DoneMessage
+  | BroadcastMessage
+  | PresenceStateMessage
+  | PresenceDiffMessage
   | UnsubscribedMessage
   | ChangeMessage
   | SyncedMessage
@@ -113,7 +151,10 @@ export type ServerMessage =
   | ErrorMessage;
 
 export type ClientMessage =
-  | { type: "subscribe"; ref: Ref; table_id: string; snapshot?: boolean; cursor?: string }
+  | { type: "subscribe"; ref: Ref; table_id: string; snapshot?: boolean; cursor?: string; presence?: boolean }
+  | { type: "broadcast"; ref: Ref; table_id: string; event: string; payload: unknown; self: boolean }
+  | { type: "track"; ref: Ref; table_id: string; meta: Record<string, unknown>; key?: string }
+  | { type: "untrack"; ref: Ref; table_id: string }
   | { type: "unsubscribe"; ref: Ref; table_id: string }
   | { type: "ping"; ref: Ref }
   | { type: "auth"; ref: Ref; token: string };
@@ -156,6 +197,18 @@ function isRow(value: unknown): value is Row {
   );
 }
 
+/** `{key: {metas: [{..., phx_ref: "..."}]}}`; anything else is malformed. */
+function isPresences(value: unknown): value is WirePresences {
+  if (!isObject(value)) return false;
+  for (const entry of Object.values(value)) {
+    if (!isObject(entry) || !Array.isArray(entry["metas"])) return false;
+    for (const meta of entry["metas"]) {
+      if (!isObject(meta) || typeof meta["phx_ref"] !== "string") return false;
+    }
+  }
+  return true;
+}
+
 function isDeletedRow(value: unknown): value is DeletedRow {
   return isObject(value) && typeof value["id"] === "string" && typeof value["version"] === "number";
 }
@@ -191,6 +244,27 @@ export function toServerMessage(value: unknown): ServerMessage | "unknown" | nul
       return hasString(message, "table_id") ? (message as unknown as ResetMessage) : null;
     case "pong":
       return message as unknown as PongMessage;
+    case "sent":
+    case "tracked":
+    case "untracked":
+      return hasString(message, "table_id") ? (message as unknown as DoneMessage) : null;
+    case "broadcast":
+      return hasString(message, "table_id") && hasString(message, "event")
+        ? ({ ...message, payload: message["payload"] ?? null } as unknown as BroadcastMessage)
+        : null;
+    case "presence_state":
+      return hasString(message, "table_id") && isPresences(message["presences"])
+        ? (message as unknown as PresenceStateMessage)
+        : null;
+    case "presence_diff": {
+      if (!hasString(message, "table_id")) return null;
+      // A side may be left out when it is empty.
+      const joins = message["joins"] ?? {};
+      const leaves = message["leaves"] ?? {};
+      return isPresences(joins) && isPresences(leaves)
+        ? ({ ...message, joins, leaves } as unknown as PresenceDiffMessage)
+        : null;
+    }
     case "authenticated": {
       const expiresAt = message["expires_at"];
       const valid = expiresAt === undefined || expiresAt === null || typeof expiresAt === "number";

@@ -9,14 +9,35 @@
  */
 
 import { Emitter, type Listener, type Unsubscribe } from "./emitter.js";
+import { PresenceStore } from "./presence.js";
 import type { ChangeMessage, ResetReason, Row, RowData } from "./protocol.js";
-import { BroadcasterError, type ChangeKind, type ClientStatus, type LiveTable, type TableEvents } from "./types.js";
+import {
+  BroadcasterError,
+  type BroadcastOptions,
+  type ChangeKind,
+  type ClientStatus,
+  type LivePresence,
+  type LiveTable,
+  type PresenceEvents,
+  type PresenceMeta,
+  type PresenceState,
+  type TableEvents,
+  type TrackOptions,
+} from "./types.js";
+
+/** What a handle asks of the client (which owns the connection) for broadcast and presence. */
+export interface TableActions {
+  broadcast(event: string, payload: unknown, self: boolean): Promise<void>;
+  track(meta: PresenceMeta, key: string | undefined): Promise<void>;
+  untrack(): Promise<void>;
+}
 
 /** How the current subscription's catch-up is to be labelled. */
 export type CatchUp = "snapshot" | "resume" | "none";
 
 export class TableStore<TData extends object = RowData> {
   readonly events = new Emitter<TableEvents<TData>>();
+  readonly presence: PresenceStore;
   cursor: string | null = null;
   synced = false;
   status: ClientStatus;
@@ -41,6 +62,7 @@ export class TableStore<TData extends object = RowData> {
     status: ClientStatus,
   ) {
     this.status = status;
+    this.presence = new PresenceStore(tableId);
   }
 
   get size(): number {
@@ -65,11 +87,14 @@ export class TableStore<TData extends object = RowData> {
     this.catchUp = catchUp;
     this.synced = false;
     this.seen = catchUp === "snapshot" && this.byId.size > 0 ? new Set() : null;
+    this.presence.beginSubscription();
   }
 
   /** The connection carrying the subscription is gone; rows and cursor stay for the resume. */
   connectionLost(): void {
     this.synced = false;
+    // Presences stay as they were until the next presence_state replaces them.
+    this.presence.beginSubscription();
   }
 
   applyChange(message: ChangeMessage): void {
@@ -150,6 +175,10 @@ export class TableStore<TData extends object = RowData> {
     this.events.emit("error", error);
   }
 
+  applyBroadcast(event: string, payload: unknown): void {
+    this.events.emit("broadcast", { tableId: this.tableId, event, payload });
+  }
+
   /**
    * Drop the rows a completed snapshot did not contain. The deletion's own
    * version is unknown (a snapshot sends no tombstones), so the event carries
@@ -171,8 +200,16 @@ export class TableStore<TData extends object = RowData> {
   }
 }
 
+function closedError(tableId: string): BroadcasterError {
+  return new BroadcasterError("closed", "the table handle is closed", { tableId });
+}
+
 /** One `client.table()` call's view of a shared store. */
-export class TableHandle<TData extends object = RowData> implements LiveTable<TData> {
+export class TableHandle<TData extends object = RowData, TMeta extends object = PresenceMeta> implements LiveTable<
+  TData,
+  TMeta
+> {
+  readonly presence: LivePresence<TMeta>;
   private isClosed = false;
   // Listeners registered through this handle, removed when it closes.
   private readonly unsubscribers = new Set<Unsubscribe>();
@@ -181,7 +218,10 @@ export class TableHandle<TData extends object = RowData> implements LiveTable<TD
   constructor(
     private readonly store: TableStore<TData>,
     private readonly release: () => void,
-  ) {}
+    private readonly actions: TableActions,
+  ) {
+    this.presence = new PresenceHandle<TMeta>(this, store.presence, actions);
+  }
 
   get tableId(): string {
     return this.store.tableId;
@@ -216,13 +256,15 @@ export class TableHandle<TData extends object = RowData> implements LiveTable<TD
 
   on<K extends keyof TableEvents<TData>>(event: K, listener: Listener<TableEvents<TData>[K]>): Unsubscribe {
     if (this.isClosed) return () => {};
-    const off = this.store.events.on(event, listener);
-    const unsubscribe = (): void => {
-      off();
-      this.unsubscribers.delete(unsubscribe);
-    };
-    this.unsubscribers.add(unsubscribe);
-    return unsubscribe;
+    return this.holdListener(this.store.events.on(event, listener));
+  }
+
+  broadcast(event: string, payload?: unknown, options: BroadcastOptions = {}): Promise<void> {
+    if (this.isClosed) return Promise.reject(closedError(this.tableId));
+    if (typeof event !== "string" || event === "") {
+      return Promise.reject(new TypeError("@broadcaster/client: a broadcast event must be a non-empty string"));
+    }
+    return this.actions.broadcast(event, payload === undefined ? null : payload, options.self === true);
   }
 
   whenSynced(): Promise<void> {
@@ -257,10 +299,70 @@ export class TableHandle<TData extends object = RowData> implements LiveTable<TD
     this.release();
   }
 
+  /** @internal Tie a listener registered elsewhere (the presence's) to this handle: removed when it closes. */
+  holdListener(off: Unsubscribe): Unsubscribe {
+    if (this.isClosed) {
+      off();
+      return () => {};
+    }
+    const unsubscribe = (): void => {
+      off();
+      this.unsubscribers.delete(unsubscribe);
+    };
+    this.unsubscribers.add(unsubscribe);
+    return unsubscribe;
+  }
+
   private onClose(callback: () => void): Unsubscribe {
     this.closeCallbacks.add(callback);
     return () => {
       this.closeCallbacks.delete(callback);
     };
+  }
+}
+
+/** A handle's view of its table's presence; listeners registered through it go when the handle closes. */
+class PresenceHandle<TMeta extends object> implements LivePresence<TMeta> {
+  constructor(
+    private readonly handle: { readonly closed: boolean; holdListener(off: Unsubscribe): Unsubscribe },
+    private readonly store: PresenceStore,
+    private readonly actions: TableActions,
+  ) {}
+
+  get tracked(): TMeta | null {
+    return (this.store.intent?.meta ?? null) as TMeta | null;
+  }
+
+  get synced(): boolean {
+    return this.store.synced;
+  }
+
+  // The state holds whatever metas clients tracked; TMeta is the caller's
+  // declaration of their shape, which the client cannot check.
+  state(): PresenceState<TMeta> {
+    return this.store.state() as unknown as PresenceState<TMeta>;
+  }
+
+  track(meta: TMeta, options: TrackOptions = {}): Promise<void> {
+    if (this.handle.closed) return Promise.reject(closedError(this.store.tableId));
+    if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+      return Promise.reject(new TypeError("@broadcaster/client: a presence meta must be a JSON object"));
+    }
+    const key = options.key;
+    if (key !== undefined && (typeof key !== "string" || key === "")) {
+      return Promise.reject(new TypeError("@broadcaster/client: a presence key must be a non-empty string"));
+    }
+    return this.actions.track(meta as PresenceMeta, key);
+  }
+
+  untrack(): Promise<void> {
+    if (this.handle.closed) return Promise.reject(closedError(this.store.tableId));
+    return this.actions.untrack();
+  }
+
+  on<K extends keyof PresenceEvents<TMeta>>(event: K, listener: Listener<PresenceEvents<TMeta>[K]>): Unsubscribe {
+    if (this.handle.closed) return () => {};
+    const events = this.store.events as unknown as Emitter<PresenceEvents<TMeta>>;
+    return this.handle.holdListener(events.on(event, listener));
   }
 }

@@ -151,6 +151,19 @@ export interface TableChangeEvent {
   reset: boolean;
 }
 
+/** A message another client broadcast on the table (`table.on("broadcast", …)`). */
+export interface BroadcastEvent {
+  tableId: string;
+  event: string;
+  /** Whatever JSON value the sender passed; null when it passed none. */
+  payload: unknown;
+}
+
+export interface BroadcastOptions {
+  /** Also deliver the message to this client's own `broadcast` listeners (through the server). Default false. */
+  self?: boolean;
+}
+
 export interface TableEvents<TData extends object = RowData> {
   insert: RowChangeEvent<TData>;
   update: RowChangeEvent<TData>;
@@ -160,6 +173,80 @@ export interface TableEvents<TData extends object = RowData> {
   change: TableChangeEvent;
   status: ClientStatus;
   error: BroadcasterError;
+  broadcast: BroadcastEvent;
+}
+
+/** What a presence carries: any JSON object, given to `presence.track()`. */
+export type PresenceMeta = Record<string, unknown>;
+
+/**
+ * One tracked presence as `presence.state()` lists it: the meta given to
+ * `track()`, plus `presenceRef`, the server's id for it (each `track()`
+ * gets a new one, as in Phoenix presence).
+ */
+export type Presence<TMeta extends object = PresenceMeta> = TMeta & { readonly presenceRef: string };
+
+/** Every presence on a table, by key; a key has one presence per connection tracking with it. */
+export type PresenceState<TMeta extends object = PresenceMeta> = Readonly<Record<string, readonly Presence<TMeta>[]>>;
+
+export interface PresenceJoinEvent<TMeta extends object = PresenceMeta> {
+  tableId: string;
+  key: string;
+  /** The key's presences before the join (empty when the key is new). */
+  currentPresences: readonly Presence<TMeta>[];
+  /** The presences that joined (or replaced an older meta of theirs). */
+  newPresences: readonly Presence<TMeta>[];
+}
+
+export interface PresenceLeaveEvent<TMeta extends object = PresenceMeta> {
+  tableId: string;
+  key: string;
+  /** The key's presences after the leave (empty when the key is gone). */
+  currentPresences: readonly Presence<TMeta>[];
+  /** The presences that left (or whose meta is being replaced). */
+  leftPresences: readonly Presence<TMeta>[];
+}
+
+export interface PresenceSyncEvent {
+  tableId: string;
+}
+
+export interface PresenceEvents<TMeta extends object = PresenceMeta> {
+  /** The state changed (after the `join`/`leave` events of the change): re-render here. */
+  sync: PresenceSyncEvent;
+  join: PresenceJoinEvent<TMeta>;
+  leave: PresenceLeaveEvent<TMeta>;
+}
+
+export interface TrackOptions {
+  /**
+   * The key to appear under. Default: one key per connection (chosen by the
+   * server). Presences of several connections may share a key (a user with
+   * two tabs): `state()[key]` then lists each.
+   */
+  key?: string;
+}
+
+/**
+ * Who is on a table: every client's tracked presence, kept up to date, and
+ * this client's own. Shared by every handle of the table.
+ */
+export interface LivePresence<TMeta extends object = PresenceMeta> {
+  /**
+   * Appear on the table with `meta` (a JSON object), or replace the meta this
+   * client tracks. Resolves when the server has stored it. Re-tracked
+   * automatically after every reconnect until `untrack()`.
+   */
+  track(meta: TMeta, options?: TrackOptions): Promise<void>;
+  /** Stop appearing on the table. Resolves when the server has removed it (at once when it has nothing to remove). */
+  untrack(): Promise<void>;
+  /** The meta this client tracks (and re-tracks after a reconnect); null when none. */
+  readonly tracked: TMeta | null;
+  /** True once the server's presence state has arrived for the current subscription. */
+  readonly synced: boolean;
+  /** Every presence on the table, by key. The same object is returned until it changes. */
+  state(): PresenceState<TMeta>;
+  on<K extends keyof PresenceEvents<TMeta>>(event: K, listener: (value: PresenceEvents<TMeta>[K]) => void): Unsubscribe;
 }
 
 /**
@@ -167,7 +254,7 @@ export interface TableEvents<TData extends object = RowData> {
  * handle onto the one store and subscription per table; `close()` releases the
  * handle (and its listeners) and the last release unsubscribes.
  */
-export interface LiveTable<TData extends object = RowData> {
+export interface LiveTable<TData extends object = RowData, TMeta extends object = PresenceMeta> {
   readonly tableId: string;
   /** The last cursor seen for the table (synced, live change or cursor message); null before the first. */
   readonly cursor: string | null;
@@ -189,6 +276,15 @@ export interface LiveTable<TData extends object = RowData> {
   on<K extends keyof TableEvents<TData>>(event: K, listener: (value: TableEvents<TData>[K]) => void): Unsubscribe;
   /** Resolves once `synced` is true; rejects if the handle is closed first. */
   whenSynced(): Promise<void>;
+  /**
+   * Send `payload` (any JSON value, up to about 7 KB) to every other client
+   * subscribed to the table, on any server process. Waits until the table is
+   * synced; resolves when the server has sent it. Rejects with `disconnected`
+   * if the connection is lost first (a broadcast is not resent).
+   */
+  broadcast(event: string, payload?: unknown, options?: BroadcastOptions): Promise<void>;
+  /** Who is on the table; this client's own presence. */
+  readonly presence: LivePresence<TMeta>;
   /** Release this handle; idempotent. The table is unsubscribed when its last handle is released. */
   close(): void;
 }
@@ -204,7 +300,10 @@ export interface BroadcasterClient {
   /** `status === "live"`. */
   readonly isConnected: boolean;
   /** A live store for `tableId`, sharing the client's one subscription to it. */
-  table<TData extends object = RowData>(tableId: string, options?: TableOptions): LiveTable<TData>;
+  table<TData extends object = RowData, TMeta extends object = PresenceMeta>(
+    tableId: string,
+    options?: TableOptions,
+  ): LiveTable<TData, TMeta>;
   on<K extends keyof ClientEvents>(event: K, listener: (value: ClientEvents[K]) => void): Unsubscribe;
   /** Fetch a token now and authenticate the open connection with it (e.g. after a login change). */
   refreshAuth(): Promise<void>;
@@ -219,7 +318,9 @@ export interface BroadcasterClient {
  * (docs/protocol.md) or one of the client's own:
  * `heartbeat_timeout`, `connect_timeout`, `connection_closed` (an abnormal
  * close; see `closeCode`), `malformed_frame`, `token_error` (getToken threw),
- * `closed` (whenSynced on a closed handle).
+ * `closed` (whenSynced on a closed handle; a request on a closed handle or
+ * client), `disconnected` (a broadcast, track or untrack whose connection was
+ * lost before the server answered it).
  */
 export class BroadcasterError extends Error {
   readonly code: string;

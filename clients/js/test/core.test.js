@@ -94,7 +94,10 @@ test("a snapshot then live changes, from single-message and batched frames", asy
 
   const connection = await server.connection(0);
   const subscribe = await connection.nextOfType("subscribe");
-  assert.deepEqual({ ...subscribe, ref: 0 }, { type: "subscribe", ref: 0, table_id: "t1", snapshot: true });
+  assert.deepEqual(
+    { ...subscribe, ref: 0 },
+    { type: "subscribe", ref: 0, table_id: "t1", snapshot: true, presence: true },
+  );
   connection.send([
     { type: "subscribed", ref: subscribe["ref"], table_id: "t1" },
     upsert("r1", 1, { n: 1 }, undefined, "INSERT"),
