@@ -37,6 +37,7 @@ class Poller:
         refresh_interval: float,
         tombstone_retention: float,
         retry_max_delay: float,
+        read_delay: float = 0.0,
     ) -> None:
         self._hub = hub
         self._reader = reader
@@ -44,6 +45,7 @@ class Poller:
         self._refresh_interval = refresh_interval
         self._tombstone_retention = tombstone_retention
         self._retry_max_delay = retry_max_delay
+        self._read_delay = read_delay
         self._wakeup = asyncio.Event()
         self._origin: Origin | None = None
         self._session = 0
@@ -88,6 +90,10 @@ class Poller:
         failures = 0
         while True:
             await self._wakeup.wait()
+            if self._read_delay:
+                # Commits that arrive together are read, and framed, together:
+                # fewer reads and sends per change, for a bounded added delay.
+                await asyncio.sleep(self._read_delay)
             self._wakeup.clear()
             try:
                 await self._read_once()

@@ -122,6 +122,7 @@ class Runtime:
             refresh_interval=settings.refresh_interval,
             tombstone_retention=settings.tombstone_retention,
             retry_max_delay=settings.reconnect_max_delay,
+            read_delay=settings.read_delay,
         )
         self.listener = Listener(
             self.database_url,

@@ -19,7 +19,7 @@ from .exceptions import ConfigurationError
 __all__ = ["SETTINGS", "Setting", "Settings", "markdown_table"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-_MAY_BE_ZERO = frozenset({"port", "jwt_leeway", "authorizer_cache_seconds"})
+_MAY_BE_ZERO = frozenset({"port", "jwt_leeway", "authorizer_cache_seconds", "read_delay"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Settings:
     keepalive_interval: float = 5.0
     keepalive_timeout: float = 5.0
     reconnect_max_delay: float = 10.0
+    read_delay: float = 0.002
     refresh_interval: float = 30.0
     tombstone_retention: float = 24 * 3600.0
     auth: str | None = None
@@ -204,6 +205,12 @@ SETTINGS: tuple[Setting, ...] = (
         "reconnect_max_delay",
         "BROADCASTER_RECONNECT_MAX_DELAY",
         "Cap, in seconds, of the exponential backoff between reconnection attempts.",
+    ),
+    Setting(
+        "read_delay",
+        "BROADCASTER_READ_DELAY",
+        "Seconds to wait after a wake-up before reading, so commits arriving together "
+        "are read and sent together (0: read at once).",
     ),
     Setting(
         "refresh_interval",
