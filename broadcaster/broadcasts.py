@@ -15,6 +15,8 @@ import logging
 import uuid
 from typing import Any, Final, Protocol
 
+from .topics import Topics
+
 __all__ = ["CHANNEL", "MAX_PAYLOAD_BYTES", "Broadcasts", "Listener", "encode"]
 
 logger = logging.getLogger(__name__)
@@ -43,21 +45,17 @@ class Broadcasts:
 
     def __init__(self) -> None:
         self.process = uuid.uuid4().hex
-        self._topics: dict[str, dict[Listener, None]] = {}
+        self._topics: Topics[Listener] = Topics()
 
     def origin(self, listener: Listener) -> str:
         """A name for ``listener`` unique across processes."""
         return f"{self.process}:{id(listener)}"
 
     def listen(self, topic: str, listener: Listener) -> None:
-        self._topics.setdefault(topic, {})[listener] = None
+        self._topics.add(topic, listener)
 
     def stop(self, topic: str, listener: Listener) -> None:
-        listeners = self._topics.get(topic)
-        if listeners is not None:
-            listeners.pop(listener, None)
-            if not listeners:
-                del self._topics[topic]
+        self._topics.remove(topic, listener)
 
     def notified(self, payload: str) -> None:
         """A broadcast from any process (the LISTEN callback: it only hands on)."""
@@ -67,7 +65,7 @@ class Broadcasts:
         except (ValueError, KeyError, TypeError):
             logger.warning("dropping a malformed broadcast: %.200r", payload)
             return
-        for listener in tuple(self._topics.get(topic, ())):
+        for listener in self._topics.listeners(topic):
             try:
                 listener.deliver_broadcast(topic, event, message.get("payload"), origin)
             except Exception:

@@ -591,7 +591,7 @@ class NativeSession:
             messaging.broadcasts.stop(topic, self)
             messaging.presences.stop(topic, self)
             if table_id in self._tracked:
-                _detached(messaging.store.untrack([f"{self._origin}:{topic}"]))
+                presence.untrack_soon(messaging.store, [f"{self._origin}:{topic}"])
         self._presence.discard(table_id)
         self._tracked.discard(table_id)
         join = self.tables.pop(table_id)
@@ -644,19 +644,3 @@ class NativeSession:
 
 # A pending join stands for "subscribed but not synced yet" in lookups.
 join_pending: Final = object()
-
-# Untracking when a connection goes must outlive the session's own tasks.
-_DETACHED: set[asyncio.Task[None]] = set()
-
-
-def _detached(operation: Coroutine[Any, Any, None]) -> None:
-    async def run() -> None:
-        try:
-            await operation
-        except DATABASE_ERRORS:
-            # The process's heartbeat will expire the presence instead.
-            logger.warning("removing a presence failed", exc_info=True)
-
-    task = asyncio.get_running_loop().create_task(run())
-    _DETACHED.add(task)
-    task.add_done_callback(_DETACHED.discard)

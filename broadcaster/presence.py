@@ -14,12 +14,15 @@ Diffs follow Phoenix presence: ``{"joins": {key: {"metas": [...]}},
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
-__all__ = ["CHANNEL", "MAX_META_BYTES", "Presences", "diff", "state"]
+from .topics import Topics
+
+__all__ = ["CHANNEL", "MAX_META_BYTES", "Presences", "Store", "diff", "state", "untrack_soon"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +75,13 @@ class Presences:
     """The topics this process's clients follow presence on."""
 
     def __init__(self) -> None:
-        self._topics: dict[str, dict[Listener, None]] = {}
+        self._topics: Topics[Listener] = Topics()
 
     def follow(self, topic: str, listener: Listener) -> None:
-        self._topics.setdefault(topic, {})[listener] = None
+        self._topics.add(topic, listener)
 
     def stop(self, topic: str, listener: Listener) -> None:
-        listeners = self._topics.get(topic)
-        if listeners is not None:
-            listeners.pop(listener, None)
-            if not listeners:
-                del self._topics[topic]
+        self._topics.remove(topic, listener)
 
     def notified(self, payload: str) -> None:
         """A diff from any process (the LISTEN callback: it only hands on)."""
@@ -92,8 +91,30 @@ class Presences:
         except (ValueError, KeyError, TypeError):
             logger.warning("dropping a malformed presence diff: %.200r", payload)
             return
-        for listener in tuple(self._topics.get(topic, ())):
+        for listener in self._topics.listeners(topic):
             try:
                 listener.deliver_presence(topic, joins, leaves)
             except Exception:
                 logger.exception("a presence listener failed")
+
+
+# Untracking when a connection goes must outlive its session's own tasks,
+# which are cancelled as it closes.
+_UNTRACKING: set[asyncio.Task[None]] = set()
+
+
+def untrack_soon(store: Store, slots: Sequence[str]) -> None:
+    """Untrack in the background; on failure the process heartbeat expires them."""
+
+    # Imported here: queries.py imports this module.
+    from .queries import DATABASE_ERRORS
+
+    async def untrack() -> None:
+        try:
+            await store.untrack(slots)
+        except DATABASE_ERRORS:
+            logger.warning("removing a presence failed; it will expire", exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(untrack())
+    _UNTRACKING.add(task)
+    task.add_done_callback(_UNTRACKING.discard)

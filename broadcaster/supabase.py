@@ -349,7 +349,7 @@ class SupabaseSession:
         self._broadcasts.stop(topic, self)
         self._presences.stop(topic, self)
         if channel.tracked:
-            _detached(self._presence_store.untrack([self._presence_ref(topic)]))
+            presence.untrack_soon(self._presence_store, [self._presence_ref(topic)])
         still = {t for other in self._channels.values() for t in other.tables}
         for table_id in channel.tables - still:
             join = self.tables.pop(table_id, None)
@@ -518,23 +518,6 @@ class SupabaseSession:
 
     def _send(self, message: Message) -> None:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
-
-
-# Untracking when a connection goes must outlive the session's own tasks.
-_DETACHED: set[asyncio.Task[None]] = set()
-
-
-def _detached(coroutine: Coroutine[Any, Any, None]) -> None:
-    async def run() -> None:
-        try:
-            await coroutine
-        except DATABASE_ERRORS:
-            # The process's heartbeat will expire the presence instead.
-            logger.warning("removing a presence failed", exc_info=True)
-
-    task = asyncio.get_running_loop().create_task(run())
-    _DETACHED.add(task)
-    task.add_done_callback(_DETACHED.discard)
 
 
 def _rows(batch: Batch) -> list[dict[str, Any]]:

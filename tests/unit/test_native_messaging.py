@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from broadcaster import broadcasts, native, presence
+from broadcaster import broadcasts, presence
 from broadcaster.authorization import OpenAuthorizer
 from broadcaster.broadcasts import Broadcasts
 from broadcaster.hub import Hub
@@ -115,7 +115,7 @@ async def world() -> AsyncIterator[World]:
     yield world
     for session in world.sessions:
         session.close()
-    await eventually(lambda: not native._DETACHED)
+    await eventually(lambda: not presence._UNTRACKING)
 
 
 def broadcast(table_id: str = "t1", ref: Any = 4, **extra: Any) -> dict[str, Any]:

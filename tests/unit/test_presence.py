@@ -175,4 +175,12 @@ def test_a_failing_listener_does_not_stop_the_others(caplog: pytest.LogCaptureFi
 
 
 def test_module_exports() -> None:
-    assert set(presence.__all__) == {"CHANNEL", "MAX_META_BYTES", "Presences", "diff", "state"}
+    assert set(presence.__all__) == {
+        "CHANNEL",
+        "MAX_META_BYTES",
+        "Presences",
+        "Store",
+        "diff",
+        "state",
+        "untrack_soon",
+    }

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from broadcaster import broadcasts as broadcasts_module
-from broadcaster import presence, supabase
+from broadcaster import presence
 from broadcaster.auth import Identity
 from broadcaster.authorization import Authorizer, ClaimAuthorizer, OpenAuthorizer
 from broadcaster.broadcasts import Broadcasts
@@ -254,7 +254,7 @@ async def world() -> AsyncIterator[World]:
     for session in world.sessions:
         session.close()
     # Untracking on close outlives the session: let it finish.
-    await eventually(lambda: not supabase._DETACHED)
+    await eventually(lambda: not presence._UNTRACKING)
 
 
 @pytest.fixture(params=[VSN_1, VSN_2])
@@ -1394,7 +1394,7 @@ async def test_an_untrack_on_leave_the_database_refuses_is_logged(
     with caplog.at_level(logging.WARNING, logger="broadcaster.supabase"):
         client.push(TOPIC, "phx_leave", {})
         await eventually(lambda: world.store.untracks)
-        await eventually(lambda: not supabase._DETACHED)
+        await eventually(lambda: not presence._UNTRACKING)
     assert any("removing a presence failed" in r.getMessage() for r in caplog.records)
 
 
