@@ -89,6 +89,7 @@ for (const vsn of ["2.0.0", "1.0.0"]) {
 test("an UPDATE-only binding gets only updates; another table's channel gets nothing", async () => {
   const client = supabase();
   const updates = collector();
+  const everything = collector();
   const elsewhere = collector();
   const only = client
     .channel("updates-only")
@@ -96,6 +97,11 @@ test("an UPDATE-only binding gets only updates; another table's channel gets not
       "postgres_changes",
       { event: "UPDATE", schema: "public", table: "rows", filter: "table_id=eq.u1" },
       (payload) => updates.push(payload),
+    )
+    .on(
+      "postgres_changes",
+      { event: "*", schema: "public", table: "rows", filter: "table_id=eq.u1" },
+      (payload) => everything.push(payload),
     );
   const other = client
     .channel("other-table")
@@ -108,6 +114,10 @@ test("an UPDATE-only binding gets only updates; another table's channel gets not
   assert.equal((await subscribe(other))[0], "SUBSCRIBED");
 
   await db.query("INSERT INTO rows (id, table_id) VALUES ('u', 'u1')");
+  // A row's states read together arrive as one (its latest): let the insert
+  // be delivered before the update commits.
+  const [inserted] = await everything.next(1, "the insert");
+  assert.equal(inserted.eventType, "INSERT");
   await db.query(`UPDATE rows SET data = '{"n": 1}' WHERE id = 'u'`);
   const [update] = await updates.next(1, "the update");
   assert.equal(update.eventType, "UPDATE");
