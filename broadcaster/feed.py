@@ -15,6 +15,12 @@ with the read's cursor, and from then on it receives every live batch of the
 table. Because the join and the live stream meet at one snapshot, nothing is
 missed between catch-up and live.
 
+A join of :data:`~broadcaster.hub.EVERY_TABLE` (``None``) makes every table
+live from its read's snapshot (``all_since``): a wake-up of any table then reads
+it from its own snapshot, or from ``all_since`` if it has none, and a read of
+every live table also reads every other table from ``all_since`` (one request
+with no table_id, which excludes the tables read by their own request).
+
 Driving it: :meth:`Feed.plan`, given the database's origin, returns the next
 :class:`Read` (or ``None``); the caller runs it against the database, hands the
 :class:`ReadResult` to :meth:`Feed.complete` (or calls :meth:`Feed.failed`),
@@ -46,7 +52,7 @@ class JoinResult:
 
 @dataclass(eq=False)
 class Join:
-    """A subscriber waiting to join ``table_id`` at the next read.
+    """A subscriber waiting to join ``table_id`` (``None``: every table) at the next read.
 
     ``cursor`` resumes after a cursor the server gave; ``snapshot`` asks for
     every row. With neither, the join only waits for the read that makes it
@@ -54,7 +60,7 @@ class Join:
     row: the feed sets ``reset`` when it decodes the cursor, or the read does.
     """
 
-    table_id: str
+    table_id: str | None
     on_joined: Callable[[JoinResult], None]
     cursor: str | None = None
     snapshot: bool = False
@@ -79,16 +85,24 @@ class Join:
 
     @property
     def wants_rows(self) -> bool:
+        if self.table_id is None:
+            # Every table has no history or snapshot to offer: it only goes live.
+            return False
         return self.reset is not None or self.since is not None or self.snapshot
 
 
 @dataclass(frozen=True)
 class Request:
-    """One part of a read: a table's changes since a snapshot, or all its rows."""
+    """One part of a read: a table's changes since a snapshot, or all its rows.
+
+    ``table_id`` ``None`` reads the changes of every table but those in
+    ``exclude`` (``since`` is then always set).
+    """
 
     key: int
-    table_id: str
+    table_id: str | None
     since: str | None
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass
@@ -98,6 +112,8 @@ class Read:
     requests: list[Request] = field(default_factory=list)
     live: dict[str, int] = field(default_factory=dict)
     """Live table -> key of the request that reads it."""
+    every_table: int | None = None
+    """Key of the request reading every other table, if any."""
     joins: list[tuple[Join, int | None]] = field(default_factory=list)
     """Each join with the key of the request holding its rows (None: no rows)."""
     every_live_table: bool = False
@@ -123,13 +139,16 @@ class ReadResult:
 class Feed:
     def __init__(self) -> None:
         self._live: dict[str, str] = {}
+        # While every table is live: the snapshot up to which every table not
+        # in _live has been read.
+        self._all_since: str | None = None
         self._woken: set[str] = set()
         self._wake_all = False
         self._refresh = False
         self._joins: list[Join] = []
         # Tables with a join not yet answered (pending or in a running read):
         # their wake-ups count, since the join's read may not see that change.
-        self._joining: dict[str, int] = {}
+        self._joining: dict[str | None, int] = {}
 
     @property
     def live_tables(self) -> int:
@@ -139,7 +158,12 @@ class Feed:
         """Rows of ``table_id`` (``None``: of any table) changed."""
         if table_id is None:
             self._wake_all = True
-        elif table_id in self._live or table_id in self._joining:
+        elif (
+            table_id in self._live
+            or table_id in self._joining
+            or self._all_since is not None
+            or None in self._joining
+        ):
             self._woken.add(table_id)
 
     def refresh(self) -> None:
@@ -169,16 +193,29 @@ class Feed:
     def due(self) -> bool:
         return bool(self._joins or self._woken or self._wake_all)
 
-    def plan(self, origin: Origin, is_subscribed: Callable[[str], bool]) -> Read | None:
+    def plan(self, origin: Origin, is_subscribed: Callable[[str | None], bool]) -> Read | None:
         """The next read, taking the pending wake-ups and joins; ``None`` if none is due.
 
-        A read of every live table is planned even when there is none, so that
+        ``is_subscribed(None)`` tells whether every table has subscribers. A
+        read of every live table is planned even when there is none, so that
         catching up after a lost LISTEN connection always ends with a read.
         """
-        for table_id in [t for t in self._live if not is_subscribed(t)]:
+        if self._all_since is not None and not is_subscribed(None):
+            self._all_since = None
+        all_since = self._all_since
+        # A table read only for every-table subscribers is dropped once it is
+        # back at all_since: it is then read from there, like any other.
+        for table_id in [
+            t
+            for t, since in self._live.items()
+            if not is_subscribed(t) and (all_since is None or since == all_since)
+        ]:
             del self._live[table_id]
         read = Read(origin, every_live_table=self._wake_all, refresh=self._refresh)
-        tables = list(self._live) if self._wake_all else [t for t in self._woken if t in self._live]
+        if self._wake_all:
+            tables = list(self._live)
+        else:
+            tables = [t for t in self._woken if t in self._live or all_since is not None]
         # A woken table that is not live yet is being joined: keep its wake-up
         # for the read after the one that makes it live.
         self._woken.difference_update(tables)
@@ -192,12 +229,30 @@ class Feed:
             return request_key
 
         for table_id in tables:
-            read.live[table_id] = key_for(table_id, self._live[table_id])
+            read.live[table_id] = key_for(table_id, self._live.get(table_id, all_since))
         for join in self._joins:
             join.decode_cursor(origin)
-            rows_key = key_for(join.table_id, join.request_since) if join.wants_rows else None
+            joined = join.table_id
+            if (
+                joined is not None
+                and all_since is not None
+                and joined not in self._live
+                and joined not in read.live
+            ):
+                # Every-table subscribers must get this table's changes up to
+                # the snapshot where the joining subscriber's begin.
+                read.live[joined] = key_for(joined, all_since)
+            rows_key = None
+            if joined is not None and join.wants_rows:
+                rows_key = key_for(joined, join.request_since)
             read.joins.append((join, rows_key))
-        self._woken.intersection_update(self._joining)
+        if self._wake_all and all_since is not None:
+            read.every_table = len(read.requests)
+            read.requests.append(
+                Request(read.every_table, None, all_since, exclude=tuple(read.live))
+            )
+        if None not in self._joining:
+            self._woken.intersection_update(self._joining)
         self._wake_all = False
         self._refresh = False
         self._joins = []
@@ -239,15 +294,18 @@ class Feed:
         batches: list[Batch] = []
         for request in read.requests:
             table_id = request.table_id
-            if read.live.get(table_id) != request.key:
+            if table_id is None or read.live.get(table_id) != request.key:
                 continue
             changes = found[request.key]
             reset = result.resets.get(request.key)
-            if table_id in self._live:
+            if table_id in self._live or self._all_since is not None:
                 self._live[table_id] = result.snapshot
             if changes or reset or read.refresh:
                 since = cursors.encode(read.origin, request.since or result.snapshot)
                 batches.append(Batch(table_id, changes, cursor, reset, since=since))
+        if read.every_table is not None:
+            request = read.requests[read.every_table]
+            batches.extend(self._every_table_batches(read, request, result, found[request.key]))
 
         answered: list[tuple[Join, JoinResult]] = []
         for join, rows_key in read.joins:
@@ -258,6 +316,26 @@ class Feed:
             self._answered(join)
             if join.cancelled:
                 continue
-            self._live.setdefault(join.table_id, result.snapshot)
+            if join.table_id is None:
+                if self._all_since is None:
+                    self._all_since = result.snapshot
+            else:
+                self._live.setdefault(join.table_id, result.snapshot)
             answered.append((join, JoinResult(reset, changes, cursor)))
         return batches, answered
+
+    def _every_table_batches(
+        self, read: Read, request: Request, result: ReadResult, changes: list[Change]
+    ) -> list[Batch]:
+        if self._all_since is not None:
+            self._all_since = result.snapshot
+        if request.key in result.resets:
+            # Nothing to replay to every-table subscribers (they have no cursor
+            # to resume from); a change lost to pruning cannot be recovered.
+            return []
+        by_table: dict[str, list[Change]] = {}
+        for change in changes:
+            by_table.setdefault(change.table_id, []).append(change)
+        cursor = cursors.encode(read.origin, result.snapshot)
+        since = cursors.encode(read.origin, request.since or result.snapshot)
+        return [Batch(t, found, cursor, since=since) for t, found in by_table.items()]

@@ -1,5 +1,9 @@
 """The fan-out hub: who is subscribed to which ``table_id``, and delivery to them.
 
+A subscription names one table_id, or :data:`EVERY_TABLE` (``None``): the
+subscriber then gets every table's batches and filters them itself (a Supabase
+binding filtered on a column other than table_id).
+
 The hub knows nothing of wire protocols or sockets. It hands each subscriber of a
 table the same :class:`Batch`; a subscriber encodes it with :meth:`Batch.memo`,
 so every subscriber speaking the same protocol shares one encoding. Delivery must
@@ -15,11 +19,14 @@ from typing import Any, Protocol, TypeVar
 
 from .changes import Change
 
-__all__ = ["Batch", "Hub", "Subscriber"]
+__all__ = ["EVERY_TABLE", "Batch", "Hub", "Subscriber"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+EVERY_TABLE: None = None
+"""The subscription key that stands for every table."""
 
 
 class Batch:
@@ -68,16 +75,16 @@ class Subscriber(Protocol):
 
 
 class Hub:
-    """Subscriptions by ``table_id``."""
+    """Subscriptions by ``table_id`` (or :data:`EVERY_TABLE`)."""
 
     def __init__(self) -> None:
         # dicts as ordered sets: delivery order is subscription order.
-        self._tables: dict[str, dict[Subscriber, None]] = {}
+        self._tables: dict[str | None, dict[Subscriber, None]] = {}
 
-    def subscribe(self, table_id: str, subscriber: Subscriber) -> None:
+    def subscribe(self, table_id: str | None, subscriber: Subscriber) -> None:
         self._tables.setdefault(table_id, {})[subscriber] = None
 
-    def unsubscribe(self, table_id: str, subscriber: Subscriber) -> None:
+    def unsubscribe(self, table_id: str | None, subscriber: Subscriber) -> None:
         subscribers = self._tables.get(table_id)
         if subscribers is None:
             return
@@ -85,10 +92,11 @@ class Hub:
         if not subscribers:
             del self._tables[table_id]
 
-    def subscribers(self, table_id: str) -> int:
+    def subscribers(self, table_id: str | None) -> int:
         return len(self._tables.get(table_id, ()))
 
-    def is_subscribed(self, table_id: str) -> bool:
+    def is_subscribed(self, table_id: str | None) -> bool:
+        """Has ``table_id`` subscribers of its own (for ``None``: of every table)?"""
         return table_id in self._tables
 
     @property
@@ -96,8 +104,14 @@ class Hub:
         return len(self._tables)
 
     def publish(self, batch: Batch) -> int:
-        """Deliver ``batch`` to every subscriber of its table; return how many."""
+        """Deliver ``batch`` to every subscriber of its table, and of every table; return how many.
+
+        A subscriber of both gets it once.
+        """
         subscribers = self._tables.get(batch.table_id)
+        everything = self._tables.get(EVERY_TABLE)
+        if everything:
+            subscribers = {**subscribers, **everything} if subscribers else everything
         if not subscribers:
             return 0
         # A subscriber may unsubscribe itself while we iterate (a slow consumer

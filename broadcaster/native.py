@@ -464,7 +464,7 @@ class NativeSession:
             self._leave(table_id)
 
         def joined(result: JoinResult) -> None:
-            self._joined(join, message.ref, result)
+            self._joined(table_id, join, message.ref, result)
 
         join = Join(table_id, joined, message.cursor, message.snapshot)
         self.tables[table_id] = join
@@ -472,8 +472,7 @@ class NativeSession:
             self._presence.add(table_id)
         self._joiner.join(join)
 
-    def _joined(self, join: Join, ref: protocol.Ref, result: JoinResult) -> None:
-        table_id = join.table_id
+    def _joined(self, table_id: str, join: Join, ref: protocol.Ref, result: JoinResult) -> None:
         if self.closed or self.tables.get(table_id) is not join:
             return
         self._reply(protocol.encode_subscribed(ref, table_id))

@@ -82,6 +82,39 @@ WHERE chk.since IS NOT NULL AND chk.reset IS NULL
   AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)
 """
 
+# The same, with requests for every table (a null table_id) but those excluded
+# ($6). Only used when a read has one: the table_ids are walked through the
+# (table_id, changed_xid) index (a loose index scan, one probe per table_id), so
+# writers pay for no index on changed_xid alone.
+_READ_EVERY = (
+    _READ.replace(
+        "WITH req AS",
+        """WITH RECURSIVE tids AS (
+    SELECT min(table_id) AS t FROM rows
+    UNION ALL
+    SELECT (SELECT min(r.table_id) FROM rows AS r WHERE r.table_id > tids.t)
+    FROM tids WHERE tids.t IS NOT NULL
+), req AS""",
+        1,
+    )
+    + """UNION ALL
+SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
+       json_build_object('id', b.id, 'table_id', b.table_id, 'version', b.version)::text
+FROM chk JOIN broadcaster_tombstones AS b ON chk.t IS NULL
+WHERE chk.reset IS NULL AND b.table_id <> ALL($6::text[])
+  AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
+UNION ALL
+SELECT 3, chk.k,
+       CASE WHEN r.inserted_xid IS NOT NULL
+                 AND NOT pg_visible_in_snapshot(r.inserted_xid, chk.since)
+            THEN 'INSERT' ELSE 'UPDATE' END,
+       r.table_id, r.id, r.version, broadcaster_row_json(r)::text
+FROM chk JOIN tids ON chk.t IS NULL AND tids.t IS NOT NULL AND tids.t <> ALL($6::text[])
+JOIN rows AS r ON r.table_id = tids.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
+WHERE chk.reset IS NULL AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)
+"""
+)
+
 _ORIGIN = """
 SELECT (SELECT system_identifier FROM pg_control_system()),
        (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -116,14 +149,18 @@ class ChangeReader:
         return Origin(int(system_identifier), int(database_oid))
 
     async def read(self, requests: Sequence[Request]) -> ReadResult:
-        records = await self._pool.fetch(
-            _READ,
+        arguments = (
             [r.key for r in requests],
             [r.table_id for r in requests],
             [r.since for r in requests],
             FOREIGN,
             PRUNED,
         )
+        every = [r for r in requests if r.table_id is None]
+        if every:
+            records = await self._pool.fetch(_READ_EVERY, *arguments, list(every[0].exclude))
+        else:
+            records = await self._pool.fetch(_READ, *arguments)
         snapshot = ""
         resets: dict[int, str] = {}
         rows: list[Row] = []

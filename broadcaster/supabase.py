@@ -7,12 +7,14 @@ session serves that on the same hub and feed as the native protocol: each
 channel's bindings name the table_ids they route to (``table_id=eq.X`` or
 ``table_id=in.(a,b)``), the session joins those tables through the feed, and
 only once they are live does it reply to ``phx_join`` (so a change committed
-after the client reports SUBSCRIBED is never missed).
+after the client reports SUBSCRIBED is never missed). A binding with no such
+filter (none at all, or filters on other columns, see row_filters.py) joins
+every table and checks its filters on each row; the authorizer must grant it
+the table_id ``*``.
 
 Broadcast (broadcasts.py) and presence (presence.py) go through Postgres to
-every server process.
-Bindings without a table_id filter, filtered on another column, or on a table
-other than ``public.rows`` are refused with the reason. See ``docs/supabase.md``.
+every server process. Bindings on a table other than ``public.rows`` are
+refused with the reason. See ``docs/supabase.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -35,13 +36,14 @@ from .changes import Change
 from .exceptions import AuthenticationError, ProtocolError
 from .feed import Join, JoinResult
 from .frames import text_frame
-from .hub import Batch, Hub
+from .hub import EVERY_TABLE, Batch, Hub
 from .native import Joiner, Transport
 from .phoenix import Message
 from .presence import Presences
 from .queries import DATABASE_ERRORS
+from .row_filters import RowFilter, RowFilterError, parse_filters
 
-__all__ = ["Binding", "FilterError", "SupabaseSession", "parse_filter"]
+__all__ = ["Binding", "FilterError", "SupabaseSession"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,37 +59,12 @@ COLUMNS: Final = [
     {"name": "updated_at", "type": "timestamptz"},
 ]
 _EVENTS: Final = {"*", "INSERT", "UPDATE", "DELETE"}
-_FILTER = re.compile(r"(?P<column>[A-Za-z_]+)=(?P<op>[a-z]+)\.(?P<value>.*)", re.DOTALL)
+# The table_id a binding that routes to every table asks the authorizer about.
+EVERY_TABLE_ID: Final = "*"
 
 
 class FilterError(ValueError):
     """A binding this server cannot serve; the message says why."""
-
-
-def parse_filter(text: str) -> tuple[str, ...]:
-    """The table_ids a PostgREST-style filter routes to: ``table_id=eq.X`` or ``table_id=in.(a,b)``.
-
-    A binding carries one filter, and changes are routed by table_id, so a
-    filter on another column would leave nothing to route by: it is refused.
-    """
-    match = _FILTER.fullmatch(text)
-    if match is None:
-        raise FilterError(f"filter {text!r} is not column=operator.value")
-    column, op, value = match["column"], match["op"], match["value"]
-    if column != "table_id" or op not in ("eq", "in"):
-        raise FilterError(
-            f"filter {text!r} cannot be served: changes are routed by table_id, so the "
-            "filter must be table_id=eq.X or table_id=in.(a,b)"
-        )
-    if op == "eq":
-        values: tuple[str, ...] = (value,)
-    elif value.startswith("(") and value.endswith(")"):
-        values = tuple(v.strip().strip('"') for v in value[1:-1].split(",") if v.strip())
-    else:
-        raise FilterError("an in filter lists values in parentheses: table_id=in.(a,b)")
-    if not values or "" in values:
-        raise FilterError(f"filter {text!r} names an empty table_id")
-    return values
 
 
 @dataclass(frozen=True)
@@ -96,7 +73,9 @@ class Binding:
 
     id: int
     event: str
-    tables: tuple[str, ...]
+    tables: tuple[str, ...] | None
+    """The table_ids it routes to; ``None``: every table."""
+    filters: tuple[RowFilter, ...] = ()
 
     @classmethod
     def parse(cls, entry: object) -> Binding:
@@ -111,21 +90,36 @@ class Binding:
                 f"{entry.get('schema')}.{entry.get('table')}"
             )
         text = entry.get("filter")
-        if not isinstance(text, str) or not text:
-            raise FilterError(
-                "a filter on table_id is required (table_id=eq.X or table_id=in.(a,b)): "
-                "changes are routed by table_id"
-            )
-        tables = parse_filter(text)
+        if text is None or text == "":
+            filters: tuple[RowFilter, ...] = ()
+        elif isinstance(text, str):
+            try:
+                filters = parse_filters(text)
+            except RowFilterError as exc:
+                raise FilterError(str(exc)) from None
+        else:
+            raise FilterError("filter must be a string such as table_id=eq.X")
+        tables: tuple[str, ...] | None = None
+        for row_filter in filters:
+            routes = row_filter.tables
+            if routes is not None:
+                tables = routes if tables is None else tuple(t for t in tables if t in routes)
+        if tables == ():
+            raise FilterError(f"filter {text!r} matches no table_id")
         # Deterministic, so every client with the same bindings gets the same
         # ids (as Supabase's hash of the parameters); never 0, which the client
         # treats as unset.
         canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
         binding_id = zlib.crc32(canonical.encode()) & 0x7FFFFFFF or 1
-        return cls(binding_id, event, tables)
+        return cls(binding_id, event, tables, filters)
 
-    def matches(self, change: Change) -> bool:
-        return self.event in ("*", change.op) and change.table_id in self.tables
+    def matches(self, change: Change, row: Mapping[str, Any]) -> bool:
+        """Does ``change`` (``row``: its record, or for a DELETE its old key) fire this binding?"""
+        if self.event not in ("*", change.op):
+            return False
+        if self.tables is not None and change.table_id not in self.tables:
+            return False
+        return all(row_filter.matches(row) for row_filter in self.filters)
 
 
 @dataclass(eq=False)
@@ -133,13 +127,14 @@ class _Channel:
     topic: str
     join_ref: str | None
     bindings: list[Binding]
-    tables: frozenset[str]
+    tables: frozenset[str | None]
+    """Where its bindings route: table_ids, and EVERY_TABLE if one routes to every table."""
     broadcast_self: bool = False
     broadcast_ack: bool = False
     presence_key: str | None = None
     tracked: bool = False
     live: bool = False
-    pending: set[str] = field(default_factory=set)
+    pending: set[str | None] = field(default_factory=set)
     reply: Callable[[], None] | None = None
 
 
@@ -180,8 +175,8 @@ class SupabaseSession:
         self._send_broadcast = send_broadcast
         self._origin = broadcasts.origin(self)
         self._channels: dict[str, _Channel] = {}
-        # table_id -> its pending Join, or None once live.
-        self.tables: dict[str, Join | None] = {}
+        # table_id (EVERY_TABLE: every table) -> its pending Join, or None once live.
+        self.tables: dict[str | None, Join | None] = {}
         self.identity: Identity | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -262,10 +257,16 @@ class SupabaseSession:
             identity = await self._verify(token if isinstance(token, str) else None)
         except AuthenticationError as exc:
             return self._refuse(message, f"{exc.code}: {exc.message}")
-        tables = frozenset(t for binding in bindings for t in binding.tables)
-        for table_id in sorted(tables):
+        tables = frozenset(t for binding in bindings for t in (binding.tables or (EVERY_TABLE,)))
+        for table_id in sorted(t if t is not None else EVERY_TABLE_ID for t in tables):
             verdict = self._authorizer.allowed(identity, table_id)
             allowed = verdict if isinstance(verdict, bool) else await verdict
+            if not allowed and table_id == EVERY_TABLE_ID:
+                return self._refuse(
+                    message,
+                    "forbidden: a binding without a table_id=eq or table_id=in filter reads "
+                    "every table, and this token may not (the authorizer must grant table_id '*')",
+                )
             if not allowed:
                 return self._refuse(message, f"forbidden: this token may not read {table_id!r}")
         if self.closed:
@@ -316,15 +317,15 @@ class SupabaseSession:
                 )
 
         channel.reply = reply
-        for table_id in tables:
-            if table_id not in self.tables:
-                self._join_table(table_id)
-            if self.tables.get(table_id) is not None:
-                channel.pending.add(table_id)
+        for routed in tables:
+            if routed not in self.tables:
+                self._join_table(routed)
+            if self.tables.get(routed) is not None:
+                channel.pending.add(routed)
         self._maybe_live(channel)
         return None
 
-    def _join_table(self, table_id: str) -> None:
+    def _join_table(self, table_id: str | None) -> None:
         def joined(result: JoinResult) -> None:
             if self.closed or self.tables.get(table_id) is not join:
                 return
@@ -469,10 +470,12 @@ class SupabaseSession:
     def deliver(self, batch: Batch) -> None:
         rows = batch.memo("supabase.rows", _rows)
         for channel in self._channels.values():
-            if not channel.live or batch.table_id not in channel.tables:
+            if not channel.live or (
+                batch.table_id not in channel.tables and EVERY_TABLE not in channel.tables
+            ):
                 continue
             for change, row in zip(batch.changes, rows, strict=True):
-                ids = [b.id for b in channel.bindings if b.matches(change)]
+                ids = [b.id for b in channel.bindings if b.matches(change, row)]
                 if ids:
                     self._send(
                         Message(

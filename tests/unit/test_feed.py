@@ -26,12 +26,17 @@ def cursor(snapshot: str, origin: Origin = ORIGIN) -> str:
     return cursors.encode(origin, snapshot)
 
 
-def everyone(_table_id: str) -> bool:
+def everyone(_table_id: str | None) -> bool:
     return True
 
 
-def nobody(_table_id: str) -> bool:
+def nobody(_table_id: str | None) -> bool:
     return False
+
+
+def only_every_table(table_id: str | None) -> bool:
+    """Subscribers of every table, and of no table of their own."""
+    return table_id is None
 
 
 def change(table_id: str, row_id: str, version: int, op: str = "UPDATE") -> Change:
@@ -48,7 +53,7 @@ class Answers:
         self.results.append(result)
 
 
-def join(table_id: str, cursor: str | None = None, *, snapshot: bool = False) -> Join:
+def join(table_id: str | None, cursor: str | None = None, *, snapshot: bool = False) -> Join:
     return Join(table_id, Answers(), cursor, snapshot)
 
 
@@ -58,7 +63,7 @@ def result(
     return ReadResult(snapshot, resets or {}, rows or [])
 
 
-def planned(feed: Feed, is_subscribed: Callable[[str], bool] = everyone) -> Read:
+def planned(feed: Feed, is_subscribed: Callable[[str | None], bool] = everyone) -> Read:
     read = feed.plan(ORIGIN, is_subscribed)
     assert read is not None
     return read
@@ -675,3 +680,121 @@ def test_a_wake_up_during_the_read_that_makes_a_table_live_is_kept(feed: Feed) -
 
     assert feed.due
     assert planned(feed).requests == [Request(0, "t1", S2)]
+
+
+# Every table
+
+
+def every_table_live(feed: Feed, snapshot: str) -> None:
+    feed.join(join(None))
+    feed.complete(planned(feed, only_every_table), result(snapshot))
+
+
+def test_a_join_of_every_table_reads_nothing_and_gets_the_reads_cursor(feed: Feed) -> None:
+    the_join = join(None, cursor(S2), snapshot=True)
+    feed.join(the_join)
+
+    read = planned(feed, only_every_table)
+
+    assert read.requests == []
+    assert read.joins == [(the_join, None)]
+    _, answered = feed.complete(read, result(S1))
+    assert answered == [(the_join, JoinResult(None, [], cursor(S1)))]
+
+
+def test_every_table_live_reads_a_woken_table_from_its_join(feed: Feed) -> None:
+    every_table_live(feed, S1)
+
+    feed.wake("t9")
+
+    read = planned(feed, only_every_table)
+    assert read.requests == [Request(0, "t9", S1)]
+    assert read.live == {"t9": 0}
+    the_change = change("t9", "a", 4)
+    batches, _ = feed.complete(read, result(S2, [Row(0, the_change)]))
+    assert [(b.table_id, b.changes, b.since, b.cursor) for b in batches] == [
+        ("t9", [the_change], cursor(S1), cursor(S2))
+    ]
+    feed.wake("t9")
+    assert planned(feed, only_every_table).requests == [Request(0, "t9", S2)]
+
+
+def test_a_wake_up_during_a_join_of_every_table_is_kept(feed: Feed) -> None:
+    feed.join(join(None))
+    read = planned(feed, only_every_table)
+
+    feed.wake("t5")
+    feed.complete(read, result(S1))
+
+    assert planned(feed, only_every_table).requests == [Request(0, "t5", S1)]
+
+
+def test_a_wake_up_before_a_join_of_every_table_is_read_after_it(feed: Feed) -> None:
+    feed.join(join(None))
+    feed.wake("t5")
+
+    read = planned(feed, only_every_table)
+    assert read.requests == []
+    feed.complete(read, result(S1))
+
+    assert planned(feed, only_every_table).requests == [Request(0, "t5", S1)]
+
+
+def test_a_refresh_reads_every_other_table_from_the_every_table_snapshot(feed: Feed) -> None:
+    every_table_live(feed, S1)
+    feed.wake("t9")
+    feed.complete(planned(feed, only_every_table), result(S2))
+
+    feed.refresh()
+    read = planned(feed, only_every_table)
+
+    assert read.requests == [Request(0, "t9", S2), Request(1, None, S1, exclude=("t9",))]
+    assert read.every_table == 1
+    found = [change("t3", "a", 7), change("t4", "b", 6), change("t3", "c", 5)]
+    batches, _ = feed.complete(read, result(S3, [Row(1, c) for c in found]))
+    assert [(b.table_id, [c.id for c in b.changes], b.since) for b in batches] == [
+        ("t9", [], cursor(S2)),
+        ("t3", ["c", "a"], cursor(S1)),
+        ("t4", ["b"], cursor(S1)),
+    ]
+    # Every table is now at S3: t9 needs no snapshot of its own.
+    feed.refresh()
+    assert planned(feed, only_every_table).requests == [Request(0, None, S3)]
+
+
+def test_a_table_joined_while_every_table_is_live_is_read_up_to_the_join(feed: Feed) -> None:
+    every_table_live(feed, S1)
+    the_join = join("t2", cursor(S2))
+    feed.join(the_join)
+
+    read = planned(feed, only_every_table)
+
+    assert read.requests == [Request(0, "t2", S1), Request(1, "t2", S2)]
+    assert read.live == {"t2": 0}
+    assert read.joins == [(the_join, 1)]
+    early, late = change("t2", "a", 3), change("t2", "b", 8)
+    batches, answered = feed.complete(read, result(S3, [Row(0, early), Row(0, late), Row(1, late)]))
+    assert [(b.table_id, b.changes) for b in batches] == [("t2", [early, late])]
+    assert answered == [(the_join, JoinResult(None, [late], cursor(S3)))]
+
+
+def test_a_history_reset_of_every_table_only_moves_it_on(feed: Feed) -> None:
+    every_table_live(feed, S1)
+    feed.refresh()
+    read = planned(feed, only_every_table)
+
+    batches, _ = feed.complete(read, result(S2, resets={0: PRUNED}))
+
+    assert batches == []
+    feed.refresh()
+    assert planned(feed, only_every_table).requests == [Request(0, None, S2)]
+
+
+def test_without_every_table_subscribers_other_tables_are_not_read(feed: Feed) -> None:
+    every_table_live(feed, S1)
+    feed.wake("t9")
+    feed.complete(planned(feed, only_every_table), result(S2))
+
+    assert feed.plan(ORIGIN, nobody) is None
+    feed.wake("t9")
+    assert not feed.due

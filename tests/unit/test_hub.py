@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from broadcaster.changes import Change
-from broadcaster.hub import Batch, Hub
+from broadcaster.hub import EVERY_TABLE, Batch, Hub
 
 CURSOR = "v1:7316243112858025123:16384:100:105:101"
 CURSOR_0 = "v1:7316243112858025123:16384:90:95:"
@@ -102,6 +102,33 @@ def test_subscriber_gets_the_published_batch(hub: Hub) -> None:
     assert hub.publish(published) == 1
     assert subscriber.batches == [published]
     assert subscriber.batches[0] is published
+
+
+def test_a_subscriber_of_every_table_gets_every_tables_batches(hub: Hub) -> None:
+    log: list[tuple[str, Batch]] = []
+    everything, one = Recorder("every", log), Recorder("t1", log)
+    hub.subscribe(EVERY_TABLE, everything)
+    hub.subscribe("t1", one)
+    first = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
+    second = Batch("t2", [change("t2", "r2", 2)], CURSOR, since=CURSOR)
+
+    assert hub.publish(first) == 2
+    assert hub.publish(second) == 1
+
+    assert log == [("t1", first), ("every", first), ("every", second)]
+    assert hub.is_subscribed(EVERY_TABLE)
+    assert not hub.is_subscribed("t2")
+    hub.unsubscribe(EVERY_TABLE, everything)
+    assert not hub.is_subscribed(EVERY_TABLE)
+
+
+def test_a_subscriber_of_a_table_and_of_every_table_gets_a_batch_once(hub: Hub) -> None:
+    subscriber = Recorder()
+    hub.subscribe("t1", subscriber)
+    hub.subscribe(EVERY_TABLE, subscriber)
+
+    assert hub.publish(Batch("t1", [], CURSOR, since=CURSOR)) == 1
+    assert len(subscriber.batches) == 1
 
 
 def test_subscribe_counts_tables_and_subscribers(hub: Hub) -> None:

@@ -30,7 +30,7 @@ from broadcaster.changes import Change
 from broadcaster.hub import Batch, Hub
 from broadcaster.phoenix import VSN_1, VSN_2, Message
 from broadcaster.presence import Presences
-from broadcaster.supabase import COLUMNS, Binding, FilterError, SupabaseSession, parse_filter
+from broadcaster.supabase import COLUMNS, Binding, FilterError, SupabaseSession
 from tests.support.timeouts import eventually, within
 from tests.unit.test_native import FakeJoiner, FakeTransport, unframe
 from tests.unit.test_native_access import FakeVerifier, identity
@@ -295,7 +295,7 @@ def batch(table_id: str, *changes: Change) -> Batch:
     return Batch(table_id, list(changes), "cursor-2", since="cursor-1")
 
 
-# parse_filter
+# Binding routes and filters
 
 
 @pytest.mark.parametrize(
@@ -304,45 +304,55 @@ def batch(table_id: str, *changes: Change) -> Batch:
         ("table_id=eq.abc", ("abc",)),
         ("table_id=eq.a-b_c.d", ("a-b_c.d",)),
         ("table_id=in.(a,b)", ("a", "b")),
-        ("table_id=in.(a)", ("a",)),
         ("table_id=in.( a , b )", ("a", "b")),
-        ('table_id=in.("a","b")', ("a", "b")),
         ('table_id=in.("a b", c)', ("a b", "c")),
-        ('table_id=in.( "x" ,"y")', ("x", "y")),
-        ("table_id=in.(a,,b)", ("a", "b")),
+        ("table_id=in.(a,b),table_id=in.(b,c)", ("b",)),
+        ("table_id=eq.a,id=eq.r1", ("a",)),
+        ("id=eq.r1", None),
+        ("table_id=neq.a", None),
+        ("version=gt.10", None),
+        ("", None),
     ],
 )
-def test_parse_filter_accepts_table_id_eq_and_in(text: str, tables: tuple[str, ...]) -> None:
-    assert parse_filter(text) == tables
+def test_a_binding_routes_by_its_table_id_filters(
+    text: str, tables: tuple[str, ...] | None
+) -> None:
+    assert Binding.parse(binding(text)).tables == tables
 
 
 @pytest.mark.parametrize(
     ("text", "why"),
     [
-        ("id=eq.1", "routed by table_id"),
-        ("data=eq.x", "routed by table_id"),
-        ("table_id=neq.a", "routed by table_id"),
-        ("table_id=like.a*", "routed by table_id"),
-        ("table_id=gt.1", "routed by table_id"),
-        ("table_id=is.null", "routed by table_id"),
+        ("data=eq.x", "not supported"),
+        ("table_id=like.a*", "unsupported operator"),
         ("table_id", "column=operator.value"),
-        ("table_id=a", "column=operator.value"),
-        ("=eq.a", "column=operator.value"),
-        ("table_id=EQ.a", "column=operator.value"),
-        ("table_id=in.a,b", "parentheses"),
         ("table_id=in.(a,b", "parentheses"),
-        ("table_id=in.()", "names an empty table_id"),
-        ("table_id=in.( , )", "names an empty table_id"),
+        ("table_id=in.()", "table_id"),
+        ("table_id=eq.a,table_id=eq.b", "matches no table_id"),
+        ("version=eq.x", "version"),
     ],
 )
-def test_parse_filter_refuses_with_a_reason(text: str, why: str) -> None:
+def test_a_binding_refuses_a_filter_with_a_reason(text: str, why: str) -> None:
     with pytest.raises(FilterError) as caught:
-        parse_filter(text)
+        Binding.parse(binding(text))
     assert why in str(caught.value)
 
 
 def test_filter_error_is_a_value_error() -> None:
     assert issubclass(FilterError, ValueError)
+
+
+def test_a_binding_checks_its_filters_on_the_record_or_the_deleted_key() -> None:
+    parsed = Binding.parse(binding("id=in.(r1,r2),version=gt.5"))
+    assert parsed.matches(change("UPDATE", "ta", "r1", 6), row("ta", "r1", 6))
+    assert parsed.matches(change("INSERT", "tb", "r2", 9), row("tb", "r2", 9))
+    assert not parsed.matches(change("UPDATE", "ta", "r1", 5), row("ta", "r1", 5))
+    assert not parsed.matches(change("UPDATE", "ta", "r3", 6), row("ta", "r3", 6))
+    deleted = change("DELETE", "ta", "r1", 7)
+    assert parsed.matches(deleted, {"id": "r1", "table_id": "ta", "version": 7})
+    on_time = Binding.parse(binding("created_at=gt.2020-01-01"))
+    # A DELETE carries only the key: a filter on another column cannot pass.
+    assert not on_time.matches(deleted, {"id": "r1", "table_id": "ta", "version": 7})
 
 
 # Binding.parse
@@ -395,20 +405,19 @@ def test_binding_refuses_other_schemas_and_tables(entry: dict[str, Any]) -> None
     assert "only public.rows" in str(caught.value)
 
 
-@pytest.mark.parametrize("filter", [None, "", 5, ["table_id=eq.a"]])
-def test_binding_needs_a_table_id_filter(filter: Any) -> None:
+@pytest.mark.parametrize("filter", [None, ""])
+def test_a_binding_without_a_filter_routes_to_every_table(filter: Any) -> None:
     entry = {"schema": "public", "table": "rows"}
     if filter is not None:
         entry["filter"] = filter
-    with pytest.raises(FilterError) as caught:
-        Binding.parse(entry)
-    assert "filter on table_id is required" in str(caught.value)
+    assert Binding.parse(entry).tables is None
 
 
-def test_binding_passes_on_filter_errors() -> None:
+@pytest.mark.parametrize("filter", [5, ["table_id=eq.a"]])
+def test_a_binding_filter_must_be_a_string(filter: Any) -> None:
     with pytest.raises(FilterError) as caught:
-        Binding.parse(binding("id=eq.1"))
-    assert "routed by table_id" in str(caught.value)
+        Binding.parse({"schema": "public", "table": "rows", "filter": filter})
+    assert "must be a string" in str(caught.value)
 
 
 @pytest.mark.parametrize("entry", [None, "table_id=eq.a", ["table_id=eq.a"], 3])
@@ -450,12 +459,13 @@ def test_binding_ids_are_positive_31_bit_integers() -> None:
 def test_binding_matches_its_event_and_tables() -> None:
     inserts = Binding.parse(binding("table_id=in.(a,b)", "INSERT"))
     every = Binding.parse(binding("table_id=eq.a", "*"))
-    assert inserts.matches(change("INSERT", "a", "r", 1))
-    assert inserts.matches(change("INSERT", "b", "r", 1))
-    assert not inserts.matches(change("UPDATE", "a", "r", 1))
-    assert not inserts.matches(change("INSERT", "c", "r", 1))
-    assert every.matches(change("DELETE", "a", "r", 1))
-    assert not every.matches(change("DELETE", "b", "r", 1))
+    key = {"id": "r", "table_id": "a", "version": 1}
+    assert inserts.matches(change("INSERT", "a", "r", 1), row("a", "r", 1))
+    assert inserts.matches(change("INSERT", "b", "r", 1), row("b", "r", 1))
+    assert not inserts.matches(change("UPDATE", "a", "r", 1), row("a", "r", 1))
+    assert not inserts.matches(change("INSERT", "c", "r", 1), row("c", "r", 1))
+    assert every.matches(change("DELETE", "a", "r", 1), key)
+    assert not every.matches(change("DELETE", "b", "r", 1), {**key, "table_id": "b"})
 
 
 # Framing on the wire
@@ -645,7 +655,7 @@ async def test_a_refused_filter_sends_a_system_error_then_an_error_reply(
     world: World, vsn: str
 ) -> None:
     client = world.connect(vsn)
-    ref = client.join(TOPIC, [binding("table_id=eq.a"), binding("id=eq.7")])
+    ref = client.join(TOPIC, [binding("table_id=eq.a"), binding("data=eq.7")])
     reply = await client.wait_reply(ref)
     system, answered = client.messages
     assert answered == reply
@@ -655,11 +665,53 @@ async def test_a_refused_filter_sends_a_system_error_then_an_error_reply(
     assert system.payload["status"] == "error"
     assert system.payload["channel"] == "room"
     reason = system.payload["message"]
-    assert "routed by table_id" in reason
+    assert "filters on data (jsonb) are not supported" in reason
     assert reply.payload == {"status": "error", "response": {"reason": reason}}
     assert (reply.ref, reply.join_ref) == (ref, ref)
     assert world.joiner.joins == []
     assert client.session.tables == {}
+
+
+class DenyingEveryTable(RecordingAuthorizer):
+    def allowed(self, identity: Identity | None, table_id: str) -> bool:
+        super().allowed(identity, table_id)
+        return table_id != "*"
+
+
+async def test_a_binding_on_another_column_joins_every_table_and_filters_rows(
+    world: World, vsn: str
+) -> None:
+    authorizer = RecordingAuthorizer()
+    client = world.connect(vsn, authorizer=authorizer)
+    reply = await world.live(client, TOPIC, [binding("id=eq.r1", "UPDATE")])
+
+    assert world.hub.is_subscribed(None)
+    assert [table_id for _, table_id in authorizer.asked] == ["*"]
+    (entry,) = reply.payload["response"]["postgres_changes"]
+    client.clear()
+    world.hub.publish(batch("ta", change("UPDATE", "ta", "r1", 2), change("UPDATE", "ta", "r2", 3)))
+    world.hub.publish(batch("tb", change("INSERT", "tb", "r1", 4), change("UPDATE", "tb", "r1", 5)))
+
+    changes = [m.payload for m in client.on(TOPIC) if m.event == "postgres_changes"]
+    assert [
+        (p["ids"], p["data"]["record"]["table_id"], p["data"]["record"]["version"]) for p in changes
+    ] == [
+        ([entry["id"]], "ta", 2),
+        ([entry["id"]], "tb", 5),
+    ]
+    client.session.close()
+    assert not world.hub.is_subscribed(None)
+
+
+async def test_every_table_needs_the_authorizer_to_grant_star(world: World) -> None:
+    client = world.connect(authorizer=DenyingEveryTable())
+    ref = client.join(TOPIC, [binding("version=gt.3")])
+
+    reply = await client.wait_reply(ref)
+
+    assert reply.payload["status"] == "error"
+    assert "reads every table" in reply.payload["response"]["reason"]
+    assert world.joiner.joins == []
 
 
 async def test_a_join_with_an_event_that_is_not_a_string_is_refused_with_a_reason(

@@ -1,4 +1,5 @@
-// Unmodified supabase-js apps against broadcaster: postgres_changes on `rows`, by table_id.
+// Unmodified supabase-js apps against broadcaster: postgres_changes on `rows`, by table_id
+// and filtered on other columns.
 //
 // Run by tests/e2e/test_supabase.py, which starts the server and passes
 // BROADCASTER_URL (http://host:port) and DATABASE_URL. Every wait is bounded by
@@ -127,17 +128,55 @@ test("an UPDATE-only binding gets only updates; another table's channel gets not
   assert.equal(elsewhere.seen.length, 0);
 });
 
+test("a binding filtered on another column gets the matching rows of every table", async () => {
+  const client = supabase();
+  const byId = collector();
+  const both = collector();
+  const channel = client
+    .channel("by-id")
+    .on(
+      "postgres_changes",
+      { event: "*", schema: "public", table: "rows", filter: "id=in.(f1,f3)" },
+      (payload) => byId.push(payload),
+    )
+    .on(
+      "postgres_changes",
+      { event: "UPDATE", schema: "public", table: "rows", filter: "table_id=eq.fa,id=eq.f1" },
+      (payload) => both.push(payload),
+    );
+  assert.equal((await subscribe(channel))[0], "SUBSCRIBED");
+
+  await db.query(
+    "INSERT INTO rows (id, table_id) VALUES ('f1', 'fa'), ('f2', 'fa'), ('f3', 'fb'), ('f4', 'fc')",
+  );
+  const inserted = await byId.next(2, "the inserts of f1 and f3");
+  assert.deepEqual(inserted.map((p) => [p.eventType, p.new.id]).sort(), [
+    ["INSERT", "f1"],
+    ["INSERT", "f3"],
+  ]);
+  await db.query(`UPDATE rows SET data = '{"n": 2}' WHERE id IN ('f1', 'f2')`);
+  const [, , updated] = await byId.next(3, "the update of f1");
+  assert.equal(updated.new.id, "f1");
+  const [fromBoth] = await both.next(1, "the update of f1 in table fa");
+  assert.deepEqual([fromBoth.eventType, fromBoth.new.table_id], ["UPDATE", "fa"]);
+  await db.query("DELETE FROM rows WHERE id IN ('f2', 'f3')");
+  const [, , , deleted] = await byId.next(4, "the delete of f3");
+  assert.deepEqual([deleted.eventType, deleted.old.id], ["DELETE", "f3"]);
+  assert.equal(byId.seen.length, 4);
+  assert.equal(both.seen.length, 1);
+});
+
 test("a binding the server cannot serve is refused with the reason", async () => {
   const channel = supabase()
     .channel("unroutable")
     .on(
       "postgres_changes",
-      { event: "*", schema: "public", table: "rows", filter: "id=eq.r1" },
+      { event: "*", schema: "public", table: "rows", filter: "data=eq.1" },
       () => {},
     );
   const [status, error] = await subscribe(channel);
   assert.equal(status, "CHANNEL_ERROR");
-  assert.match(String(error?.message ?? error), /routed by table_id/);
+  assert.match(String(error?.message ?? error), /filters on data \(jsonb\) are not supported/);
 });
 
 test("the seed's useTableRealtime shape works unchanged", async () => {
