@@ -2,13 +2,15 @@
 --
 -- `broadcaster migrate` installs this file and reinstalls it whenever its text
 -- changes; every statement is idempotent. It needs the objects of the schema
--- migrations (rows.changed_xid, rows.inserted_xid, broadcaster_tombstones).
+-- migrations (rows.changed_xid, rows.inserted_xid, broadcaster_tombstones,
+-- broadcaster_listeners).
 --
 -- How changes reach clients: the server reads them. A BEFORE trigger stamps each
 -- changed row with its transaction id (changed_xid) and a fresh version; a
 -- deletion leaves a tombstone. A server's read asks for rows and tombstones whose
 -- transaction is not visible in a snapshot (the cursor), in a statement whose own
--- snapshot becomes the next cursor. NOTIFY only wakes the servers up.
+-- snapshot becomes the next cursor. NOTIFY only wakes the servers up, and is
+-- skipped while the servers have promised to read the table anyway.
 --
 -- Payload on channel `broadcaster_changes` (decoded by broadcaster/payloads.py):
 -- the table_id whose rows changed, or the empty string for "any table" (a
@@ -40,6 +42,19 @@ BEGIN
     -- refuses to PREPARE (two-phase commit) a transaction that sent a NOTIFY.
     -- Its rows are still stamped; servers find them at their next read.
     IF current_setting('broadcaster.wake', true) = 'off' THEN
+        RETURN;
+    END IF;
+    -- A NOTIFY makes the commit take a cluster-wide lock through its WAL flush,
+    -- so it is skipped while every server process serving this table has
+    -- promised to read it unasked (broadcaster/polling.py), or none serves it.
+    -- Only in READ COMMITTED, where this statement sees the latest promises;
+    -- the caller has taken its xid already, which the promise relies on.
+    IF table_id <> '' AND current_setting('transaction_isolation') = 'read committed'
+       AND NOT EXISTS (
+           SELECT FROM broadcaster_listeners AS l
+           WHERE l.table_id IN (broadcaster_wake.table_id, '')
+             AND l.polling_until < clock_timestamp()
+       ) THEN
         RETURN;
     END IF;
     -- A writer's transaction must never fail because of us: a table_id too long

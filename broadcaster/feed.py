@@ -189,6 +189,14 @@ class Feed:
         else:
             del self._joining[join.table_id]
 
+    def served(self, is_subscribed: Callable[[str | None], bool]) -> tuple[set[str], bool]:
+        """The tables live or being joined for subscribers of their own, and whether every
+        table is (for :class:`~broadcaster.polling.Polling`'s registrations)."""
+        tables = {t for t in self._live if is_subscribed(t)}
+        tables.update(t for t in self._joining if t is not None)
+        every = None in self._joining or (self._all_since is not None and is_subscribed(None))
+        return tables, every
+
     @property
     def due(self) -> bool:
         return bool(self._joins or self._woken or self._wake_all)

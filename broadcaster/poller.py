@@ -1,9 +1,12 @@
-"""Runs the changefeed's reads: on wake-ups, joins, a new LISTEN session and a timer.
+"""Runs the changefeed's reads: on wake-ups, joins, a new LISTEN session and timers.
 
-The I/O around :class:`~broadcaster.feed.Feed`: it runs one read at a time
-through :class:`~broadcaster.queries.ChangeReader`, publishes live batches to
-the hub and answers joins, retries a failed read with capped backoff, and
-prunes old tombstones. It is *caught up* once a read of every live table has
+The I/O around :class:`~broadcaster.feed.Feed` and
+:class:`~broadcaster.polling.Polling`: it registers the tables this process
+serves (with the promises that let writers skip their NOTIFY), reads promised
+tables every poll interval, runs one read at a time through
+:class:`~broadcaster.queries.ChangeReader`, publishes live batches to the hub
+and answers joins, retries a failed read with capped backoff, and prunes old
+tombstones. It is *caught up* once a read of every live table has
 finished after the current LISTEN session started: a change committed while
 no LISTEN session was up raised no wake-up, but that read finds it.
 """
@@ -11,16 +14,19 @@ no LISTEN session was up raised no wake-up, but that read finds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from .cursors import Origin
-from .feed import Feed, Join
+from .feed import Feed, Join, Read
 from .hub import Hub
 from .payloads import decode
+from .polling import EVERY, Polling
 from .queries import DATABASE_ERRORS, ChangeReader
 
 __all__ = ["Poller"]
@@ -38,6 +44,9 @@ class Poller:
         tombstone_retention: float,
         retry_max_delay: float,
         read_delay: float = 0.0,
+        process: str = "",
+        poll_interval: float = 0.005,
+        poll_window: float = 0.0,
     ) -> None:
         self._hub = hub
         self._reader = reader
@@ -46,6 +55,8 @@ class Poller:
         self._tombstone_retention = tombstone_retention
         self._retry_max_delay = retry_max_delay
         self._read_delay = read_delay
+        self._process = process
+        self._polling = Polling(window=poll_window, interval=poll_interval)
         self._wakeup = asyncio.Event()
         self._origin: Origin | None = None
         self._session = 0
@@ -59,12 +70,18 @@ class Poller:
     # Called by the listener; both only record and return.
 
     def notified(self, payload: str) -> None:
-        self._feed.wake(decode(payload))
+        table_id = decode(payload)
+        self._feed.wake(table_id)
+        if table_id is not None:
+            self._polling.woken(table_id)
         if self._feed.due:
             self._wakeup.set()
 
     def listening(self) -> None:
-        """A LISTEN session started: read every live table again."""
+        """A LISTEN session started: register again and read every live table again."""
+        # The registrations may be gone with a crashed database (they are
+        # unlogged); they are made again before that read.
+        self._polling.reset()
         self._session += 1
         self.status = "catching up after (re)connecting"
         self._feed.wake(None)
@@ -86,11 +103,23 @@ class Poller:
             tasks.create_task(self._timer(self._refresh_interval, self._refresh))
             tasks.create_task(self._timer(self._refresh_interval * 10, self._prune))
 
+    async def unregister(self) -> None:
+        """Remove this process's registrations (on a clean stop), so writers stop notifying it."""
+        if self._polling.registered:
+            await self._reader.unregister(self._process, sorted(self._polling.registered))
+            self._polling.dropped(list(self._polling.registered))
+
     async def _read_loop(self) -> None:
         failures = 0
         while True:
-            await self._wakeup.wait()
-            if self._read_delay:
+            deadline = self._polling.next_deadline(time.monotonic())
+            if deadline is None:
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        await self._wakeup.wait()
+            if self._read_delay and self._wakeup.is_set():
                 # Commits that arrive together are read, and framed, together:
                 # fewer reads and sends per change, for a bounded added delay.
                 await asyncio.sleep(self._read_delay)
@@ -110,13 +139,56 @@ class Poller:
             if self._feed.due:
                 self._wakeup.set()
 
+    async def _register(self) -> None:
+        """Bring the registrations in line with the tables served, before reading them."""
+        tables, every = self._feed.served(self._hub.is_subscribed)
+        if every:
+            tables.add(EVERY)
+        promise, drop = self._polling.changes(tables, time.monotonic())
+        if promise:
+            try:
+                await self._reader.promise(self._process, promise, self._polling.window)
+            except BaseException:
+                self._polling.promised(promise, time.monotonic(), confirmed=False)
+                raise
+            self._polling.promised(promise, time.monotonic())
+        if drop:
+            await self._reader.unregister(self._process, drop)
+            self._polling.dropped(drop)
+
+    def _observe(
+        self,
+        snapshot: str,
+        issued_at: float,
+        read: set[str],
+        found: set[str],
+        horizon: int | None = None,
+    ) -> None:
+        for table_id in self._polling.observe(snapshot, issued_at, read, found, horizon):
+            # The final read of a promise that ran out.
+            self._feed.wake(None if table_id == EVERY else table_id)
+            self._wakeup.set()
+
     async def _read_once(self) -> None:
         if self._origin is None:
             self._origin = await self._reader.origin()
-        session = self._session
+        await self._register()
+        for table_id in self._polling.to_poll(time.monotonic()):
+            self._feed.wake(table_id)
         read = self._feed.plan(self._origin, self._hub.is_subscribed)
-        if read is None:
-            return
+        if read is not None:
+            await self._read(read)
+        issued_at = time.monotonic()
+        if self._polling.needs_horizon(issued_at):
+            horizon, snapshot = await self._reader.horizon()
+            self._observe(snapshot, issued_at, set(), set(), horizon)
+        elif read is None and self._polling.needs_snapshot(issued_at):
+            snapshot = (await self._reader.read([])).snapshot
+            self._observe(snapshot, issued_at, set(), set())
+
+    async def _read(self, read: Read) -> None:
+        session = self._session
+        issued_at = time.monotonic()
         try:
             result = await self._reader.read(read.requests)
         except asyncpg.DataError:
@@ -133,6 +205,12 @@ class Poller:
             self._feed.failed(read)
             raise
         batches, answered = self._feed.complete(read, result)
+        self._observe(
+            result.snapshot,
+            issued_at,
+            set(read.live),
+            {batch.table_id for batch in batches if batch.changes},
+        )
         for batch in batches:
             self._hub.publish(batch)
         for join, join_result in answered:
@@ -159,6 +237,14 @@ class Poller:
         # retention; it also bounds the delay of any change whose wake-up was lost.
         self._feed.refresh()
         self._wakeup.set()
+        # Registrations of a process silent for three refreshes are removed (it
+        # died, or was stopped that long; until then its writers keep
+        # notifying): this one registers again if so.
+        kept = await self._reader.keep_listening(self._process, 3 * self._refresh_interval)
+        if kept < len(self._polling.registered):
+            logger.warning("poller: registrations were removed; registering again")
+            self._polling.reset()
+            self._wakeup.set()
 
     async def _prune(self) -> None:
         removed = await self._reader.prune(self._tombstone_retention)

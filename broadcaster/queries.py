@@ -181,6 +181,59 @@ class ChangeReader:
             removed = await connection.fetchval(_PRUNE, retention)
         return int(removed or 0)
 
+    async def promise(self, process: str, tables: Sequence[str], window: float) -> None:
+        """Register ``tables`` for ``process``, promising to read them for ``window`` seconds.
+
+        The every-table registration (``''``) is never promised (see polling.py).
+        """
+        await self._pool.execute(
+            "INSERT INTO broadcaster_listeners AS l (table_id, process, polling_until)"
+            " SELECT t, $1, CASE WHEN t = '' THEN '-infinity'::timestamptz"
+            "  ELSE now() + make_interval(secs => $3) END"
+            " FROM unnest($2::text[]) AS t"
+            " ON CONFLICT (table_id, process) DO UPDATE"
+            " SET polling_until = EXCLUDED.polling_until, seen_at = now()",
+            process,
+            list(tables),
+            window,
+        )
+
+    async def horizon(self) -> tuple[int, str]:
+        """A fresh xid, above every xid assigned before it, and a snapshot (see polling.py).
+
+        It takes an xid and commits: nothing is written but the commit record,
+        which need not wait for its flush.
+        """
+        ((_, xid, snapshot),) = await self._pool.fetch(
+            "SELECT set_config('synchronous_commit', 'off', true),"
+            " pg_current_xact_id()::text, pg_current_snapshot()::text"
+        )
+        return int(xid), str(snapshot)
+
+    async def unregister(self, process: str, tables: Sequence[str]) -> None:
+        await self._pool.execute(
+            "DELETE FROM broadcaster_listeners WHERE process = $1 AND table_id = ANY($2::text[])",
+            process,
+            list(tables),
+        )
+
+    async def keep_listening(self, process: str, stale_after: float) -> int:
+        """Prove ``process`` alive; remove the registrations of processes that stopped doing so.
+
+        Returns how many registrations ``process`` still has.
+        """
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "DELETE FROM broadcaster_listeners"
+                " WHERE seen_at < now() - make_interval(secs => $1) AND process <> $2",
+                stale_after,
+                process,
+            )
+            status = await connection.execute(
+                "UPDATE broadcaster_listeners SET seen_at = now() WHERE process = $1", process
+            )
+        return int(status.split()[-1])
+
     async def broadcast(self, payload: str) -> None:
         """NOTIFY one broadcast to every server process (see broadcasts.py)."""
         await self._pool.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, payload)

@@ -123,6 +123,9 @@ class Runtime:
             tombstone_retention=settings.tombstone_retention,
             retry_max_delay=settings.reconnect_max_delay,
             read_delay=settings.read_delay,
+            process=self.broadcasts.process,
+            poll_interval=settings.poll_interval,
+            poll_window=settings.poll_window,
         )
         self.listener = Listener(
             self.database_url,
@@ -182,6 +185,11 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self.poller is not None:
+            try:
+                await asyncio.wait_for(self.poller.unregister(), 5)
+            except (*DATABASE_ERRORS, TimeoutError):
+                logger.warning("removing this process's registrations failed", exc_info=True)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

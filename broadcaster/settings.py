@@ -19,7 +19,9 @@ from .exceptions import ConfigurationError
 __all__ = ["SETTINGS", "Setting", "Settings", "markdown_table"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-_MAY_BE_ZERO = frozenset({"port", "jwt_leeway", "authorizer_cache_seconds", "read_delay"})
+_MAY_BE_ZERO = frozenset(
+    {"port", "jwt_leeway", "authorizer_cache_seconds", "read_delay", "poll_window"}
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Settings:
     keepalive_timeout: float = 5.0
     reconnect_max_delay: float = 10.0
     read_delay: float = 0.002
+    poll_window: float = 1.0
+    poll_interval: float = 0.005
     refresh_interval: float = 30.0
     tombstone_retention: float = 24 * 3600.0
     auth: str | None = None
@@ -211,6 +215,19 @@ SETTINGS: tuple[Setting, ...] = (
         "BROADCASTER_READ_DELAY",
         "Seconds to wait after a wake-up before reading, so commits arriving together "
         "are read and sent together (0: read at once).",
+    ),
+    Setting(
+        "poll_window",
+        "BROADCASTER_POLL_WINDOW",
+        "Seconds this process promises to keep reading a busy table unasked, renewed while "
+        "it stays busy; meanwhile its writers skip their NOTIFY, whose commit lock "
+        "serialises them (0: writers always notify).",
+    ),
+    Setting(
+        "poll_interval",
+        "BROADCASTER_POLL_INTERVAL",
+        "Seconds between reads of a table under a promise: the added delay of a change "
+        "whose writer skipped its NOTIFY.",
     ),
     Setting(
         "refresh_interval",

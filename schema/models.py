@@ -160,3 +160,22 @@ class Presence(Base):
     seen_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=text("now()")
     )
+
+
+class Listener(Base):
+    """A table one server process serves, and until when it promised to read it unasked."""
+
+    __tablename__ = "broadcaster_listeners"
+    __table_args__ = (
+        Index("broadcaster_listeners_process_idx", "process"),
+        {"prefixes": ["UNLOGGED"]},
+    )
+
+    # '' for the process's subscribers of every table (never promised).
+    table_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    process: Mapped[str] = mapped_column(Text, primary_key=True)
+    # While in the future, writers of the table skip their NOTIFY.
+    polling_until: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )

@@ -80,7 +80,7 @@ TOMBSTONE_INDEXES = {
     " ON public.broadcaster_tombstones USING btree (deleted_at)",
 }
 STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8"}
-HEAD = ["0001", "0002", "0003"]
+HEAD = ["0001", "0002", "0003", "0004"]
 FRESH = MigrationReport(applied_revisions=HEAD, triggers_installed=True)
 CURRENT = MigrationReport(applied_revisions=[], triggers_installed=False)
 # Waits for a line on stdin once imported, so that the runs start together.
@@ -169,6 +169,11 @@ async def wakes_up(url: str, db: asyncpg.Connection, statement: str) -> None:
     """Run ``statement`` on ``db`` and wait for the wake-up it sends, whatever its payload."""
     listener = await asyncpg.connect(url)
     try:
+        # As a server with a subscriber of every table: every write notifies.
+        await listener.execute(
+            "INSERT INTO broadcaster_listeners (table_id, process, polling_until)"
+            " VALUES ('', 'tests', '-infinity') ON CONFLICT DO NOTHING"
+        )
         payloads: asyncio.Queue[str] = asyncio.Queue()
         await listener.add_listener(
             CHANNEL, lambda _conn, _pid, _channel, payload: payloads.put_nowait(payload)
@@ -298,7 +303,7 @@ async def test_upgrades_a_database_of_revision_0001(
     assert "rows_table_id_idx" in await indexes(db)
 
     assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003"], triggers_installed=True
+        applied_revisions=["0002", "0003", "0004"], triggers_installed=True
     )
 
     await assert_changefeed_objects(db)
@@ -402,7 +407,7 @@ async def test_replaces_a_changed_xid_index_left_invalid(
         )
 
     assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003"], triggers_installed=True
+        applied_revisions=["0002", "0003", "0004"], triggers_installed=True
     )
 
     await assert_changefeed_objects(db)
@@ -432,7 +437,7 @@ async def test_adopts_changefeed_objects_that_exist(
     tombstones = await db.fetch("SELECT * FROM broadcaster_tombstones")
 
     assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003"], triggers_installed=True
+        applied_revisions=["0002", "0003", "0004"], triggers_installed=True
     )
 
     await assert_changefeed_objects(db)
@@ -517,7 +522,9 @@ async def test_adopting_complete_changefeed_objects_does_not_block_writers(
 
     report = await migrate_beside_open_writer(database_url, wait_units=15)
 
-    assert report == MigrationReport(applied_revisions=["0002", "0003"], triggers_installed=False)
+    assert report == MigrationReport(
+        applied_revisions=["0002", "0003", "0004"], triggers_installed=False
+    )
 
 
 async def test_current_schema_does_not_block_writers(database_url: str) -> None:

@@ -26,10 +26,29 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+async def register(
+    db: asyncpg.Connection, table_id: str, polling_until: str, process: str = "tests"
+) -> None:
+    """Register ``process`` for ``table_id`` as a server does, with its promise's end."""
+    await db.execute(
+        "INSERT INTO broadcaster_listeners (table_id, process, polling_until)"
+        " VALUES ($1, $2, $3::text::timestamptz) ON CONFLICT (table_id, process)"
+        " DO UPDATE SET polling_until = EXCLUDED.polling_until",
+        table_id,
+        process,
+        polling_until,
+    )
+
+
 @pytest.fixture
 async def wakeups(database_url: str) -> AsyncIterator[asyncio.Queue[str]]:
-    """Every payload sent on the channel, in delivery order."""
+    """Every payload sent on the channel, in delivery order.
+
+    A listener of every table is registered, as a server with a subscriber of
+    every table does, so that every write notifies.
+    """
     conn = await asyncpg.connect(database_url)
+    await register(conn, "", "-infinity")
     queue: asyncio.Queue[str] = asyncio.Queue()
     await conn.add_listener(
         CHANNEL, lambda _conn, _pid, _channel, payload: queue.put_nowait(payload)
@@ -186,3 +205,38 @@ async def test_a_writer_may_turn_wake_ups_off_and_still_gets_stamped(
         await db.execute("TRUNCATE rows")
     assert await sent_since(db, wakeups) == []
     assert await tombstones(db) != []
+
+
+async def test_a_writer_skips_the_wake_up_while_every_server_promised_to_read(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    await db.execute("DELETE FROM broadcaster_listeners")
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('nobody', 't1')")
+    assert await sent_since(db, wakeups) == []  # no server serves t1
+
+    await register(db, "t1", "infinity", process="a")
+    await db.execute("UPDATE rows SET data = '{\"n\": 1}' WHERE id = 'nobody'")
+    assert await sent_since(db, wakeups) == []  # a's promise runs
+
+    await register(db, "t1", "-infinity", process="b")
+    await db.execute("UPDATE rows SET data = '{\"n\": 2}' WHERE id = 'nobody'")
+    assert await sent_since(db, wakeups) == ["t1"]  # b's does not
+
+    await register(db, "t1", "infinity", process="b")
+    await db.execute("UPDATE rows SET data = '{\"n\": 3}' WHERE id = 'nobody'")
+    assert await sent_since(db, wakeups) == []
+    await db.execute("DELETE FROM rows WHERE id = 'nobody'")
+    assert await sent_since(db, wakeups) == []
+    await db.execute("TRUNCATE rows")
+    assert await sent_since(db, wakeups) == [""]  # every table: always
+
+
+async def test_outside_read_committed_a_writer_always_wakes(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    """Its snapshot may predate a registration, so it cannot trust what it sees."""
+    await db.execute("DELETE FROM broadcaster_listeners")
+    await register(db, "t1", "infinity")
+    async with db.transaction(isolation="repeatable_read"):
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('rr', 't1')")
+    assert await sent_since(db, wakeups) == ["t1"]

@@ -1,0 +1,184 @@
+"""Promises to read tables unasked, so that writers may skip their wake-up.
+
+Sans-I/O. A transaction that sends a NOTIFY takes a cluster-wide lock at
+commit and holds it through its WAL flush, so notifying writers commit one at
+a time. Writers therefore skip the NOTIFY while every server process that reads
+their table has *promised* to read it anyway: each process registers the tables
+it serves in ``broadcaster_listeners`` with ``polling_until``, and the trigger
+(in ``READ COMMITTED``, where each of its statements sees the latest commits)
+notifies only if some registered process's ``polling_until`` has passed.
+
+A promise made at local time ``at`` for ``window`` seconds binds this process to:
+
+1. read the table every ``interval`` seconds until ``until = at + window``
+   (``at`` is taken after the database confirmed the promise, so ``until`` is
+   never earlier than the ``polling_until`` writers saw);
+2. then take a *horizon* after ``until``: a fresh xid, above every xid assigned
+   before it; wait for a snapshot in which every xid below the horizon has
+   ended, and read the table once more.
+
+A writer that skipped its wake-up checked the promise after its transaction
+got its xid and before ``until``, so that xid is below the horizon: its change
+is read once it commits, however long it stays open. (A snapshot's ``xip``
+alone would not do: it lists only transactions below its ``xmax``, one past the
+latest *completed* xid, so a transaction newer than that is in no list.)
+
+A registration is a promise too, since a writer that checked just before it
+saw no row and skipped. The promise is renewed while the table is busy (a
+wake-up arrived, or a read found changes), so writers of a busy table stop
+notifying; an idle table's promise runs out, and its next writer wakes us.
+
+Subscribers of every table register as :data:`EVERY` and never promise (writers
+keep notifying while one exists anywhere); only step 2 applies, and its final
+read is a read of every table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from .cursors import Snapshot
+
+__all__ = ["EVERY", "Polling"]
+
+EVERY = ""
+"""The registration of every-table subscribers (never promised)."""
+
+
+@dataclass
+class _Promise:
+    until: float
+    horizon: int | None = None
+    """After ``until``: every xid below it must end before the final read."""
+    busy: bool = False
+    check_at: float = 0.0
+    check_every: float = 0.0
+
+
+class Polling:
+    """The promises of one server process, and the reads they call for."""
+
+    def __init__(self, *, window: float, interval: float, max_check_interval: float = 1.0) -> None:
+        self.window = window
+        self.interval = interval
+        self._max_check_interval = max(max_check_interval, interval)
+        self.registered: set[str] = set()
+        self._promises: dict[str, _Promise] = {}
+        self._renew: set[str] = set()
+        self._polled_at = float("-inf")
+
+    def changes(self, wanted: Collection[str], now: float) -> tuple[list[str], list[str]]:
+        """Tables to promise (new ones, and renewals that are due), and to unregister."""
+        drop = sorted(self.registered.difference(wanted))
+        promise = set(wanted).difference(self.registered)
+        promise.update(self._renew.intersection(wanted))
+        for table_id, state in self._promises.items():
+            due = state.busy and state.until - now < self.window / 2
+            if due and table_id != EVERY and table_id in wanted:
+                promise.add(table_id)
+        return sorted(promise), drop
+
+    def promised(self, tables: Iterable[str], at: float, *, confirmed: bool = True) -> None:
+        """The database holds these promises, made at ``at`` or before.
+
+        Not ``confirmed``: the statement failed, yet may have committed; the
+        promises are kept and the registrations made again.
+        """
+        for table_id in tables:
+            if confirmed:
+                self.registered.add(table_id)
+                self._renew.discard(table_id)
+            until = at if table_id == EVERY else at + self.window
+            self._promises[table_id] = _Promise(until)
+
+    def dropped(self, tables: Iterable[str]) -> None:
+        for table_id in tables:
+            self.registered.discard(table_id)
+            self._renew.discard(table_id)
+            self._promises.pop(table_id, None)
+
+    def reset(self) -> None:
+        """The registrations may be gone (the database restarted): make them all again."""
+        self.registered.clear()
+
+    def woken(self, table_id: str) -> None:
+        """A writer notified: the table is busy and its promise ran out; renew it."""
+        if table_id in self.registered and table_id != EVERY:
+            self._renew.add(table_id)
+
+    def to_poll(self, now: float) -> list[str]:
+        """The tables to read now because of a promise still running (every ``interval``)."""
+        if now < self._polled_at + self.interval:
+            return []
+        tables = [t for t, state in self._promises.items() if now < state.until]
+        if tables:
+            self._polled_at = now
+        return tables
+
+    def needs_horizon(self, now: float) -> bool:
+        """Has a promise ended that has no horizon yet?"""
+        return any(now >= s.until and s.horizon is None for s in self._promises.values())
+
+    def needs_snapshot(self, now: float) -> bool:
+        """Does a promise past its end need a fresh snapshot (or a horizon)?"""
+        return any(
+            now >= state.until and (state.horizon is None or now >= state.check_at)
+            for state in self._promises.values()
+        )
+
+    def next_deadline(self, now: float) -> float | None:
+        """When something is next due (a poll, a check or a renewal); ``None``: nothing is."""
+        deadlines = []
+        for state in self._promises.values():
+            if now < state.until:
+                deadlines.append(max(now, self._polled_at + self.interval))
+                if state.busy:
+                    deadlines.append(state.until - self.window / 2)
+            elif state.horizon is None:
+                deadlines.append(state.until)
+            else:
+                deadlines.append(state.check_at)
+        return min(deadlines) if deadlines else None
+
+    def observe(
+        self,
+        snapshot: str,
+        issued_at: float,
+        read: Collection[str],
+        found: Collection[str],
+        horizon: int | None = None,
+    ) -> list[str]:
+        """A statement issued at ``issued_at`` returned ``snapshot`` (and, if it took one,
+        ``horizon``) after reading ``read`` and finding changes of ``found``; return the
+        tables whose final read is now due."""
+        parsed = Snapshot.parse(snapshot)
+        final: list[str] = []
+        for table_id, state in list(self._promises.items()):
+            if table_id in found:
+                state.busy = True
+            if issued_at < state.until:
+                continue
+            if state.horizon is None:
+                if horizon is None:
+                    continue
+                state.horizon = horizon
+            if not _ended_below(parsed, state.horizon):
+                state.check_every = min(
+                    self._max_check_interval, max(self.interval, state.check_every * 2)
+                )
+                state.check_at = issued_at + state.check_every
+                continue
+            del self._promises[table_id]
+            if table_id not in read or table_id == EVERY:
+                final.append(table_id)
+        return final
+
+
+def _ended_below(snapshot: Snapshot, horizon: int) -> bool:
+    """Had every xid below ``horizon`` ended when ``snapshot`` was taken?
+
+    Xids from ``xmax`` up are in no list, running or not: only below it is
+    ``xip`` the complete list of those still running.
+    """
+    return snapshot.xmax >= horizon and all(xid >= horizon for xid in snapshot.xip)

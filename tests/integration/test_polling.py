@@ -1,0 +1,134 @@
+"""Skipped wake-ups against a real server and Postgres: promises keep every change coming."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests.support.server import client, running_server
+from tests.support.timeouts import eventually, seconds
+
+pytestmark = pytest.mark.asyncio
+
+CHANNEL = "broadcaster_changes"
+WINDOW = 0.3
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def wakeups(database_url: str) -> AsyncIterator[list[str]]:
+    """Every wake-up sent, as the LISTEN connection of a server hears it."""
+    connection = await asyncpg.connect(database_url)
+    heard: list[str] = []
+    await connection.add_listener(CHANNEL, lambda *args: heard.append(args[3]))
+    yield heard
+    await connection.close()
+
+
+async def sent_so_far(db: asyncpg.Connection, heard: list[str]) -> list[str]:
+    """The wake-ups sent by what ``db`` committed so far (a marker closes the list)."""
+    await db.execute("SELECT pg_notify($1, 'marker')", CHANNEL)
+    await eventually(lambda: "marker" in heard)
+    sent = heard[: heard.index("marker")]
+    del heard[: heard.index("marker") + 1]
+    return sent
+
+
+async def test_writers_of_a_busy_table_skip_their_wake_ups_and_nothing_is_lost(
+    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+) -> None:
+    async with (
+        running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
+        client(server) as c,
+    ):
+        await c.subscribe("t1")
+        for n in range(50):
+            await db.execute("INSERT INTO rows (id, table_id) VALUES ($1, 't1')", f"r{n}")
+        received = await c.changes(50)
+        assert sorted(m["row"]["id"] for m in received) == sorted(f"r{n}" for n in range(50))
+        # The subscription itself promised; each renewal needs at most one.
+        assert len(await sent_so_far(db, wakeups)) < 10
+
+
+async def test_a_long_transaction_that_skipped_its_wake_up_arrives_when_it_commits(
+    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+) -> None:
+    slow = await asyncpg.connect(database_url)
+    try:
+        async with (
+            running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
+            client(server) as c,
+        ):
+            await c.subscribe("t1")
+            async with slow.transaction():
+                await slow.execute("INSERT INTO rows (id, table_id) VALUES ('slow', 't1')")
+                # Well past the promise it relied on; the refresh is a minute away.
+                await asyncio.sleep(seconds(1) + 3 * WINDOW)
+            (change,) = await c.changes(1)
+            assert change["row"]["id"] == "slow"
+            assert await sent_so_far(db, wakeups) == []
+    finally:
+        await slow.close()
+
+
+async def test_an_idle_tables_writer_wakes_the_server(
+    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+) -> None:
+    async with (
+        running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
+        client(server) as c,
+    ):
+        await c.subscribe("t1")
+        await asyncio.sleep(seconds(1) + 2 * WINDOW)
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('late', 't1')")
+        (change,) = await c.changes(1)
+        assert change["row"]["id"] == "late"
+        assert await sent_so_far(db, wakeups) == ["t1"]
+
+
+async def test_without_a_window_every_writer_wakes_the_server(
+    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+) -> None:
+    async with (
+        running_server(database_url, poll_window=0, refresh_interval=60) as server,
+        client(server) as c,
+    ):
+        await c.subscribe("t1")
+        for n in range(3):
+            await db.execute("INSERT INTO rows (id, table_id) VALUES ($1, 't1')", f"r{n}")
+        await c.changes(3)
+        assert await sent_so_far(db, wakeups) == ["t1"] * 3
+
+
+async def test_a_server_registers_what_it_serves_and_removes_it_when_it_stops(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    registered = "SELECT table_id FROM broadcaster_listeners ORDER BY table_id"
+    async with running_server(database_url) as server, client(server) as c:
+        await c.subscribe("t1")
+        await c.subscribe("t2")
+        assert [r["table_id"] for r in await db.fetch(registered)] == ["t1", "t2"]
+    assert await db.fetch(registered) == []
+
+
+async def test_the_registrations_of_a_dead_process_are_removed_at_a_refresh(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "INSERT INTO broadcaster_listeners (table_id, process, polling_until, seen_at)"
+        " VALUES ('t1', 'dead', now() - interval '1 hour', now() - interval '1 hour')"
+    )
+    async def removed() -> bool:
+        return not await db.fetchval("SELECT count(*) FROM broadcaster_listeners")
+
+    async with running_server(database_url, refresh_interval=0.2):
+        await eventually(removed)

@@ -1,0 +1,151 @@
+"""Unit tests for broadcaster.polling: promises, their polls, and the final read, as values."""
+
+from __future__ import annotations
+
+import pytest
+
+from broadcaster.polling import EVERY, Polling
+
+WINDOW = 1.0
+INTERVAL = 0.01
+
+
+@pytest.fixture
+def polling() -> Polling:
+    return Polling(window=WINDOW, interval=INTERVAL, max_check_interval=0.08)
+
+
+def promise(polling: Polling, tables: list[str], at: float = 0.0) -> None:
+    wanted = polling.registered | set(tables)
+    promised, dropped = polling.changes(wanted, at)
+    assert dropped == []
+    polling.promised(promised, at)
+
+
+def test_nothing_registered_means_nothing_due(polling: Polling) -> None:
+    assert polling.changes(set(), 0.0) == ([], [])
+    assert polling.next_deadline(0.0) is None
+    assert polling.to_poll(0.0) == []
+    assert not polling.needs_snapshot(0.0)
+
+
+def test_new_tables_are_promised_and_gone_ones_dropped(polling: Polling) -> None:
+    assert polling.changes({"b", "a"}, 0.0) == (["a", "b"], [])
+    polling.promised(["a", "b"], 0.0)
+
+    assert polling.changes({"a", "b"}, 0.1) == ([], [])
+    assert polling.changes({"a"}, 0.1) == ([], ["b"])
+    polling.dropped(["b"])
+    assert polling.registered == {"a"}
+    assert polling.to_poll(0.1) == ["a"]
+
+
+def test_a_promised_table_is_polled_every_interval_until_the_promise_ends(
+    polling: Polling,
+) -> None:
+    promise(polling, ["a"])
+
+    assert polling.to_poll(0.0) == ["a"]
+    assert polling.to_poll(0.005) == []
+    assert polling.next_deadline(0.005) == pytest.approx(INTERVAL)
+    assert polling.to_poll(0.01) == ["a"]
+    assert polling.to_poll(WINDOW) == []
+
+
+def test_after_the_promise_the_final_read_waits_for_every_xid_below_a_horizon(
+    polling: Polling,
+) -> None:
+    promise(polling, ["a"])
+    assert not polling.needs_snapshot(0.5)
+    # A snapshot from before the end of the promise proves nothing.
+    assert polling.observe("100:100:", 0.9, set(), set(), horizon=100) == []
+    assert polling.needs_horizon(WINDOW)
+    assert polling.needs_snapshot(WINDOW)
+    # Without a horizon, a snapshot after the end proves nothing either.
+    assert polling.observe("100:100:", WINDOW, set(), set()) == []
+
+    # 101 runs; 103 runs but is above xmax, so in no list.
+    assert polling.observe("101:102:101", WINDOW, set(), set(), horizon=104) == []
+    assert not polling.needs_horizon(WINDOW)
+    assert not polling.needs_snapshot(WINDOW)
+    assert polling.needs_snapshot(WINDOW + INTERVAL)
+    assert polling.observe("103:104:103", WINDOW + INTERVAL, set(), set()) == []
+    # Only xids from the horizon up still run.
+    assert polling.observe("104:106:104,105", WINDOW + 0.03, set(), set()) == ["a"]
+    assert polling.next_deadline(WINDOW + 0.03) is None
+    assert polling.registered == {"a"}
+
+
+def test_the_final_read_is_the_read_that_saw_them_end(polling: Polling) -> None:
+    promise(polling, ["a", "b"])
+
+    assert polling.observe("100:100:", WINDOW, {"a"}, set(), horizon=100) == ["b"]
+
+
+def test_checks_back_off_while_a_long_transaction_runs(polling: Polling) -> None:
+    promise(polling, ["a"])
+    polling.observe("100:101:100", WINDOW, set(), set(), horizon=101)
+    at = WINDOW
+    gaps = []
+    for _ in range(6):
+        deadline = polling.next_deadline(at)
+        assert deadline is not None
+        gaps.append(round(deadline - at, 3))
+        at = deadline
+        assert polling.observe("100:101:100", at, set(), set()) == []
+    assert gaps == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08]
+
+
+def test_a_wake_up_renews_the_promise(polling: Polling) -> None:
+    promise(polling, ["a"])
+    polling.observe("100:101:100", WINDOW, set(), set(), horizon=101)
+
+    polling.woken("a")
+    polling.woken("unregistered")
+
+    assert polling.changes({"a"}, 1.5) == (["a"], [])
+    polling.promised(["a"], 1.5)
+    assert polling.changes({"a"}, 1.6) == ([], [])
+    assert polling.to_poll(1.6) == ["a"]
+    # The old horizon is gone with the old promise: the new one takes its own.
+    assert polling.needs_horizon(2.5)
+    assert polling.observe("100:101:100", 2.5, set(), set(), horizon=102) == []
+    assert polling.observe("102:102:", 2.6, set(), set()) == ["a"]
+
+
+def test_a_busy_table_is_renewed_before_its_promise_runs_out(polling: Polling) -> None:
+    promise(polling, ["a", "b"])
+    polling.observe("100:100:", 0.2, {"a", "b"}, {"a"})
+
+    assert polling.changes({"a", "b"}, 0.4) == ([], [])
+    assert polling.to_poll(0.4) == ["a", "b"]
+    assert polling.next_deadline(0.4) == pytest.approx(0.4 + INTERVAL)
+    assert polling.changes({"a", "b"}, 0.6) == (["a"], [])
+
+
+def test_an_unconfirmed_promise_is_kept_and_registered_again(polling: Polling) -> None:
+    promised, _ = polling.changes({"a"}, 0.0)
+    polling.promised(promised, 0.0, confirmed=False)
+
+    assert polling.registered == set()
+    assert polling.to_poll(0.0) == ["a"]
+    assert polling.changes({"a"}, 0.1) == (["a"], [])
+
+
+def test_reset_registers_everything_again(polling: Polling) -> None:
+    promise(polling, ["a", "b"])
+    polling.reset()
+
+    assert polling.changes({"a", "b"}, 5.0) == (["a", "b"], [])
+
+
+def test_every_table_is_never_promised_only_waited_for(polling: Polling) -> None:
+    promise(polling, [EVERY], at=2.0)
+
+    assert polling.to_poll(2.0) == []
+    assert polling.needs_snapshot(2.0)
+    assert polling.needs_horizon(2.0)
+    assert polling.observe("100:102:101", 2.0, set(), set(), horizon=102) == []
+    polling.woken(EVERY)
+    assert polling.changes({EVERY}, 2.0) == ([], [])
+    assert polling.observe("102:102:", 2.1, {EVERY}, {EVERY}) == [EVERY]
