@@ -376,11 +376,23 @@ class SupabaseSession:
         try:
             identity = await self._verify(token if isinstance(token, str) else None)
         except AuthenticationError as exc:
-            self._system_error(message.topic, f"{exc.code}: {exc.message}")
-            self._send(Message(message.topic, "phx_close", {}, None, message.join_ref))
-            self._leave(message.topic)
-            return
+            return self._close_channel(message, f"{exc.code}: {exc.message}")
+        # A fresh token may grant less than the one the channel joined with.
+        channel = self._channels.get(message.topic)
+        routed = channel.tables if channel is not None else frozenset()
+        for table_id in sorted(t if t is not None else EVERY_TABLE_ID for t in routed):
+            verdict = self._authorizer.allowed(identity, table_id)
+            if not (verdict if isinstance(verdict, bool) else await verdict):
+                return self._close_channel(
+                    message, f"forbidden: the new token may not read {table_id!r}"
+                )
         self.identity = identity
+        return None
+
+    def _close_channel(self, message: Message, reason: str) -> None:
+        self._system_error(message.topic, reason)
+        self._send(Message(message.topic, "phx_close", {}, None, message.join_ref))
+        self._leave(message.topic)
 
     async def _broadcast(self, message: Message) -> None:
         channel = self._channels.get(message.topic)

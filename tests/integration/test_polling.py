@@ -127,6 +127,7 @@ async def test_the_registrations_of_a_dead_process_are_removed_at_a_refresh(
         "INSERT INTO broadcaster_listeners (table_id, process, polling_until, seen_at)"
         " VALUES ('t1', 'dead', now() - interval '1 hour', now() - interval '1 hour')"
     )
+
     async def removed() -> bool:
         return not await db.fetchval("SELECT count(*) FROM broadcaster_listeners")
 

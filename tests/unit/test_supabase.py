@@ -33,7 +33,7 @@ from broadcaster.presence import Presences
 from broadcaster.supabase import COLUMNS, Binding, FilterError, SupabaseSession
 from tests.support.timeouts import eventually, within
 from tests.unit.test_native import FakeJoiner, FakeTransport, unframe
-from tests.unit.test_native_access import FakeVerifier, identity
+from tests.unit.test_native_access import CLAIM, FakeVerifier, identity
 from tests.unit.test_phoenix import push_frame
 
 TOPIC = "realtime:room"
@@ -869,6 +869,24 @@ async def test_a_refused_access_token_closes_the_channel(world: World) -> None:
     assert close == Message(TOPIC, "phx_close", {}, None, join_ref)
     assert not world.hub.is_subscribed("a")
     assert client.session.tables == {}
+
+
+async def test_a_fresh_access_token_that_grants_less_closes_the_channel(world: World) -> None:
+    verifier = FakeVerifier({"old": identity(("a", "b")), "narrow": identity(("b",))})
+    client = world.connect(verifier=verifier, authorizer=ClaimAuthorizer(CLAIM))
+    await world.live(client, TOPIC, [binding("table_id=eq.a")], access_token="old")
+    await world.live(client, OTHER, [binding("table_id=eq.b")], access_token="old")
+    client.clear()
+
+    client.push(TOPIC, "access_token", {"access_token": "narrow"})
+    client.push(OTHER, "access_token", {"access_token": "narrow"})
+
+    await eventually(lambda: "phx_close" in client.events(TOPIC))
+    system, _ = client.on(TOPIC)
+    assert system.payload["message"] == "forbidden: the new token may not read 'a'"
+    assert not world.hub.is_subscribed("a")
+    assert world.hub.is_subscribed("b")
+    assert client.events(OTHER) == []
 
 
 # Leaving
