@@ -149,6 +149,8 @@ class Feed:
         # Tables with a join not yet answered (pending or in a running read):
         # their wake-ups count, since the join's read may not see that change.
         self._joining: dict[str | None, int] = {}
+        self.served_version = 0
+        """Changes whenever :meth:`served` may answer differently."""
 
     @property
     def live_tables(self) -> int:
@@ -174,6 +176,7 @@ class Feed:
     def join(self, join: Join) -> None:
         self._joins.append(join)
         self._joining[join.table_id] = self._joining.get(join.table_id, 0) + 1
+        self.served_version += 1
 
     def cancel(self, join: Join) -> None:
         """Forget a join that has not been answered yet (its read may be running)."""
@@ -183,6 +186,7 @@ class Feed:
             self._answered(join)
 
     def _answered(self, join: Join) -> None:
+        self.served_version += 1
         remaining = self._joining[join.table_id] - 1
         if remaining:
             self._joining[join.table_id] = remaining
@@ -210,6 +214,7 @@ class Feed:
         """
         if self._all_since is not None and not is_subscribed(None):
             self._all_since = None
+            self.served_version += 1
         all_since = self._all_since
         # A table read only for every-table subscribers is dropped once it is
         # back at all_since: it is then read from there, like any other.
@@ -219,6 +224,7 @@ class Feed:
             if not is_subscribed(t) and (all_since is None or since == all_since)
         ]:
             del self._live[table_id]
+            self.served_version += 1
         read = Read(origin, every_live_table=self._wake_all, refresh=self._refresh)
         if self._wake_all:
             tables = list(self._live)
@@ -327,6 +333,7 @@ class Feed:
             if join.table_id is None:
                 if self._all_since is None:
                     self._all_since = result.snapshot
+                    self.served_version += 1
             else:
                 self._live.setdefault(join.table_id, result.snapshot)
             answered.append((join, JoinResult(reset, changes, cursor)))

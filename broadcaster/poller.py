@@ -57,6 +57,9 @@ class Poller:
         self._read_delay = read_delay
         self._process = process
         self._polling = Polling(window=poll_window, interval=poll_interval)
+        # (feed.served_version, polling.epoch) when the registrations last
+        # matched the tables served: comparing them costs a pass over every table.
+        self._registered_for = (-1, -1)
         self._wakeup = asyncio.Event()
         self._origin: Origin | None = None
         self._session = 0
@@ -141,10 +144,16 @@ class Poller:
 
     async def _register(self) -> None:
         """Bring the registrations in line with the tables served, before reading them."""
-        tables, every = self._feed.served(self._hub.is_subscribed)
-        if every:
-            tables.add(EVERY)
-        promise, drop = self._polling.changes(tables, time.monotonic())
+        now = time.monotonic()
+        version = (self._feed.served_version, self._polling.epoch)
+        drop: list[str] = []
+        if version == self._registered_for:
+            promise = self._polling.renewals(now)
+        else:
+            tables, every = self._feed.served(self._hub.is_subscribed)
+            if every:
+                tables.add(EVERY)
+            promise, drop = self._polling.changes(tables, now)
         if promise:
             try:
                 await self._reader.promise(self._process, promise, self._polling.window)
@@ -155,6 +164,7 @@ class Poller:
         if drop:
             await self._reader.unregister(self._process, drop)
             self._polling.dropped(drop)
+        self._registered_for = version
 
     def _observe(
         self,

@@ -67,17 +67,26 @@ class Polling:
         self._promises: dict[str, _Promise] = {}
         self._renew: set[str] = set()
         self._polled_at = float("-inf")
+        self.epoch = 0
+        """Changes whenever the registrations must be compared with the tables served."""
 
     def changes(self, wanted: Collection[str], now: float) -> tuple[list[str], list[str]]:
         """Tables to promise (new ones, and renewals that are due), and to unregister."""
         drop = sorted(self.registered.difference(wanted))
         promise = set(wanted).difference(self.registered)
-        promise.update(self._renew.intersection(wanted))
-        for table_id, state in self._promises.items():
-            due = state.busy and state.until - now < self.window / 2
-            if due and table_id != EVERY and table_id in wanted:
-                promise.add(table_id)
+        promise.update(t for t in self.renewals(now) if t in wanted)
         return sorted(promise), drop
+
+    def renewals(self, now: float) -> list[str]:
+        """Registered tables whose promise is due for renewal: woken, or busy and half spent.
+
+        Cheap (no comparison with the tables served) for the loop's every turn.
+        """
+        due = set(self._renew)
+        for table_id, state in self._promises.items():
+            if state.busy and state.until - now < self.window / 2 and table_id != EVERY:
+                due.add(table_id)
+        return sorted(due.intersection(self.registered))
 
     def promised(self, tables: Iterable[str], at: float, *, confirmed: bool = True) -> None:
         """The database holds these promises, made at ``at`` or before.
@@ -85,6 +94,8 @@ class Polling:
         Not ``confirmed``: the statement failed, yet may have committed; the
         promises are kept and the registrations made again.
         """
+        if not confirmed:
+            self.epoch += 1
         for table_id in tables:
             if confirmed:
                 self.registered.add(table_id)
@@ -101,6 +112,7 @@ class Polling:
     def reset(self) -> None:
         """The registrations may be gone (the database restarted): make them all again."""
         self.registered.clear()
+        self.epoch += 1
 
     def woken(self, table_id: str) -> None:
         """A writer notified: the table is busy and its promise ran out; renew it."""

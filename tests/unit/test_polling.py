@@ -149,3 +149,20 @@ def test_every_table_is_never_promised_only_waited_for(polling: Polling) -> None
     polling.woken(EVERY)
     assert polling.changes({EVERY}, 2.0) == ([], [])
     assert polling.observe("102:102:", 2.1, {EVERY}, {EVERY}) == [EVERY]
+
+
+def test_renewals_need_no_comparison_with_the_tables_served(polling: Polling) -> None:
+    promise(polling, ["a", "b"])
+    polling.woken("b")
+    polling.observe("100:100:", 0.2, {"a", "b"}, {"a"})
+
+    assert polling.renewals(0.2) == ["b"]
+    assert polling.renewals(0.6) == ["a", "b"]
+
+
+def test_the_epoch_moves_when_registrations_must_be_compared_again(polling: Polling) -> None:
+    epoch = polling.epoch
+    polling.promised(["a"], 0.0, confirmed=False)
+    assert polling.epoch == epoch + 1
+    polling.reset()
+    assert polling.epoch == epoch + 2
