@@ -146,6 +146,7 @@ class Poller:
         """Bring the registrations in line with the tables served, before reading them."""
         now = time.monotonic()
         version = (self._feed.served_version, self._polling.epoch)
+        register: list[str] = []
         drop: list[str] = []
         if version == self._registered_for:
             promise = self._polling.renewals(now)
@@ -153,14 +154,14 @@ class Poller:
             tables, every = self._feed.served(self._hub.is_subscribed)
             if every:
                 tables.add(EVERY)
-            promise, drop = self._polling.changes(tables, now)
-        if promise:
+            register, promise, drop = self._polling.changes(tables, now)
+        if register or promise:
             try:
-                await self._reader.promise(self._process, promise, self._polling.window)
+                await self._reader.register(self._process, register, promise, self._polling.window)
             except BaseException:
-                self._polling.promised(promise, time.monotonic(), confirmed=False)
+                self._polling.made(register, promise, time.monotonic(), confirmed=False)
                 raise
-            self._polling.promised(promise, time.monotonic())
+            self._polling.made(register, promise, time.monotonic())
         if drop:
             await self._reader.unregister(self._process, drop)
             self._polling.dropped(drop)

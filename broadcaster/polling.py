@@ -23,14 +23,15 @@ is read once it commits, however long it stays open. (A snapshot's ``xip``
 alone would not do: it lists only transactions below its ``xmax``, one past the
 latest *completed* xid, so a transaction newer than that is in no list.)
 
-A registration is a promise too, since a writer that checked just before it
-saw no row and skipped. The promise is renewed while the table is busy (a
-wake-up arrived, or a read found changes), so writers of a busy table stop
-notifying; an idle table's promise runs out, and its next writer wakes us.
+A table is registered without a promise (``polling_until`` in the past: its
+writers notify); a wake-up makes the promise, renewed while the table stays
+busy (a wake-up arrived, or a read found changes), so writers of a busy table
+stop notifying and an idle table costs no polls. Step 2 follows a registration
+too, since a writer that checked just before it saw no row and skipped.
 
-Subscribers of every table register as :data:`EVERY` and never promise (writers
-keep notifying while one exists anywhere); only step 2 applies, and its final
-read is a read of every table.
+Subscribers of every table register as :data:`EVERY`, which is never promised
+(writers keep notifying while one exists anywhere); the final read after its
+registration is a read of every table.
 """
 
 from __future__ import annotations
@@ -70,12 +71,14 @@ class Polling:
         self.epoch = 0
         """Changes whenever the registrations must be compared with the tables served."""
 
-    def changes(self, wanted: Collection[str], now: float) -> tuple[list[str], list[str]]:
-        """Tables to promise (new ones, and renewals that are due), and to unregister."""
+    def changes(
+        self, wanted: Collection[str], now: float
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Tables to register (new ones), to promise (renewals due), and to unregister."""
         drop = sorted(self.registered.difference(wanted))
-        promise = set(wanted).difference(self.registered)
-        promise.update(t for t in self.renewals(now) if t in wanted)
-        return sorted(promise), drop
+        register = sorted(set(wanted).difference(self.registered))
+        promise = [t for t in self.renewals(now) if t in wanted]
+        return register, promise, drop
 
     def renewals(self, now: float) -> list[str]:
         """Registered tables whose promise is due for renewal: woken, or busy and half spent.
@@ -88,20 +91,32 @@ class Polling:
                 due.add(table_id)
         return sorted(due.intersection(self.registered))
 
-    def promised(self, tables: Iterable[str], at: float, *, confirmed: bool = True) -> None:
-        """The database holds these promises, made at ``at`` or before.
+    def made(
+        self,
+        registered: Iterable[str],
+        promised: Iterable[str],
+        at: float,
+        *,
+        confirmed: bool = True,
+    ) -> None:
+        """The database holds these registrations and promises, made at ``at`` or before.
 
-        Not ``confirmed``: the statement failed, yet may have committed; the
-        promises are kept and the registrations made again.
+        A registration promises no polls (its writers keep notifying), only the
+        final read after a horizon, for writers that checked before it existed.
+        Not ``confirmed``: the statement failed, yet may have committed; what
+        it would have promised is kept, and it is made again.
         """
         if not confirmed:
             self.epoch += 1
-        for table_id in tables:
+        for table_id in registered:
             if confirmed:
                 self.registered.add(table_id)
+            old = self._promises.get(table_id)
+            self._promises[table_id] = _Promise(at if old is None else max(old.until, at))
+        for table_id in promised:
+            if confirmed:
                 self._renew.discard(table_id)
-            until = at if table_id == EVERY else at + self.window
-            self._promises[table_id] = _Promise(until)
+            self._promises[table_id] = _Promise(at + self.window)
 
     def dropped(self, tables: Iterable[str]) -> None:
         for table_id in tables:

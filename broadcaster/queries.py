@@ -181,20 +181,23 @@ class ChangeReader:
             removed = await connection.fetchval(_PRUNE, retention)
         return int(removed or 0)
 
-    async def promise(self, process: str, tables: Sequence[str], window: float) -> None:
-        """Register ``tables`` for ``process``, promising to read them for ``window`` seconds.
-
-        The every-table registration (``''``) is never promised (see polling.py).
-        """
+    async def register(
+        self, process: str, tables: Sequence[str], promised: Sequence[str], window: float
+    ) -> None:
+        """Register ``tables`` for ``process`` with no promise, and promise to read
+        ``promised`` for ``window`` seconds (see polling.py)."""
         await self._pool.execute(
             "INSERT INTO broadcaster_listeners AS l (table_id, process, polling_until)"
-            " SELECT t, $1, CASE WHEN t = '' THEN '-infinity'::timestamptz"
-            "  ELSE now() + make_interval(secs => $3) END"
-            " FROM unnest($2::text[]) AS t"
+            " SELECT t, $1, CASE WHEN p THEN now() + make_interval(secs => $4)"
+            "  ELSE '-infinity'::timestamptz END"
+            " FROM unnest($2::text[] || $3::text[],"
+            "  array_fill(false, ARRAY[cardinality($2::text[])])"
+            "  || array_fill(true, ARRAY[cardinality($3::text[])])) AS u(t, p)"
             " ON CONFLICT (table_id, process) DO UPDATE"
             " SET polling_until = EXCLUDED.polling_until, seen_at = now()",
             process,
             list(tables),
+            list(promised),
             window,
         )
 

@@ -15,29 +15,61 @@ def polling() -> Polling:
     return Polling(window=WINDOW, interval=INTERVAL, max_check_interval=0.08)
 
 
+def register(polling: Polling, tables: list[str], at: float = 0.0) -> None:
+    """Register ``tables`` and let their registration's final read pass."""
+    new, promised, dropped = polling.changes(polling.registered | set(tables), at)
+    assert (promised, dropped) == ([], [])
+    polling.made(new, [], at)
+    polling.observe("100:100:", at, set(new), set(), horizon=100)
+
+
 def promise(polling: Polling, tables: list[str], at: float = 0.0) -> None:
-    wanted = polling.registered | set(tables)
-    promised, dropped = polling.changes(wanted, at)
-    assert dropped == []
-    polling.promised(promised, at)
+    """Register ``tables`` and promise them at ``at``, as a wake-up of each does."""
+    register(polling, tables, at)
+    for table_id in tables:
+        polling.woken(table_id)
+    new, promised, _ = polling.changes(polling.registered, at)
+    assert (new, promised) == ([], sorted(tables))
+    polling.made([], promised, at)
 
 
 def test_nothing_registered_means_nothing_due(polling: Polling) -> None:
-    assert polling.changes(set(), 0.0) == ([], [])
+    assert polling.changes(set(), 0.0) == ([], [], [])
     assert polling.next_deadline(0.0) is None
     assert polling.to_poll(0.0) == []
     assert not polling.needs_snapshot(0.0)
 
 
-def test_new_tables_are_promised_and_gone_ones_dropped(polling: Polling) -> None:
-    assert polling.changes({"b", "a"}, 0.0) == (["a", "b"], [])
-    polling.promised(["a", "b"], 0.0)
+def test_new_tables_are_registered_and_gone_ones_dropped(polling: Polling) -> None:
+    assert polling.changes({"b", "a"}, 0.0) == (["a", "b"], [], [])
+    polling.made(["a", "b"], [], 0.0)
 
-    assert polling.changes({"a", "b"}, 0.1) == ([], [])
-    assert polling.changes({"a"}, 0.1) == ([], ["b"])
+    assert polling.changes({"a", "b"}, 0.1) == ([], [], [])
+    assert polling.changes({"a"}, 0.1) == ([], [], ["b"])
     polling.dropped(["b"])
     assert polling.registered == {"a"}
-    assert polling.to_poll(0.1) == ["a"]
+
+
+def test_a_registration_promises_no_polls_only_a_final_read(polling: Polling) -> None:
+    polling.made(["a"], [], 2.0)
+
+    assert polling.to_poll(2.0) == []
+    assert polling.needs_horizon(2.0)
+    # A writer that checked before the registration may still be running.
+    assert polling.observe("100:101:100", 2.0, set(), set(), horizon=101) == []
+    assert polling.observe("101:101:", 2.01, set(), set()) == ["a"]
+    assert polling.next_deadline(2.01) is None
+
+
+def test_a_wake_up_makes_a_promise(polling: Polling) -> None:
+    register(polling, ["a", "b"])
+    polling.woken("a")
+    polling.woken("unregistered")
+
+    assert polling.changes({"a", "b"}, 0.5) == ([], ["a"], [])
+    polling.made([], ["a"], 0.5)
+    assert polling.changes({"a", "b"}, 0.6) == ([], [], [])
+    assert polling.to_poll(0.6) == ["a"]
 
 
 def test_a_promised_table_is_polled_every_interval_until_the_promise_ends(
@@ -96,16 +128,14 @@ def test_checks_back_off_while_a_long_transaction_runs(polling: Polling) -> None
     assert gaps == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08]
 
 
-def test_a_wake_up_renews_the_promise(polling: Polling) -> None:
+def test_a_wake_up_after_the_promise_renews_it(polling: Polling) -> None:
     promise(polling, ["a"])
     polling.observe("100:101:100", WINDOW, set(), set(), horizon=101)
 
     polling.woken("a")
-    polling.woken("unregistered")
 
-    assert polling.changes({"a"}, 1.5) == (["a"], [])
-    polling.promised(["a"], 1.5)
-    assert polling.changes({"a"}, 1.6) == ([], [])
+    assert polling.changes({"a"}, 1.5) == ([], ["a"], [])
+    polling.made([], ["a"], 1.5)
     assert polling.to_poll(1.6) == ["a"]
     # The old horizon is gone with the old promise: the new one takes its own.
     assert polling.needs_horizon(2.5)
@@ -117,52 +147,48 @@ def test_a_busy_table_is_renewed_before_its_promise_runs_out(polling: Polling) -
     promise(polling, ["a", "b"])
     polling.observe("100:100:", 0.2, {"a", "b"}, {"a"})
 
-    assert polling.changes({"a", "b"}, 0.4) == ([], [])
+    assert polling.changes({"a", "b"}, 0.4) == ([], [], [])
     assert polling.to_poll(0.4) == ["a", "b"]
     assert polling.next_deadline(0.4) == pytest.approx(0.4 + INTERVAL)
-    assert polling.changes({"a", "b"}, 0.6) == (["a"], [])
+    assert polling.changes({"a", "b"}, 0.6) == ([], ["a"], [])
+    assert polling.renewals(0.6) == ["a"]
 
 
-def test_an_unconfirmed_promise_is_kept_and_registered_again(polling: Polling) -> None:
-    promised, _ = polling.changes({"a"}, 0.0)
-    polling.promised(promised, 0.0, confirmed=False)
+def test_an_unconfirmed_statement_keeps_its_promises_and_is_made_again(
+    polling: Polling,
+) -> None:
+    register(polling, ["a"])
+    polling.woken("a")
+    epoch = polling.epoch
+    polling.made(["b"], ["a"], 0.0, confirmed=False)
 
-    assert polling.registered == set()
+    assert polling.epoch == epoch + 1
+    assert polling.registered == {"a"}
     assert polling.to_poll(0.0) == ["a"]
-    assert polling.changes({"a"}, 0.1) == (["a"], [])
+    assert polling.changes({"a", "b"}, 0.1) == (["b"], ["a"], [])
 
 
-def test_reset_registers_everything_again(polling: Polling) -> None:
+def test_reset_registers_everything_again_and_keeps_running_promises(
+    polling: Polling,
+) -> None:
     promise(polling, ["a", "b"])
+    epoch = polling.epoch
     polling.reset()
 
-    assert polling.changes({"a", "b"}, 5.0) == (["a", "b"], [])
+    assert polling.epoch == epoch + 1
+    assert polling.changes({"a", "b"}, 0.5) == (["a", "b"], [], [])
+    polling.made(["a", "b"], [], 0.5)
+    assert polling.to_poll(0.5) == ["a", "b"]
 
 
-def test_every_table_is_never_promised_only_waited_for(polling: Polling) -> None:
-    promise(polling, [EVERY], at=2.0)
+def test_every_table_is_never_promised_only_read_after_its_registration(
+    polling: Polling,
+) -> None:
+    polling.made([EVERY], [], 2.0)
 
     assert polling.to_poll(2.0) == []
-    assert polling.needs_snapshot(2.0)
     assert polling.needs_horizon(2.0)
     assert polling.observe("100:102:101", 2.0, set(), set(), horizon=102) == []
     polling.woken(EVERY)
-    assert polling.changes({EVERY}, 2.0) == ([], [])
+    assert polling.changes({EVERY}, 2.0) == ([], [], [])
     assert polling.observe("102:102:", 2.1, {EVERY}, {EVERY}) == [EVERY]
-
-
-def test_renewals_need_no_comparison_with_the_tables_served(polling: Polling) -> None:
-    promise(polling, ["a", "b"])
-    polling.woken("b")
-    polling.observe("100:100:", 0.2, {"a", "b"}, {"a"})
-
-    assert polling.renewals(0.2) == ["b"]
-    assert polling.renewals(0.6) == ["a", "b"]
-
-
-def test_the_epoch_moves_when_registrations_must_be_compared_again(polling: Polling) -> None:
-    epoch = polling.epoch
-    polling.promised(["a"], 0.0, confirmed=False)
-    assert polling.epoch == epoch + 1
-    polling.reset()
-    assert polling.epoch == epoch + 2
