@@ -12,6 +12,11 @@ Semantics:
 * Operators ``eq, neq, lt, lte, gt, gte, in`` on ``id``, ``table_id`` (text),
   ``version`` (int8) and ``created_at``, ``updated_at`` (timestamptz); the
   value is everything after the operator's dot (``id=eq.a.b`` means ``a.b``).
+* ``data`` (jsonb) takes ``eq, neq, in`` with JSON values, compared as jsonb
+  compares them (key order and ``1`` against ``1.0`` do not matter, ``true`` is
+  not ``1``); ``enriching_columns`` (text[]) takes ``eq, neq, lt, lte, gt,
+  gte`` with a Postgres array literal (``{a,"b c"}``), compared element by
+  element and then by length, as Postgres compares arrays.
   ``in.(a,"b,c")`` lists values; a double-quoted value may hold commas, ``\\"``
   and ``\\\\``; whitespace around a value is dropped, as in a Postgres array.
 * Filter values are converted to the column's type when parsed, so a bad value
@@ -27,21 +32,26 @@ Semantics:
 
 from __future__ import annotations
 
+import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final, TypeAlias
 
 __all__ = ["RowFilter", "RowFilterError", "Value", "parse_filters"]
 
-# A parsed filter value: str for text columns, int for version, an aware datetime for timestamps.
-Value: TypeAlias = str | int | datetime
+# A parsed filter value: str for text columns, int for version, an aware datetime for
+# timestamps, a canonical form for jsonb and text[] (see _jsonb and _text_array).
+Value: TypeAlias = str | int | datetime | tuple[Any, ...]
 
 _TEXT: Final = "text"
 _INT8: Final = "int8"
 _TIMESTAMPTZ: Final = "timestamptz"
+_JSONB: Final = "jsonb"
+_TEXT_ARRAY: Final = "text[]"
 
 # The filterable columns and their types, in the order error messages list them.
 _COLUMNS: Final[Mapping[str, str]] = {
@@ -50,9 +60,17 @@ _COLUMNS: Final[Mapping[str, str]] = {
     "version": _INT8,
     "created_at": _TIMESTAMPTZ,
     "updated_at": _TIMESTAMPTZ,
+    "data": _JSONB,
+    "enriching_columns": _TEXT_ARRAY,
 }
-_UNFILTERABLE: Final[Mapping[str, str]] = {"data": "jsonb", "enriching_columns": "text[]"}
-_FILTERABLE_LIST: Final = "id, table_id, version, created_at or updated_at"
+_FILTERABLE_LIST: Final = "id, table_id, version, created_at, updated_at, data or enriching_columns"
+# Operators a type does not order by here: jsonb's order (objects above arrays
+# above booleans ...) means nothing to a filter; array elements have no
+# unambiguous in-list syntax.
+_REFUSED_OPERATORS: Final[Mapping[str, frozenset[str]]] = {
+    _JSONB: frozenset({"lt", "lte", "gt", "gte"}),
+    _TEXT_ARRAY: frozenset({"in"}),
+}
 
 _COMPARE: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
     "eq": operator.eq,
@@ -100,11 +118,6 @@ class RowFilter:
             raise RowFilterError(
                 f"filter {text!r} is not of the form column=operator.value, such as id=eq.r1"
             )
-        if column in _UNFILTERABLE:
-            raise RowFilterError(
-                f"filters on {column} ({_UNFILTERABLE[column]}) are not supported: "
-                f"filter on {_FILTERABLE_LIST}"
-            )
         kind = _COLUMNS.get(column)
         if kind is None:
             raise RowFilterError(
@@ -115,6 +128,9 @@ class RowFilter:
                 f"filter {text!r} uses unsupported operator {op!r}: "
                 "use eq, neq, lt, lte, gt, gte or in"
             )
+        if op in _REFUSED_OPERATORS.get(kind or "", ()):
+            allowed = ", ".join(o for o in _OPERATORS if o not in _REFUSED_OPERATORS[kind])
+            raise RowFilterError(f"filter {text!r} uses {op} on {column} ({kind}): use {allowed}")
         raws = _parse_list(text, raw) if op == "in" else (raw,)
         # An empty table_id names no table, so routing by it could only be a mistake.
         if column == "table_id" and op in ("eq", "in") and "" in raws:
@@ -142,12 +158,14 @@ class RowFilter:
 def parse_filters(text: str) -> tuple[RowFilter, ...]:
     """Every filter of ``text``: Supabase Realtime joins several with commas, all must match.
 
-    A comma inside parentheses (an ``in`` list) or escaped as ``\\,`` belongs
-    to a value, as in Supabase's parser.
+    A comma inside parentheses (an ``in`` list), braces or brackets (an array,
+    JSON), double quotes, or escaped as ``\\,`` belongs to a value, as in
+    Supabase's parser (which knows only the first and the last).
     """
     parts: list[str] = []
     current: list[str] = []
     depth = 0
+    quoted = False
     index = 0
     while index < len(text):
         char = text[index]
@@ -155,11 +173,13 @@ def parse_filters(text: str) -> tuple[RowFilter, ...]:
             current.append(",")
             index += 2
             continue
-        if char == "(":
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "([{":
             depth += 1
-        elif char == ")":
+        elif not quoted and char in ")]}":
             depth = max(0, depth - 1)
-        if char == "," and depth == 0:
+        if char == "," and depth == 0 and not quoted:
             parts.append("".join(current))
             current = []
         else:
@@ -232,6 +252,22 @@ def _parse_list(text: str, raw: str) -> tuple[str, ...]:
 
 def _convert(text: str, column: str, kind: str, raw: str) -> Value:
     """A filter value as the column's type, or a RowFilterError saying what was expected."""
+    if kind == _JSONB:
+        try:
+            return _jsonb(json.loads(raw, parse_constant=_no_constant))
+        except ValueError:
+            raise RowFilterError(
+                f"filter {text!r} compares {column} (jsonb) with {raw!r}: give a JSON value "
+                'such as {"name":"x"}'
+            ) from None
+    if kind == _TEXT_ARRAY:
+        elements = _parse_array(raw)
+        if elements is None:
+            raise RowFilterError(
+                f"filter {text!r} compares {column} (text[]) with {raw!r}: give an array "
+                'literal such as {a,"b c"}'
+            )
+        return elements
     if kind == _INT8:
         number = int(raw) if _INTEGER.fullmatch(raw) else None
         if number is None or not _INT8_MIN <= number <= _INT8_MAX:
@@ -261,8 +297,69 @@ def _parse_timestamp(raw: str) -> datetime | None:
     return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _jsonb(value: Any) -> tuple[Any, ...]:
+    """A JSON value in a form that compares equal exactly when jsonb values do."""
+    if value is None:
+        return ("null",)
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if isinstance(value, int | float):
+        # jsonb numbers are numerics: 1 and 1.0 are equal; str() keeps a float's digits.
+        return ("number", Decimal(str(value)))
+    if isinstance(value, str):
+        return ("string", value)
+    if isinstance(value, list):
+        return ("array", tuple(_jsonb(item) for item in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((key, _jsonb(item)) for key, item in value.items()))
+    raise ValueError(f"not a JSON value: {value!r}")
+
+
+def _text_array(elements: Sequence[str | None]) -> tuple[Any, ...]:
+    """Elements in the order Postgres compares arrays: a NULL element after every string."""
+    return tuple((1, "") if element is None else (0, element) for element in elements)
+
+
+_ARRAY_ELEMENT = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^",{}\s][^",{}]*?))\s*(,|$)', re.DOTALL)
+
+
+def _parse_array(raw: str) -> tuple[Any, ...] | None:
+    """A one-dimensional Postgres array literal (``{a,"b c",NULL}``), or None if it is not one."""
+    stripped = raw.strip()
+    if len(stripped) < 2 or stripped[0] != "{" or stripped[-1] != "}":
+        return None
+    inner = stripped[1:-1]
+    if not inner.strip():
+        return ()
+    elements: list[str | None] = []
+    position = 0
+    while position < len(inner):
+        match = _ARRAY_ELEMENT.match(inner, position)
+        if match is None or match.end() == position:
+            return None
+        quoted, bare = match.group(1), match.group(2)
+        if quoted is not None:
+            elements.append(re.sub(r"\\(.)", r"\1", quoted, flags=re.DOTALL))
+        else:
+            elements.append(None if bare.upper() == "NULL" else bare)
+        position = match.end()
+        if match.group(3) == "," and position == len(inner):
+            return None  # a trailing comma
+    return _text_array(elements)
+
+
 def _row_value(kind: str, raw: object) -> Value | None:
     """A row's JSON value as the column's type; None (never matching) if null or mistyped."""
+    if kind == _JSONB:
+        return None if raw is None else _jsonb(raw)
+    if kind == _TEXT_ARRAY:
+        if not isinstance(raw, list) or not all(e is None or isinstance(e, str) for e in raw):
+            return None
+        return _text_array(raw)
     if kind == _INT8:
         # bool is an int to Python, never to JSON's version column.
         return raw if isinstance(raw, int) and not isinstance(raw, bool) else None

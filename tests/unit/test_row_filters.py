@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broadcaster.row_filters import RowFilter, RowFilterError
+from broadcaster.row_filters import RowFilter, RowFilterError, parse_filters
 
 T0 = "2026-11-26T10:00:00.123456Z"
 T0_AT = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
@@ -151,10 +151,14 @@ def test_a_filter_is_a_frozen_value() -> None:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("data=eq.x", "filters on data (jsonb) are not supported"),
+        ("data=eq.x", "compares data (jsonb) with 'x'"),
+        ("data=gt.1", "uses gt on data (jsonb): use eq, neq, in"),
+        ("data=eq.NaN", "give a JSON value"),
         ("data->>name=eq.x", "unknown column 'data->>name'"),
-        ("enriching_columns=eq.{a}", "filters on enriching_columns (text[]) are not supported"),
-        ("enriching_columns=cs.{a}", "filters on enriching_columns (text[]) are not supported"),
+        ("enriching_columns=in.({a})", "uses in on enriching_columns (text[])"),
+        ("enriching_columns=eq.a", "give an array literal"),
+        ("enriching_columns=eq.{a,}", "give an array literal"),
+        ("enriching_columns=cs.{a}", "unsupported operator 'cs'"),
         ("name=eq.x", "unknown column 'name'"),
         ("ID=eq.x", "unknown column 'ID'"),
         ("id =eq.x", "unknown column 'id '"),
@@ -227,8 +231,11 @@ def test_a_filter_that_cannot_be_served_is_refused_with_the_reason(text: str, re
 @pytest.mark.parametrize(
     ("text", "remedy"),
     [
-        ("data=eq.x", "filter on id, table_id, version, created_at or updated_at"),
-        ("name=eq.x", "filter on id, table_id, version, created_at or updated_at"),
+        ("data=eq.x", 'give a JSON value such as {"name":"x"}'),
+        (
+            "name=eq.x",
+            "filter on id, table_id, version, created_at, updated_at, data or enriching_columns",
+        ),
         ("id=like.x", "use eq, neq, lt, lte, gt, gte or in"),
         ("id", "such as id=eq.r1"),
         ("id=in.()", "give at least one value"),
@@ -243,11 +250,43 @@ def test_the_reason_says_what_to_do(text: str, remedy: str) -> None:
     assert remedy in refused(text)
 
 
-def test_the_jsonb_message_is_the_documented_one() -> None:
-    assert refused("data=eq.x") == (
-        "filters on data (jsonb) are not supported: "
-        "filter on id, table_id, version, created_at or updated_at"
-    )
+@pytest.mark.parametrize(
+    ("text", "value", "matches"),
+    [
+        ('data=eq.{"a":1,"b":[true,"x"]}', {"b": [True, "x"], "a": 1.0}, True),
+        ('data=eq.{"a":1}', {"a": True}, False),
+        ('data=eq.{"a":1}', {"a": 1, "b": 2}, False),
+        ('data=neq.{"a":1}', {"a": 2}, True),
+        ("data=eq.null", None, False),
+        ('data=in.(1,"\\"x\\"")', 1.0, True),
+        ('data=in.(1,"\\"x\\"")', "y", False),
+        ('data=in.(1,"\\"x\\"")', "x", True),
+        ("data=eq.0.1", 0.1, True),
+        ('enriching_columns=eq.{a,"b c"}', ["a", "b c"], True),
+        ("enriching_columns=eq.{a}", ["a", "b"], False),
+        ("enriching_columns=eq.{}", [], True),
+        ("enriching_columns=gt.{}", ["a"], True),
+        ("enriching_columns=lt.{b}", ["a", "z"], True),
+        ("enriching_columns=lt.{a}", ["a", "z"], False),
+        ("enriching_columns=gte.{a,NULL}", ["a", None], True),
+        ("enriching_columns=gt.{a,z}", ["a", None], True),
+        ("enriching_columns=eq.{a}", None, False),
+        ("enriching_columns=eq.{a}", "a", False),
+    ],
+)
+def test_jsonb_and_text_arrays_compare_as_postgres_does(
+    text: str, value: object, matches: bool
+) -> None:
+    assert RowFilter.parse(text).matches(row(**{_column(text): value})) is matches
+
+
+def test_commas_inside_json_and_arrays_belong_to_the_value() -> None:
+    assert [
+        f.column for f in parse_filters('data=eq.{"a":1,"b":2},enriching_columns=eq.{a,b}')
+    ] == [
+        "data",
+        "enriching_columns",
+    ]
 
 
 def test_the_error_is_a_value_error() -> None:
