@@ -1131,7 +1131,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         targets=targets,
         servers=servers,
         window=window,
-        writers_window=args.writers_window or (2.0 if quick else 4.0),
+        writers_window=args.writers_window or (1.0 if quick else 4.0),
         drain=3.0 if quick else 8.0,
         nrows=args.rows,
         connections=args.connections or (2_000 if quick else 10_000),
