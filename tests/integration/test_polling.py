@@ -146,3 +146,18 @@ async def test_the_registrations_of_a_dead_process_are_removed_at_a_refresh(
 
     async with running_server(database_url, refresh_interval=0.2):
         await eventually(removed)
+
+
+async def test_a_write_that_skipped_its_wake_up_before_the_subscription_arrives(
+    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+) -> None:
+    """No server served t1 when it was written; the registration's final read finds it."""
+    async with running_server(database_url, refresh_interval=60) as server, client(server) as c:
+        transaction = db.transaction()
+        await transaction.start()
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('early', 't1')")
+        await c.subscribe("t1")
+        await transaction.commit()
+        (change,) = await c.changes(1)
+        assert change["row"]["id"] == "early"
+        assert await sent_so_far(db, wakeups) == []

@@ -56,3 +56,25 @@ async def test_every_table_binding_gets_a_change_that_woke_nobody_at_the_refresh
             assert (change["type"], change["record"]["table_id"]) == ("UPDATE", "tq")
     finally:
         await db.close()
+
+
+async def test_a_write_that_skipped_its_wake_up_before_an_every_table_join_arrives(
+    database_url: str,
+) -> None:
+    """No server served tz when it was written, so its writer skipped the NOTIFY; the
+    registration's final read finds it once it commits, long before any refresh."""
+    db = await asyncpg.connect(database_url)
+    try:
+        async with running_server(database_url, refresh_interval=60) as server:
+            transaction = db.transaction()
+            await transaction.start()
+            await db.execute("INSERT INTO rows (id, table_id) VALUES ('early', 'tz')")
+            async with connect(
+                server.url.replace("http", "ws") + "/realtime/v1/websocket?vsn=2.0.0"
+            ) as ws:
+                await join(ws, "realtime:every", "id=eq.early")
+                await transaction.commit()
+                change = await next_change(ws)
+                assert (change["type"], change["record"]["table_id"]) == ("INSERT", "tz")
+    finally:
+        await db.close()
