@@ -16,6 +16,8 @@
     ├── CursorError             a client's cursor cannot be served; ``reason``
     │                           is sent to it in a ``reset`` message
     ├── EmbeddedPostgresError   the embedded Postgres could not start or stop
+    ├── FilterError             a Supabase binding (its filter, event or table)
+    │                           cannot be served; the message says why
     ├── MigrationError          applying the schema or triggers failed
     ├── StartupError            the server could not start serving
     └── ProtocolError           a client's message breaks the wire protocol;
@@ -33,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "CursorError",
     "EmbeddedPostgresError",
+    "FilterError",
     "MigrationError",
     "ProtocolError",
     "StartupError",
@@ -75,6 +78,14 @@ class CursorError(BroadcasterError):
 
 class EmbeddedPostgresError(BroadcasterError):
     """The embedded Postgres could not be started or stopped."""
+
+
+class FilterError(BroadcasterError, ValueError):
+    """A Supabase binding cannot be served: its filter, event or table.
+
+    The message says why in one sentence a user can act on; it is sent to the
+    client as is.
+    """
 
 
 class MigrationError(BroadcasterError):

@@ -41,7 +41,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, TypeAlias
 
-__all__ = ["RowFilter", "RowFilterError", "Value", "parse_filters"]
+from .exceptions import FilterError
+
+__all__ = ["RowFilter", "Value", "parse_filters"]
 
 # A parsed filter value: str for text columns, int for version, an aware datetime for
 # timestamps, a canonical form for jsonb and text[] (see _jsonb and _text_array).
@@ -97,10 +99,6 @@ _TIMESTAMP = re.compile(
 _TIMESTAMP_EXAMPLE: Final = "2026-11-26T10:00:00Z"
 
 
-class RowFilterError(ValueError):
-    """A filter this server cannot serve; the message (sent to the client) says why."""
-
-
 @dataclass(frozen=True)
 class RowFilter:
     """One parsed ``column=op.value`` filter; ``values`` has one item unless ``op`` is ``in``."""
@@ -115,26 +113,26 @@ class RowFilter:
         column, equals, rest = text.partition("=")
         op, dot, raw = rest.partition(".")
         if not equals or not dot or not column or not op:
-            raise RowFilterError(
+            raise FilterError(
                 f"filter {text!r} is not of the form column=operator.value, such as id=eq.r1"
             )
         kind = _COLUMNS.get(column)
         if kind is None:
-            raise RowFilterError(
+            raise FilterError(
                 f"filter {text!r} names unknown column {column!r}: filter on {_FILTERABLE_LIST}"
             )
         if op not in _OPERATORS:
-            raise RowFilterError(
+            raise FilterError(
                 f"filter {text!r} uses unsupported operator {op!r}: "
                 "use eq, neq, lt, lte, gt, gte or in"
             )
         if op in _REFUSED_OPERATORS.get(kind or "", ()):
             allowed = ", ".join(o for o in _OPERATORS if o not in _REFUSED_OPERATORS[kind])
-            raise RowFilterError(f"filter {text!r} uses {op} on {column} ({kind}): use {allowed}")
+            raise FilterError(f"filter {text!r} uses {op} on {column} ({kind}): use {allowed}")
         raws = _parse_list(text, raw) if op == "in" else (raw,)
         # An empty table_id names no table, so routing by it could only be a mistake.
         if column == "table_id" and op in ("eq", "in") and "" in raws:
-            raise RowFilterError(f"filter {text!r} names an empty table_id: give the table's id")
+            raise FilterError(f"filter {text!r} names an empty table_id: give the table's id")
         return cls(column, op, tuple(_convert(text, column, kind, value) for value in raws))
 
     @property
@@ -192,12 +190,12 @@ def parse_filters(text: str) -> tuple[RowFilter, ...]:
 def _parse_list(text: str, raw: str) -> tuple[str, ...]:
     """The values of ``(a,"b,c")``: PostgREST's quoting, Postgres array whitespace rules."""
     if len(raw) < 2 or raw[0] != "(" or raw[-1] != ")":
-        raise RowFilterError(
+        raise FilterError(
             f"filter {text!r} must list its values in parentheses, such as id=in.(a,b)"
         )
     inner = raw[1:-1]
     if not inner.strip():
-        raise RowFilterError(f"filter {text!r} has an empty in list: give at least one value")
+        raise FilterError(f"filter {text!r} has an empty in list: give at least one value")
     values: list[str] = []
     i, end = 0, len(inner)
     while True:
@@ -208,7 +206,7 @@ def _parse_list(text: str, raw: str) -> tuple[str, ...]:
             chars: list[str] = []
             while True:
                 if i >= end:
-                    raise RowFilterError(
+                    raise FilterError(
                         f'filter {text!r} has an unterminated quoted value: close it with "'
                     )
                 char = inner[i]
@@ -224,7 +222,7 @@ def _parse_list(text: str, raw: str) -> tuple[str, ...]:
             while i < end and inner[i].isspace():
                 i += 1
             if i < end and inner[i] != ",":
-                raise RowFilterError(
+                raise FilterError(
                     f"filter {text!r} has text after a quoted value: "
                     "quote the whole value or separate values with commas"
                 )
@@ -234,12 +232,12 @@ def _parse_list(text: str, raw: str) -> tuple[str, ...]:
             stop = end if comma == -1 else comma
             value = inner[i:stop].strip()
             if not value:
-                raise RowFilterError(
+                raise FilterError(
                     f"filter {text!r} has an empty value in its in list: "
                     'remove it, or write "" to match an empty string'
                 )
             if '"' in value:
-                raise RowFilterError(
+                raise FilterError(
                     f"filter {text!r} has a quote inside an unquoted value: "
                     'quote the whole value and escape the quote as \\"'
                 )
@@ -251,19 +249,19 @@ def _parse_list(text: str, raw: str) -> tuple[str, ...]:
 
 
 def _convert(text: str, column: str, kind: str, raw: str) -> Value:
-    """A filter value as the column's type, or a RowFilterError saying what was expected."""
+    """A filter value as the column's type, or a FilterError saying what was expected."""
     if kind == _JSONB:
         try:
             return _jsonb(json.loads(raw, parse_constant=_no_constant))
         except ValueError:
-            raise RowFilterError(
+            raise FilterError(
                 f"filter {text!r} compares {column} (jsonb) with {raw!r}: give a JSON value "
                 'such as {"name":"x"}'
             ) from None
     if kind == _TEXT_ARRAY:
         elements = _parse_array(raw)
         if elements is None:
-            raise RowFilterError(
+            raise FilterError(
                 f"filter {text!r} compares {column} (text[]) with {raw!r}: give an array "
                 'literal such as {a,"b c"}'
             )
@@ -271,14 +269,14 @@ def _convert(text: str, column: str, kind: str, raw: str) -> Value:
     if kind == _INT8:
         number = int(raw) if _INTEGER.fullmatch(raw) else None
         if number is None or not _INT8_MIN <= number <= _INT8_MAX:
-            raise RowFilterError(
+            raise FilterError(
                 f"filter {text!r} compares {column} (int8) with {raw!r}: give an integer"
             )
         return number
     if kind == _TIMESTAMPTZ:
         instant = _parse_timestamp(raw)
         if instant is None:
-            raise RowFilterError(
+            raise FilterError(
                 f"filter {text!r} compares {column} (timestamptz) with {raw!r}: "
                 f"give an ISO-8601 timestamp such as {_TIMESTAMP_EXAMPLE}"
             )

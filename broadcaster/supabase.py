@@ -33,7 +33,7 @@ from .auth import Identity, TokenVerifier
 from .authorization import Authorizer
 from .broadcasts import Broadcasts
 from .changes import Change
-from .exceptions import AuthenticationError, ProtocolError
+from .exceptions import AuthenticationError, FilterError, ProtocolError
 from .feed import Join, JoinResult
 from .frames import text_frame
 from .hub import EVERY_TABLE, Batch, Hub
@@ -41,9 +41,9 @@ from .native import Joiner, Transport
 from .phoenix import Message
 from .presence import Presences
 from .queries import DATABASE_ERRORS
-from .row_filters import RowFilter, RowFilterError, parse_filters
+from .row_filters import RowFilter, parse_filters
 
-__all__ = ["Binding", "FilterError", "SupabaseSession"]
+__all__ = ["Binding", "SupabaseSession"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,6 @@ COLUMNS: Final = [
 _EVENTS: Final = {"*", "INSERT", "UPDATE", "DELETE"}
 # The table_id a binding that routes to every table asks the authorizer about.
 EVERY_TABLE_ID: Final = "*"
-
-
-class FilterError(ValueError):
-    """A binding this server cannot serve; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +89,7 @@ class Binding:
         if text is None or text == "":
             filters: tuple[RowFilter, ...] = ()
         elif isinstance(text, str):
-            try:
-                filters = parse_filters(text)
-            except RowFilterError as exc:
-                raise FilterError(str(exc)) from None
+            filters = parse_filters(text)
         else:
             raise FilterError("filter must be a string such as table_id=eq.X")
         tables: tuple[str, ...] | None = None

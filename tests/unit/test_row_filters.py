@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from broadcaster.row_filters import RowFilter, RowFilterError, parse_filters
+from broadcaster.exceptions import BroadcasterError, FilterError
+from broadcaster.row_filters import RowFilter, parse_filters
 
 T0 = "2026-11-26T10:00:00.123456Z"
 T0_AT = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
@@ -36,7 +37,7 @@ def without(key: str) -> dict[str, Any]:
 
 
 def refused(text: str) -> str:
-    with pytest.raises(RowFilterError) as caught:
+    with pytest.raises(FilterError) as caught:
         RowFilter.parse(text)
     return str(caught.value)
 
@@ -289,8 +290,9 @@ def test_commas_inside_json_and_arrays_belong_to_the_value() -> None:
     ]
 
 
-def test_the_error_is_a_value_error() -> None:
-    assert issubclass(RowFilterError, ValueError)
+def test_the_error_is_a_value_error_under_the_packages_root() -> None:
+    assert issubclass(FilterError, ValueError)
+    assert issubclass(FilterError, BroadcasterError)
 
 
 # Routing

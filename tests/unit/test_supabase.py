@@ -27,10 +27,11 @@ from broadcaster.auth import Identity
 from broadcaster.authorization import Authorizer, ClaimAuthorizer, OpenAuthorizer
 from broadcaster.broadcasts import Broadcasts
 from broadcaster.changes import Change
+from broadcaster.exceptions import FilterError
 from broadcaster.hub import Batch, Hub
 from broadcaster.phoenix import VSN_1, VSN_2, Message
 from broadcaster.presence import Presences
-from broadcaster.supabase import COLUMNS, Binding, FilterError, SupabaseSession
+from broadcaster.supabase import COLUMNS, Binding, SupabaseSession
 from tests.support.timeouts import eventually, within
 from tests.unit.test_native import FakeJoiner, FakeTransport, unframe
 from tests.unit.test_native_access import CLAIM, FakeVerifier, identity
