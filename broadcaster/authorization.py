@@ -22,7 +22,7 @@ from .auth import Identity
 from .exceptions import ConfigurationError
 from .queries import DATABASE_ERRORS
 
-__all__ = ["Authorizer", "ClaimAuthorizer", "OpenAuthorizer", "SqlAuthorizer"]
+__all__ = ["Authorizer", "ClaimAuthorizer", "OpenAuthorizer", "SqlAuthorizer", "decided"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ class Authorizer(Protocol):
 
         An answer known at once is returned as is, so the session need not wait.
         """
+
+
+async def decided(verdict: bool | Awaitable[bool]) -> bool:
+    """The answer of :meth:`Authorizer.allowed`, awaited if it was not known at once."""
+    return verdict if isinstance(verdict, bool) else await verdict
 
 
 class OpenAuthorizer:

@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol
 
 from . import broadcasts, presence, protocol
 from .auth import Identity, TokenVerifier
-from .authorization import Authorizer
+from .authorization import Authorizer, decided
 from .broadcasts import Broadcasts
 from .changes import Change
 from .exceptions import AuthenticationError, ProtocolError
@@ -398,8 +398,7 @@ class NativeSession:
         self._reply(protocol.encode_authenticated(message.ref, identity.expires_at))
         # A refreshed token may grant fewer tables than the one it replaces.
         for table_id in list(self.tables):
-            verdict = self._authorizer.allowed(identity, table_id)
-            allowed = verdict if isinstance(verdict, bool) else await verdict
+            allowed = await decided(self._authorizer.allowed(identity, table_id))
             if not allowed and table_id in self.tables:
                 self._leave(table_id)
                 self._reply(

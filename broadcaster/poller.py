@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import asyncpg
 
@@ -106,11 +106,12 @@ class Poller:
             tasks.create_task(self._timer(self._refresh_interval, self._refresh))
             tasks.create_task(self._timer(self._refresh_interval * 10, self._prune))
 
-    async def unregister(self) -> None:
-        """Remove this process's registrations (on a clean stop), so writers stop notifying it."""
-        if self._polling.registered:
-            await self._reader.unregister(self._process, sorted(self._polling.registered))
-            self._polling.dropped(list(self._polling.registered))
+    async def unregister(self, tables: Collection[str] | None = None) -> None:
+        """Remove registrations of this process (default: all of them, on a clean stop)."""
+        drop = sorted(self._polling.registered if tables is None else tables)
+        if drop:
+            await self._reader.unregister(self._process, drop)
+            self._polling.dropped(drop)
 
     async def _read_loop(self) -> None:
         failures = 0
@@ -162,9 +163,7 @@ class Poller:
                 self._polling.made(register, promise, time.monotonic(), confirmed=False)
                 raise
             self._polling.made(register, promise, time.monotonic())
-        if drop:
-            await self._reader.unregister(self._process, drop)
-            self._polling.dropped(drop)
+        await self.unregister(drop)
         self._registered_for = version
 
     def _observe(

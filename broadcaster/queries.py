@@ -33,6 +33,18 @@ DATABASE_ERRORS = (
 )
 """What a database call may raise when the database or the network fails."""
 
+# What a read returns for a tombstone (alias b) and for a row changed since the
+# request's snapshot (alias r), shared by both statements below.
+_TOMBSTONE = """SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
+       json_build_object('id', b.id, 'table_id', b.table_id, 'version', b.version)::text
+"""
+_CHANGED_ROW = """SELECT 3, chk.k,
+       CASE WHEN r.inserted_xid IS NOT NULL
+                 AND NOT pg_visible_in_snapshot(r.inserted_xid, chk.since)
+            THEN 'INSERT' ELSE 'UPDATE' END,
+       r.table_id, r.id, r.version, broadcaster_row_json(r)::text
+"""
+
 # One statement: a request k reads table t since snapshot `since` (rows and
 # tombstones whose transaction is not visible in it), or every row when `since`
 # is null or cannot be served. Every row and rows since a cursor are separate
@@ -41,7 +53,7 @@ DATABASE_ERRORS = (
 # `changed_xid >= xmin` join condition is what lets the index serve a catch-up;
 # rows written before the triggers were installed have a null changed_xid and
 # only come with every row.
-_READ = """
+_READ = f"""
 WITH req AS (
     SELECT k, t, since::pg_snapshot AS since
     FROM unnest($1::int[], $2::text[], $3::text[]) AS u(k, t, since)
@@ -61,9 +73,7 @@ SELECT 0 AS kind, NULL::int AS k, NULL::text AS op, NULL::text AS table_id,
 UNION ALL
 SELECT 1, chk.k, NULL, NULL, NULL, NULL, chk.reset FROM chk WHERE chk.reset IS NOT NULL
 UNION ALL
-SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
-       json_build_object('id', b.id, 'table_id', b.table_id, 'version', b.version)::text
-FROM chk JOIN broadcaster_tombstones AS b ON b.table_id = chk.t
+{_TOMBSTONE}FROM chk JOIN broadcaster_tombstones AS b ON b.table_id = chk.t
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL
   AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
 UNION ALL
@@ -71,12 +81,7 @@ SELECT 3, chk.k, 'INSERT', r.table_id, r.id, r.version, broadcaster_row_json(r):
 FROM chk JOIN rows AS r ON r.table_id = chk.t
 WHERE chk.since IS NULL OR chk.reset IS NOT NULL
 UNION ALL
-SELECT 3, chk.k,
-       CASE WHEN r.inserted_xid IS NOT NULL
-                 AND NOT pg_visible_in_snapshot(r.inserted_xid, chk.since)
-            THEN 'INSERT' ELSE 'UPDATE' END,
-       r.table_id, r.id, r.version, broadcaster_row_json(r)::text
-FROM chk JOIN rows AS r
+{_CHANGED_ROW}FROM chk JOIN rows AS r
   ON r.table_id = chk.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL
   AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)
@@ -97,19 +102,13 @@ _READ_EVERY = (
 ), req AS""",
         1,
     )
-    + """UNION ALL
-SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
-       json_build_object('id', b.id, 'table_id', b.table_id, 'version', b.version)::text
-FROM chk JOIN broadcaster_tombstones AS b ON chk.t IS NULL
+    + f"""UNION ALL
+{_TOMBSTONE}FROM chk JOIN broadcaster_tombstones AS b ON chk.t IS NULL
 WHERE chk.reset IS NULL AND b.table_id <> ALL($6::text[])
   AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
 UNION ALL
-SELECT 3, chk.k,
-       CASE WHEN r.inserted_xid IS NOT NULL
-                 AND NOT pg_visible_in_snapshot(r.inserted_xid, chk.since)
-            THEN 'INSERT' ELSE 'UPDATE' END,
-       r.table_id, r.id, r.version, broadcaster_row_json(r)::text
-FROM chk JOIN tids ON chk.t IS NULL AND tids.t IS NOT NULL AND tids.t <> ALL($6::text[])
+{_CHANGED_ROW}FROM chk
+JOIN tids ON chk.t IS NULL AND tids.t IS NOT NULL AND tids.t <> ALL($6::text[])
 JOIN rows AS r ON r.table_id = tids.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
 WHERE chk.reset IS NULL AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)
 """
@@ -190,14 +189,12 @@ class ChangeReader:
             "INSERT INTO broadcaster_listeners AS l (table_id, process, polling_until)"
             " SELECT t, $1, CASE WHEN p THEN now() + make_interval(secs => $4)"
             "  ELSE '-infinity'::timestamptz END"
-            " FROM unnest($2::text[] || $3::text[],"
-            "  array_fill(false, ARRAY[cardinality($2::text[])])"
-            "  || array_fill(true, ARRAY[cardinality($3::text[])])) AS u(t, p)"
+            " FROM unnest($2::text[], $3::bool[]) AS u(t, p)"
             " ON CONFLICT (table_id, process) DO UPDATE"
             " SET polling_until = EXCLUDED.polling_until, seen_at = now()",
             process,
-            list(tables),
-            list(promised),
+            [*tables, *promised],
+            [False] * len(tables) + [True] * len(promised),
             window,
         )
 

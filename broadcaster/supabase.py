@@ -23,14 +23,14 @@ import asyncio
 import json
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from . import broadcasts, phoenix, presence
 from .auth import Identity, TokenVerifier
-from .authorization import Authorizer
+from .authorization import Authorizer, decided
 from .broadcasts import Broadcasts
 from .changes import Change
 from .exceptions import AuthenticationError, FilterError, ProtocolError
@@ -251,17 +251,15 @@ class SupabaseSession:
         except AuthenticationError as exc:
             return self._refuse(message, f"{exc.code}: {exc.message}")
         tables = frozenset(t for binding in bindings for t in (binding.tables or (EVERY_TABLE,)))
-        for table_id in sorted(t if t is not None else EVERY_TABLE_ID for t in tables):
-            verdict = self._authorizer.allowed(identity, table_id)
-            allowed = verdict if isinstance(verdict, bool) else await verdict
-            if not allowed and table_id == EVERY_TABLE_ID:
-                return self._refuse(
-                    message,
-                    "forbidden: a binding without a table_id=eq or table_id=in filter reads "
-                    "every table, and this token may not (the authorizer must grant table_id '*')",
-                )
-            if not allowed:
-                return self._refuse(message, f"forbidden: this token may not read {table_id!r}")
+        forbidden = await self._forbidden(identity, tables)
+        if forbidden == EVERY_TABLE_ID:
+            return self._refuse(
+                message,
+                "forbidden: a binding without a table_id=eq or table_id=in filter reads "
+                "every table, and this token may not (the authorizer must grant table_id '*')",
+            )
+        if forbidden is not None:
+            return self._refuse(message, f"forbidden: this token may not read {forbidden!r}")
         if self.closed:
             return None
         if len(set(self.tables) | tables) > self._max_subscriptions:
@@ -372,14 +370,22 @@ class SupabaseSession:
             return self._close_channel(message, f"{exc.code}: {exc.message}")
         # A fresh token may grant less than the one the channel joined with.
         channel = self._channels.get(message.topic)
-        routed = channel.tables if channel is not None else frozenset()
-        for table_id in sorted(t if t is not None else EVERY_TABLE_ID for t in routed):
-            verdict = self._authorizer.allowed(identity, table_id)
-            if not (verdict if isinstance(verdict, bool) else await verdict):
-                return self._close_channel(
-                    message, f"forbidden: the new token may not read {table_id!r}"
-                )
+        forbidden = await self._forbidden(identity, channel.tables if channel else frozenset())
+        if forbidden is not None:
+            return self._close_channel(
+                message, f"forbidden: the new token may not read {forbidden!r}"
+            )
         self.identity = identity
+        return None
+
+    async def _forbidden(
+        self, identity: Identity | None, routed: Iterable[str | None]
+    ) -> str | None:
+        """The first table_id of ``routed`` that ``identity`` may not read, if any
+        (EVERY_TABLE is asked about, and answered, as EVERY_TABLE_ID)."""
+        for table_id in sorted(t if t is not None else EVERY_TABLE_ID for t in routed):
+            if not await decided(self._authorizer.allowed(identity, table_id)):
+                return table_id
         return None
 
     def _close_channel(self, message: Message, reason: str) -> None:
