@@ -37,9 +37,9 @@ from broadcaster.migrate import MigrationReport, migrate
 from broadcaster.resources import migrations_dir, schema_dir, triggers_sql
 from tests.support.database import with_database
 from tests.support.timeouts import seconds, within
+from tests.support.wakeups import listening
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHANNEL = "broadcaster_changes"
 TRIGGERS = {
     "broadcaster_before_write",
     "broadcaster_after_delete",
@@ -167,21 +167,14 @@ def expected_comment() -> str:
 
 async def wakes_up(url: str, db: asyncpg.Connection, statement: str) -> None:
     """Run ``statement`` on ``db`` and wait for the wake-up it sends, whatever its payload."""
-    listener = await asyncpg.connect(url)
-    try:
-        # As a server with a subscriber of every table: every write notifies.
-        await listener.execute(
-            "INSERT INTO broadcaster_listeners (table_id, process, polling_until)"
-            " VALUES ('', 'tests', '-infinity') ON CONFLICT DO NOTHING"
-        )
-        payloads: asyncio.Queue[str] = asyncio.Queue()
-        await listener.add_listener(
-            CHANNEL, lambda _conn, _pid, _channel, payload: payloads.put_nowait(payload)
-        )
+    # As a server with a subscriber of every table: every write notifies.
+    await db.execute(
+        "INSERT INTO broadcaster_listeners (table_id, process, polling_until)"
+        " VALUES ('', 'tests', '-infinity') ON CONFLICT DO NOTHING"
+    )
+    async with listening(url) as payloads:
         await db.execute(statement)
         await within(payloads.get())
-    finally:
-        await listener.close()
 
 
 def upgrade_to(url: str, revision: str) -> None:

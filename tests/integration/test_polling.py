@@ -10,10 +10,10 @@ import pytest
 
 from tests.support.server import client, running_server
 from tests.support.timeouts import eventually, seconds
+from tests.support.wakeups import listening, sent_since
 
 pytestmark = pytest.mark.asyncio
 
-CHANNEL = "broadcaster_changes"
 WINDOW = 0.3
 
 
@@ -25,26 +25,14 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-async def wakeups(database_url: str) -> AsyncIterator[list[str]]:
+async def wakeups(database_url: str) -> AsyncIterator[asyncio.Queue[str]]:
     """Every wake-up sent, as the LISTEN connection of a server hears it."""
-    connection = await asyncpg.connect(database_url)
-    heard: list[str] = []
-    await connection.add_listener(CHANNEL, lambda *args: heard.append(args[3]))
-    yield heard
-    await connection.close()
-
-
-async def sent_so_far(db: asyncpg.Connection, heard: list[str]) -> list[str]:
-    """The wake-ups sent by what ``db`` committed so far (a marker closes the list)."""
-    await db.execute("SELECT pg_notify($1, 'marker')", CHANNEL)
-    await eventually(lambda: "marker" in heard)
-    sent = heard[: heard.index("marker")]
-    del heard[: heard.index("marker") + 1]
-    return sent
+    async with listening(database_url) as queue:
+        yield queue
 
 
 async def test_writers_of_a_busy_table_skip_their_wake_ups_and_nothing_is_lost(
-    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+    database_url: str, db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     async with (
         running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
@@ -56,11 +44,11 @@ async def test_writers_of_a_busy_table_skip_their_wake_ups_and_nothing_is_lost(
         received = await c.changes(50)
         assert sorted(m["row"]["id"] for m in received) == sorted(f"r{n}" for n in range(50))
         # The first write woke the server, which then promised to read t1.
-        assert len(await sent_so_far(db, wakeups)) < 10
+        assert len(await sent_since(db, wakeups)) < 10
 
 
 async def test_a_long_transaction_that_skipped_its_wake_up_arrives_when_it_commits(
-    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+    database_url: str, db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     slow = await asyncpg.connect(database_url)
     try:
@@ -88,13 +76,13 @@ async def test_a_long_transaction_that_skipped_its_wake_up_arrives_when_it_commi
                 await asyncio.sleep(seconds(1) + 3 * WINDOW)
             (change,) = await c.changes(1)
             assert change["row"]["id"] == "slow"
-            assert await sent_so_far(db, wakeups) == ["t1"]
+            assert await sent_since(db, wakeups) == ["t1"]
     finally:
         await slow.close()
 
 
 async def test_an_idle_tables_writer_wakes_the_server(
-    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+    database_url: str, db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     async with (
         running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
@@ -105,11 +93,11 @@ async def test_an_idle_tables_writer_wakes_the_server(
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('late', 't1')")
         (change,) = await c.changes(1)
         assert change["row"]["id"] == "late"
-        assert await sent_so_far(db, wakeups) == ["t1"]
+        assert await sent_since(db, wakeups) == ["t1"]
 
 
 async def test_without_a_window_every_writer_wakes_the_server(
-    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+    database_url: str, db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     async with (
         running_server(database_url, poll_window=0, refresh_interval=60) as server,
@@ -119,7 +107,7 @@ async def test_without_a_window_every_writer_wakes_the_server(
         for n in range(3):
             await db.execute("INSERT INTO rows (id, table_id) VALUES ($1, 't1')", f"r{n}")
         await c.changes(3)
-        assert await sent_so_far(db, wakeups) == ["t1"] * 3
+        assert await sent_since(db, wakeups) == ["t1"] * 3
 
 
 async def test_a_server_registers_what_it_serves_and_removes_it_when_it_stops(
@@ -149,7 +137,7 @@ async def test_the_registrations_of_a_dead_process_are_removed_at_a_refresh(
 
 
 async def test_a_write_that_skipped_its_wake_up_before_the_subscription_arrives(
-    database_url: str, db: asyncpg.Connection, wakeups: list[str]
+    database_url: str, db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     """No server served t1 when it was written; the registration's final read finds it."""
     async with running_server(database_url, refresh_interval=60) as server, client(server) as c:
@@ -160,4 +148,4 @@ async def test_a_write_that_skipped_its_wake_up_before_the_subscription_arrives(
         await transaction.commit()
         (change,) = await c.changes(1)
         assert change["row"]["id"] == "early"
-        assert await sent_so_far(db, wakeups) == []
+        assert await sent_since(db, wakeups) == []

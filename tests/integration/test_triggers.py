@@ -14,9 +14,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from tests.support.timeouts import within
-
-CHANNEL = "broadcaster_changes"
+from tests.support.wakeups import listening, sent_since
 
 
 @pytest.fixture
@@ -41,29 +39,15 @@ async def register(
 
 
 @pytest.fixture
-async def wakeups(database_url: str) -> AsyncIterator[asyncio.Queue[str]]:
+async def wakeups(database_url: str, db: asyncpg.Connection) -> AsyncIterator[asyncio.Queue[str]]:
     """Every payload sent on the channel, in delivery order.
 
     A listener of every table is registered, as a server with a subscriber of
     every table does, so that every write notifies.
     """
-    conn = await asyncpg.connect(database_url)
-    await register(conn, "", "-infinity")
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    await conn.add_listener(
-        CHANNEL, lambda _conn, _pid, _channel, payload: queue.put_nowait(payload)
-    )
-    yield queue
-    await conn.close()
-
-
-async def sent_since(db: asyncpg.Connection, wakeups: asyncio.Queue[str]) -> list[str]:
-    """The payloads sent by what ``db`` committed so far (a marker closes the list)."""
-    await db.execute("SELECT pg_notify($1, 'marker')", CHANNEL)
-    payloads = []
-    while (payload := await within(wakeups.get())) != "marker":
-        payloads.append(payload)
-    return payloads
+    await register(db, "", "-infinity")
+    async with listening(database_url) as queue:
+        yield queue
 
 
 async def stamps(db: asyncpg.Connection, row_id: str) -> asyncpg.Record:
