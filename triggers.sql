@@ -19,21 +19,9 @@
 -- 10,000 rows of one table sends one.
 
 CREATE SEQUENCE IF NOT EXISTS broadcaster_version_seq;
-
--- The JSON shape of a row as clients see it. Timestamps are UTC ISO-8601 so
--- they do not depend on the writer's TimeZone setting.
-CREATE OR REPLACE FUNCTION broadcaster_row_json(r rows) RETURNS json
-LANGUAGE sql STABLE AS $$
-    SELECT json_build_object(
-        'id', r.id,
-        'table_id', r.table_id,
-        'data', r.data,
-        'enriching_columns', r.enriching_columns,
-        'version', r.version,
-        'created_at', to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'updated_at', to_char(r.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-    )
-$$;
+-- Versions step by 2, so that no change is ever given v + 1: that is the version
+-- a read gives a re-insert that raced a deletion (broadcaster/queries.py).
+ALTER SEQUENCE broadcaster_version_seq INCREMENT BY 2;
 
 CREATE OR REPLACE FUNCTION broadcaster_wake(table_id text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -161,3 +149,5 @@ CREATE TRIGGER broadcaster_before_truncate
 
 DROP FUNCTION IF EXISTS broadcaster_after_write();
 DROP FUNCTION IF EXISTS broadcaster_notify(text, rows);
+-- The JSON shape of a row is the read's own (broadcaster/queries.py) since 0.2.
+DROP FUNCTION IF EXISTS broadcaster_row_json(rows);

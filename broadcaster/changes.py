@@ -14,8 +14,8 @@ class Change:
     """One row's state (or its deletion), decoded once and shared by every subscriber.
 
     ``row_json`` is the row as clients receive it, the JSON text Postgres wrote
-    (``broadcaster_row_json``); it is spliced into messages without being parsed.
-    For a ``DELETE`` it holds ``id``, ``table_id`` and ``version``.
+    (the read builds it, ``broadcaster/queries.py``); it is spliced into
+    messages without being parsed. For a ``DELETE`` it holds ``id``, ``table_id`` and ``version``.
     """
 
     op: str

@@ -33,17 +33,75 @@ DATABASE_ERRORS = (
 )
 """What a database call may raise when the database or the network fails."""
 
-# What a read returns for a tombstone (alias b) and for a row changed since the
-# request's snapshot (alias r), shared by both statements below.
+# What a read returns for a tombstone (alias b), shared by both statements below.
 _TOMBSTONE = """SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
        json_build_object('id', b.id, 'table_id', b.table_id, 'version', b.version)::text
 """
-_CHANGED_ROW = """SELECT 3, chk.k,
-       CASE WHEN r.inserted_xid IS NOT NULL
-                 AND NOT pg_visible_in_snapshot(r.inserted_xid, chk.since)
-            THEN 'INSERT' ELSE 'UPDATE' END,
-       r.table_id, r.id, r.version, broadcaster_row_json(r)::text
+
+# The version a row is read with. The BEFORE trigger draws a row's version
+# before the unique check, and that check waits for a concurrent deletion of
+# the same id: a re-insert that raced a deletion holds a version older than the
+# deletion's tombstone, and a client ordering by version would drop it. Such a
+# row is read with the tombstone's version + 1, which no change is ever given
+# (the sequence steps by 2, see triggers.sql): newer than the deletion, older
+# than any later change of the row, drawn once the deletion had committed. Only
+# a row whose last writer inserted it (or moved it in) can have raced, so only
+# those cost a lookup.
+_READ_VERSION = """CASE WHEN r.inserted_xid IS NOT DISTINCT FROM r.changed_xid
+            THEN greatest(r.version, (SELECT max(b.version) + 1 FROM broadcaster_tombstones AS b
+                                      WHERE b.table_id = r.table_id AND b.id = r.id))
+            ELSE r.version END"""
+
+# A row as clients see it (changes.py: spliced into messages unparsed).
+# Timestamps are UTC ISO-8601 so they do not depend on the session's TimeZone.
+_ROW_JSON = """json_build_object(
+           'id', r.id, 'table_id', r.table_id, 'data', r.data,
+           'enriching_columns', r.enriching_columns, 'version', r.read_version,
+           'created_at', to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           'updated_at', to_char(r.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+       )::text"""
+
+
+def _rows(op: str, source: str) -> str:
+    """A branch returning the rows that ``source`` (FROM chk, rows AS r ... WHERE) selects.
+
+    OFFSET 0 keeps the subquery apart, so each row's read version (and its
+    lookup) is computed once, not once per use.
+    """
+    return f"""SELECT 3, r.k, {op}, r.table_id, r.id, r.read_version,
+       {_ROW_JSON}
+FROM (
+    SELECT chk.k, chk.since, r.id, r.table_id, r.data, r.enriching_columns, r.created_at,
+           r.updated_at, r.inserted_xid, {_READ_VERSION} AS read_version
+    {source}
+    OFFSET 0
+) AS r
 """
+
+
+# A row changed since the request's snapshot: new to it, or changed.
+_CHANGED_OP = """CASE WHEN r.inserted_xid IS NOT NULL
+                 AND NOT pg_visible_in_snapshot(r.inserted_xid, r.since)
+            THEN 'INSERT' ELSE 'UPDATE' END"""
+_EVERY_ROW = _rows(
+    "'INSERT'",
+    """FROM chk JOIN rows AS r ON r.table_id = chk.t
+    WHERE chk.since IS NULL OR chk.reset IS NOT NULL""",
+)
+_CHANGED_ROWS = _rows(
+    _CHANGED_OP,
+    """FROM chk JOIN rows AS r
+      ON r.table_id = chk.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
+    WHERE chk.since IS NOT NULL AND chk.reset IS NULL
+      AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)""",
+)
+_CHANGED_ROWS_EVERY_TABLE = _rows(
+    _CHANGED_OP,
+    """FROM chk
+    JOIN tids ON chk.t IS NULL AND tids.t IS NOT NULL AND tids.t <> ALL($6::text[])
+    JOIN rows AS r ON r.table_id = tids.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
+    WHERE chk.reset IS NULL AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)""",
+)
 
 # One statement: a request k reads table t since snapshot `since` (rows and
 # tombstones whose transaction is not visible in it), or every row when `since`
@@ -77,15 +135,8 @@ UNION ALL
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL
   AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
 UNION ALL
-SELECT 3, chk.k, 'INSERT', r.table_id, r.id, r.version, broadcaster_row_json(r)::text
-FROM chk JOIN rows AS r ON r.table_id = chk.t
-WHERE chk.since IS NULL OR chk.reset IS NOT NULL
-UNION ALL
-{_CHANGED_ROW}FROM chk JOIN rows AS r
-  ON r.table_id = chk.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
-WHERE chk.since IS NOT NULL AND chk.reset IS NULL
-  AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)
-"""
+{_EVERY_ROW}UNION ALL
+{_CHANGED_ROWS}"""
 
 # The same, with requests for every table (a null table_id) but those excluded
 # ($6). Only used when a read has one: the table_ids are walked through the
@@ -107,11 +158,7 @@ _READ_EVERY = (
 WHERE chk.reset IS NULL AND b.table_id <> ALL($6::text[])
   AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
 UNION ALL
-{_CHANGED_ROW}FROM chk
-JOIN tids ON chk.t IS NULL AND tids.t IS NOT NULL AND tids.t <> ALL($6::text[])
-JOIN rows AS r ON r.table_id = tids.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
-WHERE chk.reset IS NULL AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)
-"""
+{_CHANGED_ROWS_EVERY_TABLE}"""
 )
 
 _ORIGIN = """

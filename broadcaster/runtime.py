@@ -112,6 +112,10 @@ class Runtime:
                 "application_name": "broadcaster-reader",
                 # A read that hangs must not stall delivery for ever.
                 "statement_timeout": str(int(settings.keepalive_timeout * 6 * 1000)),
+                # Reads take a millisecond; compiling one (when the planner's
+                # estimate passes jit_above_cost, as the read's per-row
+                # tombstone lookup makes it do) takes 30.
+                "jit": "off",
             },
         )
         self.reader = ChangeReader(self._pool)

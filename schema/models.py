@@ -105,6 +105,9 @@ class Tombstone(Base):
         Index("broadcaster_tombstones_table_id_xid_idx", "table_id", "xid"),
         # Pruning deletes by age.
         Index("broadcaster_tombstones_deleted_at_idx", "deleted_at"),
+        # The newest tombstone of a row id: the version of a re-insert that
+        # raced its deletion (broadcaster/queries.py).
+        Index("broadcaster_tombstones_table_id_id_idx", "table_id", "id", "version"),
     )
 
     table_id: Mapped[str] = mapped_column(Text, nullable=False)

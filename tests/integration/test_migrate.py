@@ -78,9 +78,11 @@ TOMBSTONE_INDEXES = {
     " ON public.broadcaster_tombstones USING btree (table_id, xid)",
     "broadcaster_tombstones_deleted_at_idx": "CREATE INDEX broadcaster_tombstones_deleted_at_idx"
     " ON public.broadcaster_tombstones USING btree (deleted_at)",
+    "broadcaster_tombstones_table_id_id_idx": "CREATE INDEX broadcaster_tombstones_table_id_id_idx"
+    " ON public.broadcaster_tombstones USING btree (table_id, id, version)",
 }
 STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8"}
-HEAD = ["0001", "0002", "0003", "0004"]
+HEAD = ["0001", "0002", "0003", "0004", "0005"]
 FRESH = MigrationReport(applied_revisions=HEAD, triggers_installed=True)
 CURRENT = MigrationReport(applied_revisions=[], triggers_installed=False)
 # Waits for a line on stdin once imported, so that the runs start together.
@@ -296,7 +298,7 @@ async def test_upgrades_a_database_of_revision_0001(
     assert "rows_table_id_idx" in await indexes(db)
 
     assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003", "0004"], triggers_installed=True
+        applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=True
     )
 
     await assert_changefeed_objects(db)
@@ -400,7 +402,29 @@ async def test_replaces_a_changed_xid_index_left_invalid(
         )
 
     assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003", "0004"], triggers_installed=True
+        applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=True
+    )
+
+    await assert_changefeed_objects(db)
+
+
+async def test_replaces_a_tombstones_by_id_index_left_invalid(
+    empty_database_url: str, db: asyncpg.Connection
+) -> None:
+    """0005 on a database of 0004 whose concurrent build of its index failed."""
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, "0004"), units=30)
+    await db.execute(
+        "INSERT INTO broadcaster_tombstones (table_id, id, version, xid)"
+        " VALUES ('t1', 'a', 3, '5'), ('t1', 'a', 3, '6')"
+    )
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute(
+            "CREATE UNIQUE INDEX CONCURRENTLY broadcaster_tombstones_table_id_id_idx"
+            " ON broadcaster_tombstones (table_id, id, version)"
+        )
+
+    assert await run_migrate(empty_database_url) == MigrationReport(
+        applied_revisions=["0005"], triggers_installed=True
     )
 
     await assert_changefeed_objects(db)
@@ -430,7 +454,7 @@ async def test_adopts_changefeed_objects_that_exist(
     tombstones = await db.fetch("SELECT * FROM broadcaster_tombstones")
 
     assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003", "0004"], triggers_installed=True
+        applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=True
     )
 
     await assert_changefeed_objects(db)
@@ -516,7 +540,7 @@ async def test_adopting_complete_changefeed_objects_does_not_block_writers(
     report = await migrate_beside_open_writer(database_url, wait_units=15)
 
     assert report == MigrationReport(
-        applied_revisions=["0002", "0003", "0004"], triggers_installed=False
+        applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=False
     )
 
 

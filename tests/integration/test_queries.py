@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -9,6 +11,7 @@ import pytest
 
 from broadcaster.feed import Request
 from broadcaster.queries import ChangeReader
+from tests.support.timeouts import eventually, within
 
 pytestmark = pytest.mark.asyncio
 
@@ -46,3 +49,72 @@ async def test_a_request_for_every_table_reads_all_but_the_excluded(pool: asyncp
     assert result.resets == {}
     again = await reader.read([Request(0, None, result.snapshot)])
     assert again.rows == []
+
+
+async def test_a_reinsert_that_raced_a_deletion_is_read_newer_than_the_deletion(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """The re-insert's trigger drew its version before the deletion drew the tombstone's,
+    then waited for the deletion in the unique check: read as it is stored, a
+    client ordering by version would drop the re-insert."""
+    await pool.execute("INSERT INTO rows (id, table_id, data) VALUES ('r', 't', '{\"n\": 0}')")
+    # Holds the re-insert between its version and its unique check, until released.
+    await pool.execute(
+        "CREATE FUNCTION pause_reinsert() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN PERFORM pg_advisory_xact_lock(7); RETURN NEW; END $$"
+    )
+    await pool.execute(
+        "CREATE TRIGGER zz_pause_reinsert BEFORE INSERT ON rows FOR EACH ROW"
+        " WHEN (NEW.id = 'r') EXECUTE FUNCTION pause_reinsert()"
+    )
+    reader = ChangeReader(pool)
+    since = (await reader.read([])).snapshot
+    gate, inserter, deleter = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        gate_transaction = gate.transaction()
+        await gate_transaction.start()
+        await gate.execute("SELECT pg_advisory_xact_lock(7)")
+        reinsert = asyncio.create_task(
+            inserter.execute(
+                "INSERT INTO rows (id, table_id, data) VALUES ('r', 't', '{\"n\": 1}')"
+                " ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data"
+            )
+        )
+        await eventually(lambda: waiting_for_lock(gate))
+        delete_transaction = deleter.transaction()
+        await delete_transaction.start()
+        await deleter.execute("DELETE FROM rows WHERE id = 'r'")
+        await gate_transaction.commit()
+        # The re-insert now waits for the deletion in its unique check.
+        await eventually(lambda: waiting_for_lock(gate))
+        await delete_transaction.commit()
+        await within(reinsert)
+    finally:
+        for connection in (gate, inserter, deleter):
+            await connection.close()
+    stored = await pool.fetchval("SELECT version FROM rows WHERE id = 'r'")
+    deleted = await pool.fetchval("SELECT version FROM broadcaster_tombstones WHERE id = 'r'")
+    assert stored < deleted, "the race did not happen"
+
+    changes = {
+        row.change.op: row.change for row in (await reader.read([Request(0, "t", since)])).rows
+    }
+    every_row = (await reader.read([Request(0, "t", None)])).rows
+
+    assert changes["DELETE"].version == deleted
+    assert changes["INSERT"].version == deleted + 1
+    assert json.loads(changes["INSERT"].row_json)["version"] == deleted + 1
+    assert [row.change.version for row in every_row] == [deleted + 1]
+    # Any later change of the row is newer still.
+    await pool.execute("UPDATE rows SET data = '{\"n\": 2}' WHERE id = 'r'")
+    assert await pool.fetchval("SELECT version FROM rows WHERE id = 'r'") > deleted + 1
+
+
+async def waiting_for_lock(db: asyncpg.Connection) -> bool:
+    """Is some other session of this database waiting for a lock?"""
+    return bool(
+        await db.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid())"
+        )
+    )
