@@ -22,8 +22,9 @@ What it does:
    from ``npm ci``.
 3. Drives the same writers (pgbench, single-row UPDATEs of ``rows`` that stamp
    ``data.t``, the commit time in epoch milliseconds) and the same WebSocket
-   clients (``bench/wsclient.py``, spread over several processes; they count
-   frames without parsing them, a sample parses them for latency).
+   clients (``bench/wsclient.c``, compiled here with ``cc``, spread over
+   several processes; they count frames without parsing them, a sample reads
+   ``data.t`` for latency).
 4. Prints a table per target, ours beside theirs.
 
 Every figure is measured in this run; nothing is copied from elsewhere.
@@ -67,6 +68,8 @@ BENCH = ROOT / "bench"
 PEERS = BENCH / "peers"
 PEER_VENV = BENCH / ".venv-peers"
 PEER_PYTHON = PEER_VENV / "bin" / "python"
+CLIENT_SOURCE = BENCH / "wsclient.c"
+CLIENT_BINARY = BENCH / ".build" / "wsclient"
 NODE_DIR = PEERS / "node"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -165,6 +168,25 @@ def ensure_peer_venv(log: Path) -> None:
             stderr=out,
         )
     stamp.write_text(digest)
+
+
+def ensure_client_binary(log: Path) -> None:
+    """bench/.build/wsclient, compiled from bench/wsclient.c when missing or older."""
+    if CLIENT_BINARY.exists() and CLIENT_BINARY.stat().st_mtime >= CLIENT_SOURCE.stat().st_mtime:
+        return
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("bench: a C compiler (cc) is needed to build bench/wsclient.c")
+    print(f"setup: compiling {CLIENT_SOURCE.relative_to(ROOT)}", flush=True)
+    CLIENT_BINARY.parent.mkdir(exist_ok=True)
+    flags = ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
+    with open(log, "ab") as out:
+        subprocess.run(
+            [compiler, *flags, "-o", str(CLIENT_BINARY), str(CLIENT_SOURCE)],
+            check=True,
+            stdout=out,
+            stderr=out,
+        )
 
 
 def ensure_node_modules(log: Path) -> None:
@@ -509,7 +531,7 @@ async def running_server(
 
 
 class ClientPool:
-    """Processes of ``bench/wsclient.py``, each holding a share of the connections."""
+    """Processes of ``bench/wsclient.c``, each holding a share of the connections."""
 
     def __init__(self, processes: list[asyncio.subprocess.Process]) -> None:
         self.processes = processes
@@ -519,8 +541,7 @@ class ClientPool:
     async def start(cls, count: int) -> ClientPool:
         processes = [
             await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(BENCH / "wsclient.py"),
+                str(CLIENT_BINARY),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 limit=1 << 26,
@@ -1249,6 +1270,7 @@ async def run(plan: Plan, admin_url: str, json_out: Path | None, profile: bool) 
         ensure_peer_venv(setup_log)
     if "node" in plan.servers:
         ensure_node_modules(setup_log)
+    ensure_client_binary(setup_log)
     name = f"bench_{secrets.token_hex(4)}"
     loads = plan.loads()
     results = Results(loads={spec.key: [] for spec in loads})

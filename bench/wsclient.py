@@ -1,11 +1,11 @@
-"""Benchmark WebSocket clients: one process holding many counting connections.
+"""One benchmark WebSocket client in the bench's own process.
 
-``bench/run.py`` starts several of these processes and drives them with one
-JSON command per line on stdin; each answers one JSON line on stdout. A
-connection is a bare :class:`asyncio.Protocol` that speaks just enough RFC 6455
-to be cheap: it sends the upgrade request, then splits incoming frames by their
-headers and counts them without parsing, so the generator is never the
-bottleneck:
+``bench/run.py`` uses it where a target needs a few connections it drives
+itself (the catch-up and writer targets); the many counting connections of a
+load target live in ``bench/wsclient.c`` processes, which speak the same
+subset of RFC 6455 for a fraction of the CPU. A connection is a bare
+:class:`asyncio.Protocol`: it sends the upgrade request, then splits incoming
+frames by their headers and counts them without parsing:
 
 - against our server it counts the ``change`` messages in each text frame (a
   frame may be a JSON array of them) with ``bytes.count``;
@@ -14,11 +14,6 @@ bottleneck:
 A *sampled* connection also parses every frame and records, for every change,
 the time it arrived minus ``row.data.t`` (the commit time the writer stamped,
 epoch milliseconds): the commit-to-client latency.
-
-Commands (``{"cmd": ...}``): ``connect`` (open and subscribe connections; the
-answer says how many became ready, how long it took, and the errors), ``reset``
-(zero the counters), ``total`` (changes received so far), ``report`` (per
-connection counts and the latency samples), ``close`` and ``exit``.
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ import asyncio
 import base64
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -35,7 +29,7 @@ CHANGE = b'{"type":"change"'
 SYNCED = b'"type":"synced"'
 SUBSCRIBED = b'"type":"subscribed"'
 
-__all__ = ["Client", "Worker", "connect_client", "main"]
+__all__ = ["Client", "connect_client"]
 
 
 def _masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -237,106 +231,3 @@ async def connect_client(
         await loop.create_connection(lambda: client, host, port)
         await client.ready
     return client
-
-
-class Worker:
-    """The connections of one process and their counters."""
-
-    def __init__(self) -> None:
-        self.clients: list[tuple[int, Client]] = []
-        self.latencies: list[float] = []
-
-    async def connect(self, command: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter()
-        errors: list[str] = []
-        semaphore = asyncio.Semaphore(int(command.get("concurrency", 50)))
-
-        async def one(index: int, table_id: str, sampled: bool) -> None:
-            async with semaphore:
-                try:
-                    client = await connect_client(
-                        host=command["host"],
-                        port=int(command["port"]),
-                        table_id=table_id,
-                        ours=bool(command["ours"]),
-                        sample=self.latencies if sampled else None,
-                        within=float(command.get("timeout", 30.0)),
-                    )
-                except (OSError, TimeoutError, ConnectionError) as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    return
-                self.clients.append((index, client))
-
-        specs = [(int(i), str(t), bool(s)) for i, t, s in command["clients"]]
-        if command.get("sequential"):
-            for spec in specs:
-                await one(*spec)
-        else:
-            await asyncio.gather(*(one(*spec) for spec in specs))
-        return {
-            "ready": len(specs) - len(errors),
-            "errors": errors[:5],
-            "error_count": len(errors),
-            "seconds": time.perf_counter() - started,
-        }
-
-    def reset(self) -> dict[str, Any]:
-        for _index, client in self.clients:
-            client.received = 0
-            client.frames = 0
-        self.latencies.clear()
-        return {"ok": True}
-
-    def total(self) -> dict[str, Any]:
-        return {
-            "received": sum(client.received for _index, client in self.clients),
-            "frames": sum(client.frames for _index, client in self.clients),
-        }
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "clients": [
-                [index, client.received, client.frames, client.closed]
-                for index, client in self.clients
-            ],
-            "latencies": [round(value, 3) for value in self.latencies],
-        }
-
-    async def close(self) -> dict[str, Any]:
-        for _index, client in self.clients:
-            client.close()
-        self.clients.clear()
-        self.latencies.clear()
-        await asyncio.sleep(0.05)
-        return {"ok": True}
-
-
-async def main() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    worker = Worker()
-    while line := await reader.readline():
-        command = json.loads(line)
-        name = command["cmd"]
-        if name == "connect":
-            answer = await worker.connect(command)
-        elif name == "reset":
-            answer = worker.reset()
-        elif name == "total":
-            answer = worker.total()
-        elif name == "report":
-            answer = worker.report()
-        elif name == "close":
-            answer = await worker.close()
-        elif name == "exit":
-            await worker.close()
-            break
-        else:
-            answer = {"error": f"unknown command {name!r}"}
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
