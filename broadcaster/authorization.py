@@ -108,7 +108,12 @@ class SqlAuthorizer:
         try:
             if pool is None:
                 raise ConnectionError("the database is not connected yet")
-            answer = await pool.fetchval(self._query, claims, table_id)
+            async with pool.acquire() as connection:
+                answer = await connection.fetchval(self._query, claims, table_id)
+                # The function is the operator's and may leave session state
+                # behind (a SET, an advisory lock); the pool does not reset
+                # connections (runtime.py).
+                await connection.reset()
         except DATABASE_ERRORS:
             logger.exception("authorizer %s failed for table %r: denied", self._function, table_id)
             return False

@@ -117,6 +117,7 @@ class Runtime:
                 # tombstone lookup makes it do) takes 30.
                 "jit": "off",
             },
+            reset=_keep_session,
         )
         self.reader = ChangeReader(self._pool)
         self.messaging = Messaging(self.broadcasts, self.presences, self.reader)
@@ -197,6 +198,16 @@ class Runtime:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is; asyncpg still rolls back an open transaction.
+
+    asyncpg's default reset (RESET ALL, UNLISTEN *, CLOSE ALL, advisory unlocks)
+    is one more round trip after every read. The server's own statements leave
+    no session state behind; the one statement that is not ours, the SQL
+    authorizer's function, resets its connection itself.
+    """
 
 
 def _split(values: str | None) -> list[str]:

@@ -238,6 +238,9 @@ async def test_the_sql_authorizer_allows_denies_and_survives_its_errors(
         CREATE FUNCTION broadcaster_authorize(claims jsonb, table_id text) RETURNS boolean
         LANGUAGE plpgsql AS $$
         BEGIN
+            -- Session state left behind must not reach the server's reads,
+            -- nor the next call (which names the function unqualified).
+            PERFORM set_config('search_path', 'pg_catalog', false);
             IF table_id = 'boom' THEN
                 RAISE EXCEPTION 'authorizer failure';
             END IF;

@@ -20,6 +20,7 @@ import pytest
 from broadcaster.auth import Identity
 from broadcaster.authorization import ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
 from broadcaster.exceptions import ConfigurationError
+from tests.support.pools import PoolStandIn
 from tests.support.timeouts import within
 
 FUNCTION = "broadcaster_authorize"
@@ -39,14 +40,15 @@ class FakeClock:
         self.now += seconds
 
 
-class FakePool:
-    """Stands in for an asyncpg pool: records each fetchval and answers it.
+class FakePool(PoolStandIn):
+    """Records each fetchval and answers it.
 
     ``answer`` is returned as is, or raised when it is an exception, or called
     with the claims (parsed) and the table_id when it is a function.
     """
 
     def __init__(self, answer: Any = True) -> None:
+        super().__init__()
         self.answer = answer
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -179,6 +181,17 @@ async def test_sql_authorizer_allows_when_the_function_returns_true() -> None:
     [(query, args)] = pool.calls
     assert query == f"SELECT {FUNCTION}($1::jsonb, $2::text)"
     assert args == ('{"sub":"u1"}', "t1")
+
+
+async def test_sql_authorizer_resets_the_connection_its_function_ran_on() -> None:
+    """The pool does not reset connections; the operator's function may leave state."""
+    pool = FakePool(True)
+    authorizer = sql_authorizer(pool)
+
+    await asked(authorizer, identity(), "t1")
+    await asked(authorizer, identity(), "t2")
+
+    assert pool.resets == 2
 
 
 @pytest.mark.parametrize("answer", [False, None, 1, "true", "t"])

@@ -26,6 +26,7 @@ from broadcaster.authorization import Authorizer, ClaimAuthorizer, OpenAuthorize
 from broadcaster.exceptions import AuthenticationError
 from broadcaster.hub import Hub
 from broadcaster.native import Limits, NativeSession
+from tests.support.pools import PoolStandIn
 from tests.support.timeouts import eventually, seconds
 from tests.unit.test_native import FakeJoiner, FakeTransport, messages, send
 
@@ -87,10 +88,11 @@ class FakeVerifier:
         return outcome
 
 
-class FakePool:
+class FakePool(PoolStandIn):
     """An asyncpg pool stand-in for SqlAuthorizer; ``hold()`` makes answers wait."""
 
     def __init__(self, decide: Callable[[dict[str, Any], str], bool]) -> None:
+        super().__init__()
         self.decide = decide
         self.calls: list[str] = []
         self._gate: asyncio.Event | None = None
