@@ -187,8 +187,12 @@ _PRUNE_LOCK = 0x62726F61_64636173  # "broadcas"
 
 
 class ChangeReader:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """The server's statements. ``reads``, if given, is the pool :meth:`read` runs on
+    (runtime.py gives it one whose sessions plan it once); ``pool`` runs the rest."""
+
+    def __init__(self, pool: asyncpg.Pool, *, reads: asyncpg.Pool | None = None) -> None:
         self._pool = pool
+        self._reads = pool if reads is None else reads
 
     async def origin(self) -> Origin:
         ((system_identifier, database_oid),) = await self._pool.fetch(_ORIGIN)
@@ -204,9 +208,9 @@ class ChangeReader:
         )
         every = [r for r in requests if r.table_id is None]
         if every:
-            records = await self._pool.fetch(_READ_EVERY, *arguments, list(every[0].exclude))
+            records = await self._reads.fetch(_READ_EVERY, *arguments, list(every[0].exclude))
         else:
-            records = await self._pool.fetch(_READ, *arguments)
+            records = await self._reads.fetch(_READ, *arguments)
         snapshot = ""
         resets: dict[int, str] = {}
         rows: list[Row] = []
