@@ -95,11 +95,18 @@ _CHANGED_ROWS = _rows(
     WHERE chk.since IS NOT NULL AND chk.reset IS NULL
       AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)""",
 )
+# Each table_id's rows through the index, as a lateral subquery the planner may
+# not flatten: as a join, it hashed the table_ids against a scan of all of
+# `rows` (66 ms at 100,000 rows, against 7).
 _CHANGED_ROWS_EVERY_TABLE = _rows(
     _CHANGED_OP,
     """FROM chk
     JOIN tids ON chk.t IS NULL AND tids.t IS NOT NULL AND tids.t <> ALL($6::text[])
-    JOIN rows AS r ON r.table_id = tids.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
+    CROSS JOIN LATERAL (
+        SELECT * FROM rows
+        WHERE rows.table_id = tids.t AND rows.changed_xid >= pg_snapshot_xmin(chk.since)
+        OFFSET 0
+    ) AS r
     WHERE chk.reset IS NULL AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)""",
 )
 
