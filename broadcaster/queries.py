@@ -37,6 +37,12 @@ DATABASE_ERRORS = (
 _TOMBSTONE = """SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
        json_build_object('id', b.id, 'table_id', b.table_id, 'version', b.version)::text
 """
+# A tombstone whose row is back where it was is older than the row: a re-insert
+# or a move back (the row is read too), or a move a later trigger cancelled
+# after the BEFORE trigger had written its tombstone (triggers.sql).
+_ROW_GONE = (
+    "NOT EXISTS (SELECT FROM rows AS live WHERE live.id = b.id AND live.table_id = b.table_id)"
+)
 
 # The version a row is read with. The BEFORE trigger draws a row's version
 # before the unique check, and that check waits for a concurrent deletion of
@@ -141,6 +147,7 @@ UNION ALL
 {_TOMBSTONE}FROM chk JOIN broadcaster_tombstones AS b ON b.table_id = chk.t
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL
   AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
+  AND {_ROW_GONE}
 UNION ALL
 {_EVERY_ROW}UNION ALL
 {_CHANGED_ROWS}"""
@@ -164,6 +171,7 @@ _READ_EVERY = (
 {_TOMBSTONE}FROM chk JOIN broadcaster_tombstones AS b ON chk.t IS NULL
 WHERE chk.reset IS NULL AND b.table_id <> ALL($6::text[])
   AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
+  AND {_ROW_GONE}
 UNION ALL
 {_CHANGED_ROWS_EVERY_TABLE}"""
 )

@@ -43,7 +43,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TRIGGERS = {
     "broadcaster_before_write",
     "broadcaster_after_delete",
-    "broadcaster_after_move",
     "broadcaster_before_truncate",
 }
 COLUMNS = {
