@@ -59,13 +59,8 @@ async def test_a_reinsert_that_raced_a_deletion_is_read_newer_than_the_deletion(
     client ordering by version would drop the re-insert."""
     await pool.execute("INSERT INTO rows (id, table_id, data) VALUES ('r', 't', '{\"n\": 0}')")
     # Holds the re-insert between its version and its unique check, until released.
-    await pool.execute(
-        "CREATE FUNCTION pause_reinsert() RETURNS trigger LANGUAGE plpgsql AS $$"
-        " BEGIN PERFORM pg_advisory_xact_lock(7); RETURN NEW; END $$"
-    )
-    await pool.execute(
-        "CREATE TRIGGER zz_pause_reinsert BEFORE INSERT ON rows FOR EACH ROW"
-        " WHEN (NEW.id = 'r') EXECUTE FUNCTION pause_reinsert()"
+    await after_our_trigger(
+        pool, "INSERT", "NEW.id = 'r'", "PERFORM pg_advisory_xact_lock(7); RETURN NEW;"
     )
     reader = ChangeReader(pool)
     since = (await reader.read([])).snapshot
@@ -112,6 +107,18 @@ async def test_a_reinsert_that_raced_a_deletion_is_read_newer_than_the_deletion(
     assert await pool.fetchval("SELECT version FROM rows WHERE id = 'r'") > deleted + 1
 
 
+async def after_our_trigger(pool: asyncpg.Pool, event: str, when: str, body: str) -> None:
+    """A BEFORE ``event`` trigger on rows, running ``body`` when ``when``, after ours
+    (triggers of one event fire in name order)."""
+    await pool.execute(
+        f"CREATE FUNCTION zz_test() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} END $$"
+    )
+    await pool.execute(
+        f"CREATE TRIGGER zz_test BEFORE {event} ON rows FOR EACH ROW"
+        f" WHEN ({when}) EXECUTE FUNCTION zz_test()"
+    )
+
+
 async def waiting_for_lock(db: asyncpg.Connection) -> bool:
     """Is some other session of this database waiting for a lock?"""
     return bool(
@@ -129,14 +136,7 @@ async def test_a_move_a_later_trigger_cancelled_leaves_no_deletion_to_read(
     runs after it and skips the update leaves that tombstone behind, with the row still
     where it was."""
     await pool.execute("INSERT INTO rows (id, table_id) VALUES ('r', 'A')")
-    await pool.execute(
-        "CREATE FUNCTION cancel_moves() RETURNS trigger LANGUAGE plpgsql AS $$"
-        " BEGIN RETURN NULL; END $$"
-    )
-    await pool.execute(
-        "CREATE TRIGGER zz_cancel_moves BEFORE UPDATE ON rows FOR EACH ROW"
-        " WHEN (NEW.table_id <> OLD.table_id) EXECUTE FUNCTION cancel_moves()"
-    )
+    await after_our_trigger(pool, "UPDATE", "NEW.table_id <> OLD.table_id", "RETURN NULL;")
     reader = ChangeReader(pool)
     since = (await reader.read([])).snapshot
 
