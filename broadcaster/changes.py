@@ -15,7 +15,8 @@ class Change:
 
     ``row_json`` is the row as clients receive it, the JSON text Postgres wrote
     (the read builds it, ``broadcaster/queries.py``); it is spliced into
-    messages without being parsed. For a ``DELETE`` it holds ``id``, ``table_id`` and ``version``.
+    messages without being parsed. For a ``DELETE`` it holds ``id``,
+    ``table_id`` and ``version``.
     """
 
     op: str
