@@ -113,7 +113,7 @@ async def kill_listener(db: asyncpg.Connection) -> int:
     )
 
 
-async def test_listener_killed_20_times_during_5000_writes(
+async def test_listener_killed_20_times_during_writes(
     private_database_url: str, db: asyncpg.Connection
 ) -> None:
     async with (
