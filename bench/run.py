@@ -1073,8 +1073,8 @@ class Plan:
     nrows: int
     connections: int
     client_procs: int
-    scale_clients: int = 1000
-    scale_rate: float | None = None
+    scale_clients: int
+    scale_rate: float | None
 
     @property
     def check_seconds(self) -> float:
