@@ -27,7 +27,10 @@ A table is registered without a promise (``polling_until`` in the past: its
 writers notify); a wake-up makes the promise, renewed while the table stays
 busy (a wake-up arrived, or a read found changes), so writers of a busy table
 stop notifying and an idle table costs no polls. Step 2 follows a registration
-too, since a writer that checked just before it saw no row and skipped.
+too, since a writer that checked just before it saw no row and skipped; it
+follows :data:`REMEMBERED_FOR` after the registration rather than at once,
+because a writer's session remembers what it saw that long (triggers.sql), so
+a writer may skip on a memory older than the registration until then.
 
 Subscribers of every table register as :data:`EVERY`, which is never promised
 (writers keep notifying while one exists anywhere); the final read after its
@@ -46,10 +49,17 @@ __all__ = ["EVERY", "Polling"]
 EVERY = ""
 """The registration of every-table subscribers (never promised)."""
 
+REMEMBERED_FOR = 0.1
+"""Seconds a writer's session acts on a lookup of the promises (``interval '100 ms'``
+in triggers.sql): the final read after a registration waits that long."""
+
 
 @dataclass
 class _Promise:
     until: float
+    """The final read follows a horizon taken after it."""
+    polls_until: float = float("-inf")
+    """Read every interval until then (a promise; a registration alone makes none)."""
     horizon: int | None = None
     """After ``until``: every xid below it must end before the final read."""
     busy: bool = False
@@ -60,9 +70,17 @@ class _Promise:
 class Polling:
     """The promises of one server process, and the reads they call for."""
 
-    def __init__(self, *, window: float, interval: float, max_check_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        window: float,
+        interval: float,
+        max_check_interval: float = 1.0,
+        remembered_for: float = REMEMBERED_FOR,
+    ) -> None:
         self.window = window
         self.interval = interval
+        self._remembered_for = remembered_for
         self._max_check_interval = max(max_check_interval, interval)
         self.registered: set[str] = set()
         self._promises: dict[str, _Promise] = {}
@@ -87,7 +105,7 @@ class Polling:
         """
         due = set(self._renew)
         for table_id, state in self._promises.items():
-            if state.busy and state.until - now < self.window / 2 and table_id != EVERY:
+            if state.busy and state.polls_until - now < self.window / 2 and table_id != EVERY:
                 due.add(table_id)
         return sorted(due.intersection(self.registered))
 
@@ -102,21 +120,29 @@ class Polling:
         """The database holds these registrations and promises, made at ``at`` or before.
 
         A registration promises no polls (its writers keep notifying), only the
-        final read after a horizon, for writers that checked before it existed.
-        Not ``confirmed``: the statement failed, yet may have committed; what
-        it would have promised is kept, and it is made again.
+        final read after a horizon, for writers that checked before it existed
+        or remembered an earlier check. Not ``confirmed``: the statement
+        failed, yet may have committed; what it would have promised is kept,
+        and it is made again.
         """
         if not confirmed:
             self.epoch += 1
         for table_id in registered:
             if confirmed:
                 self.registered.add(table_id)
-            old = self._promises.get(table_id)
-            self._promises[table_id] = _Promise(at if old is None else max(old.until, at))
+            self._extend(table_id, at + self._remembered_for, float("-inf"))
         for table_id in promised:
             if confirmed:
                 self._renew.discard(table_id)
-            self._promises[table_id] = _Promise(at + self.window)
+            self._extend(table_id, at + self.window, at + self.window)
+
+    def _extend(self, table_id: str, until: float, polls_until: float) -> None:
+        """Start a promise (or a registration's wait) that keeps what ran before it."""
+        old = self._promises.get(table_id)
+        if old is not None:
+            until = max(until, old.until)
+            polls_until = max(polls_until, old.polls_until)
+        self._promises[table_id] = _Promise(until, polls_until)
 
     def dropped(self, tables: Iterable[str]) -> None:
         for table_id in tables:
@@ -138,7 +164,7 @@ class Polling:
         """The tables to read now because of a promise still running (every ``interval``)."""
         if now < self._polled_at + self.interval:
             return []
-        tables = [t for t, state in self._promises.items() if now < state.until]
+        tables = [t for t, state in self._promises.items() if now < state.polls_until]
         if tables:
             self._polled_at = now
         return tables
@@ -158,10 +184,10 @@ class Polling:
         """When something is next due (a poll, a check or a renewal); ``None``: nothing is."""
         deadlines = []
         for state in self._promises.values():
-            if now < state.until:
+            if now < state.polls_until:
                 deadlines.append(max(now, self._polled_at + self.interval))
                 if state.busy:
-                    deadlines.append(state.until - self.window / 2)
+                    deadlines.append(state.polls_until - self.window / 2)
             elif state.horizon is None:
                 deadlines.append(state.until)
             else:

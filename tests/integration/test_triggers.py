@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
+from broadcaster.polling import REMEMBERED_FOR
 from tests.support.wakeups import listening, sent_since
 
 
@@ -48,6 +49,17 @@ async def wakeups(database_url: str, db: asyncpg.Connection) -> AsyncIterator[as
     await register(db, "", "-infinity")
     async with listening(database_url) as queue:
         yield queue
+
+
+async def forget(db: asyncpg.Connection) -> None:
+    """Let the session's memory of the promises it looked up run out (triggers.sql)."""
+    await asyncio.sleep(REMEMBERED_FOR)
+
+
+async def remembered(db: asyncpg.Connection, table_id: str) -> datetime | None:
+    """Until when the session skips ``table_id``'s wake-up without a lookup."""
+    until: datetime | None = await db.fetchval("SELECT broadcaster_remembered($1)", table_id)
+    return until
 
 
 async def stamps(db: asyncpg.Connection, row_id: str) -> asyncpg.Record:
@@ -203,6 +215,7 @@ async def test_a_writer_skips_the_wake_up_while_every_server_promised_to_read(
     assert await sent_since(db, wakeups) == []  # a's promise runs
 
     await register(db, "t1", "-infinity", process="b")
+    await forget(db)
     await db.execute("UPDATE rows SET data = '{\"n\": 2}' WHERE id = 'nobody'")
     assert await sent_since(db, wakeups) == ["t1"]  # b's does not
 
@@ -221,6 +234,60 @@ async def test_outside_read_committed_a_writer_always_wakes(
     """Its snapshot may predate a registration, so it cannot trust what it sees."""
     await db.execute("DELETE FROM broadcaster_listeners")
     await register(db, "t1", "infinity")
+    await db.execute("SELECT broadcaster_remember('t1', now() + interval '1 hour')")
     async with db.transaction(isolation="repeatable_read"):
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('rr', 't1')")
+    assert await sent_since(db, wakeups) == ["t1"]
+
+
+async def test_a_writer_remembers_a_lookup_for_at_most_a_tenth_of_a_second(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    """And never past the promise it saw."""
+    await db.execute("DELETE FROM broadcaster_listeners")
+    assert await remembered(db, "t1") is None
+    clock = "SELECT clock_timestamp()"
+    before = await db.fetchval(clock)
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1')")  # none serves t1
+    after = await db.fetchval(clock)
+    until = await remembered(db, "t1")
+    memory = timedelta(seconds=REMEMBERED_FOR)
+    assert until is not None
+    assert before + memory <= until <= after + memory
+
+    await register(db, "t2", "infinity", process="a")
+    promise = await db.fetchval(
+        "UPDATE broadcaster_listeners SET polling_until = clock_timestamp() + interval '50 ms'"
+        " WHERE table_id = 't2' RETURNING polling_until"
+    )
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('b', 't2')")
+    until = await remembered(db, "t2")
+    assert until in (None, promise)  # None: the promise had run out before the write
+    assert await sent_since(db, wakeups) == ([] if until == promise else ["t2"])
+
+
+async def test_a_remembered_promise_is_trusted_until_it_runs_out(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    """A server registering meanwhile reads the table once more after REMEMBERED_FOR."""
+    await db.execute("DELETE FROM broadcaster_listeners")
+    await register(db, "t1", "-infinity", process="b")
+    await db.execute("SELECT broadcaster_remember('t1', now() + interval '1 hour')")
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('trusted', 't1')")
+    assert await sent_since(db, wakeups) == []
+
+    await db.execute("SELECT broadcaster_remember('t1', now() - interval '1 ms')")
+    await db.execute("UPDATE rows SET data = '{\"n\": 1}' WHERE id = 'trusted'")
+    assert await sent_since(db, wakeups) == ["t1"]
+
+
+async def test_a_reset_session_forgets_and_looks_up_again(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    await db.execute("DELETE FROM broadcaster_listeners")
+    await register(db, "t1", "-infinity")
+    await db.execute("SELECT broadcaster_remember('t1', now() + interval '1 hour')")
+    await db.execute("RESET ALL")
+    assert await remembered(db, "t1") is None
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('reset', 't1')")
     assert await sent_since(db, wakeups) == ["t1"]

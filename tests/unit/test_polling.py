@@ -8,11 +8,14 @@ from broadcaster.polling import EVERY, Polling
 
 WINDOW = 1.0
 INTERVAL = 0.01
+REMEMBERED = 0.1
 
 
 @pytest.fixture
 def polling() -> Polling:
-    return Polling(window=WINDOW, interval=INTERVAL, max_check_interval=0.08)
+    return Polling(
+        window=WINDOW, interval=INTERVAL, max_check_interval=0.08, remembered_for=REMEMBERED
+    )
 
 
 def register(polling: Polling, tables: list[str], at: float = 0.0) -> None:
@@ -20,7 +23,7 @@ def register(polling: Polling, tables: list[str], at: float = 0.0) -> None:
     new, promised, dropped = polling.changes(polling.registered | set(tables), at)
     assert (promised, dropped) == ([], [])
     polling.made(new, [], at)
-    polling.observe("100:100:", at, set(new), set(), horizon=100)
+    assert polling.observe("100:100:", at + REMEMBERED, set(new), set(), horizon=100) == []
 
 
 def promise(polling: Polling, tables: list[str], at: float = 0.0) -> None:
@@ -54,11 +57,28 @@ def test_a_registration_promises_no_polls_only_a_final_read(polling: Polling) ->
     polling.made(["a"], [], 2.0)
 
     assert polling.to_poll(2.0) == []
-    assert polling.needs_horizon(2.0)
+    # Writers' sessions may act on what they saw before it for REMEMBERED.
+    assert not polling.needs_horizon(2.0 + REMEMBERED / 2)
+    assert polling.next_deadline(2.0) == 2.0 + REMEMBERED
+    assert polling.to_poll(2.0 + REMEMBERED / 2) == []
+    assert polling.needs_horizon(2.0 + REMEMBERED)
     # A writer that checked before the registration may still be running.
-    assert polling.observe("100:101:100", 2.0, set(), set(), horizon=101) == []
-    assert polling.observe("101:101:", 2.01, set(), set()) == ["a"]
-    assert polling.next_deadline(2.01) is None
+    assert polling.observe("100:101:100", 2.1, set(), set(), horizon=101) == []
+    assert polling.observe("101:101:", 2.11, set(), set()) == ["a"]
+    assert polling.next_deadline(2.11) is None
+
+
+def test_a_promise_made_while_a_registration_waits_keeps_both() -> None:
+    short = Polling(window=0.05, interval=INTERVAL, remembered_for=REMEMBERED)
+    short.made(["a"], [], 2.0)
+    short.woken("a")
+    short.made([], ["a"], 2.01)
+
+    assert short.to_poll(2.01) == ["a"]
+    assert short.to_poll(2.07) == []
+    # The promise ended, but not the registration's wait.
+    assert not short.needs_horizon(2.07)
+    assert short.needs_horizon(2.0 + REMEMBERED)
 
 
 def test_a_wake_up_makes_a_promise(polling: Polling) -> None:
@@ -187,8 +207,8 @@ def test_every_table_is_never_promised_only_read_after_its_registration(
     polling.made([EVERY], [], 2.0)
 
     assert polling.to_poll(2.0) == []
-    assert polling.needs_horizon(2.0)
-    assert polling.observe("100:102:101", 2.0, set(), set(), horizon=102) == []
+    assert polling.needs_horizon(2.0 + REMEMBERED)
+    assert polling.observe("100:102:101", 2.1, set(), set(), horizon=102) == []
     polling.woken(EVERY)
-    assert polling.changes({EVERY}, 2.0) == ([], [], [])
-    assert polling.observe("102:102:", 2.1, {EVERY}, {EVERY}) == [EVERY]
+    assert polling.changes({EVERY}, 2.1) == ([], [], [])
+    assert polling.observe("102:102:", 2.2, {EVERY}, {EVERY}) == [EVERY]
