@@ -51,6 +51,19 @@ async def wakeups(database_url: str, db: asyncpg.Connection) -> AsyncIterator[as
         yield queue
 
 
+async def only_listener(
+    db: asyncpg.Connection, table_id: str, polling_until: str, process: str = "tests"
+) -> None:
+    """Leave ``process``'s registration of ``table_id`` the only one."""
+    await db.execute("DELETE FROM broadcaster_listeners")
+    await register(db, table_id, polling_until, process)
+
+
+async def remember_for_an_hour(db: asyncpg.Connection, table_id: str) -> None:
+    """Have the session remember ``table_id`` as promised, longer than the trigger would."""
+    await db.execute("SELECT broadcaster_remember($1, now() + interval '1 hour')", table_id)
+
+
 async def forget(db: asyncpg.Connection) -> None:
     """Let the session's memory of the promises it looked up run out (triggers.sql)."""
     await asyncio.sleep(REMEMBERED_FOR)
@@ -232,9 +245,8 @@ async def test_outside_read_committed_a_writer_always_wakes(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     """Its snapshot may predate a registration, so it cannot trust what it sees."""
-    await db.execute("DELETE FROM broadcaster_listeners")
-    await register(db, "t1", "infinity")
-    await db.execute("SELECT broadcaster_remember('t1', now() + interval '1 hour')")
+    await only_listener(db, "t1", "infinity")
+    await remember_for_an_hour(db, "t1")
     async with db.transaction(isolation="repeatable_read"):
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('rr', 't1')")
     assert await sent_since(db, wakeups) == ["t1"]
@@ -270,9 +282,8 @@ async def test_a_remembered_promise_is_trusted_until_it_runs_out(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     """A server registering meanwhile reads the table once more after REMEMBERED_FOR."""
-    await db.execute("DELETE FROM broadcaster_listeners")
-    await register(db, "t1", "-infinity", process="b")
-    await db.execute("SELECT broadcaster_remember('t1', now() + interval '1 hour')")
+    await only_listener(db, "t1", "-infinity", process="b")
+    await remember_for_an_hour(db, "t1")
     await db.execute("INSERT INTO rows (id, table_id) VALUES ('trusted', 't1')")
     assert await sent_since(db, wakeups) == []
 
@@ -284,9 +295,8 @@ async def test_a_remembered_promise_is_trusted_until_it_runs_out(
 async def test_a_reset_session_forgets_and_looks_up_again(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
-    await db.execute("DELETE FROM broadcaster_listeners")
-    await register(db, "t1", "-infinity")
-    await db.execute("SELECT broadcaster_remember('t1', now() + interval '1 hour')")
+    await only_listener(db, "t1", "-infinity")
+    await remember_for_an_hour(db, "t1")
     await db.execute("RESET ALL")
     assert await remembered(db, "t1") is None
     await db.execute("INSERT INTO rows (id, table_id) VALUES ('reset', 't1')")
