@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from broadcaster.polling import REMEMBERED_FOR
 from tests.support.server import client, running_server
 from tests.support.timeouts import eventually, seconds
 from tests.support.wakeups import listening, sent_since
@@ -149,3 +150,26 @@ async def test_a_write_that_skipped_its_wake_up_before_the_subscription_arrives(
         (change,) = await c.changes(1)
         assert change["row"]["id"] == "early"
         assert await sent_since(db, wakeups) == []
+
+
+async def test_a_write_that_skipped_on_a_memory_older_than_the_subscription_arrives(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """The writer's session saw no server serve the table just before the subscription.
+
+    Within REMEMBERED_FOR of that, it skips its next wake-up without looking;
+    the registration's final read, taken that long after the registration,
+    finds the change. (A slower subscription lets the memory run out first,
+    and the writer notifies: the change arrives either way.)
+    """
+    async with running_server(database_url, refresh_interval=60) as server, client(server) as c:
+        for n in range(5):
+            table_id = f"m{n}"
+            insert = "INSERT INTO rows (id, table_id) VALUES ($1, $2)"
+            await db.execute(insert, f"{table_id}-before", table_id)
+            await c.subscribe(table_id)
+            # Past a final read taken at once, within the writer's memory.
+            await asyncio.sleep(REMEMBERED_FOR / 3)
+            await db.execute(insert, f"{table_id}-after", table_id)
+            (change,) = await c.changes(1)
+            assert change["row"]["id"] == f"{table_id}-after"
