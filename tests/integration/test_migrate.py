@@ -386,6 +386,12 @@ async def test_adoption_replaces_an_index_left_invalid(
     await assert_changefeed_objects(db)
 
 
+async def leave_invalid_index(db: asyncpg.Connection, name: str, on: str) -> None:
+    """A concurrent build of index ``name`` that failed on duplicates, leaving it invalid."""
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {on}")
+
+
 async def test_replaces_a_changed_xid_index_left_invalid(
     empty_database_url: str, db: asyncpg.Connection
 ) -> None:
@@ -394,11 +400,7 @@ async def test_replaces_a_changed_xid_index_left_invalid(
     await db.execute(
         "INSERT INTO rows (id, table_id, changed_xid) VALUES ('a', 't1', '5'), ('b', 't1', '5')"
     )
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await db.execute(
-            "CREATE UNIQUE INDEX CONCURRENTLY rows_table_id_changed_xid_idx"
-            " ON rows (table_id, changed_xid)"
-        )
+    await leave_invalid_index(db, "rows_table_id_changed_xid_idx", "rows (table_id, changed_xid)")
 
     assert await run_migrate(empty_database_url) == MigrationReport(
         applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=True
@@ -416,11 +418,11 @@ async def test_replaces_a_tombstones_by_id_index_left_invalid(
         "INSERT INTO broadcaster_tombstones (table_id, id, version, xid)"
         " VALUES ('t1', 'a', 3, '5'), ('t1', 'a', 3, '6')"
     )
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await db.execute(
-            "CREATE UNIQUE INDEX CONCURRENTLY broadcaster_tombstones_table_id_id_idx"
-            " ON broadcaster_tombstones (table_id, id, version)"
-        )
+    await leave_invalid_index(
+        db,
+        "broadcaster_tombstones_table_id_id_idx",
+        "broadcaster_tombstones (table_id, id, version)",
+    )
 
     assert await run_migrate(empty_database_url) == MigrationReport(
         applied_revisions=["0005"], triggers_installed=True
