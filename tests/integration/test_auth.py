@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,7 +36,9 @@ def token(
     payload: dict[str, Any] = {
         "sub": "user-1",
         "aud": "realtime",
-        "exp": int(time.time() + expires_in),
+        # Rounded up: a token lives at least ``expires_in`` (truncated, a
+        # 1-second token could expire before its first subscribe).
+        "exp": math.ceil(time.time() + expires_in),
         "table_ids": list(tables) if isinstance(tables, tuple | list) else tables,
     }
     payload.update(claims)
@@ -215,7 +218,7 @@ async def test_refreshing_extends_and_a_narrower_token_ends_subscriptions(
         ended = await c.recv()
         assert ended["code"] == "forbidden"
         assert ended["table_id"] == "B"
-        await asyncio.sleep(seconds(2))  # past the first token's expiry
+        await asyncio.sleep(seconds(3))  # past the first token's expiry (2.5 s at most)
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 'A'), ('b', 'B')")
         assert [m["row"]["id"] for m in await c.changes(1)] == ["a"]
         await c.assert_silent()
