@@ -27,56 +27,61 @@ ALTER SEQUENCE broadcaster_version_seq INCREMENT BY 2;
 -- promised to read it (or that none served it), so that its next writes of the
 -- table skip the lookup and its call (30 us). A server reads a table it starts
 -- serving once more after that long (REMEMBERED_FOR in broadcaster/polling.py),
--- for the writers that acted on a memory older than its registration. The
--- memory is 64 slots of session settings; a table may sit in either of two,
--- chosen by its hash, so that a few tables seldom push each other out.
+-- for the writers that acted on a memory older than its registration.
+--
+-- The memory is two session settings: `broadcaster.promised`, the tables
+-- remembered, each between two U+001F separators, and
+-- `broadcaster.promised_until`, when the earliest of their memories ends (epoch
+-- seconds). One memory for a set of tables rather than one per table, because
+-- every write checks it in an expression that Postgres prepares afresh in each
+-- transaction, at a cost that grows with every function it calls: this one
+-- costs a single-row UPDATE about 10% of its instructions, the 64 per-table
+-- slots it replaced 19% (docs/performance.md).
 
 -- Until when this session may skip the table's wake-up; NULL: it does not know
--- (nothing remembered, other tables in its slots, or the settings were reset).
--- A plain SQL expression, which the caller inlines.
+-- (not remembered, or the settings were reset). A table_id holding a separator
+-- is never remembered: it could match the run of two others. A plain SQL
+-- expression, which the caller inlines.
 CREATE OR REPLACE FUNCTION broadcaster_remembered(table_id text) RETURNS timestamptz
 LANGUAGE sql AS $$
-    SELECT CASE table_id
-        WHEN current_setting('broadcaster.promised_table_' || (hashtext(table_id) & 63), true)
-        THEN to_timestamp(nullif(current_setting(
-            'broadcaster.promised_until_' || (hashtext(table_id) & 63), true), '')::float8)
-        WHEN current_setting('broadcaster.promised_table_' || (hashtext(table_id) >> 6 & 63), true)
-        THEN to_timestamp(nullif(current_setting(
-            'broadcaster.promised_until_' || (hashtext(table_id) >> 6 & 63), true), '')::float8)
+    SELECT CASE
+        WHEN strpos(table_id, E'\x1f') = 0
+         AND strpos(current_setting('broadcaster.promised', true), E'\x1f' || table_id || E'\x1f') > 0
+        THEN to_timestamp(current_setting('broadcaster.promised_until', true)::float8)
     END
 $$;
 
+-- In any isolation level: the memory comes from a lookup in READ COMMITTED
+-- (broadcaster_wake), and acting on it within its time relies only on the
+-- writer's xid being taken before the check (broadcaster/polling.py).
 CREATE OR REPLACE FUNCTION broadcaster_promised(table_id text) RETURNS boolean
 LANGUAGE sql AS $$
-    SELECT coalesce(
-        current_setting('transaction_isolation') = 'read committed'
-        AND broadcaster_remembered(table_id) > clock_timestamp(),
-        false)
+    SELECT coalesce(broadcaster_remembered(table_id) > clock_timestamp(), false)
 $$;
 
 -- PL/pgSQL, which plans once per session: a SQL function that is not inlined
--- is planned at every call (70 us).
+-- is planned at every call (70 us). Adds the table to the memory, which then
+-- ends at the earlier of the two ends; starts the memory afresh when it has
+-- ended, or when it would pass 4000 bytes.
 CREATE OR REPLACE FUNCTION broadcaster_remember(table_id text, until timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    first text := (hashtext(table_id) & 63)::text;
-    second text := (hashtext(table_id) >> 6 & 63)::text;
-    slot text := first;
+    known text := current_setting('broadcaster.promised', true);
+    known_until float8 := nullif(current_setting('broadcaster.promised_until', true), '')::float8;
     ignored text;
 BEGIN
-    -- The second slot if it holds this table already, or if the first holds
-    -- another table remembered for longer than what the second holds.
-    IF current_setting('broadcaster.promised_table_' || second, true) = table_id
-       OR (current_setting('broadcaster.promised_table_' || first, true) <> table_id
-           AND coalesce(nullif(current_setting('broadcaster.promised_until_' || first, true),
-                               '')::float8, '-infinity')
-               > coalesce(nullif(current_setting('broadcaster.promised_until_' || second, true),
-                                 '')::float8, '-infinity')) THEN
-        slot := second;
+    IF strpos(table_id, E'\x1f') > 0 OR octet_length(table_id) > 1000 THEN
+        RETURN;
     END IF;
-    ignored := set_config('broadcaster.promised_table_' || slot, table_id, false);
-    ignored := set_config(
-        'broadcaster.promised_until_' || slot, extract(epoch FROM until)::text, false);
+    IF coalesce(known, '') = '' OR known_until IS NULL
+       OR known_until <= date_part('epoch', clock_timestamp())
+       OR octet_length(known) + octet_length(table_id) > 4000 THEN
+        known := E'\x1f';
+        known_until := 'infinity';
+    END IF;
+    ignored := set_config('broadcaster.promised', known || table_id || E'\x1f', false);
+    ignored := set_config('broadcaster.promised_until',
+        least(known_until, date_part('epoch', until))::text, false);
 END
 $$;
 
@@ -121,45 +126,55 @@ $$;
 
 -- Stamps version, timestamps and transaction ids; leaves an UPDATE that changes
 -- nothing a client can see untouched, so no reader picks it up.
+--
+-- Every expression here is prepared afresh in each transaction, at a cost that
+-- grows with the functions it calls, and only when it is first reached: so the
+-- common UPDATE (its data changed) compares one column before it stamps.
 CREATE OR REPLACE FUNCTION broadcaster_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'UPDATE'
-       AND NEW.id IS NOT DISTINCT FROM OLD.id
-       AND NEW.table_id IS NOT DISTINCT FROM OLD.table_id
-       AND NEW.data IS NOT DISTINCT FROM OLD.data
-       AND NEW.enriching_columns IS NOT DISTINCT FROM OLD.enriching_columns THEN
-        NEW.version := OLD.version;
-        NEW.created_at := OLD.created_at;
-        NEW.updated_at := OLD.updated_at;
-        NEW.changed_xid := OLD.changed_xid;
-        NEW.inserted_xid := OLD.inserted_xid;
+    IF TG_OP = 'INSERT' THEN
+        NEW.version := nextval('broadcaster_version_seq');
+        NEW.changed_xid := pg_current_xact_id();
+        NEW.inserted_xid := NEW.changed_xid;
+        NEW.updated_at := now();
+        NEW.created_at := NEW.updated_at;
+        IF NOT broadcaster_promised(NEW.table_id) THEN
+            PERFORM broadcaster_wake(NEW.table_id);
+        END IF;
         RETURN NEW;
+    END IF;
+    IF NEW.data IS NOT DISTINCT FROM OLD.data THEN
+        IF NEW.enriching_columns IS NOT DISTINCT FROM OLD.enriching_columns
+           AND NEW.id IS NOT DISTINCT FROM OLD.id
+           AND NEW.table_id IS NOT DISTINCT FROM OLD.table_id THEN
+            NEW.version := OLD.version;
+            NEW.created_at := OLD.created_at;
+            NEW.updated_at := OLD.updated_at;
+            NEW.changed_xid := OLD.changed_xid;
+            NEW.inserted_xid := OLD.inserted_xid;
+            RETURN NEW;
+        END IF;
     END IF;
     NEW.version := nextval('broadcaster_version_seq');
     NEW.changed_xid := pg_current_xact_id();
     NEW.updated_at := now();
-    IF TG_OP = 'INSERT' THEN
-        NEW.created_at := NEW.updated_at;
+    NEW.created_at := OLD.created_at;
+    IF NEW.id IS DISTINCT FROM OLD.id OR NEW.table_id IS DISTINCT FROM OLD.table_id THEN
+        -- A row that changes its key or table arrives where it was not
+        -- before, and leaves a tombstone where it was. Written here, not by
+        -- an AFTER UPDATE trigger, whose WHEN clause alone cost every UPDATE
+        -- 13 us (it fetches the old row again); if the update does not
+        -- happen after all (a later trigger skips it), reads ignore a
+        -- tombstone whose row is there.
         NEW.inserted_xid := NEW.changed_xid;
-    ELSE
-        NEW.created_at := OLD.created_at;
-        IF NEW.id IS DISTINCT FROM OLD.id OR NEW.table_id IS DISTINCT FROM OLD.table_id THEN
-            -- A row that changes its key or table arrives where it was not
-            -- before, and leaves a tombstone where it was. Written here, not by
-            -- an AFTER UPDATE trigger, whose WHEN clause alone cost every UPDATE
-            -- 13 us (it fetches the old row again); if the update does not
-            -- happen after all (a later trigger skips it), reads ignore a
-            -- tombstone whose row is there.
-            NEW.inserted_xid := NEW.changed_xid;
-            INSERT INTO broadcaster_tombstones (table_id, id, version, xid)
-            VALUES (OLD.table_id, OLD.id, NEW.version, NEW.changed_xid);
-            IF NEW.table_id IS DISTINCT FROM OLD.table_id THEN
-                PERFORM broadcaster_wake(OLD.table_id);
-            END IF;
-        ELSE
-            NEW.inserted_xid := OLD.inserted_xid;
+        INSERT INTO broadcaster_tombstones (table_id, id, version, xid)
+        VALUES (OLD.table_id, OLD.id, NEW.version, NEW.changed_xid);
+        IF NEW.table_id IS DISTINCT FROM OLD.table_id THEN
+            PERFORM broadcaster_wake(OLD.table_id);
         END IF;
+    ELSE
+        NEW.inserted_xid := OLD.inserted_xid;
     END IF;
     -- Waking here rather than AFTER saves a trigger call per row; if the write
     -- does not happen after all, the wake-up finds nothing new, which is harmless.

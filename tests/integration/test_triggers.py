@@ -241,15 +241,25 @@ async def test_a_writer_skips_the_wake_up_while_every_server_promised_to_read(
     assert await sent_since(db, wakeups) == [""]  # every table: always
 
 
-async def test_outside_read_committed_a_writer_always_wakes(
+async def test_outside_read_committed_a_writer_never_looks_up(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
-    """Its snapshot may predate a registration, so it cannot trust what it sees."""
+    """Its snapshot may predate a registration, so it cannot trust what it sees.
+
+    What its session remembers of a lookup in READ COMMITTED holds in any
+    isolation level: the memory's end bounds the time of the check, not the
+    snapshot's.
+    """
     await only_listener(db, "t1", "infinity")
-    await remember_for_an_hour(db, "t1")
     async with db.transaction(isolation="repeatable_read"):
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('rr', 't1')")
     assert await sent_since(db, wakeups) == ["t1"]
+    assert await remembered(db, "t1") is None
+
+    await remember_for_an_hour(db, "t1")
+    async with db.transaction(isolation="serializable"):
+        await db.execute("UPDATE rows SET data = '{\"n\": 1}' WHERE id = 'rr'")
+    assert await sent_since(db, wakeups) == []
 
 
 async def test_a_writer_remembers_a_lookup_for_at_most_a_tenth_of_a_second(
@@ -274,8 +284,12 @@ async def test_a_writer_remembers_a_lookup_for_at_most_a_tenth_of_a_second(
     )
     await db.execute("INSERT INTO rows (id, table_id) VALUES ('b', 't2')")
     until = await remembered(db, "t2")
-    assert until in (None, promise)  # None: the promise had run out before the write
-    assert await sent_since(db, wakeups) == ([] if until == promise else ["t2"])
+    if until is None:  # the promise had run out before the write
+        assert await sent_since(db, wakeups) == ["t2"]
+    else:  # remembered with t1, until the earlier end
+        assert until <= promise
+        assert await remembered(db, "t1") == until
+        assert await sent_since(db, wakeups) == []
 
 
 async def test_a_remembered_promise_is_trusted_until_it_runs_out(
@@ -301,3 +315,44 @@ async def test_a_reset_session_forgets_and_looks_up_again(
     assert await remembered(db, "t1") is None
     await db.execute("INSERT INTO rows (id, table_id) VALUES ('reset', 't1')")
     assert await sent_since(db, wakeups) == ["t1"]
+
+
+async def test_a_session_remembers_several_tables_until_the_earliest_end(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    await only_listener(db, "t1", "-infinity")
+    await register(db, "t2", "-infinity")
+    await remember_for_an_hour(db, "t1")
+    await remember_for_an_hour(db, "t2")
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1'), ('b', 't2')")
+    assert await sent_since(db, wakeups) == []
+
+    soon = await db.fetchval("SELECT now() + interval '1 minute'")
+    await db.execute("SELECT broadcaster_remember('t3', $1)", soon)
+    assert [await remembered(db, t) for t in ("t1", "t2", "t3")] == [soon] * 3
+    assert await remembered(db, "t4") is None
+
+
+async def test_a_table_id_holding_the_separator_is_never_remembered(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    """Nor taken for the two remembered tables whose run it spells."""
+    spelled = "a\x1fb"
+    await only_listener(db, spelled, "-infinity")
+    await remember_for_an_hour(db, "a")
+    await remember_for_an_hour(db, "b")
+    await remember_for_an_hour(db, spelled)
+    assert await remembered(db, spelled) is None
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('s', $1)", spelled)
+    assert await sent_since(db, wakeups) == [spelled]
+
+
+async def test_a_memory_about_to_pass_4000_bytes_starts_afresh(db: asyncpg.Connection) -> None:
+    """A session writing many tables in turn keeps looking up, as before any memory."""
+    tables = [f"{n}{'x' * 990}" for n in range(5)]
+    for table_id in tables:
+        await remember_for_an_hour(db, table_id)
+    assert await remembered(db, tables[0]) is None
+    assert await remembered(db, tables[4]) is not None
+    await remember_for_an_hour(db, "y" * 1001)
+    assert await remembered(db, "y" * 1001) is None
