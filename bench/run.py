@@ -828,6 +828,9 @@ class WriterVariant:
     label: str
     commits_per_s: float
     cpu_pct: float
+    server_cpu_pct: float | None = None
+    """Ours serving: its process, and its sessions' Postgres backends."""
+    server_pg_cpu_pct: float | None = None
 
 
 @dataclass
@@ -845,6 +848,23 @@ class CatchUpResult:
     synced_ms: float
 
 
+async def settle(url: str) -> None:
+    """The same start for every writer variant, whatever ran before it.
+
+    The variants write the same rows in turn, and earlier targets write them
+    too: without this, a variant pays for the dead rows of the ones before it
+    (pruning, longer index scans) and for the full-page writes after a
+    checkpoint that happens to fall in its run.
+    """
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("VACUUM rows")
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await connection.execute("CHECKPOINT")
+    finally:
+        await connection.close()
+
+
 async def writers_target(
     our_url: str,
     peer_url: str,
@@ -855,10 +875,16 @@ async def writers_target(
 ) -> list[WriterVariant]:
     variants: list[WriterVariant] = []
 
-    async def measure(label: str, url: str) -> float:
+    async def measure(label: str, url: str, server: ServerProcess | None = None) -> None:
+        await settle(url)
+        backends = await server_backends(url) if server else []
+        before = (server.cpu(), backends_cpu(backends)) if server else (0.0, 0.0)
         run = await writers.run(url, seconds, None)
-        variants.append(WriterVariant(label, run.tps, run.cpu / run.seconds * 100))
-        return run.tps
+        variant = WriterVariant(label, run.tps, run.cpu / run.seconds * 100)
+        if server:
+            variant.server_cpu_pct = (server.cpu() - before[0]) / run.seconds * 100
+            variant.server_pg_cpu_pct = (backends_cpu(backends) - before[1]) / run.seconds * 100
+        variants.append(variant)
 
     # Writers skip their wake-up while every server serving their table has
     # promised to read it, and when none serves it: the honest figure is with
@@ -869,7 +895,7 @@ async def writers_target(
             for t in TABLES
         ]
         try:
-            await measure("ours: our triggers, our server serving every table", our_url)
+            await measure("ours: our triggers, our server serving every table", our_url, server)
         finally:
             for client in clients:
                 client.close()
@@ -1446,13 +1472,22 @@ def print_report(plan: Plan, results: Results) -> None:
         reference = next((v.commits_per_s for v in variants if v.label.startswith("no ")), 0.0)
         print(
             table(
-                ["writers", "commits/s", "% of no-trigger", "pgbench CPU %"],
+                [
+                    "writers",
+                    "commits/s",
+                    "% of no-trigger",
+                    "pgbench CPU %",
+                    "srv CPU %",
+                    "its PG CPU %",
+                ],
                 [
                     [
                         v.label,
                         fmt(v.commits_per_s),
                         fmt(v.commits_per_s / reference * 100 if reference else None),
                         fmt(v.cpu_pct),
+                        fmt(v.server_cpu_pct),
+                        fmt(v.server_pg_cpu_pct),
                     ]
                     for v in variants
                 ],
