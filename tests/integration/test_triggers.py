@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -356,3 +357,39 @@ async def test_a_memory_about_to_pass_4000_bytes_starts_afresh(db: asyncpg.Conne
     assert await remembered(db, tables[4]) is not None
     await remember_for_an_hour(db, "y" * 1001)
     assert await remembered(db, "y" * 1001) is None
+
+
+async def test_a_memory_is_never_trusted_past_any_end_it_was_given(db: asyncpg.Connection) -> None:
+    """Random remembering, resets and expiries: a table's memory never outlasts its latest end.
+
+    Nor does an id that is never remembered (one holding the separator, or too
+    long) ever look remembered, and the memory stays within its bytes.
+    """
+    rng = random.Random(5)
+    ids = ["t1", "t2", "a", "b", "a\x1fb", "\x1fa", "y" * 1001, *(c * 999 for c in "uvwxz")]
+    never = {"a\x1fb", "\x1fa", "y" * 1001}
+    ends = [timedelta(seconds=-1), timedelta(milliseconds=30), timedelta(minutes=1)]
+    latest: dict[str, datetime] = {}
+    for _ in range(300):
+        if rng.random() < 0.03:
+            await db.execute("RESET ALL")
+            latest.clear()
+            continue
+        table_id = rng.choice(ids)
+        until = datetime.now(UTC) + rng.choice(ends)
+        await db.execute("SELECT broadcaster_remember($1, $2)", table_id, until)
+        latest[table_id] = until
+        if rng.random() < 0.1:
+            await asyncio.sleep(0.03)
+        records = await db.fetch(
+            "SELECT t, broadcaster_remembered(t) AS until FROM unnest($1::text[]) AS t", ids
+        )
+        for record in records:
+            remembered_until = record["until"]
+            if remembered_until is not None:
+                assert record["t"] not in never
+                assert remembered_until <= latest[record["t"]]
+        size = await db.fetchval(
+            "SELECT coalesce(octet_length(current_setting('broadcaster.promised', true)), 0)"
+        )
+        assert size <= 4001
