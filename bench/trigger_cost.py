@@ -30,9 +30,9 @@ The variants: the UPDATE with no trigger (triggers disabled); with an empty
 PL/pgSQL row trigger in place of ours (the cost of calling one); the same
 UPDATE stamping ``version``, ``changed_xid`` and ``updated_at`` itself,
 triggers disabled (not HOT, a new entry in both indexes: the floor of any
-design that stamps); and each ``--triggers`` file (default: ``triggers.sql``) with every
-table's promise remembered by the session, the steady state of a busy table.
-Needs valgrind.
+design that stamps); and each ``--triggers`` file (default: ``triggers.sql``),
+installed over the migrated schema, with every table's promise remembered by
+the session: the steady state of a busy table. Needs valgrind.
 """
 
 from __future__ import annotations
