@@ -90,11 +90,23 @@ LANGUAGE plpgsql AS $$
 DECLARE
     checked_at timestamptz;
     until timestamptz;
+    -- The tables this transaction has notified, between separators as in
+    -- `broadcaster.promised`; the empty table_id is every table.
+    notified text := coalesce(nullif(current_setting('broadcaster.notified', true), ''), E'\x1f');
+    payload text;
 BEGIN
     -- `SET broadcaster.wake = 'off'` lets a writer skip the wake-up: Postgres
     -- refuses to PREPARE (two-phase commit) a transaction that sent a NOTIFY.
     -- Its rows are still stamped; servers find them at their next read.
     IF current_setting('broadcaster.wake', true) = 'off' THEN
+        RETURN;
+    END IF;
+    -- The NOTIFY this transaction sent for the table, or for every table, is
+    -- delivered at its commit and covers this write too: a statement writing
+    -- many rows of a table that is served but not promised looks up once.
+    IF strpos(notified, E'\x1f\x1f') > 0
+       OR (strpos(table_id, E'\x1f') = 0
+           AND strpos(notified, E'\x1f' || table_id || E'\x1f') > 0) THEN
         RETURN;
     END IF;
     -- A NOTIFY makes the commit take a cluster-wide lock through its WAL flush,
@@ -116,10 +128,12 @@ BEGIN
     END IF;
     -- A writer's transaction must never fail because of us: a table_id too long
     -- for a payload wakes every table instead.
-    IF table_id <> '' AND octet_length(table_id) < 7900 THEN
-        PERFORM pg_notify('broadcaster_changes', table_id);
-    ELSE
-        PERFORM pg_notify('broadcaster_changes', '');
+    payload := CASE WHEN octet_length(table_id) < 7900 THEN table_id ELSE '' END;
+    PERFORM pg_notify('broadcaster_changes', payload);
+    -- Kept to the end of the transaction; a subtransaction that rolls back
+    -- takes its NOTIFY and this with it.
+    IF strpos(payload, E'\x1f') = 0 AND octet_length(notified) < 4000 THEN
+        PERFORM set_config('broadcaster.notified', notified || payload || E'\x1f', true);
     END IF;
 END
 $$;

@@ -393,3 +393,42 @@ async def test_a_memory_is_never_trusted_past_any_end_it_was_given(db: asyncpg.C
             "SELECT coalesce(octet_length(current_setting('broadcaster.promised', true)), 0)"
         )
         assert size <= 4001
+
+
+async def test_a_transaction_that_notified_a_table_skips_the_lookups_of_its_later_writes(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    """Its NOTIFY, delivered at commit, covers them; one for every table covers all."""
+    async with db.transaction():
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1')")
+        notified = await db.fetchval("SELECT current_setting('broadcaster.notified')")
+        assert notified == "\x1ft1\x1f"
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('b', 't1'), ('c', 't2')")
+    assert await sent_since(db, wakeups) == ["t1", "t2"]
+    assert await db.fetchval("SELECT current_setting('broadcaster.notified')") == ""
+
+    async with db.transaction():
+        await db.execute("TRUNCATE rows")
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('d', 't1')")
+    assert await sent_since(db, wakeups) == [""]
+
+
+async def test_a_rolled_back_savepoint_takes_its_notification_and_its_record(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    async with db.transaction():
+        await db.execute("SAVEPOINT before")
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('gone', 't1')")
+        await db.execute("ROLLBACK TO SAVEPOINT before")
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('kept', 't1')")
+    assert await sent_since(db, wakeups) == ["t1"]
+
+
+async def test_a_notified_table_id_holding_the_separator_covers_no_other(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    async with db.transaction():
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 'a'), ('b', 'b')")
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('s', 'a\x1fb')")
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('s2', 'b\x1fa')")
+    assert sorted(await sent_since(db, wakeups)) == sorted(["a", "b", "a\x1fb", "b\x1fa"])
