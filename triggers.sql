@@ -38,15 +38,22 @@ ALTER SEQUENCE broadcaster_version_seq INCREMENT BY 2;
 -- costs a single-row UPDATE about 10% of its instructions, the 64 per-table
 -- slots it replaced 19% (docs/performance.md).
 
+-- Is the table in `list`, table_ids each between two separators (the memory
+-- here, `broadcaster.notified` in broadcaster_wake)? A table_id holding a
+-- separator is never listed: it could match the run of two others. A plain
+-- SQL expression, which the caller inlines.
+CREATE OR REPLACE FUNCTION broadcaster_listed(list text, table_id text) RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT strpos(table_id, E'\x1f') = 0
+       AND strpos(list, E'\x1f' || table_id || E'\x1f') > 0
+$$;
+
 -- Until when this session may skip the table's wake-up; NULL: it does not know
--- (not remembered, or the settings were reset). A table_id holding a separator
--- is never remembered: it could match the run of two others. A plain SQL
--- expression, which the caller inlines.
+-- (not remembered, or the settings were reset). Inlined by the caller.
 CREATE OR REPLACE FUNCTION broadcaster_remembered(table_id text) RETURNS timestamptz
 LANGUAGE sql AS $$
     SELECT CASE
-        WHEN strpos(table_id, E'\x1f') = 0
-         AND strpos(current_setting('broadcaster.promised', true), E'\x1f' || table_id || E'\x1f') > 0
+        WHEN broadcaster_listed(current_setting('broadcaster.promised', true), table_id)
         THEN to_timestamp(current_setting('broadcaster.promised_until', true)::float8)
     END
 $$;
@@ -104,9 +111,7 @@ BEGIN
     -- The NOTIFY this transaction sent for the table, or for every table, is
     -- delivered at its commit and covers this write too: a statement writing
     -- many rows of a table that is served but not promised looks up once.
-    IF strpos(notified, E'\x1f\x1f') > 0
-       OR (strpos(table_id, E'\x1f') = 0
-           AND strpos(notified, E'\x1f' || table_id || E'\x1f') > 0) THEN
+    IF strpos(notified, E'\x1f\x1f') > 0 OR broadcaster_listed(notified, table_id) THEN
         RETURN;
     END IF;
     -- A NOTIFY makes the commit take a cluster-wide lock through its WAL flush,
