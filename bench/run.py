@@ -872,14 +872,23 @@ async def writers_target(
     seconds: float,
     builtin: bool,
     workdir: Path,
+    profiles: dict[str, str] | None = None,
 ) -> list[WriterVariant]:
+    """The writer variants; with ``profiles``, py-spy our server while it serves."""
     variants: list[WriterVariant] = []
 
     async def measure(label: str, url: str, server: ServerProcess | None = None) -> None:
         await settle(url)
         backends = await server_backends(url) if server else []
         before = (server.cpu(), backends_cpu(backends)) if server else (0.0, 0.0)
+        profiling = None
+        if server and profiles is not None:
+            profiling = asyncio.create_task(
+                profile_server(server, seconds, workdir / "profile-ours-writers.txt")
+            )
         run = await writers.run(url, seconds, None)
+        if profiling is not None:
+            profiles["ours"] = await profiling
         variant = WriterVariant(label, run.tps, run.cpu / run.seconds * 100)
         if server:
             variant.server_cpu_pct = (server.cpu() - before[0]) / run.seconds * 100
@@ -1221,19 +1230,26 @@ def header(plan: Plan, admin_url: str) -> str:
 
 
 async def profile_server(server: ServerProcess, seconds: float, out: Path) -> str:
-    """py-spy's view of a Python server over ``seconds``: the functions it sits in most."""
+    """py-spy's view of a Python server over ``seconds``: the functions it runs most.
+
+    Only samples holding the GIL count (``--gil``): Python's own CPU. Without
+    it a sample taken while the server waits for a core inside a ``send``
+    counts as time in ``send``, which on a busy 2-core machine inflated the
+    sends several times over.
+    """
     py_spy = PEER_VENV / "bin" / "py-spy"
     if not py_spy.exists():
         return "py-spy not installed"
     process = await asyncio.create_subprocess_exec(
         str(py_spy),
         "record",
+        "--gil",
         "--pid",
         str(server.pid),
         "--duration",
         str(max(1, round(seconds))),
         "--rate",
-        "200",
+        "1000",
         "--format",
         "raw",
         "--nonblocking",
@@ -1285,6 +1301,8 @@ class Results:
     scale: list[LoadResult] = field(default_factory=list)
     profiled: str = ""
     profiles: dict[str, str] = field(default_factory=dict)
+    writers_profiles: dict[str, str] = field(default_factory=dict)
+    """Ours during the serving writer variant, with ``--profile``."""
     seconds: float = 0.0
     machine_pct: float = 0.0
 
@@ -1335,6 +1353,7 @@ async def run(plan: Plan, admin_url: str, json_out: Path | None, profile: bool) 
                     plan.writers_window,
                     builtin=not plan.quick,
                     workdir=workdir,
+                    profiles=results.writers_profiles if profile else None,
                 )
                 print(f"done: writers ({time.perf_counter() - started:.0f} s)", flush=True)
             if "bulk" in plan.targets and any(s != "ours" for s in plan.servers):
@@ -1579,6 +1598,11 @@ def print_report(plan: Plan, results: Results) -> None:
         print()
         print(text)
         print()
+    for server_name, text in results.writers_profiles.items():
+        print(f"## Profile: {LABELS[server_name]} serving the writers of target 4a (py-spy)")
+        print()
+        print(text)
+        print()
 
 
 def write_json(path: Path, value: object) -> None:
@@ -1612,7 +1636,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         help="updates/s in the workers target (default: the writers' ceiling)",
     )
-    parser.add_argument("--profile", action="store_true", help="py-spy the Python servers")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the Python servers (the busiest load target; ours while serving target 4a)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if shutil.which("pgbench") is None:
