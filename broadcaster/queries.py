@@ -7,10 +7,11 @@ cursor, come from one snapshot.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -21,7 +22,7 @@ from .cursors import FOREIGN, PRUNED, Origin
 from .feed import ReadResult, Request, Row
 from .presence import CHANNEL as PRESENCE_CHANNEL
 
-__all__ = ["DATABASE_ERRORS", "ChangeReader"]
+__all__ = ["DATABASE_ERRORS", "ChangeReader", "ReadSession"]
 
 DATABASE_ERRORS = (
     OSError,
@@ -201,13 +202,57 @@ RETURNING (SELECT count(*) FROM gone)
 _PRUNE_LOCK = 0x62726F61_64636173  # "broadcas"
 
 
-class ChangeReader:
-    """The server's statements. ``reads``, if given, is the pool :meth:`read` runs on
-    (runtime.py gives it one whose sessions plan it once); ``pool`` runs the rest."""
+class _Fetcher(Protocol):
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]: ...
 
-    def __init__(self, pool: asyncpg.Pool, *, reads: asyncpg.Pool | None = None) -> None:
+
+class ReadSession:
+    """One connection for the read statement, opened on first use and again after it broke.
+
+    Reads run one at a time (the poller's loop), many times a second: asyncpg's
+    pool spent as much Python CPU acquiring and releasing its connection as
+    the server spent running the read and decoding what it returned.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> None:
+        self._connect = connect
+        self._connection: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        async with self._lock:
+            connection = self._connection
+            if connection is None or connection.is_closed():
+                self._connection = None
+                connection = self._connection = await self._connect()
+            try:
+                return await connection.fetch(query, *args)
+            except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
+                # The connection broke, or was left mid-statement: the next read
+                # opens another. A statement error (PostgresError) leaves it usable.
+                self._connection = None
+                connection.terminate()
+                raise
+            except BaseException:
+                # Cancelled mid-read: asyncpg cancels the statement on the server
+                # and the connection stays usable, unless it could not.
+                if connection.is_closed():
+                    self._connection = None
+                raise
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+
+class ChangeReader:
+    """The server's statements. ``reads``, if given, runs :meth:`read` (runtime.py
+    gives it a :class:`ReadSession` that plans it once); ``pool`` runs the rest."""
+
+    def __init__(self, pool: asyncpg.Pool, *, reads: _Fetcher | None = None) -> None:
         self._pool = pool
-        self._reads = pool if reads is None else reads
+        self._reads: _Fetcher = pool if reads is None else reads
 
     async def origin(self) -> Origin:
         ((system_identifier, database_oid),) = await self._pool.fetch(_ORIGIN)

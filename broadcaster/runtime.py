@@ -26,7 +26,7 @@ from .native import Limits, Messaging
 from .poller import Poller
 from .presence import CHANNEL as PRESENCE_CHANNEL
 from .presence import Presences
-from .queries import DATABASE_ERRORS, ChangeReader
+from .queries import DATABASE_ERRORS, ChangeReader, ReadSession
 from .settings import Settings
 
 __all__ = ["PRESENCE_HEARTBEAT", "Runtime"]
@@ -58,7 +58,7 @@ class Runtime:
         )
         self.verifier, self.authorizer = self._access(settings)
         self._pool: asyncpg.Pool | None = None
-        self._read_pool: asyncpg.Pool | None = None
+        self._reads: ReadSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.reader: ChangeReader | None = None
         self.messaging: Messaging | None = None
@@ -126,14 +126,11 @@ class Runtime:
         # plans look cheaper to it), which was 40% of a poll's time on
         # Postgres, and the generic plan is no slower for any read (measured:
         # live, catch-up and snapshot reads).
-        self._read_pool = await asyncpg.create_pool(
-            self.database_url,
-            min_size=0,
-            max_size=1,
-            server_settings={**server_settings, "plan_cache_mode": "force_generic_plan"},
-            reset=_keep_session,
+        read_settings = {**server_settings, "plan_cache_mode": "force_generic_plan"}
+        self._reads = ReadSession(
+            lambda: asyncpg.connect(self.database_url, server_settings=read_settings)
         )
-        self.reader = ChangeReader(self._pool, reads=self._read_pool)
+        self.reader = ChangeReader(self._pool, reads=self._reads)
         self.messaging = Messaging(self.broadcasts, self.presences, self.reader)
         self.poller = Poller(
             self.hub,
@@ -209,10 +206,11 @@ class Runtime:
                 await asyncio.wait_for(self.poller.unregister(), 5)
             except (*DATABASE_ERRORS, TimeoutError):
                 logger.warning("removing this process's registrations failed", exc_info=True)
-        for pool in (self._read_pool, self._pool):
-            if pool is not None:
-                await pool.close()
-        self._pool = self._read_pool = None
+        if self._reads is not None:
+            await self._reads.close()
+        if self._pool is not None:
+            await self._pool.close()
+        self._pool = self._reads = None
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import asyncpg
 import pytest
 
 from broadcaster.feed import Request
-from broadcaster.queries import ChangeReader
+from broadcaster.queries import DATABASE_ERRORS, ChangeReader, ReadSession
 from tests.support.timeouts import eventually, within
 from tests.support.view import database_rows
 
@@ -150,3 +151,53 @@ async def test_a_move_a_later_trigger_cancelled_leaves_no_deletion_to_read(
     assert await pool.fetchval("SELECT count(*) FROM broadcaster_tombstones") == 1
     for request in (Request(0, "A", since), Request(0, None, since)):
         assert (await reader.read([request])).rows == []
+
+
+async def test_a_read_session_opens_its_connection_on_first_use_and_keeps_it(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    opened: list[asyncpg.Connection] = []
+
+    async def connect() -> asyncpg.Connection:
+        opened.append(await asyncpg.connect(database_url))
+        return opened[-1]
+
+    session = ReadSession(connect)
+    try:
+        assert opened == []
+        reader = ChangeReader(pool, reads=session)
+        await within(reader.read([]))
+        with pytest.raises(asyncpg.PostgresError):
+            await within(session.fetch("SELECT 1 / 0"))
+        await within(reader.read([]))
+        assert len(opened) == 1, "a statement error leaves the session usable"
+    finally:
+        await session.close()
+    assert opened[0].is_closed()
+
+
+async def test_a_read_session_whose_connection_was_killed_reconnects(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    opened: list[asyncpg.Connection] = []
+
+    async def connect() -> asyncpg.Connection:
+        opened.append(await asyncpg.connect(database_url))
+        return opened[-1]
+
+    session = ReadSession(connect)
+    reader = ChangeReader(pool, reads=session)
+    try:
+        await within(reader.read([]))
+        backend = opened[0].get_server_pid()
+        await pool.execute("SELECT pg_terminate_backend($1)", backend)
+        # A read that meets the dead connection fails like any lost database
+        # (unless asyncpg noticed the loss first); the next one reconnects.
+        with contextlib.suppress(*DATABASE_ERRORS):
+            await within(reader.read([]))
+        result = await within(reader.read([]))
+        assert result.snapshot
+        assert len(opened) == 2
+        assert opened[1].get_server_pid() != backend
+    finally:
+        await session.close()
