@@ -92,11 +92,11 @@ def encode_batch(batch: Batch) -> bytes:
     head = [] if batch.reset is None else [protocol.encode_reset(batch.table_id, batch.reset)]
     if not batch.changes:
         return _frame([*head, protocol.encode_cursor(batch.table_id, batch.cursor)])
-    final = [protocol.encode_change(change, batch.cursor) for change in batch.changes]
+    final = protocol.encode_changes(batch.changes, batch.cursor)
     chunks = _chunks(head + final)
     if len(chunks) == 1:
         return _frame(chunks[0])
-    early = [protocol.encode_change(change, batch.since) for change in batch.changes]
+    early = protocol.encode_changes(batch.changes, batch.since)
     messages = head + early
     frames = []
     start = 0
@@ -577,7 +577,7 @@ class NativeSession:
         task.add_done_callback(self._tasks.discard)
 
     def _send_catch_up(self, changes: Sequence[Change]) -> None:
-        for chunk in _chunks([protocol.encode_change(change) for change in changes]):
+        for chunk in _chunks(protocol.encode_changes(changes)):
             self._transport.send(_frame(chunk))
 
     def _leave(self, table_id: str) -> None:

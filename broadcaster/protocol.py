@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -37,6 +38,7 @@ __all__ = [
     "encode_authenticated",
     "encode_broadcast",
     "encode_change",
+    "encode_changes",
     "encode_cursor",
     "encode_done",
     "encode_error",
@@ -213,8 +215,12 @@ def parse_client_message(text: str) -> ClientMessage:
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", ref)
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    return _json(message).encode()
 
 
 def encode_subscribed(ref: Ref, table_id: str) -> bytes:
@@ -280,12 +286,22 @@ def encode_change(change: Change, cursor: str | None = None) -> bytes:
     Live changes carry the ``cursor`` to resume from; catch-up changes, sent
     before ``synced``, carry none.
     """
-    table_id = json.dumps(change.table_id, ensure_ascii=False)
-    tail = "" if cursor is None else f',"cursor":{json.dumps(cursor)}'
-    return (
-        f'{{"type":"change","table_id":{table_id},"op":"{change.op}",'
-        f'"row":{change.row_json}{tail}}}'
-    ).encode()
+    return encode_changes([change], cursor)[0]
+
+
+def encode_changes(changes: Sequence[Change], cursor: str | None = None) -> list[bytes]:
+    """:func:`encode_change` of each change, encoding their table_id and ``cursor`` once."""
+    tail = "}" if cursor is None else f',"cursor":{_json(cursor)}}}'
+    heads: dict[str, str] = {}
+    messages = []
+    for change in changes:
+        head = heads.get(change.table_id)
+        if head is None:
+            head = heads[change.table_id] = (
+                f'{{"type":"change","table_id":{_json(change.table_id)},"op":"'
+            )
+        messages.append(f'{head}{change.op}","row":{change.row_json}{tail}'.encode())
+    return messages
 
 
 def batch(messages: list[bytes]) -> bytes:

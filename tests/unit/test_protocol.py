@@ -16,6 +16,7 @@ from broadcaster.protocol import (
     Unsubscribe,
     batch,
     encode_change,
+    encode_changes,
     encode_cursor,
     encode_error,
     encode_pong,
@@ -390,6 +391,18 @@ def test_encode_change_with_a_cursor_appends_it() -> None:
         "row": json.loads(ROW),
         "cursor": CURSOR,
     }
+
+
+def test_encode_changes_of_several_tables_match_each_change_encoded_alone() -> None:
+    changes = [
+        Change("UPDATE", "t1", "r1", 42, ROW),
+        Change("INSERT", "tablé", "r2", 43, '{"id":"r2"}'),
+        Change("DELETE", "t1", "r3", 44, '{"id":"r3"}'),
+    ]
+
+    for cursor in (None, CURSOR):
+        assert encode_changes(changes, cursor) == [encode_change(c, cursor) for c in changes]
+    assert encode_changes([]) == []
 
 
 def test_encode_change_without_a_cursor_has_no_cursor_field() -> None:
