@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import cursors
 from .changes import Change
@@ -120,9 +121,8 @@ class Read:
     refresh: bool = False
 
 
-@dataclass(frozen=True)
-class Row:
-    """One item a read returned for request ``key``."""
+class Row(NamedTuple):
+    """One item a read returned for request ``key`` (a named tuple, like :class:`Change`)."""
 
     key: int
     change: Change

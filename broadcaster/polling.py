@@ -205,7 +205,8 @@ class Polling:
         """A statement issued at ``issued_at`` returned ``snapshot`` (and, if it took one,
         ``horizon``) after reading ``read`` and finding changes of ``found``; return the
         tables whose final read is now due."""
-        parsed = Snapshot.parse(snapshot)
+        # Parsed only for a promise past its end: most reads have none.
+        parsed: Snapshot | None = None
         final: list[str] = []
         for table_id, state in list(self._promises.items()):
             if table_id in found:
@@ -216,6 +217,8 @@ class Polling:
                 if horizon is None:
                     continue
                 state.horizon = horizon
+            if parsed is None:
+                parsed = Snapshot.parse(snapshot)
             if not _ended_below(parsed, state.horizon):
                 state.check_every = min(
                     self._max_check_interval, max(self.interval, state.check_every * 2)
