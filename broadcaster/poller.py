@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import asyncpg
 
@@ -47,6 +47,7 @@ class Poller:
         process: str = "",
         poll_interval: float = 0.005,
         poll_window: float = 0.0,
+        poll_min_rate: float = 0.0,
     ) -> None:
         self._hub = hub
         self._reader = reader
@@ -56,7 +57,7 @@ class Poller:
         self._retry_max_delay = retry_max_delay
         self._read_delay = read_delay
         self._process = process
-        self._polling = Polling(window=poll_window, interval=poll_interval)
+        self._polling = Polling(window=poll_window, interval=poll_interval, min_rate=poll_min_rate)
         # (feed.served_version, polling.epoch) when the registrations last
         # matched the tables served: comparing them costs a pass over every table.
         self._registered_for = (-1, -1)
@@ -76,7 +77,7 @@ class Poller:
         table_id = decode(payload)
         self._feed.wake(table_id)
         if table_id is not None:
-            self._polling.woken(table_id)
+            self._polling.woken(table_id, time.monotonic())
         if self._feed.due:
             self._wakeup.set()
 
@@ -173,8 +174,11 @@ class Poller:
         read: set[str],
         found: set[str],
         horizon: int | None = None,
+        *,
+        changes: Mapping[str, int] | None = None,
     ) -> None:
-        for table_id in self._polling.observe(snapshot, issued_at, read, found, horizon):
+        observed = self._polling.observe(snapshot, issued_at, read, found, horizon, changes=changes)
+        for table_id in observed:
             # The final read of a promise that ran out.
             self._feed.wake(None if table_id == EVERY else table_id)
             self._wakeup.set()
@@ -220,6 +224,7 @@ class Poller:
             issued_at,
             set(read.live),
             {batch.table_id for batch in batches if batch.changes},
+            changes={batch.table_id: len(batch.changes) for batch in batches if batch.changes},
         )
         for batch in batches:
             self._hub.publish(batch)

@@ -26,7 +26,12 @@ latest *completed* xid, so a transaction newer than that is in no list.)
 A table is registered without a promise (``polling_until`` in the past: its
 writers notify); a wake-up makes the promise, renewed while the table stays
 busy (a wake-up arrived, or a read found changes), so writers of a busy table
-stop notifying and an idle table costs no polls. Step 2 follows a registration
+stop notifying and an idle table costs no polls. Only while the process sees
+at least ``min_rate`` changes a second (wake-ups, and the changes its reads
+find), averaged over the last second or so: a poll every ``interval`` costs a
+read whether or not anything changed, which below that rate is more reads
+than the wake-ups would cause, while notifying writers are too few to queue
+on NOTIFY's lock. Step 2 follows a registration
 too, since a writer that checked just before it saw no row and skipped; it
 follows :data:`REMEMBERED_FOR` after the registration rather than at once,
 because a writer's session remembers what it saw that long (triggers.sql), so
@@ -39,15 +44,19 @@ registration is a read of every table.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from .cursors import Snapshot
 
-__all__ = ["EVERY", "Polling"]
+__all__ = ["EVERY", "RATE_PERIOD", "Polling"]
 
 EVERY = ""
 """The registration of every-table subscribers (never promised)."""
+
+RATE_PERIOD = 1.0
+"""Seconds the rate of changes is averaged over (an exponential moving sum)."""
 
 REMEMBERED_FOR = 0.1
 """Seconds a writer's session acts on a lookup of the promises (``interval '100 ms'``
@@ -77,9 +86,15 @@ class Polling:
         interval: float,
         max_check_interval: float = 1.0,
         remembered_for: float = REMEMBERED_FOR,
+        min_rate: float = 0.0,
     ) -> None:
         self.window = window
         self.interval = interval
+        self.min_rate = min_rate
+        # Changes seen, decayed with time constant RATE_PERIOD: about the
+        # changes of the last RATE_PERIOD seconds, without keeping them.
+        self._changes = 0.0
+        self._changes_at = 0.0
         self._remembered_for = remembered_for
         self._max_check_interval = max(max_check_interval, interval)
         self.registered: set[str] = set()
@@ -104,10 +119,28 @@ class Polling:
         Cheap (no comparison with the tables served) for the loop's every turn.
         """
         due = set(self._renew)
-        for table_id, state in self._promises.items():
-            if state.busy and state.polls_until - now < self.window / 2 and table_id != EVERY:
-                due.add(table_id)
+        if self.worth_polling(now):
+            for table_id, state in self._promises.items():
+                if state.busy and state.polls_until - now < self.window / 2 and table_id != EVERY:
+                    due.add(table_id)
         return sorted(due.intersection(self.registered))
+
+    def worth_polling(self, now: float) -> bool:
+        """Does this process see at least ``min_rate`` changes a second (see the module)?"""
+        return self.min_rate <= 0 or self._decayed(now) >= self.min_rate * RATE_PERIOD
+
+    def _polled(self, table_id: str, now: float) -> bool:
+        state = self._promises.get(table_id)
+        return state is not None and now < state.polls_until
+
+    def _count(self, changes: int, now: float) -> None:
+        self._changes = self._decayed(now) + changes
+        self._changes_at = max(now, self._changes_at)
+
+    def _decayed(self, now: float) -> float:
+        if now <= self._changes_at:
+            return self._changes
+        return self._changes * math.exp((self._changes_at - now) / RATE_PERIOD)
 
     def made(
         self,
@@ -155,9 +188,11 @@ class Polling:
         self.registered.clear()
         self.epoch += 1
 
-    def woken(self, table_id: str) -> None:
-        """A writer notified: the table is busy and its promise ran out; renew it."""
-        if table_id in self.registered and table_id != EVERY:
+    def woken(self, table_id: str, now: float) -> None:
+        """A writer notified: the table is busy and its promise ran out; renew it
+        if this process is busy enough to poll."""
+        self._count(1, now)
+        if table_id in self.registered and table_id != EVERY and self.worth_polling(now):
             self._renew.add(table_id)
 
     def to_poll(self, now: float) -> list[str]:
@@ -201,10 +236,15 @@ class Polling:
         read: Collection[str],
         found: Collection[str],
         horizon: int | None = None,
+        *,
+        changes: Mapping[str, int] | None = None,
     ) -> list[str]:
         """A statement issued at ``issued_at`` returned ``snapshot`` (and, if it took one,
-        ``horizon``) after reading ``read`` and finding changes of ``found``; return the
-        tables whose final read is now due."""
+        ``horizon``) after reading ``read`` and finding changes of ``found`` (``changes``
+        of each, when known); return the tables whose final read is now due."""
+        if changes:
+            # Changes of a table not polled were counted as its wake-ups.
+            self._count(sum(n for t, n in changes.items() if self._polled(t, issued_at)), issued_at)
         # Parsed only for a promise past its end: most reads have none.
         parsed: Snapshot | None = None
         final: list[str] = []

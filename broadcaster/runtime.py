@@ -142,6 +142,7 @@ class Runtime:
             process=self.broadcasts.process,
             poll_interval=settings.poll_interval,
             poll_window=settings.poll_window,
+            poll_min_rate=settings.poll_min_rate,
         )
         self.listener = Listener(
             self.database_url,

@@ -20,7 +20,14 @@ __all__ = ["SETTINGS", "Setting", "Settings", "markdown_table"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _MAY_BE_ZERO = frozenset(
-    {"port", "jwt_leeway", "authorizer_cache_seconds", "read_delay", "poll_window"}
+    {
+        "port",
+        "jwt_leeway",
+        "authorizer_cache_seconds",
+        "read_delay",
+        "poll_window",
+        "poll_min_rate",
+    }
 )
 
 
@@ -45,6 +52,7 @@ class Settings:
     read_delay: float = 0.002
     poll_window: float = 1.0
     poll_interval: float = 0.005
+    poll_min_rate: float = 100.0
     refresh_interval: float = 30.0
     tombstone_retention: float = 24 * 3600.0
     auth: str | None = None
@@ -228,6 +236,13 @@ SETTINGS: tuple[Setting, ...] = (
         "BROADCASTER_POLL_INTERVAL",
         "Seconds between reads of a table under a promise: the added delay of a change "
         "whose writer skipped its NOTIFY.",
+    ),
+    Setting(
+        "poll_min_rate",
+        "BROADCASTER_POLL_MIN_RATE",
+        "Changes a second, over every table this process serves, from which it promises "
+        "to poll busy tables; below it, writers notify and every read follows a wake-up, "
+        "fewer reads than a poll every interval (0: promise at the first wake-up).",
     ),
     Setting(
         "refresh_interval",

@@ -16,6 +16,8 @@ from tests.support.wakeups import listening, sent_since
 pytestmark = pytest.mark.asyncio
 
 WINDOW = 0.3
+# A promise at the first wake-up, whatever the rate of changes.
+EAGER = {"poll_window": WINDOW, "poll_min_rate": 0, "refresh_interval": 60}
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ async def test_writers_of_a_busy_table_skip_their_wake_ups_and_nothing_is_lost(
     database_url: str, db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     async with (
-        running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
+        running_server(database_url, **EAGER) as server,
         client(server) as c,
     ):
         await c.subscribe("t1")
@@ -70,7 +72,7 @@ async def test_a_long_transaction_that_skipped_its_wake_up_arrives_when_it_commi
     slow = await asyncpg.connect(database_url)
     try:
         async with (
-            running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
+            running_server(database_url, **EAGER) as server,
             client(server) as c,
         ):
             await c.subscribe("t1")
@@ -93,7 +95,7 @@ async def test_an_idle_tables_writer_wakes_the_server(
     database_url: str, db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     async with (
-        running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
+        running_server(database_url, **EAGER) as server,
         client(server) as c,
     ):
         await c.subscribe("t1")
@@ -180,3 +182,19 @@ async def test_a_write_that_skipped_on_a_memory_older_than_the_subscription_arri
             await db.execute(insert, f"{table_id}-after", table_id)
             (change,) = await c.changes(1)
             assert change["row"]["id"] == f"{table_id}-after"
+
+
+async def test_below_the_minimum_rate_every_writer_wakes_the_server_and_it_polls_nothing(
+    database_url: str, db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    """A few changes a second cost a read each, not a poll every interval."""
+    async with (
+        running_server(database_url, poll_window=WINDOW, refresh_interval=60) as server,
+        client(server) as c,
+    ):
+        await c.subscribe("t1")
+        for n in range(5):
+            await db.execute("INSERT INTO rows (id, table_id) VALUES ($1, 't1')", f"r{n}")
+            await c.changes(1)
+            assert not await promised(db, "t1")
+        assert await sent_since(db, wakeups) == ["t1"] * 5

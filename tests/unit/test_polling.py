@@ -30,7 +30,7 @@ def promise(polling: Polling, tables: list[str], at: float = 0.0) -> None:
     """Register ``tables`` and promise them at ``at``, as a wake-up of each does."""
     register(polling, tables, at)
     for table_id in tables:
-        polling.woken(table_id)
+        polling.woken(table_id, at)
     new, promised, _ = polling.changes(polling.registered, at)
     assert (new, promised) == ([], sorted(tables))
     polling.made([], promised, at)
@@ -71,7 +71,7 @@ def test_a_registration_promises_no_polls_only_a_final_read(polling: Polling) ->
 def test_a_promise_made_while_a_registration_waits_keeps_both() -> None:
     short = Polling(window=0.05, interval=INTERVAL, remembered_for=REMEMBERED)
     short.made(["a"], [], 2.0)
-    short.woken("a")
+    short.woken("a", 2.0)
     short.made([], ["a"], 2.01)
 
     assert short.to_poll(2.01) == ["a"]
@@ -83,8 +83,8 @@ def test_a_promise_made_while_a_registration_waits_keeps_both() -> None:
 
 def test_a_wake_up_makes_a_promise(polling: Polling) -> None:
     register(polling, ["a", "b"])
-    polling.woken("a")
-    polling.woken("unregistered")
+    polling.woken("a", 0.4)
+    polling.woken("unregistered", 0.4)
 
     assert polling.changes({"a", "b"}, 0.5) == ([], ["a"], [])
     polling.made([], ["a"], 0.5)
@@ -152,7 +152,7 @@ def test_a_wake_up_after_the_promise_renews_it(polling: Polling) -> None:
     promise(polling, ["a"])
     polling.observe("100:101:100", WINDOW, set(), set(), horizon=101)
 
-    polling.woken("a")
+    polling.woken("a", 1.4)
 
     assert polling.changes({"a"}, 1.5) == ([], ["a"], [])
     polling.made([], ["a"], 1.5)
@@ -178,7 +178,7 @@ def test_an_unconfirmed_statement_keeps_its_promises_and_is_made_again(
     polling: Polling,
 ) -> None:
     register(polling, ["a"])
-    polling.woken("a")
+    polling.woken("a", 0.0)
     epoch = polling.epoch
     polling.made(["b"], ["a"], 0.0, confirmed=False)
 
@@ -209,6 +209,87 @@ def test_every_table_is_never_promised_only_read_after_its_registration(
     assert polling.to_poll(2.0) == []
     assert polling.needs_horizon(2.0 + REMEMBERED)
     assert polling.observe("100:102:101", 2.1, set(), set(), horizon=102) == []
-    polling.woken(EVERY)
+    polling.woken(EVERY, 2.1)
     assert polling.changes({EVERY}, 2.1) == ([], [], [])
     assert polling.observe("102:102:", 2.2, {EVERY}, {EVERY}) == [EVERY]
+
+
+def test_below_the_minimum_rate_a_wake_up_makes_no_promise() -> None:
+    polling = Polling(window=WINDOW, interval=INTERVAL, remembered_for=REMEMBERED, min_rate=50)
+    register(polling, ["a"])
+    # 40 wake-ups in a second: each read follows one, fewer reads than polls.
+    for n in range(40):
+        polling.woken("a", 1.0 + n / 40)
+
+    assert polling.changes({"a"}, 2.0) == ([], [], [])
+    assert polling.to_poll(2.0) == []
+    assert polling.next_deadline(2.0) is None
+
+
+def test_from_the_minimum_rate_a_wake_up_makes_a_promise() -> None:
+    polling = Polling(window=WINDOW, interval=INTERVAL, remembered_for=REMEMBERED, min_rate=50)
+    register(polling, ["a", "b"])
+    # A burst: the rate is reached within 50 wake-ups of it, not a second later.
+    for n in range(80):
+        polling.woken("a", 1.0 + n / 10_000)
+    polling.woken("b", 1.01)
+
+    assert polling.changes({"a", "b"}, 1.01) == ([], ["a", "b"], [])
+
+
+def promised_from_a_burst(min_rate: float) -> Polling:
+    """Table ``a`` promised at 1.01 after a burst of 60 wake-ups."""
+    polling = Polling(
+        window=WINDOW, interval=INTERVAL, remembered_for=REMEMBERED, min_rate=min_rate
+    )
+    register(polling, ["a"])
+    for n in range(60):
+        polling.woken("a", 1.0 + n / 10_000)
+    polling.made([], polling.changes({"a"}, 1.01)[1], 1.01)
+    return polling
+
+
+def test_changes_found_by_reads_keep_a_promise_renewed() -> None:
+    polling = promised_from_a_burst(min_rate=50)
+    # Promised, its writers no longer wake the process: its reads count the changes.
+    for n in range(1, 60):
+        polling.observe("100:100:", 1.01 + n * 0.01, {"a"}, {"a"}, changes={"a": 2})
+
+    assert polling.renewals(1.6) == ["a"]
+
+
+def test_a_promise_lapses_when_the_process_falls_below_the_minimum_rate() -> None:
+    polling = promised_from_a_burst(min_rate=50)
+    # The table stays busy, at 10 changes a second.
+    for n in range(1, 7):
+        polling.observe("100:100:", 1.01 + n * 0.1, {"a"}, {"a"}, changes={"a": 1})
+
+    assert not polling.worth_polling(1.61)
+    assert polling.renewals(1.61) == []
+    assert polling.to_poll(2.0) == ["a"], "a promise made is kept to its end"
+    assert polling.to_poll(2.02) == []
+    # The same reads with no minimum rate renew it.
+    control = promised_from_a_burst(min_rate=0)
+    for n in range(1, 7):
+        control.observe("100:100:", 1.01 + n * 0.1, {"a"}, {"a"}, changes={"a": 1})
+    assert control.renewals(1.61) == ["a"]
+
+
+def test_a_minimum_rate_of_zero_promises_at_the_first_wake_up() -> None:
+    polling = Polling(window=WINDOW, interval=INTERVAL, remembered_for=REMEMBERED, min_rate=0)
+    register(polling, ["a"])
+    polling.woken("a", 5.0)
+
+    assert polling.worth_polling(5.0)
+    assert polling.changes({"a"}, 5.0) == ([], ["a"], [])
+
+
+def test_changes_of_a_table_not_polled_are_not_counted_twice() -> None:
+    """Its wake-up counted it: a read after a wake-up finds the change it stood for."""
+    polling = Polling(window=WINDOW, interval=INTERVAL, remembered_for=REMEMBERED, min_rate=50)
+    register(polling, ["a"])
+    for n in range(40):
+        polling.woken("a", 1.0 + n / 1000)
+        polling.observe("100:100:", 1.0 + n / 1000, {"a"}, {"a"}, changes={"a": 1})
+
+    assert not polling.worth_polling(1.04)
