@@ -46,6 +46,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -831,6 +832,21 @@ class WriterVariant:
     server_cpu_pct: float | None = None
     """Ours serving: its process, and its sessions' Postgres backends."""
     server_pg_cpu_pct: float | None = None
+    runs: list[WriterVariant] = field(default_factory=list, repr=False)
+    """Each round's run of a variant measured in rounds (this one is their median)."""
+    shares: list[float] = field(default_factory=list)
+    """Each round's commits/s as a % of that round's no-trigger run."""
+
+    def summarize(self, references: Sequence[WriterVariant]) -> None:
+        """Become the median of ``runs``; ``references``: each round's no-trigger run."""
+        self.shares = [
+            run.commits_per_s / reference.commits_per_s * 100
+            for run, reference in zip(self.runs, references, strict=True)
+        ]
+        for name in ("commits_per_s", "cpu_pct", "server_cpu_pct", "server_pg_cpu_pct"):
+            values = [getattr(run, name) for run in self.runs]
+            if None not in values:
+                setattr(self, name, statistics.median(values))
 
 
 @dataclass
@@ -873,9 +889,17 @@ async def writers_target(
     builtin: bool,
     workdir: Path,
     profiles: dict[str, str] | None = None,
+    rounds: int = 1,
 ) -> list[WriterVariant]:
-    """The writer variants; with ``profiles``, py-spy our server while it serves."""
+    """The writer variants; with ``profiles``, py-spy our server while it serves.
+
+    Ours, with and without our server, and the no-trigger reference run
+    ``rounds`` times in turn: pgbench's rate drifts by tens of percent over a
+    minute on a shared machine, so each variant's share is the median of its
+    share of the same round's no-trigger rate.
+    """
     variants: list[WriterVariant] = []
+    by_label: dict[str, WriterVariant] = {}
 
     async def measure(label: str, url: str, server: ServerProcess | None = None) -> None:
         await settle(url)
@@ -893,31 +917,39 @@ async def writers_target(
         if server:
             variant.server_cpu_pct = (server.cpu() - before[0]) / run.seconds * 100
             variant.server_pg_cpu_pct = (backends_cpu(backends) - before[1]) / run.seconds * 100
-        variants.append(variant)
+        if label not in by_label:
+            by_label[label] = dataclasses.replace(variant, runs=[], shares=[])
+            variants.append(by_label[label])
+        by_label[label].runs.append(variant)
 
-    # Writers skip their wake-up while every server serving their table has
-    # promised to read it, and when none serves it: the honest figure is with
-    # our server running and a subscriber on every table the writers touch.
-    async with running_server("ours", our_url, workdir, "writers") as server:
-        clients = [
-            await connect_client(host="127.0.0.1", port=server.port, table_id=t, ours=True)
-            for t in TABLES
-        ]
+    serving = "ours: our triggers, our server serving every table"
+    reference = "no trigger: same rows, triggers disabled"
+    for _ in range(rounds):
+        # Writers skip their wake-up while every server serving their table has
+        # promised to read it, and when none serves it: the honest figure is with
+        # our server running and a subscriber on every table the writers touch.
+        async with running_server("ours", our_url, workdir, "writers") as server:
+            clients = [
+                await connect_client(host="127.0.0.1", port=server.port, table_id=t, ours=True)
+                for t in TABLES
+            ]
+            try:
+                await measure(serving, our_url, server)
+            finally:
+                for client in clients:
+                    client.close()
+        connection = await asyncpg.connect(our_url)
         try:
-            await measure("ours: our triggers, our server serving every table", our_url, server)
+            await measure("ours: our triggers, no server running", our_url)
+            await connection.execute("ALTER TABLE rows DISABLE TRIGGER USER")
+            try:
+                await measure(reference, our_url)
+            finally:
+                await connection.execute("ALTER TABLE rows ENABLE TRIGGER USER")
         finally:
-            for client in clients:
-                client.close()
-    connection = await asyncpg.connect(our_url)
-    try:
-        await measure("ours: our triggers, no server running", our_url)
-        await connection.execute("ALTER TABLE rows DISABLE TRIGGER USER")
-        try:
-            await measure("no trigger: same rows, triggers disabled", our_url)
-        finally:
-            await connection.execute("ALTER TABLE rows ENABLE TRIGGER USER")
-    finally:
-        await connection.close()
+            await connection.close()
+    for variant in variants:
+        variant.summarize(by_label[reference].runs)
     await measure("per-row NOTIFY of the row (the peers' trigger)", peer_url)
     if builtin:
         process = await asyncio.create_subprocess_exec(
@@ -1104,6 +1136,7 @@ class Plan:
     servers: tuple[str, ...]
     window: float
     writers_window: float
+    writers_rounds: int
     drain: float
     nrows: int
     connections: int
@@ -1190,7 +1223,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         targets=targets,
         servers=servers,
         window=window,
-        writers_window=args.writers_window or (1.0 if quick else 4.0),
+        writers_window=args.writers_window or (1.0 if quick else 3.0),
+        writers_rounds=args.writers_rounds or (1 if quick else 3),
         drain=3.0 if quick else 8.0,
         nrows=args.rows,
         connections=args.connections or (2_000 if quick else 10_000),
@@ -1354,6 +1388,7 @@ async def run(plan: Plan, admin_url: str, json_out: Path | None, profile: bool) 
                     builtin=not plan.quick,
                     workdir=workdir,
                     profiles=results.writers_profiles if profile else None,
+                    rounds=plan.writers_rounds,
                 )
                 print(f"done: writers ({time.perf_counter() - started:.0f} s)", flush=True)
             if "bulk" in plan.targets and any(s != "ours" for s in plan.servers):
@@ -1484,17 +1519,25 @@ def print_report(plan: Plan, results: Results) -> None:
     if results.writers:
         print(
             f"## 4a. Writers: {WRITERS} pgbench clients, single-row UPDATEs, unthrottled, "
-            f"{plan.writers_window:g} s each (ours first with our server serving the tables)"
+            f"{plan.writers_window:g} s each, {plan.writers_rounds} round(s) of ours and the "
+            "no-trigger reference (medians; ours first, with our server serving the tables)"
         )
         print()
         variants = results.writers
         reference = next((v.commits_per_s for v in variants if v.label.startswith("no ")), 0.0)
+
+        def share_of(v: WriterVariant) -> float | None:
+            if v.shares:
+                return statistics.median(v.shares)
+            return v.commits_per_s / reference * 100 if reference else None
+
         print(
             table(
                 [
                     "writers",
                     "commits/s",
                     "% of no-trigger",
+                    "rounds %",
                     "pgbench CPU %",
                     "srv CPU %",
                     "its PG CPU %",
@@ -1503,7 +1546,8 @@ def print_report(plan: Plan, results: Results) -> None:
                     [
                         v.label,
                         fmt(v.commits_per_s),
-                        fmt(v.commits_per_s / reference * 100 if reference else None),
+                        fmt(share_of(v)),
+                        " ".join(f"{x:.0f}" for x in v.shares) if len(v.shares) > 1 else "-",
                         fmt(v.cpu_pct),
                         fmt(v.server_cpu_pct),
                         fmt(v.server_pg_cpu_pct),
@@ -1513,7 +1557,7 @@ def print_report(plan: Plan, results: Results) -> None:
             )
         )
         print()
-        share = variants[0].commits_per_s / reference * 100 if reference else 0.0
+        share = share_of(variants[0]) or 0.0
         print(
             "goal: ours at least 80% of the no-trigger commit rate -> "
             f"ours: {share:.0f}%, {verdict(share >= 80)}"
@@ -1619,6 +1663,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--servers", help=f"comma-separated subset of: {', '.join(SERVERS)}")
     parser.add_argument("--window", type=float, help="seconds of writing per load target")
     parser.add_argument("--writers-window", type=float, help="seconds per writer variant")
+    parser.add_argument(
+        "--writers-rounds",
+        type=int,
+        help="rounds of ours and the no-trigger reference in the writers target (medians)",
+    )
     parser.add_argument("--connections", type=int, help="connections in the conns target")
     parser.add_argument(
         "--rows",
