@@ -153,51 +153,56 @@ async def test_a_move_a_later_trigger_cancelled_leaves_no_deletion_to_read(
         assert (await reader.read([request])).rows == []
 
 
-async def test_a_read_session_opens_its_connection_on_first_use_and_keeps_it(
-    database_url: str, pool: asyncpg.Pool
-) -> None:
-    opened: list[asyncpg.Connection] = []
+class Connections:
+    """A ReadSession's ``connect``, recording every connection it opened."""
 
-    async def connect() -> asyncpg.Connection:
-        opened.append(await asyncpg.connect(database_url))
-        return opened[-1]
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.opened: list[asyncpg.Connection] = []
 
-    session = ReadSession(connect)
+    async def __call__(self) -> asyncpg.Connection:
+        self.opened.append(await asyncpg.connect(self.database_url))
+        return self.opened[-1]
+
+
+@pytest.fixture
+async def session(database_url: str) -> AsyncIterator[tuple[ReadSession, Connections]]:
+    connections = Connections(database_url)
+    read_session = ReadSession(connections)
     try:
-        assert opened == []
-        reader = ChangeReader(pool, reads=session)
-        await within(reader.read([]))
-        with pytest.raises(asyncpg.PostgresError):
-            await within(session.fetch("SELECT 1 / 0"))
-        await within(reader.read([]))
-        assert len(opened) == 1, "a statement error leaves the session usable"
+        yield read_session, connections
     finally:
-        await session.close()
-    assert opened[0].is_closed()
+        await read_session.close()
+
+
+async def test_a_read_session_opens_its_connection_on_first_use_and_keeps_it(
+    session: tuple[ReadSession, Connections], pool: asyncpg.Pool
+) -> None:
+    read_session, connections = session
+    assert connections.opened == []
+    reader = ChangeReader(pool, reads=read_session)
+    await within(reader.read([]))
+    with pytest.raises(asyncpg.PostgresError):
+        await within(read_session.fetch("SELECT 1 / 0"))
+    await within(reader.read([]))
+    assert len(connections.opened) == 1, "a statement error leaves the session usable"
+    await read_session.close()
+    assert connections.opened[0].is_closed()
 
 
 async def test_a_read_session_whose_connection_was_killed_reconnects(
-    database_url: str, pool: asyncpg.Pool
+    session: tuple[ReadSession, Connections], pool: asyncpg.Pool
 ) -> None:
-    opened: list[asyncpg.Connection] = []
-
-    async def connect() -> asyncpg.Connection:
-        opened.append(await asyncpg.connect(database_url))
-        return opened[-1]
-
-    session = ReadSession(connect)
-    reader = ChangeReader(pool, reads=session)
-    try:
+    read_session, connections = session
+    reader = ChangeReader(pool, reads=read_session)
+    await within(reader.read([]))
+    backend = connections.opened[0].get_server_pid()
+    await pool.execute("SELECT pg_terminate_backend($1)", backend)
+    # A read that meets the dead connection fails like any lost database
+    # (unless asyncpg noticed the loss first); the next one reconnects.
+    with contextlib.suppress(*DATABASE_ERRORS):
         await within(reader.read([]))
-        backend = opened[0].get_server_pid()
-        await pool.execute("SELECT pg_terminate_backend($1)", backend)
-        # A read that meets the dead connection fails like any lost database
-        # (unless asyncpg noticed the loss first); the next one reconnects.
-        with contextlib.suppress(*DATABASE_ERRORS):
-            await within(reader.read([]))
-        result = await within(reader.read([]))
-        assert result.snapshot
-        assert len(opened) == 2
-        assert opened[1].get_server_pid() != backend
-    finally:
-        await session.close()
+    result = await within(reader.read([]))
+    assert result.snapshot
+    assert len(connections.opened) == 2
+    assert connections.opened[1].get_server_pid() != backend
