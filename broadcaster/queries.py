@@ -8,6 +8,7 @@ cursor, come from one snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -206,6 +207,10 @@ RETURNING (SELECT count(*) FROM gone)
 _PRUNE_LOCK = 0x62726F61_64636173  # "broadcas"
 
 
+# Seconds a stopping server waits for Postgres to acknowledge closing a session.
+_CLOSE_TIMEOUT = 5.0
+
+
 class _Fetcher(Protocol):
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]: ...
 
@@ -227,7 +232,6 @@ class ReadSession:
         async with self._lock:
             connection = self._connection
             if connection is None or connection.is_closed():
-                self._connection = None
                 connection = self._connection = await self._connect()
             try:
                 return await connection.fetch(query, *args)
@@ -247,7 +251,9 @@ class ReadSession:
     async def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            await connection.close()
+            # asyncpg aborts a connection it could not close in time, or at all.
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await connection.close(timeout=_CLOSE_TIMEOUT)
 
 
 class ChangeReader:
