@@ -83,6 +83,8 @@ LABELS = {
 }
 TARGETS = ("fanout", "ceiling", "fanout1k", "conns", "writers", "bulk", "workers")
 QUICK_TARGETS = ("fanout", "conns", "writers", "bulk", "workers")
+# Not an issue-5 target, run only when asked for: what serving costs while little changes.
+OPTIONAL_TARGETS = ("quiet",)
 TABLES = tuple(f"t{i}" for i in range(10))
 BULK_TABLE = "bulk"
 BULK_ROWS = 10_000
@@ -1183,9 +1185,20 @@ class Plan:
                 self.check_seconds,
                 "ours: at most 20 KB RSS per connection; all subscribed within 10 s, no error",
             ),
+            "quiet": LoadSpec(
+                "quiet",
+                "Quiet (not an issue-5 target): 100 clients / 10 tables / 10 updates/s",
+                100,
+                10,
+                self.window,
+                "none in issue 5: what a server and its Postgres sessions spend while "
+                "little changes",
+            ),
         }
         return [
-            specs[key] for key in ("fanout", "ceiling", "fanout1k", "conns") if key in self.targets
+            specs[key]
+            for key in ("fanout", "ceiling", "fanout1k", "conns", "quiet")
+            if key in self.targets
         ]
 
     def scale_out(self) -> LoadSpec:
@@ -1206,10 +1219,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
     targets = (
         tuple(args.targets.split(",")) if args.targets else (QUICK_TARGETS if quick else TARGETS)
     )
-    unknown = set(targets) - set(TARGETS)
+    unknown = set(targets) - set(TARGETS) - set(OPTIONAL_TARGETS)
     if unknown:
         raise SystemExit(
-            f"unknown targets: {', '.join(sorted(unknown))}; known: {', '.join(TARGETS)}"
+            f"unknown targets: {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(TARGETS + OPTIONAL_TARGETS)}"
         )
     servers = tuple(args.servers.split(",")) if args.servers else SERVERS
     unknown = set(servers) - set(SERVERS)
@@ -1492,6 +1506,11 @@ def print_report(plan: Plan, results: Results) -> None:
                 limit = 10 if spec.key == "ceiling" else 50
                 met = mine.p99 <= limit and mine.lost == 0
                 outcome = f"p99 {mine.p99:.1f} ms, lost {mine.lost}, {verdict(met)}"
+            elif spec.key == "quiet":
+                outcome = (
+                    f"{mine.server_cpu_pct:.1f}% of a core, its Postgres sessions "
+                    f"{mine.pg_cpu_pct:.1f}%"
+                )
             elif spec.key == "conns" and mine.rss_per_conn is not None:
                 met = (
                     mine.rss_per_conn <= 20 * 1024
@@ -1659,7 +1678,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Node, with the same writers and clients (issue 5)."
     )
     parser.add_argument("--quick", action="store_true", help="fewer targets, shorter windows")
-    parser.add_argument("--targets", help=f"comma-separated subset of: {', '.join(TARGETS)}")
+    parser.add_argument(
+        "--targets",
+        help=f"comma-separated subset of: {', '.join(TARGETS)}; "
+        f"or, run only when named: {', '.join(OPTIONAL_TARGETS)}",
+    )
     parser.add_argument("--servers", help=f"comma-separated subset of: {', '.join(SERVERS)}")
     parser.add_argument("--window", type=float, help="seconds of writing per load target")
     parser.add_argument("--writers-window", type=float, help="seconds per writer variant")
