@@ -172,7 +172,7 @@ class Poller:
         snapshot: str,
         issued_at: float,
         read: set[str],
-        found: set[str],
+        found: Collection[str],
         horizon: int | None = None,
         *,
         changes: Mapping[str, int] | None = None,
@@ -219,13 +219,8 @@ class Poller:
             self._feed.failed(read)
             raise
         batches, answered = self._feed.complete(read, result)
-        self._observe(
-            result.snapshot,
-            issued_at,
-            set(read.live),
-            {batch.table_id for batch in batches if batch.changes},
-            changes={batch.table_id: len(batch.changes) for batch in batches if batch.changes},
-        )
+        changed = {batch.table_id: len(batch.changes) for batch in batches if batch.changes}
+        self._observe(result.snapshot, issued_at, set(read.live), changed.keys(), changes=changed)
         for batch in batches:
             self._hub.publish(batch)
         for join, join_result in answered:
