@@ -908,7 +908,8 @@ async def writers_target(
         backends = await server_backends(url) if server else []
         before = (server.cpu(), backends_cpu(backends)) if server else (0.0, 0.0)
         profiling = None
-        if server and profiles is not None:
+        # The first serving round's profile; later rounds would only replace it.
+        if server and profiles is not None and "ours" not in profiles:
             profiling = asyncio.create_task(
                 profile_server(server, seconds, workdir / "profile-ours-writers.txt")
             )
