@@ -28,6 +28,7 @@ from .hub import Hub
 from .payloads import decode
 from .polling import EVERY, Polling
 from .queries import DATABASE_ERRORS, ChangeReader
+from .writes import Writes
 
 __all__ = ["Poller"]
 
@@ -48,8 +49,10 @@ class Poller:
         poll_interval: float = 0.005,
         poll_window: float = 0.0,
         poll_min_rate: float = 0.0,
+        writes: Writes | None = None,
     ) -> None:
         self._hub = hub
+        self._writes = Writes() if writes is None else writes
         self._reader = reader
         self._feed = Feed()
         self._refresh_interval = refresh_interval
@@ -221,13 +224,15 @@ class Poller:
         batches, answered = self._feed.complete(read, result)
         changed = {batch.table_id: len(batch.changes) for batch in batches if batch.changes}
         self._observe(result.snapshot, issued_at, set(read.live), changed.keys(), changes=changed)
-        for batch in batches:
-            self._hub.publish(batch)
-        for join, join_result in answered:
-            try:
-                join.on_joined(join_result)
-            except Exception:
-                logger.exception("answering a join of %r failed", join.table_id)
+        # One write per client for everything this read brings it.
+        with self._writes.round():
+            for batch in batches:
+                self._hub.publish(batch)
+            for join, join_result in answered:
+                try:
+                    join.on_joined(join_result)
+                except Exception:
+                    logger.exception("answering a join of %r failed", join.table_id)
         if read.every_live_table and session == self._session and not self.caught_up:
             self._caught_up_session = session
             self.status = "caught up"

@@ -28,6 +28,7 @@ from .presence import CHANNEL as PRESENCE_CHANNEL
 from .presence import Presences
 from .queries import DATABASE_ERRORS, ChangeReader, ReadSession
 from .settings import Settings
+from .writes import Writes
 
 __all__ = ["PRESENCE_HEARTBEAT", "Runtime"]
 
@@ -42,6 +43,7 @@ class Runtime:
         self.settings = settings
         self.database_url = database_url
         self.hub = Hub()
+        self.writes = Writes()
         self.broadcasts = Broadcasts()
         self.presences = Presences()
         self.connections = 0
@@ -143,6 +145,7 @@ class Runtime:
             poll_interval=settings.poll_interval,
             poll_window=settings.poll_window,
             poll_min_rate=settings.poll_min_rate,
+            writes=self.writes,
         )
         self.listener = Listener(
             self.database_url,

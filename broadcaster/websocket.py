@@ -27,6 +27,7 @@ from websockets.server import ServerProtocol
 from . import phoenix, protocol
 from .native import NativeSession
 from .supabase import SupabaseSession
+from .writes import Writes
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -54,6 +55,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._connections: set[Any] = server_state.connections
         settings = self._runtime.settings if self._runtime is not None else None
         self._max_buffer_bytes = settings.max_buffer_bytes if settings else 0
+        self._writes = self._runtime.writes if self._runtime is not None else Writes()
         self._close_timeout = settings.close_timeout if settings else 1.0
         self._ws = ServerProtocol(
             max_size=settings.max_frame_bytes if settings else 1,
@@ -111,10 +113,17 @@ class WebSocketConnection(asyncio.Protocol):
     # Transport, for the session
 
     def send(self, frame: bytes) -> None:
+        if self._writes.holding:
+            self._writes.hold(self, frame)
+        else:
+            self.write(frame)
+
+    def write(self, data: bytes) -> None:
+        """Write frames now (:class:`~broadcaster.writes.Writes` calls it at a round's end)."""
         transport = self._transport
         if transport is None or self._ws.state is not State.OPEN:
             return
-        transport.write(frame)
+        transport.write(data)
         if transport.get_write_buffer_size() > self._max_buffer_bytes:
             logger.warning(
                 "%s is a slow consumer (%d bytes unsent): closing it",

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from broadcaster.websocket import WebSocketConnection
 from tests.support.server import running_server
 from tests.support.timeouts import within
 
@@ -78,3 +79,34 @@ async def test_a_write_that_skipped_its_wake_up_before_an_every_table_join_arriv
                 assert (change["type"], change["record"]["table_id"]) == ("INSERT", "tz")
     finally:
         await db.close()
+
+
+async def test_the_changes_of_one_read_go_out_in_one_write(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Phoenix carries one change per frame: a read's frames reach the socket together."""
+    writes: list[bytes] = []
+    write = WebSocketConnection.write
+
+    def recording(self: WebSocketConnection, data: bytes) -> None:
+        writes.append(data)
+        write(self, data)
+
+    monkeypatch.setattr(WebSocketConnection, "write", recording)
+    db = await asyncpg.connect(database_url)
+    try:
+        async with (
+            running_server(database_url) as server,
+            connect(server.url.replace("http", "ws") + "/realtime/v1/websocket?vsn=2.0.0") as ws,
+        ):
+            await join(ws, "realtime:sheet", "table_id=eq.sheet")
+            await db.execute(
+                "INSERT INTO rows (id, table_id)"
+                " SELECT 'c' || k, 'sheet' FROM generate_series(1, 3) AS k"
+            )
+            ids = {(await next_change(ws))["record"]["id"] for _ in range(3)}
+            assert ids == {"c1", "c2", "c3"}
+    finally:
+        await db.close()
+    (carrying,) = [data for data in writes if b'"record"' in data]
+    assert carrying.count(b'"record"') == 3

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from broadcaster.server import Server
+from broadcaster.websocket import WebSocketConnection
 from tests.support.server import Client, client, running_server
 from tests.support.timeouts import within
 
@@ -296,3 +297,27 @@ async def test_many_clients_on_one_table_all_receive(
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('all', 't1')")
         for c in clients:
             assert (await c.changes(1))[0]["row"]["id"] == "all"
+
+
+async def test_what_one_read_brings_a_client_goes_out_in_one_write(
+    server: Server, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tables changed together: both batches reach the socket in one write."""
+    writes: list[bytes] = []
+    write = WebSocketConnection.write
+
+    def recording(self: WebSocketConnection, data: bytes) -> None:
+        writes.append(data)
+        write(self, data)
+
+    monkeypatch.setattr(WebSocketConnection, "write", recording)
+    async with client(server) as c:
+        await c.subscribe("t1")
+        await c.subscribe("t2")
+        async with db.transaction():
+            await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1'), ('b', 't2')")
+        received = await c.changes(2)
+        assert {m["table_id"] for m in received} == {"t1", "t2"}
+    (carrying,) = [data for data in writes if b'"type":"change"' in data]
+    assert b'"table_id":"t1"' in carrying
+    assert b'"table_id":"t2"' in carrying
