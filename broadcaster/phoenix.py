@@ -18,7 +18,15 @@ from typing import Any, Final
 
 from .exceptions import ProtocolError
 
-__all__ = ["VSN_1", "VSN_2", "Message", "decode_binary", "decode_text", "encode"]
+__all__ = [
+    "VSN_1",
+    "VSN_2",
+    "Message",
+    "decode_binary",
+    "decode_text",
+    "encode",
+    "push_parts",
+]
 
 VSN_1: Final = "1.0.0"
 VSN_2: Final = "2.0.0"
@@ -111,3 +119,19 @@ def encode(message: Message, vsn: str) -> bytes:
         if message.join_ref is not None:
             value["join_ref"] = message.join_ref
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def push_parts(topic: str, event: str, vsn: str) -> tuple[str, str]:
+    """The text of a server message before and after its payload (no ref, no join_ref).
+
+    ``head + json(payload) + tail`` is ``encode(Message(topic, event, payload))``:
+    a change bound by many clients, each under its own topic, has its payload
+    encoded once and spliced into each client's message.
+    """
+    if vsn == VSN_2:
+        return f"[null,null,{_json(topic)},{_json(event)},", "]"
+    return f'{{"topic":{_json(topic)},"event":{_json(event)},"payload":', ',"ref":null}'

@@ -479,22 +479,21 @@ class SupabaseSession:
     # Output
 
     def deliver(self, batch: Batch) -> None:
-        rows = batch.memo("supabase.rows", _rows)
         for channel in self._channels.values():
             if not channel.live or (
                 batch.table_id not in channel.tables and EVERY_TABLE not in channel.tables
             ):
                 continue
-            for change, row in zip(batch.changes, rows, strict=True):
+            head = tail = ""
+            for change, row, data in batch.memo("supabase.changes", _changes):
                 ids = [b.id for b in channel.bindings if b.matches(change, row)]
-                if ids:
-                    self._send(
-                        Message(
-                            channel.topic,
-                            "postgres_changes",
-                            {"ids": ids, "data": _data(change, row)},
-                        )
-                    )
+                if not ids:
+                    continue
+                if not head:
+                    head, tail = phoenix.push_parts(channel.topic, "postgres_changes", self._vsn)
+                ids_json = ",".join(map(str, ids))
+                message = f'{head}{{"ids":[{ids_json}],"data":{data}}}{tail}'
+                self._transport.send(text_frame(message.encode()))
 
     def close(self) -> None:
         if self.closed:
@@ -534,32 +533,39 @@ class SupabaseSession:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
 
 
-def _rows(batch: Batch) -> list[dict[str, Any]]:
-    return [json.loads(change.row_json) for change in batch.changes]
+def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:
+    """Each change, its row (for the bindings' filters) and its ``data`` as JSON.
+
+    Built once per batch and shared by every Supabase client it goes to. The
+    record is the row's JSON as the read returned it, spliced in unparsed.
+    """
+    return [_change(change) for change in batch.changes]
 
 
-def _data(change: Change, row: dict[str, Any]) -> dict[str, Any]:
-    key = {"id": change.id, "table_id": change.table_id}
+def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
+    row: dict[str, Any] = json.loads(change.row_json)
     if change.op == "DELETE":
         committed = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return {
-            "schema": SCHEMA,
-            "table": TABLE,
-            "commit_timestamp": committed,
-            "type": "DELETE",
-            "columns": COLUMNS,
-            "old_record": {**key, "version": change.version},
-            "errors": None,
-        }
-    data: dict[str, Any] = {
-        "schema": SCHEMA,
-        "table": TABLE,
-        "commit_timestamp": row.get("updated_at"),
-        "type": change.op,
-        "columns": COLUMNS,
-        "record": row,
-        "errors": None,
-    }
+        old_record = _json(
+            {"id": change.id, "table_id": change.table_id, "version": change.version}
+        )
+        data = (
+            f'{_DATA_HEAD}"commit_timestamp":"{committed}","type":"DELETE",'
+            f'"columns":{_COLUMNS_JSON},"old_record":{old_record},"errors":null}}'
+        )
+        return change, row, data
+    data = (
+        f'{_DATA_HEAD}"commit_timestamp":{_json(row.get("updated_at"))},"type":{_json(change.op)},'
+        f'"columns":{_COLUMNS_JSON},"record":{change.row_json},"errors":null'
+    )
     if change.op == "UPDATE":
-        data["old_record"] = key
-    return data
+        data += f',"old_record":{_json({"id": change.id, "table_id": change.table_id})}'
+    return change, row, data + "}"
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+_DATA_HEAD: Final = f'{{"schema":{_json(SCHEMA)},"table":{_json(TABLE)},'
+_COLUMNS_JSON: Final = _json(COLUMNS)

@@ -128,6 +128,18 @@ def test_encode_is_compact_utf8(vsn: str) -> None:
     assert b": " not in data
 
 
+@pytest.mark.parametrize("vsn", [VSN_1, VSN_2])
+@pytest.mark.parametrize(
+    "payload",
+    [{"ids": [1, 2], "data": {"record": {"id": "é☃", "n": None}}}, {}, [], "text", None],
+)
+def test_a_payload_spliced_between_push_parts_is_what_encode_writes(vsn: str, payload: Any) -> None:
+    head, tail = phoenix.push_parts('realtime:café "q"', "postgres_changes", vsn)
+    payload_json = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    spliced = (head + payload_json + tail).encode()
+    assert spliced == encode(Message('realtime:café "q"', "postgres_changes", payload), vsn)
+
+
 # Round trips
 
 
@@ -342,4 +354,5 @@ def test_module_exports() -> None:
         "decode_binary",
         "decode_text",
         "encode",
+        "push_parts",
     }

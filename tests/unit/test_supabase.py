@@ -955,6 +955,22 @@ async def test_close_leaves_everything(world: World) -> None:
 # Delivering changes
 
 
+async def test_clients_of_one_change_get_the_same_data_under_their_own_topics(
+    world: World, vsn: str
+) -> None:
+    """A change's data is encoded once per batch: a deletion has one commit_timestamp."""
+    first, second = world.connect(vsn), world.connect(vsn)
+    await world.live(first, TOPIC, [binding("table_id=eq.a")])
+    await world.live(second, OTHER, [binding("table_id=eq.a", "DELETE")])
+    first.clear()
+    second.clear()
+    world.hub.publish(batch("a", change("DELETE", "a", "r3", 9)))
+    (one,), (other,) = first.messages, second.messages
+    assert (one.topic, other.topic) == (TOPIC, OTHER)
+    assert one.payload["data"] == other.payload["data"]
+    assert one.payload["data"]["old_record"] == {"id": "r3", "table_id": "a", "version": 9}
+
+
 async def test_deliver_sends_supabase_payloads_to_matching_bindings(world: World, vsn: str) -> None:
     client = world.connect(vsn)
     inserts = binding("table_id=eq.a", "INSERT")
