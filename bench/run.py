@@ -75,8 +75,12 @@ NODE_DIR = PEERS / "node"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 SERVERS = ("ours", "encode", "thin", "node")
+# Run only when named: our server again, its clients on the Supabase endpoint.
+OPTIONAL_SERVERS = ("supabase",)
+OURS = ("ours", "supabase")
 LABELS = {
     "ours": "ours",
+    "supabase": "ours, Supabase clients",
     "encode": "encode/broadcaster",
     "thin": "thin Python",
     "node": "Node pg+ws",
@@ -413,11 +417,16 @@ class ServerProcess:
 
     @property
     def ours(self) -> bool:
-        return self.name == "ours"
+        return self.name in OURS
+
+    @property
+    def phoenix(self) -> bool:
+        """Its clients join with Phoenix (vsn 2.0.0) on the Supabase endpoint."""
+        return self.name == "supabase"
 
 
 def _server_argv(name: str, port: int, workers: int) -> list[str]:
-    if name == "ours":
+    if name in OURS:
         argv = [sys.executable, "-m", "broadcaster", "serve"]
         return argv + (["--workers", str(workers)] if workers > 1 else [])
     if name == "encode":
@@ -492,7 +501,7 @@ async def running_server(
     # The peers run outside the repository: from its root, our package would
     # shadow encode/broadcaster's (both are `broadcaster`).
     argv = _server_argv(name, port, workers)
-    process = _spawn(argv, env, log, ROOT if name == "ours" else workdir)
+    process = _spawn(argv, env, log, ROOT if name in OURS else workdir)
     server = ServerProcess(name, process, port, log, workers)
     try:
         deadline = time.monotonic() + 30
@@ -500,7 +509,7 @@ async def running_server(
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited during start-up; see {log}")
             try:
-                if name == "ours":
+                if name in OURS:
                     # With --workers, /readyz answers from whichever worker
                     # accepts; each worker holds a LISTEN and a read connection
                     # once it is ready.
@@ -726,7 +735,13 @@ async def run_load(
         sample = (worker, table) not in sampled
         sampled.add((worker, table))
         plan[worker].append([i, table, sample])
-    base = {"cmd": "connect", "host": "127.0.0.1", "port": server.port, "ours": server.ours}
+    base = {
+        "cmd": "connect",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "ours": server.ours,
+        "phoenix": server.phoenix,
+    }
     started = time.perf_counter()
     answers: list[dict[str, Any]] = []
     if server.name == "encode":
@@ -1227,10 +1242,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
             f"known: {', '.join(TARGETS + OPTIONAL_TARGETS)}"
         )
     servers = tuple(args.servers.split(",")) if args.servers else SERVERS
-    unknown = set(servers) - set(SERVERS)
+    unknown = set(servers) - set(SERVERS) - set(OPTIONAL_SERVERS)
     if unknown:
         raise SystemExit(
-            f"unknown servers: {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}"
+            f"unknown servers: {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(SERVERS + OPTIONAL_SERVERS)}"
         )
     window = args.window or (2.0 if quick else 6.0)
     return Plan(
@@ -1406,13 +1422,13 @@ async def run(plan: Plan, admin_url: str, json_out: Path | None, profile: bool) 
                     rounds=plan.writers_rounds,
                 )
                 print(f"done: writers ({time.perf_counter() - started:.0f} s)", flush=True)
-            if "bulk" in plan.targets and any(s != "ours" for s in plan.servers):
+            if "bulk" in plan.targets and any(s not in OURS for s in plan.servers):
                 results.bulk.append(
                     await bulk_update(peer_url, BULK_TABLE, "peers (per-row NOTIFY trigger)")
                 )
             for server_name in plan.servers:
-                url = our_url if server_name == "ours" else peer_url
-                writers = our_writers if server_name == "ours" else peer_writers
+                url = our_url if server_name in OURS else peer_url
+                writers = our_writers if server_name in OURS else peer_writers
                 for spec in loads:
                     starting = time.perf_counter()
                     async with running_server(server_name, url, workdir, spec.key) as server:
@@ -1684,7 +1700,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated subset of: {', '.join(TARGETS)}; "
         f"or, run only when named: {', '.join(OPTIONAL_TARGETS)}",
     )
-    parser.add_argument("--servers", help=f"comma-separated subset of: {', '.join(SERVERS)}")
+    parser.add_argument(
+        "--servers",
+        help=f"comma-separated subset of: {', '.join(SERVERS)}; or, run only when named: "
+        f"{', '.join(OPTIONAL_SERVERS)} (our server, its clients on the Supabase endpoint)",
+    )
     parser.add_argument("--window", type=float, help="seconds of writing per load target")
     parser.add_argument("--writers-window", type=float, help="seconds per writer variant")
     parser.add_argument(

@@ -11,7 +11,7 @@
  * command per line on stdin; each command gets one JSON line on stdout
  * (except exit):
  *
- *   connect  {"cmd": "connect", "host", "port", "ours", "clients":
+ *   connect  {"cmd": "connect", "host", "port", "ours", "phoenix"?, "clients":
  *            [[index, table_id, sampled], ...], "sequential"?, "concurrency"?
  *            (50), "timeout"? (30 s)}: open the connections, at most
  *            `concurrency` of them connecting at once (sequential: one at a
@@ -30,6 +30,10 @@
  *   - against our server ("ours": true) it sends {"type": "subscribe", ...},
  *     is ready at the frame carrying "type":"synced", and counts the
  *     {"type":"change" messages in each frame (a frame may be an array);
+ *   - against our server's Supabase endpoint ("phoenix": true as well) it
+ *     joins realtime:<table_id> (vsn 2.0.0) with one postgres_changes binding
+ *     filtered on table_id=eq.<table_id>, is ready at "Subscribed to
+ *     PostgreSQL", and counts the "postgres_changes" messages (one per frame);
  *   - against a peer it subscribes by URL (/ws?table_id=...), is ready at
  *     "type":"subscribed", and each frame is one change.
  * A sampled connection also records, for every change after ready, its arrival
@@ -69,6 +73,8 @@
 static const char CHANGE[] = "{\"type\":\"change\"";
 static const char SYNCED[] = "\"type\":\"synced\"";
 static const char SUBSCRIBED[] = "\"type\":\"subscribed\"";
+static const char PHX_CHANGE[] = "\"postgres_changes\",{\"ids\"";
+static const char PHX_SUBSCRIBED[] = "Subscribed to PostgreSQL";
 static const char STAMP[] = "\"t\":";
 
 /* ------------------------------------------------------------------------ */
@@ -221,7 +227,7 @@ struct spec {
 struct command {
     char *cmd, *host;
     long port;
-    bool ours, sequential;
+    bool ours, phoenix, sequential;
     long concurrency;
     double timeout;
     struct spec *specs;
@@ -482,6 +488,8 @@ static void jp_field(struct jp *j, const char *key, struct command *c)
         c->port = (long)jp_number(j);
     } else if (!strcmp(key, "ours")) {
         c->ours = jp_bool(j);
+    } else if (!strcmp(key, "phoenix")) {
+        c->phoenix = jp_bool(j);
     } else if (!strcmp(key, "sequential")) {
         c->sequential = jp_bool(j);
     } else if (!strcmp(key, "concurrency")) {
@@ -531,7 +539,7 @@ enum state { CONNECTING, HANDSHAKE, SUBSCRIBING, READY, CLOSED };
 struct conn {
     int fd; /* -1 once closed */
     enum state state;
-    bool ours, sampled;
+    bool ours, phoenix, sampled;
     uint32_t events; /* what epoll watches for it */
     long index;
     char *table_id;
@@ -772,9 +780,15 @@ static void on_data(struct conn *c, const char *p, size_t n, double now)
 {
     if (c->state == READY) {
         c->frames++;
-        c->received += c->ours ? count(p, n, CHANGE, sizeof CHANGE - 1) : 1;
+        if (c->phoenix)
+            c->received += count(p, n, PHX_CHANGE, sizeof PHX_CHANGE - 1);
+        else
+            c->received += c->ours ? count(p, n, CHANGE, sizeof CHANGE - 1) : 1;
         if (c->sampled)
             sample(p, n, now);
+    } else if (c->phoenix) {
+        if (memmem(p, n, PHX_SUBSCRIBED, sizeof PHX_SUBSCRIBED - 1))
+            conn_ready(c);
     } else if (c->ours) {
         c->catch_up += count(p, n, CHANGE, sizeof CHANGE - 1);
         if (memmem(p, n, SYNCED, sizeof SYNCED - 1))
@@ -829,7 +843,22 @@ static ssize_t upgrade(struct conn *c, const char *buf, size_t size)
         return -1;
     }
     c->state = SUBSCRIBING;
-    if (c->ours) {
+    if (c->phoenix) {
+        struct sbuf m = {0}, topic = {0}, filter = {0};
+        /* sb_printf leaves them NUL-terminated, for sb_json_string */
+        sb_printf(&topic, "realtime:%s", c->table_id);
+        sb_printf(&filter, "table_id=eq.%s", c->table_id);
+        sb_puts(&m, "[\"1\",\"1\",");
+        sb_json_string(&m, topic.p);
+        sb_puts(&m, ",\"phx_join\",{\"config\":{\"postgres_changes\":[{\"event\":\"*\","
+                    "\"schema\":\"public\",\"table\":\"rows\",\"filter\":");
+        sb_json_string(&m, filter.p);
+        sb_puts(&m, "}]}}]");
+        send_frame(c, 0x1, m.p, m.len);
+        free(m.p);
+        free(topic.p);
+        free(filter.p);
+    } else if (c->ours) {
         struct sbuf m = {0};
         sb_puts(&m, "{\"type\": \"subscribe\", \"table_id\": ");
         sb_json_string(&m, c->table_id);
@@ -977,8 +1006,12 @@ static void connected(struct conn *c)
     char key[25];
     base64_16(nonce, key);
     struct sbuf req = {0};
-    sb_printf(&req, "GET /ws%s%s HTTP/1.1\r\nHost: %s:%ld\r\n", c->ours ? "" : "?table_id=",
-              c->ours ? "" : c->table_id, j->cmd.host, j->cmd.port);
+    if (c->phoenix)
+        sb_printf(&req, "GET /realtime/v1/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: %s:%ld\r\n",
+                  j->cmd.host, j->cmd.port);
+    else
+        sb_printf(&req, "GET /ws%s%s HTTP/1.1\r\nHost: %s:%ld\r\n", c->ours ? "" : "?table_id=",
+                  c->ours ? "" : c->table_id, j->cmd.host, j->cmd.port);
     sb_printf(&req,
               "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
               "Sec-WebSocket-Version: 13\r\n\r\n",
@@ -1009,6 +1042,7 @@ static void conn_start(const struct spec *s)
         .fd = -1,
         .state = CONNECTING,
         .ours = j->cmd.ours,
+        .phoenix = j->cmd.phoenix,
         .sampled = s->sampled,
         .index = s->index,
         .table_id = xstrdup(s->table_id),
