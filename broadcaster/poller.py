@@ -224,15 +224,17 @@ class Poller:
         batches, answered = self._feed.complete(read, result)
         changed = {batch.table_id: len(batch.changes) for batch in batches if batch.changes}
         self._observe(result.snapshot, issued_at, set(read.live), changed.keys(), changes=changed)
-        # One write per client for everything this read brings it.
+        # One write per client for every batch this read brings it. A join's
+        # catch-up is not held: it may be large, and written as it goes, a
+        # slow consumer is cut off before the rest is queued for it.
         with self._writes.round():
             for batch in batches:
                 self._hub.publish(batch)
-            for join, join_result in answered:
-                try:
-                    join.on_joined(join_result)
-                except Exception:
-                    logger.exception("answering a join of %r failed", join.table_id)
+        for join, join_result in answered:
+            try:
+                join.on_joined(join_result)
+            except Exception:
+                logger.exception("answering a join of %r failed", join.table_id)
         if read.every_live_table and session == self._session and not self.caught_up:
             self._caught_up_session = session
             self.status = "caught up"

@@ -4,8 +4,8 @@ A read's changes are published table by table, and a Supabase binding gets a
 frame per change: a client subscribed to several changed tables, or speaking
 Phoenix, would cost the server a ``send`` system call per frame, the largest
 part of delivering a message. While a round is open (:meth:`Writes.round`,
-around everything one read delivers), a connection's frames are held in
-order; when it closes, each connection that was sent anything writes them
+around the publishing of one read's batches), a connection's frames are held
+in order; when it closes, each connection that was sent anything writes them
 all at once. One write per client per read, however many frames it carries.
 
 Sans-I/O: a writer is anything with ``write(data)``.

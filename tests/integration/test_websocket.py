@@ -274,6 +274,48 @@ async def test_a_slow_consumer_is_closed_with_4000_and_others_carry_on(
             assert closed.value.rcvd.code == 4000
 
 
+async def test_a_slow_consumer_is_cut_off_during_its_catch_up_before_it_is_all_queued(
+    database_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 12 MB catch-up to a client that does not read: the server queues about
+    BROADCASTER_MAX_BUFFER_BYTES for it, not the whole catch-up."""
+    queued: list[int] = []
+    write = WebSocketConnection.write
+
+    def recording(self: WebSocketConnection, data: bytes) -> None:
+        write(self, data)
+        transport = self._transport
+        if transport is not None:
+            queued.append(transport.get_write_buffer_size())
+
+    monkeypatch.setattr(WebSocketConnection, "write", recording)
+    payload = json.dumps({"pad": "p" * 6000})
+    for start in range(0, 2000, 100):
+        await db.executemany(
+            "INSERT INTO rows (id, table_id, data) VALUES ($1, 'big', $2::jsonb)",
+            [(f"r{i}", payload) for i in range(start, start + 100)],
+        )
+    # As in the test above: the client stops reading, the kernel absorbs little.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    async with running_server(database_url, max_buffer_bytes=64 * 1024) as server:
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        async with client(server, sock=sock, max_queue=1) as slow:
+            await slow.send({"type": "subscribe", "table_id": "big", "snapshot": True})
+
+            async def drain() -> None:
+                while True:
+                    await slow.connection.recv()
+
+            with pytest.raises(ConnectionClosed) as closed:
+                await within(drain(), 30)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4000
+    assert queued
+    assert max(queued) < 1024 * 1024
+
+
 async def test_sigterm_like_shutdown_closes_clients_with_1001(database_url: str) -> None:
     async with running_server(database_url) as server, client(server) as c:
         await c.subscribe("t1")
