@@ -9,8 +9,7 @@ import asyncpg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from broadcaster.websocket import WebSocketConnection
-from tests.support.server import running_server
+from tests.support.server import record_writes, running_server
 from tests.support.timeouts import within
 
 pytestmark = pytest.mark.asyncio
@@ -85,14 +84,7 @@ async def test_the_changes_of_one_read_go_out_in_one_write(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Phoenix carries one change per frame: a read's frames reach the socket together."""
-    writes: list[bytes] = []
-    write = WebSocketConnection.write
-
-    def recording(self: WebSocketConnection, data: bytes) -> None:
-        writes.append(data)
-        write(self, data)
-
-    monkeypatch.setattr(WebSocketConnection, "write", recording)
+    writes = record_writes(monkeypatch)
     db = await asyncpg.connect(database_url)
     try:
         async with (
@@ -108,5 +100,5 @@ async def test_the_changes_of_one_read_go_out_in_one_write(
             assert ids == {"c1", "c2", "c3"}
     finally:
         await db.close()
-    (carrying,) = [data for data in writes if b'"record"' in data]
+    (carrying,) = [w.data for w in writes if b'"record"' in w.data]
     assert carrying.count(b'"record"') == 3

@@ -14,8 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from broadcaster.server import Server
-from broadcaster.websocket import WebSocketConnection
-from tests.support.server import Client, client, running_server
+from tests.support.server import Client, client, record_writes, running_server
 from tests.support.timeouts import within
 
 pytestmark = pytest.mark.asyncio
@@ -239,39 +238,55 @@ async def test_unknown_websocket_path_is_404(server: Server) -> None:
     assert refused.value.response.status_code == 404
 
 
+@contextlib.asynccontextmanager
+async def slow_client(server: Server) -> AsyncIterator[Client]:
+    """A client that stops reading once one message waits unread.
+
+    A tiny receive buffer turns off the kernel's autotuning (which would
+    absorb tens of megabytes on loopback): the server's buffer grows.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    async with client(server, sock=sock, max_queue=1) as c:
+        yield c
+
+
+async def closed_as_slow_consumer(c: Client) -> None:
+    """Read what was queued; the close that follows is 4000."""
+
+    async def drain() -> None:
+        while True:
+            await c.connection.recv()
+
+    with pytest.raises(ConnectionClosed) as closed:
+        await within(drain(), 30)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4000
+
+
 async def test_a_slow_consumer_is_closed_with_4000_and_others_carry_on(
     database_url: str, db: asyncpg.Connection
 ) -> None:
     """A client that stops reading is cut off; the listener and other clients never wait."""
-    # A tiny receive buffer turns off the kernel's autotuning (which would
-    # absorb tens of megabytes on loopback), and max_queue=1 makes the client
-    # stop reading once one message waits unread: the server's buffer grows.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    async with running_server(database_url, max_buffer_bytes=64 * 1024) as server:
-        sock.connect(("127.0.0.1", server.port))
-        sock.setblocking(False)
-        async with client(server) as fast, client(server, sock=sock, max_queue=1) as slow:
-            await fast.subscribe("t1")
-            await slow.subscribe("t1")
-            payload = json.dumps({"pad": "p" * 6000})
-            rows = 1200
-            for start in range(0, rows, 100):
-                await db.executemany(
-                    "INSERT INTO rows (id, table_id, data) VALUES ($1, 't1', $2::jsonb)",
-                    [(f"r{i}", payload) for i in range(start, start + 100)],
-                )
-            received = await fast.changes(rows, units=30)
-            assert [m["row"]["id"] for m in received] == [f"r{i}" for i in range(rows)]
-
-            async def drain() -> None:
-                while True:
-                    await slow.connection.recv()
-
-            with pytest.raises(ConnectionClosed) as closed:
-                await within(drain(), 30)
-            assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == 4000
+    async with (
+        running_server(database_url, max_buffer_bytes=64 * 1024) as server,
+        client(server) as fast,
+        slow_client(server) as slow,
+    ):
+        await fast.subscribe("t1")
+        await slow.subscribe("t1")
+        payload = json.dumps({"pad": "p" * 6000})
+        rows = 1200
+        for start in range(0, rows, 100):
+            await db.executemany(
+                "INSERT INTO rows (id, table_id, data) VALUES ($1, 't1', $2::jsonb)",
+                [(f"r{i}", payload) for i in range(start, start + 100)],
+            )
+        received = await fast.changes(rows, units=30)
+        assert [m["row"]["id"] for m in received] == [f"r{i}" for i in range(rows)]
+        await closed_as_slow_consumer(slow)
 
 
 async def test_a_slow_consumer_is_cut_off_during_its_catch_up_before_it_is_all_queued(
@@ -279,41 +294,21 @@ async def test_a_slow_consumer_is_cut_off_during_its_catch_up_before_it_is_all_q
 ) -> None:
     """A 12 MB catch-up to a client that does not read: the server queues about
     BROADCASTER_MAX_BUFFER_BYTES for it, not the whole catch-up."""
-    queued: list[int] = []
-    write = WebSocketConnection.write
-
-    def recording(self: WebSocketConnection, data: bytes) -> None:
-        write(self, data)
-        transport = self._transport
-        if transport is not None:
-            queued.append(transport.get_write_buffer_size())
-
-    monkeypatch.setattr(WebSocketConnection, "write", recording)
+    writes = record_writes(monkeypatch)
     payload = json.dumps({"pad": "p" * 6000})
     for start in range(0, 2000, 100):
         await db.executemany(
             "INSERT INTO rows (id, table_id, data) VALUES ($1, 'big', $2::jsonb)",
             [(f"r{i}", payload) for i in range(start, start + 100)],
         )
-    # As in the test above: the client stops reading, the kernel absorbs little.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    async with running_server(database_url, max_buffer_bytes=64 * 1024) as server:
-        sock.connect(("127.0.0.1", server.port))
-        sock.setblocking(False)
-        async with client(server, sock=sock, max_queue=1) as slow:
-            await slow.send({"type": "subscribe", "table_id": "big", "snapshot": True})
-
-            async def drain() -> None:
-                while True:
-                    await slow.connection.recv()
-
-            with pytest.raises(ConnectionClosed) as closed:
-                await within(drain(), 30)
-            assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == 4000
-    assert queued
-    assert max(queued) < 1024 * 1024
+    async with (
+        running_server(database_url, max_buffer_bytes=64 * 1024) as server,
+        slow_client(server) as slow,
+    ):
+        await slow.send({"type": "subscribe", "table_id": "big", "snapshot": True})
+        await closed_as_slow_consumer(slow)
+    assert writes
+    assert max(write.queued for write in writes) < 1024 * 1024
 
 
 async def test_sigterm_like_shutdown_closes_clients_with_1001(database_url: str) -> None:
@@ -345,14 +340,7 @@ async def test_what_one_read_brings_a_client_goes_out_in_one_write(
     server: Server, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two tables changed together: both batches reach the socket in one write."""
-    writes: list[bytes] = []
-    write = WebSocketConnection.write
-
-    def recording(self: WebSocketConnection, data: bytes) -> None:
-        writes.append(data)
-        write(self, data)
-
-    monkeypatch.setattr(WebSocketConnection, "write", recording)
+    writes = record_writes(monkeypatch)
     async with client(server) as c:
         await c.subscribe("t1")
         await c.subscribe("t2")
@@ -360,6 +348,6 @@ async def test_what_one_read_brings_a_client_goes_out_in_one_write(
             await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1'), ('b', 't2')")
         received = await c.changes(2)
         assert {m["table_id"] for m in received} == {"t1", "t2"}
-    (carrying,) = [data for data in writes if b'"type":"change"' in data]
+    (carrying,) = [w.data for w in writes if b'"type":"change"' in w.data]
     assert b'"table_id":"t1"' in carrying
     assert b'"table_id":"t2"' in carrying

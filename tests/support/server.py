@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from broadcaster.server import Server
 from broadcaster.settings import Settings
+from broadcaster.websocket import WebSocketConnection
 from tests.support.timeouts import eventually, within
 
 # Fast failure detection, so fault tests finish quickly.
@@ -158,3 +160,26 @@ class Client:
 async def client(server: Server, **options: Any) -> AsyncIterator[Client]:
     async with connect(server.ws_url, open_timeout=5, close_timeout=2, **options) as connection:
         yield Client(connection)
+
+
+@dataclass
+class Write:
+    """One write of a WebSocket connection to its socket."""
+
+    data: bytes
+    queued: int
+    """What its transport held unsent right after it."""
+
+
+def record_writes(monkeypatch: pytest.MonkeyPatch) -> list[Write]:
+    """Every write the connections of an in-process server make, from now on."""
+    writes: list[Write] = []
+    write = WebSocketConnection.write
+
+    def recording(self: WebSocketConnection, data: bytes) -> None:
+        write(self, data)
+        transport = self._transport
+        writes.append(Write(data, transport.get_write_buffer_size() if transport else 0))
+
+    monkeypatch.setattr(WebSocketConnection, "write", recording)
+    return writes
