@@ -20,10 +20,11 @@ refused with the reason. See ``docs/supabase.md``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -122,6 +123,9 @@ class _Channel:
     bindings: list[Binding]
     tables: frozenset[str | None]
     """Where its bindings route: table_ids, and EVERY_TABLE if one routes to every table."""
+    shape: tuple[str, str, tuple[Binding, ...]]
+    """What decides the messages a batch brings it (vsn, topic, bindings, all
+    hashable): channels of the same shape (each tab open on one sheet) share them."""
     broadcast_self: bool = False
     broadcast_ack: bool = False
     presence_key: str | None = None
@@ -276,6 +280,7 @@ class SupabaseSession:
             message.join_ref,
             bindings,
             tables,
+            (self._vsn, topic, tuple(bindings)),
             broadcast_self=broadcast.get("self") is True,
             broadcast_ack=broadcast.get("ack") is True,
             # Like Supabase: without a key of its own, a connection is one presence.
@@ -484,16 +489,12 @@ class SupabaseSession:
                 batch.table_id not in channel.tables and EVERY_TABLE not in channel.tables
             ):
                 continue
-            head = tail = ""
-            for change, row, data in batch.memo("supabase.changes", _changes):
-                ids = [b.id for b in channel.bindings if b.matches(change, row)]
-                if not ids:
-                    continue
-                if not head:
-                    head, tail = phoenix.push_parts(channel.topic, "postgres_changes", self._vsn)
-                ids_json = ",".join(map(str, ids))
-                message = f'{head}{{"ids":[{ids_json}],"data":{data}}}{tail}'
-                self._transport.send(text_frame(message.encode()))
+            build = functools.partial(
+                _frames, topic=channel.topic, bindings=channel.bindings, vsn=self._vsn
+            )
+            frames = batch.memo(channel.shape, build)
+            if frames:
+                self._transport.send(frames)
 
     def close(self) -> None:
         if self.closed:
@@ -531,6 +532,21 @@ class SupabaseSession:
 
     def _send(self, message: Message) -> None:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
+
+
+def _frames(batch: Batch, topic: str, bindings: Sequence[Binding], vsn: str) -> bytes:
+    """The ``postgres_changes`` messages of ``batch`` for a channel, as text frames."""
+    frames = []
+    head = tail = ""
+    for change, row, data in batch.memo("supabase.changes", _changes):
+        ids = [b.id for b in bindings if b.matches(change, row)]
+        if not ids:
+            continue
+        if not head:
+            head, tail = phoenix.push_parts(topic, "postgres_changes", vsn)
+        ids_json = ",".join(map(str, ids))
+        frames.append(text_frame(f'{head}{{"ids":[{ids_json}],"data":{data}}}{tail}'.encode()))
+    return b"".join(frames)
 
 
 def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:

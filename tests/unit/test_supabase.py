@@ -33,7 +33,7 @@ from broadcaster.phoenix import VSN_1, VSN_2, Message
 from broadcaster.presence import Presences
 from broadcaster.supabase import COLUMNS, Binding, SupabaseSession
 from tests.support.timeouts import eventually, within
-from tests.unit.test_native import FakeJoiner, FakeTransport, unframe
+from tests.unit.test_native import FakeJoiner, FakeTransport, split_frames, unframe
 from tests.unit.test_native_access import CLAIM, FakeVerifier, identity
 from tests.unit.test_phoenix import push_frame
 
@@ -98,8 +98,12 @@ class RecordingAuthorizer:
         return True
 
 
-def decode_server(frame: bytes, vsn: str) -> Message:
-    value = json.loads(unframe(frame))
+def decode_server(sent: bytes, vsn: str) -> list[Message]:
+    """The messages of what a session sent at once: one frame, or a delivery's frames."""
+    return [_message(value, vsn) for value in split_frames(sent)]
+
+
+def _message(value: Any, vsn: str) -> Message:
     if vsn == VSN_2:
         assert isinstance(value, list)
         assert len(value) == 5
@@ -171,7 +175,7 @@ class Client:
 
     @property
     def messages(self) -> list[Message]:
-        return [decode_server(frame, self.vsn) for frame in self.transport.sent]
+        return [m for sent in self.transport.sent for m in decode_server(sent, self.vsn)]
 
     def on(self, topic: str) -> list[Message]:
         return [m for m in self.messages if m.topic == topic]
@@ -969,6 +973,24 @@ async def test_clients_of_one_change_get_the_same_data_under_their_own_topics(
     assert (one.topic, other.topic) == (TOPIC, OTHER)
     assert one.payload["data"] == other.payload["data"]
     assert one.payload["data"]["old_record"] == {"id": "r3", "table_id": "a", "version": 9}
+
+
+async def test_channels_of_the_same_shape_share_the_frames_of_a_batch(
+    world: World, vsn: str
+) -> None:
+    """Every tab on a sheet joins the same topic with the same binding: one encoding."""
+    first, second, other = world.connect(vsn), world.connect(vsn), world.connect(vsn)
+    await world.live(first, TOPIC, [binding("table_id=eq.a")])
+    await world.live(second, TOPIC, [binding("table_id=eq.a")])
+    await world.live(other, TOPIC, [binding("table_id=eq.a", "UPDATE")])
+    for client in (first, second, other):
+        client.clear()
+    world.hub.publish(batch("a", change("INSERT", "a", "r1", 1), change("UPDATE", "a", "r2", 2)))
+    (sent,), (shared,), (own,) = (c.transport.sent for c in (first, second, other))
+    assert shared is sent
+    assert [m.payload["data"]["type"] for m in first.messages] == ["INSERT", "UPDATE"]
+    assert [m.payload["data"]["type"] for m in other.messages] == ["UPDATE"]
+    assert own is not sent
 
 
 async def test_deliver_sends_supabase_payloads_to_matching_bindings(world: World, vsn: str) -> None:
