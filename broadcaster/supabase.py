@@ -10,7 +10,9 @@ only once they are live does it reply to ``phx_join`` (so a change committed
 after the client reports SUBSCRIBED is never missed). A binding with no such
 filter (none at all, or filters on other columns, see row_filters.py) joins
 every table and checks its filters on each row; the authorizer must grant it
-the table_id ``*``.
+the table_id ``*``. A batch's messages are built once per channel shape
+(protocol version, topic, bindings) and written as the same bytes to every
+channel of that shape.
 
 Broadcast (broadcasts.py) and presence (presence.py) go through Postgres to
 every server process. Bindings on a table other than ``public.rows`` are
