@@ -22,6 +22,7 @@ __all__ = [
     "VSN_1",
     "VSN_2",
     "Message",
+    "compact_json",
     "decode_binary",
     "decode_text",
     "encode",
@@ -30,6 +31,10 @@ __all__ = [
 
 VSN_1: Final = "1.0.0"
 VSN_2: Final = "2.0.0"
+
+compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""JSON as server messages carry it: no spaces, UTF-8 unescaped. One encoder for
+every message: ``json.dumps`` with options builds a new one per call."""
 
 _USER_BROADCAST_PUSH: Final = 3
 _JSON_ENCODING: Final = 1
@@ -118,11 +123,7 @@ def encode(message: Message, vsn: str) -> bytes:
         }
         if message.join_ref is not None:
             value["join_ref"] = message.join_ref
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return compact_json(value).encode()
 
 
 def push_parts(topic: str, event: str, vsn: str) -> tuple[str, str]:
@@ -132,6 +133,7 @@ def push_parts(topic: str, event: str, vsn: str) -> tuple[str, str]:
     a change bound by many clients, each under its own topic, has its payload
     encoded once and spliced into each client's message.
     """
+    topic_json, event_json = compact_json(topic), compact_json(event)
     if vsn == VSN_2:
-        return f"[null,null,{_json(topic)},{_json(event)},", "]"
-    return f'{{"topic":{_json(topic)},"event":{_json(event)},"payload":', ',"ref":null}'
+        return f"[null,null,{topic_json},{event_json},", "]"
+    return f'{{"topic":{topic_json},"event":{event_json},"payload":', ',"ref":null}'

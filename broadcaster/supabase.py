@@ -41,7 +41,7 @@ from .feed import Join, JoinResult
 from .frames import text_frame
 from .hub import EVERY_TABLE, Batch, Hub
 from .native import Joiner, Transport
-from .phoenix import Message
+from .phoenix import Message, compact_json
 from .presence import Presences
 from .queries import DATABASE_ERRORS
 from .row_filters import RowFilter, parse_filters
@@ -564,7 +564,7 @@ def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
     row: dict[str, Any] = json.loads(change.row_json)
     if change.op == "DELETE":
         committed = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        old_record = _json(
+        old_record = compact_json(
             {"id": change.id, "table_id": change.table_id, "version": change.version}
         )
         data = (
@@ -572,18 +572,15 @@ def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
             f'"columns":{_COLUMNS_JSON},"old_record":{old_record},"errors":null}}'
         )
         return change, row, data
+    committed, op = compact_json(row.get("updated_at")), compact_json(change.op)
     data = (
-        f'{_DATA_HEAD}"commit_timestamp":{_json(row.get("updated_at"))},"type":{_json(change.op)},'
+        f'{_DATA_HEAD}"commit_timestamp":{committed},"type":{op},'
         f'"columns":{_COLUMNS_JSON},"record":{change.row_json},"errors":null'
     )
     if change.op == "UPDATE":
-        data += f',"old_record":{_json({"id": change.id, "table_id": change.table_id})}'
+        data += f',"old_record":{compact_json({"id": change.id, "table_id": change.table_id})}'
     return change, row, data + "}"
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-_DATA_HEAD: Final = f'{{"schema":{_json(SCHEMA)},"table":{_json(TABLE)},'
-_COLUMNS_JSON: Final = _json(COLUMNS)
+_DATA_HEAD: Final = f'{{"schema":{compact_json(SCHEMA)},"table":{compact_json(TABLE)},'
+_COLUMNS_JSON: Final = compact_json(COLUMNS)

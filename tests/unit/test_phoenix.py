@@ -352,6 +352,7 @@ def test_module_exports() -> None:
         "VSN_2",
         "Message",
         "decode_binary",
+        "compact_json",
         "decode_text",
         "encode",
         "push_parts",
