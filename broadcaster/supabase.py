@@ -22,11 +22,10 @@ refused with the reason. See ``docs/supabase.md``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -118,6 +117,32 @@ class Binding:
         return all(row_filter.matches(row) for row_filter in self.filters)
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What decides the messages a batch brings a channel: channels of the same
+    shape (each tab open on one sheet) share them. A key of :meth:`Batch.memo`
+    (bindings hash: their filters' values are canonical tuples) and the
+    function that builds them."""
+
+    vsn: str
+    topic: str
+    bindings: tuple[Binding, ...]
+
+    def __call__(self, batch: Batch) -> bytes:
+        """The ``postgres_changes`` messages of ``batch``, as text frames."""
+        frames = []
+        head = tail = ""
+        for change, row, data in batch.memo("supabase.changes", _changes):
+            ids = [b.id for b in self.bindings if b.matches(change, row)]
+            if not ids:
+                continue
+            if not head:
+                head, tail = phoenix.push_parts(self.topic, "postgres_changes", self.vsn)
+            ids_json = ",".join(map(str, ids))
+            frames.append(text_frame(f'{head}{{"ids":[{ids_json}],"data":{data}}}{tail}'.encode()))
+        return b"".join(frames)
+
+
 @dataclass(eq=False)
 class _Channel:
     topic: str
@@ -125,9 +150,7 @@ class _Channel:
     bindings: list[Binding]
     tables: frozenset[str | None]
     """Where its bindings route: table_ids, and EVERY_TABLE if one routes to every table."""
-    shape: tuple[str, str, tuple[Binding, ...]]
-    """What decides the messages a batch brings it (vsn, topic, bindings, all
-    hashable): channels of the same shape (each tab open on one sheet) share them."""
+    shape: _Shape
     broadcast_self: bool = False
     broadcast_ack: bool = False
     presence_key: str | None = None
@@ -282,7 +305,7 @@ class SupabaseSession:
             message.join_ref,
             bindings,
             tables,
-            (self._vsn, topic, tuple(bindings)),
+            _Shape(self._vsn, topic, tuple(bindings)),
             broadcast_self=broadcast.get("self") is True,
             broadcast_ack=broadcast.get("ack") is True,
             # Like Supabase: without a key of its own, a connection is one presence.
@@ -491,10 +514,7 @@ class SupabaseSession:
                 batch.table_id not in channel.tables and EVERY_TABLE not in channel.tables
             ):
                 continue
-            build = functools.partial(
-                _frames, topic=channel.topic, bindings=channel.bindings, vsn=self._vsn
-            )
-            frames = batch.memo(channel.shape, build)
+            frames = batch.memo(channel.shape, channel.shape)
             if frames:
                 self._transport.send(frames)
 
@@ -534,21 +554,6 @@ class SupabaseSession:
 
     def _send(self, message: Message) -> None:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
-
-
-def _frames(batch: Batch, topic: str, bindings: Sequence[Binding], vsn: str) -> bytes:
-    """The ``postgres_changes`` messages of ``batch`` for a channel, as text frames."""
-    frames = []
-    head = tail = ""
-    for change, row, data in batch.memo("supabase.changes", _changes):
-        ids = [b.id for b in bindings if b.matches(change, row)]
-        if not ids:
-            continue
-        if not head:
-            head, tail = phoenix.push_parts(topic, "postgres_changes", vsn)
-        ids_json = ",".join(map(str, ids))
-        frames.append(text_frame(f'{head}{{"ids":[{ids_json}],"data":{data}}}{tail}'.encode()))
-    return b"".join(frames)
 
 
 def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:
