@@ -34,29 +34,23 @@ import argparse
 import asyncio
 import os
 import secrets
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from run import DEFAULT_ADMIN_URL, cpu_seconds, fresh_database, migrate  # noqa: E402
+
 from broadcaster.feed import Request  # noqa: E402
 from broadcaster.queries import ChangeReader, ReadSession  # noqa: E402
 
 TABLES = 10
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def backend_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 async def cycle_cost(
@@ -65,33 +59,20 @@ async def cycle_cost(
     """CPU µs per cycle of this process, and of ``backend`` if given."""
     for _ in range(cycles // 10):  # warm up: connections, plans, caches
         await cycle()
-    pg = backend_cpu(backend) if backend else 0.0
+    pg = cpu_seconds(backend) if backend else 0.0
     started = time.process_time()
     for _ in range(cycles):
         await cycle()
     ours = (time.process_time() - started) / cycles * 1e6
-    theirs = (backend_cpu(backend) - pg) / cycles * 1e6 if backend else None
+    theirs = (cpu_seconds(backend) - pg) / cycles * 1e6 if backend else None
     return ours, theirs
 
 
 async def run(admin_url: str, interval: float, cycles: int) -> None:
-    name = f"bench_floor_{secrets.token_hex(4)}"
-    url = urlsplit(admin_url)._replace(path="/" + name).geturl()
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "broadcaster", "migrate"],
-            env={**os.environ, "DATABASE_URL": url},
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+    async with fresh_database(admin_url, f"bench_floor_{secrets.token_hex(4)}") as url:
+        log = Path(tempfile.mkdtemp(prefix="broadcaster-poll-floor-")) / "migrate.log"
+        await asyncio.to_thread(migrate, url, log)
         await measure(url, interval, cycles)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def measure(url: str, interval: float, cycles: int) -> None:
@@ -155,9 +136,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between polls")
     parser.add_argument("--cycles", type=int, default=1000, help="cycles per measurement")
     options = parser.parse_args()
-    admin_url = os.environ.get(
-        "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
+    admin_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_ADMIN_URL)
     asyncio.run(run(admin_url, options.interval, options.cycles))
     return 0
 
