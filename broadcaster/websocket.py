@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 
 from . import phoenix, protocol
@@ -57,10 +57,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._max_buffer_bytes = settings.max_buffer_bytes if settings else 0
         self._writes = self._runtime.writes if self._runtime is not None else Writes()
         self._close_timeout = settings.close_timeout if settings else 1.0
-        self._ws = ServerProtocol(
-            max_size=settings.max_frame_bytes if settings else 1,
-            logger=logger,
-        )
+        self._max_frame_bytes = settings.max_frame_bytes if settings else 1
+        # The handshake's ServerProtocol, then one for frames (_frames_only).
+        self._ws: Protocol = ServerProtocol(max_size=self._max_frame_bytes, logger=logger)
         self._transport: asyncio.Transport | None = None
         self._session: NativeSession | SupabaseSession | None = None
         self._fragments: list[bytes] = []
@@ -151,38 +150,57 @@ class WebSocketConnection(asyncio.Protocol):
 
     # internals
 
-    def _refuse(self, status: http.HTTPStatus, text: str) -> None:
-        self._ws.send_response(self._ws.reject(status, text))
+    @staticmethod
+    def _refuse(handshake: ServerProtocol, status: http.HTTPStatus, text: str) -> None:
+        handshake.send_response(handshake.reject(status, text))
+
+    def _frames_only(self, handshake: ServerProtocol) -> None:
+        """Go on with a protocol for frames alone, the upgrade accepted.
+
+        websockets' ServerProtocol keeps the upgrade request (its headers, over
+        a kilobyte) in its parser for as long as the connection lives. uvicorn
+        hands over the request alone, so that parser holds nothing after it.
+        """
+        transport = self._transport
+        for data in handshake.data_to_send():
+            if transport is not None:
+                transport.write(data)
+        self._ws = Protocol(Side.SERVER, max_size=self._max_frame_bytes, logger=logger)
 
     def _handshake(self, request: Request) -> None:
+        handshake = self._ws
+        if not isinstance(handshake, ServerProtocol):
+            # Only the handshake's protocol parses requests.
+            return
         url = urlsplit(request.path)
         runtime = self._runtime
         poller = runtime.poller if runtime is not None else None
         reader = runtime.reader if runtime is not None else None
         if runtime is None or poller is None or reader is None:
-            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
+            self._refuse(handshake, http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
             return
         if url.path != NATIVE_PATH and url.path not in SUPABASE_PATHS:
-            self._refuse(http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
+            self._refuse(handshake, http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
             return
         query = parse_qs(url.query)
         vsn = (query.get("vsn") or [phoenix.VSN_1])[0]
         if url.path in SUPABASE_PATHS and vsn not in (phoenix.VSN_1, phoenix.VSN_2):
-            self._refuse(http.HTTPStatus.BAD_REQUEST, f"Unsupported vsn {vsn[:20]!r}.\n")
+            self._refuse(handshake, http.HTTPStatus.BAD_REQUEST, f"Unsupported vsn {vsn[:20]!r}.\n")
             return
         origin = request.headers.get("Origin")
         if origin is not None and not runtime.origin_allowed(origin):
             # A browser page of another site must not use its visitor's network
             # position to reach this server (cross-site WebSocket hijacking).
-            self._refuse(http.HTTPStatus.FORBIDDEN, "Origin not allowed.\n")
+            self._refuse(handshake, http.HTTPStatus.FORBIDDEN, "Origin not allowed.\n")
             return
         if runtime.connections >= runtime.settings.max_connections:
-            self._refuse(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections.\n")
+            self._refuse(handshake, http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections.\n")
             return
-        response = self._ws.accept(request)
-        self._ws.send_response(response)
+        response = handshake.accept(request)
+        handshake.send_response(response)
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             return
+        self._frames_only(handshake)
         runtime.connections += 1
         if url.path in SUPABASE_PATHS:
             self._session = SupabaseSession(

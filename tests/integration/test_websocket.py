@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
+import weakref
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request
 
 from broadcaster.server import Server
+from broadcaster.websocket import WebSocketConnection
 from tests.support.server import Client, client, record_writes, running_server
 from tests.support.timeouts import within
 
@@ -351,3 +355,23 @@ async def test_what_one_read_brings_a_client_goes_out_in_one_write(
     (carrying,) = [w.data for w in writes if b'"type":"change"' in w.data]
     assert b'"table_id":"t1"' in carrying
     assert b'"table_id":"t2"' in carrying
+
+
+@pytest.mark.parametrize("path", ["/ws", "/realtime/v1/websocket?vsn=2.0.0"])
+async def test_an_open_connection_does_not_keep_its_upgrade_request(
+    server: Server, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Its headers are over a kilobyte, for every connection as long as it lives."""
+    requests: list[weakref.ref[Request]] = []
+    handshake = WebSocketConnection._handshake
+
+    def recording(self: WebSocketConnection, request: Request) -> None:
+        requests.append(weakref.ref(request))
+        handshake(self, request)
+
+    monkeypatch.setattr(WebSocketConnection, "_handshake", recording)
+    url = server.ws_url.removesuffix("/ws") + path
+    async with connect(url, open_timeout=5, close_timeout=2) as connection:
+        await connection.ping()
+        gc.collect()
+        assert [ref() for ref in requests] == [None]
