@@ -154,17 +154,14 @@ class WebSocketConnection(asyncio.Protocol):
     def _refuse(handshake: ServerProtocol, status: http.HTTPStatus, text: str) -> None:
         handshake.send_response(handshake.reject(status, text))
 
-    def _frames_only(self, handshake: ServerProtocol) -> None:
+    def _frames_only(self) -> None:
         """Go on with a protocol for frames alone, the upgrade accepted.
 
         websockets' ServerProtocol keeps the upgrade request (its headers, over
         a kilobyte) in its parser for as long as the connection lives. uvicorn
         hands over the request alone, so that parser holds nothing after it.
         """
-        transport = self._transport
-        for data in handshake.data_to_send():
-            if transport is not None:
-                transport.write(data)
+        self._flush()  # the 101 response, from the handshake's protocol
         self._ws = Protocol(Side.SERVER, max_size=self._max_frame_bytes, logger=logger)
 
     def _handshake(self, request: Request) -> None:
@@ -200,7 +197,7 @@ class WebSocketConnection(asyncio.Protocol):
         handshake.send_response(response)
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
             return
-        self._frames_only(handshake)
+        self._frames_only()
         runtime.connections += 1
         if url.path in SUPABASE_PATHS:
             self._session = SupabaseSession(
