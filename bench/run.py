@@ -713,6 +713,17 @@ async def _total(pool: ClientPool) -> int:
     return sum(answer["received"] for answer in await pool.each({"cmd": "total"}))
 
 
+def connect_command(server: ServerProcess) -> dict[str, Any]:
+    """A client process's ``connect`` command for ``server``, but its clients."""
+    return {
+        "cmd": "connect",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "ours": server.ours,
+        "phoenix": server.phoenix,
+    }
+
+
 async def run_load(
     spec: LoadSpec,
     server: ServerProcess,
@@ -735,13 +746,7 @@ async def run_load(
         sample = (worker, table) not in sampled
         sampled.add((worker, table))
         plan[worker].append([i, table, sample])
-    base = {
-        "cmd": "connect",
-        "host": "127.0.0.1",
-        "port": server.port,
-        "ours": server.ours,
-        "phoenix": server.phoenix,
-    }
+    base = connect_command(server)
     started = time.perf_counter()
     answers: list[dict[str, Any]] = []
     if server.name == "encode":
@@ -951,10 +956,7 @@ async def writers_target(
         # process, took 3% of a core from the writers (5 µs a frame against 20).
         async with running_server("ours", our_url, workdir, "writers") as server:
             connect = {
-                "cmd": "connect",
-                "host": "127.0.0.1",
-                "port": server.port,
-                "ours": True,
+                **connect_command(server),
                 "clients": [[i, table, False] for i, table in enumerate(TABLES)],
             }
             try:
