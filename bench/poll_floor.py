@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from run import DEFAULT_ADMIN_URL, cpu_seconds, fresh_database, migrate  # noqa: E402
 
-from broadcaster.feed import Request  # noqa: E402
-from broadcaster.queries import ChangeReader, ReadSession  # noqa: E402
+from broadcaster.core.feed import Request  # noqa: E402
+from broadcaster.postgres.queries import ChangeReader, ReadSession  # noqa: E402
 
 TABLES = 10
 

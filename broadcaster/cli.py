@@ -127,9 +127,9 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(options: argparse.Namespace) -> int:
-    from .embedded import EmbeddedPostgres
-    from .migrate import migrate
-    from .server import Server
+    from .net.server import Server
+    from .postgres.embedded import EmbeddedPostgres
+    from .postgres.migrate import migrate
 
     overrides = {s.name: getattr(options, s.name) for s in SETTINGS}
     settings = Settings.load(os.environ, overrides)
@@ -153,7 +153,7 @@ def _serve(options: argparse.Namespace) -> int:
         print(f"broadcaster:   write rows with: {embedded.psql} '{database_url}'", flush=True)
 
     if settings.workers > 1:
-        from .workers import run_workers
+        from .net.workers import run_workers
 
         try:
             return run_workers(settings, database_url, settings.workers)
@@ -182,7 +182,7 @@ def _serve(options: argparse.Namespace) -> int:
 
 
 def _migrate(options: argparse.Namespace) -> int:
-    from .migrate import migrate
+    from .postgres.migrate import migrate
 
     _configure_logging("info")
     database_url = options.database_url or os.environ.get("DATABASE_URL")

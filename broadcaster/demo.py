@@ -78,8 +78,8 @@ def _raise_stop(_signum: int, _frame: FrameType | None) -> None:
 
 def run_demo(options: DemoOptions) -> int:
     """Run the demo until Ctrl-C or SIGTERM; 0 when it stopped because it was asked to."""
-    from .embedded import EmbeddedPostgres
-    from .migrate import migrate
+    from .postgres.embedded import EmbeddedPostgres
+    from .postgres.migrate import migrate
 
     settings = Settings.load(os.environ)
     logging.basicConfig(

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from broadcaster.embedded import EmbeddedPostgres
-from broadcaster.migrate import migrate
+from broadcaster.postgres.embedded import EmbeddedPostgres
+from broadcaster.postgres.migrate import migrate
 from tests.support.database import Databases, postgres_server, private_cluster
 
 TEMPLATE = "broadcaster_test_template"

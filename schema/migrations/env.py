@@ -1,6 +1,6 @@
 """Alembic environment of the broadcaster schema.
 
-``broadcaster.migrate.migrate()`` runs it programmatically and passes the DSN
+``broadcaster.postgres.migrate.migrate()`` runs it programmatically and passes the DSN
 in ``config.attributes["dsn"]``. From the command line::
 
     alembic -c schema/alembic.ini -x dsn=postgresql://postgres@127.0.0.1/app upgrade head

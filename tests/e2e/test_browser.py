@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from tests.e2e.test_demo import TABLE, Demo, http, needs_js_client, running_demo
+from tests.support.demo import TABLE, Demo, http, needs_js_client, running_demo
 from tests.support.timeouts import eventually, seconds
 from tests.support.view import Rows, database_rows
 

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from broadcaster.listener import APPLICATION_NAME
+from broadcaster.postgres.listener import APPLICATION_NAME
 from broadcaster.settings import SETTINGS
 from tests.support.process import environment, serve
 from tests.support.server import Client

@@ -1,7 +1,7 @@
 """Authentication, authorization and limits against a real server and Postgres.
 
 Tokens are real JWTs signed with a shared secret (the verifier's key types are
-covered in tests/unit/test_auth.py); every refusal is checked for its
+covered in tests/unit/auth/test_tokens.py); every refusal is checked for its
 documented error code and close code, and for other clients carrying on.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from broadcaster.server import Server
+from broadcaster.net.server import Server
 from tests.support.server import Client, client, running_server
 from tests.support.timeouts import seconds, within
 

@@ -24,7 +24,7 @@ from broadcaster.client import (
     TooManySubscriptionsError,
     connect,
 )
-from broadcaster.server import Server
+from broadcaster.net.server import Server
 from tests.support.server import running_server
 from tests.support.timeouts import eventually, seconds, within
 from tests.support.view import Rows, database_rows

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from broadcaster.embedded import EmbeddedPostgres
-from broadcaster.listener import APPLICATION_NAME
-from broadcaster.queries import DATABASE_ERRORS
+from broadcaster.postgres.embedded import EmbeddedPostgres
+from broadcaster.postgres.listener import APPLICATION_NAME
+from broadcaster.postgres.queries import DATABASE_ERRORS
 from tests.support.database import with_database
 from tests.support.process import serve
 from tests.support.server import client, is_ready, running_server

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from broadcaster.server import Server
+from broadcaster.net.server import Server
 from tests.support.server import client, running_server
 from tests.support.timeouts import eventually, seconds, within
 from tests.support.view import ResumingClient, TableView, database_rows

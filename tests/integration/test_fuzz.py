@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
-from broadcaster.server import Server
+from broadcaster.net.server import Server
 from tests.support.server import running_server
 from tests.support.timeouts import seconds
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from broadcaster.listener import APPLICATION_NAME
+from broadcaster.postgres.listener import APPLICATION_NAME
 from tests.support.database import with_database
 from tests.support.server import client, http_get, is_ready, running_server
 from tests.support.timeouts import eventually

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broadcaster.server import Server
+from broadcaster.net.server import Server
 from tests.support.server import Client, client, running_server
 from tests.support.timeouts import seconds
 

@@ -1,4 +1,4 @@
-"""``broadcaster.migrate.migrate()`` against real databases.
+"""``broadcaster.postgres.migrate.migrate()`` against real databases.
 
 Covers a fresh database, a second run, upgrading a database of revision 0001,
 adopting a ``rows`` table that predates the broadcaster (and objects of later
@@ -33,8 +33,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from broadcaster.exceptions import MigrationError
-from broadcaster.migrate import MigrationReport, migrate
-from broadcaster.resources import migrations_dir, schema_dir, triggers_sql
+from broadcaster.postgres.migrate import MigrationReport, migrate
+from broadcaster.postgres.resources import migrations_dir, schema_dir, triggers_sql
 from tests.support.database import with_database
 from tests.support.timeouts import seconds, within
 from tests.support.wakeups import listening
@@ -87,7 +87,7 @@ CURRENT = MigrationReport(applied_revisions=[], triggers_installed=False)
 # Waits for a line on stdin once imported, so that the runs start together.
 MIGRATE_IN_A_PROCESS = """
 import dataclasses, json, sys
-from broadcaster.migrate import migrate
+from broadcaster.postgres.migrate import migrate
 print("ready", flush=True)
 sys.stdin.readline()
 print(json.dumps(dataclasses.asdict(migrate(sys.argv[1]))))
@@ -634,7 +634,7 @@ async def test_refuses_a_server_older_than_the_minimum(
     empty_database_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No Postgres 12 at hand: raise the minimum above this server instead.
-    monkeypatch.setattr("broadcaster.migrate._MINIMUM_SERVER_VERSION_NUM", 990000)
+    monkeypatch.setattr("broadcaster.postgres.migrate._MINIMUM_SERVER_VERSION_NUM", 990000)
 
     with pytest.raises(
         MigrationError, match=r"Postgres .+ is too old: .* needs Postgres 99 or later"

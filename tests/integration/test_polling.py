@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from broadcaster.polling import REMEMBERED_FOR
+from broadcaster.core.promises import REMEMBERED_FOR
 from tests.support.server import client, running_server
 from tests.support.timeouts import eventually, seconds
 from tests.support.wakeups import listening, sent_since

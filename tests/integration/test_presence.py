@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from broadcaster.presence import CHANNEL
-from broadcaster.queries import ChangeReader
+from broadcaster.core.presence import CHANNEL
+from broadcaster.postgres.queries import ChangeReader
 from tests.support.timeouts import within
 
 pytestmark = pytest.mark.asyncio

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from broadcaster.feed import Request
-from broadcaster.queries import DATABASE_ERRORS, ChangeReader, ReadSession
+from broadcaster.core.feed import Request
+from broadcaster.postgres.queries import DATABASE_ERRORS, ChangeReader, ReadSession
 from tests.support.timeouts import eventually, within
 from tests.support.view import database_rows
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from broadcaster.polling import REMEMBERED_FOR
+from broadcaster.core.promises import REMEMBERED_FOR
 from tests.support.wakeups import listening, sent_since
 
 

@@ -16,8 +16,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request
 
-from broadcaster.server import Server
-from broadcaster.websocket import WebSocketConnection
+from broadcaster.net.server import Server
+from broadcaster.net.websocket import WebSocketConnection
 from tests.support.server import Client, client, record_writes, running_server
 from tests.support.timeouts import within
 

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from broadcaster.websocket import WebSocketConnection
-from broadcaster.workers import bind
+from broadcaster.net.websocket import WebSocketConnection
+from broadcaster.net.workers import bind
 from tests.support.server import client, running_server
 
 pytestmark = pytest.mark.asyncio

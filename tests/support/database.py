@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from broadcaster.embedded import EmbeddedPostgres
+from broadcaster.postgres.embedded import EmbeddedPostgres
 
 
 def with_database(dsn: str, database: str) -> str:

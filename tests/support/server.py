@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from broadcaster.server import Server
+from broadcaster.net.server import Server
+from broadcaster.net.websocket import WebSocketConnection
 from broadcaster.settings import Settings
-from broadcaster.websocket import WebSocketConnection
 from tests.support.timeouts import eventually, within
 
 # Fast failure detection, so fault tests finish quickly.

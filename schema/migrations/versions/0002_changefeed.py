@@ -134,7 +134,7 @@ def downgrade() -> None:
 
 
 def _require_server_version(bind: sa.Connection) -> None:
-    # broadcaster.migrate.migrate() checks this before any revision runs; this
+    # broadcaster.postgres.migrate.migrate() checks this before any revision runs; this
     # covers the alembic command line, with a clearer message than "type xid8
     # does not exist".
     version_num = int(bind.execute(sa.text("SHOW server_version_num")).scalar_one())

@@ -1,0 +1,145 @@
+"""Who may subscribe to which table: a claim of the token, or a SQL function.
+
+By default a token's ``table_ids`` claim (the name is a setting) lists the
+table_ids it may subscribe to; ``"*"`` or ``["*"]`` means all. Optionally a SQL
+function ``f(claims jsonb, table_id text) returns boolean`` decides instead, so
+authorization can live beside the data; its answers are cached briefly, and its
+errors deny (and are logged), never crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from typing import Any, Protocol
+
+import asyncpg
+
+from ..exceptions import ConfigurationError
+from ..postgres.queries import DATABASE_ERRORS
+from .tokens import Identity
+
+__all__ = ["Authorizer", "ClaimAuthorizer", "OpenAuthorizer", "SqlAuthorizer", "decided"]
+
+logger = logging.getLogger(__name__)
+
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+# A cache that clients fill (one entry per distinct claims and table_id) must
+# not grow without bound.
+_CACHE_ENTRIES = 10_000
+
+
+class Authorizer(Protocol):
+    def allowed(self, identity: Identity | None, table_id: str) -> bool | Awaitable[bool]:
+        """May ``identity`` (``None``: anonymous access) subscribe to ``table_id``?
+
+        An answer known at once is returned as is, so the session need not wait.
+        """
+
+
+async def decided(verdict: bool | Awaitable[bool]) -> bool:
+    """The answer of :meth:`Authorizer.allowed`, awaited if it was not known at once."""
+    return verdict if isinstance(verdict, bool) else await verdict
+
+
+class OpenAuthorizer:
+    """Every table for everyone: ``BROADCASTER_AUTH=none``."""
+
+    def allowed(self, identity: Identity | None, table_id: str) -> bool:
+        return True
+
+
+class ClaimAuthorizer:
+    """The tables a token lists in one of its claims."""
+
+    def __init__(self, claim: str) -> None:
+        self.claim = claim
+
+    def allowed(self, identity: Identity | None, table_id: str) -> bool:
+        if identity is None:
+            return False
+        granted: Any = identity.claims.get(self.claim)
+        if granted is None and "." in self.claim:
+            # Not a claim of that exact name (namespaced claims such as
+            # "https://example.com/tables" contain dots): a path into objects.
+            granted = identity.claims
+            for part in self.claim.split("."):
+                granted = granted.get(part) if isinstance(granted, Mapping) else None
+        if granted == "*":
+            return True
+        return isinstance(granted, list) and ("*" in granted or table_id in granted)
+
+
+class SqlAuthorizer:
+    """A SQL function decides, with answers cached for ``cache_seconds``."""
+
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool | None],
+        function: str,
+        *,
+        cache_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not _FUNCTION_NAME.fullmatch(function):
+            raise ConfigurationError(
+                f"authorizer must be a function name like broadcaster_authorize, not {function!r}"
+            )
+        self._pool = pool
+        # The name is validated above; it cannot be a bind parameter.
+        self._query = f"SELECT {function}($1::jsonb, $2::text)"
+        self._function = function
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, bool]] = {}
+
+    def allowed(self, identity: Identity | None, table_id: str) -> bool | Awaitable[bool]:
+        claims = _canonical(identity.claims if identity is not None else {})
+        cached = self._cache.get((claims, table_id))
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        return _Deferred(lambda: self._ask(claims, table_id))
+
+    async def _ask(self, claims: str, table_id: str) -> bool:
+        pool = self._pool()
+        try:
+            if pool is None:
+                raise ConnectionError("the database is not connected yet")
+            async with pool.acquire() as connection:
+                answer = await connection.fetchval(self._query, claims, table_id)
+                # The function is the operator's and may leave session state
+                # behind (a SET, an advisory lock); the pool does not reset
+                # connections (runtime.py).
+                await connection.reset()
+        except DATABASE_ERRORS:
+            logger.exception("authorizer %s failed for table %r: denied", self._function, table_id)
+            return False
+        allowed = answer is True
+        if len(self._cache) >= _CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[(claims, table_id)] = (self._clock() + self._cache_seconds, allowed)
+        return allowed
+
+
+class _Deferred:
+    """An awaitable that creates its coroutine only when awaited.
+
+    A session may drop an answer it has not started waiting for (the client
+    left); a coroutine created but never awaited would be reported as a bug.
+    """
+
+    __slots__ = ("_start",)
+
+    def __init__(self, start: Callable[[], Coroutine[Any, Any, bool]]) -> None:
+        self._start = start
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return self._start().__await__()
+
+
+def _canonical(claims: Mapping[str, Any]) -> str:
+    # dict(): the claims are a read-only mapping, which json cannot serialise.
+    return json.dumps(dict(claims), sort_keys=True, separators=(",", ":"))

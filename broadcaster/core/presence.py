@@ -1,0 +1,120 @@
+"""Presence: who is on a channel topic, kept in Postgres and shared by every process.
+
+A ``track`` upserts a row of ``broadcaster_presence`` and NOTIFYs the change on
+``broadcaster_presence`` in the same transaction; every server process hears it
+on its LISTEN connection and hands it to :meth:`Presences.notified`, which
+passes the diff to the local subscribers of the topic. Each process refreshes
+``seen_at`` on its rows while it runs, and removes (and announces) the rows of
+a process that stopped refreshing: a process that dies does not leave ghosts.
+
+Diffs follow Phoenix presence: ``{"joins": {key: {"metas": [...]}},
+"leaves": {...}}``, each meta carrying its ``phx_ref``. Sans-I/O: the SQL is in
+:mod:`broadcaster.postgres.queries`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Protocol
+
+from .topics import Topics
+
+__all__ = ["CHANNEL", "MAX_META_BYTES", "Presences", "Store", "diff", "state", "untrack_soon"]
+
+logger = logging.getLogger(__name__)
+
+CHANNEL: Final = "broadcaster_presence"
+# The diff travels by NOTIFY (under 8000 bytes) with its envelope.
+MAX_META_BYTES: Final = 6000
+
+Entry = tuple[str, str, Any]
+"""A presence: (key, ref, meta)."""
+
+
+class Store(Protocol):
+    """Where presences are kept (broadcaster.postgres.queries.ChangeReader)."""
+
+    async def track(self, topic: str, key: str, slot: str, process: str, meta: Any) -> None: ...
+
+    async def untrack(self, slots: Sequence[str]) -> None: ...
+
+    async def presence_state(self, topic: str) -> list[Entry]: ...
+
+
+class Listener(Protocol):
+    def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
+        """Send a presence diff of ``topic`` to the client; never block."""
+
+
+def _group(entries: Iterable[Entry]) -> dict[str, dict[str, list[Any]]]:
+    grouped: dict[str, dict[str, list[Any]]] = {}
+    for key, ref, meta in entries:
+        metas = grouped.setdefault(key, {"metas": []})["metas"]
+        metas.append({**(meta if isinstance(meta, dict) else {}), "phx_ref": ref})
+    return grouped
+
+
+def state(entries: Iterable[Entry]) -> dict[str, dict[str, list[Any]]]:
+    """``presence_state``'s payload: every presence of a topic by key."""
+    return _group(entries)
+
+
+def diff(topic: str, joins: Iterable[Entry], leaves: Iterable[Entry]) -> str:
+    """The NOTIFY payload announcing ``joins`` and ``leaves`` on ``topic``."""
+    return json.dumps(
+        {"topic": topic, "joins": _group(joins), "leaves": _group(leaves)},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+class Presences:
+    """The topics this process's clients follow presence on."""
+
+    def __init__(self) -> None:
+        self._topics: Topics[Listener] = Topics()
+
+    def follow(self, topic: str, listener: Listener) -> None:
+        self._topics.add(topic, listener)
+
+    def stop(self, topic: str, listener: Listener) -> None:
+        self._topics.remove(topic, listener)
+
+    def notified(self, payload: str) -> None:
+        """A diff from any process (the LISTEN callback: it only hands on)."""
+        try:
+            message = json.loads(payload)
+            topic, joins, leaves = message["topic"], message["joins"], message["leaves"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("dropping a malformed presence diff: %.200r", payload)
+            return
+        for listener in self._topics.listeners(topic):
+            try:
+                listener.deliver_presence(topic, joins, leaves)
+            except Exception:
+                logger.exception("a presence listener failed")
+
+
+# Untracking when a connection goes must outlive its session's own tasks,
+# which are cancelled as it closes.
+_UNTRACKING: set[asyncio.Task[None]] = set()
+
+
+def untrack_soon(store: Store, slots: Sequence[str]) -> None:
+    """Untrack in the background; on failure the process heartbeat expires them."""
+
+    # Imported here: queries.py imports this module.
+    from ..postgres.queries import DATABASE_ERRORS
+
+    async def untrack() -> None:
+        try:
+            await store.untrack(slots)
+        except DATABASE_ERRORS:
+            logger.warning("removing a presence failed; it will expire", exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(untrack())
+    _UNTRACKING.add(task)
+    task.add_done_callback(_UNTRACKING.discard)

@@ -1,0 +1,1 @@
+"""The adapters to Postgres: the LISTEN connection, the read loop, the SQL, migrations."""

@@ -1,0 +1,4 @@
+"""The wire formats, sans-I/O: the native protocol, Phoenix framing, filters, frames.
+
+Parsing client messages and encoding server ones, with plain data in and out.
+"""

@@ -1,0 +1,368 @@
+"""Evaluate Supabase ``postgres_changes`` filters on ``public.rows`` rows, sans-I/O.
+
+A supabase-js binding carries at most one PostgREST-style filter,
+``column=op.value`` (``filter: 'id=eq.r1'``). This module parses it into a
+:class:`RowFilter` and evaluates it on a row as clients see it (a JSON object
+with the keys id, table_id, data, enriching_columns, version, created_at and
+updated_at). It does no I/O and imports neither asyncpg nor starlette, so the
+session code and the tests can use it alike.
+
+Semantics:
+
+* Operators ``eq, neq, lt, lte, gt, gte, in`` on ``id``, ``table_id`` (text),
+  ``version`` (int8) and ``created_at``, ``updated_at`` (timestamptz); the
+  value is everything after the operator's dot (``id=eq.a.b`` means ``a.b``).
+* ``data`` (jsonb) takes ``eq, neq, in`` with JSON values, compared as jsonb
+  compares them (key order and ``1`` against ``1.0`` do not matter, ``true`` is
+  not ``1``); ``enriching_columns`` (text[]) takes ``eq, neq, lt, lte, gt,
+  gte`` with a Postgres array literal (``{a,"b c"}``), compared element by
+  element and then by length, as Postgres compares arrays.
+  ``in.(a,"b,c")`` lists values; a double-quoted value may hold commas, ``\\"``
+  and ``\\\\``; whitespace around a value is dropped, as in a Postgres array.
+* Filter values are converted to the column's type when parsed, so a bad value
+  is refused at subscribe time, never silently unmatched later.
+* Text compares by code point, which is what Postgres's C collation does
+  (UTF-8 byte order is code point order), not by a locale's rules.
+* Timestamps compare as instants; a filter value without an offset is UTC.
+* A missing key or a null never matches, even for ``neq``: in SQL a comparison
+  with NULL is not true.
+* ``table_id=eq.X`` and ``table_id=in.(...)`` route to those tables
+  (:attr:`RowFilter.tables`); any other filter must be checked on every row.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final, TypeAlias
+
+from ..exceptions import FilterError
+
+__all__ = ["RowFilter", "Value", "parse_filters"]
+
+# A parsed filter value: str for text columns, int for version, an aware datetime for
+# timestamps, a canonical form for jsonb and text[] (see _jsonb and _text_array).
+Value: TypeAlias = str | int | datetime | tuple[Any, ...]
+
+_TEXT: Final = "text"
+_INT8: Final = "int8"
+_TIMESTAMPTZ: Final = "timestamptz"
+_JSONB: Final = "jsonb"
+_TEXT_ARRAY: Final = "text[]"
+
+# The filterable columns and their types, in the order error messages list them.
+_COLUMNS: Final[Mapping[str, str]] = {
+    "id": _TEXT,
+    "table_id": _TEXT,
+    "version": _INT8,
+    "created_at": _TIMESTAMPTZ,
+    "updated_at": _TIMESTAMPTZ,
+    "data": _JSONB,
+    "enriching_columns": _TEXT_ARRAY,
+}
+_FILTERABLE_LIST: Final = "id, table_id, version, created_at, updated_at, data or enriching_columns"
+# Operators a type does not order by here: jsonb's order (objects above arrays
+# above booleans ...) means nothing to a filter; array elements have no
+# unambiguous in-list syntax.
+_REFUSED_OPERATORS: Final[Mapping[str, frozenset[str]]] = {
+    _JSONB: frozenset({"lt", "lte", "gt", "gte"}),
+    _TEXT_ARRAY: frozenset({"in"}),
+}
+
+_COMPARE: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
+    "eq": operator.eq,
+    "neq": operator.ne,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+}
+_OPERATORS: Final = (*_COMPARE, "in")
+
+_INT8_MIN: Final = -(2**63)
+_INT8_MAX: Final = 2**63 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+# Extended ISO-8601 only, so "2026", week dates and the like are refused rather
+# than read as something the user did not mean. At most 6 fraction digits:
+# timestamptz keeps microseconds, and Python would silently truncate more.
+_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?",
+    re.ASCII,
+)
+_TIMESTAMP_EXAMPLE: Final = "2026-11-26T10:00:00Z"
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """One parsed ``column=op.value`` filter; ``values`` has one item unless ``op`` is ``in``."""
+
+    column: str
+    op: str
+    values: tuple[Value, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> RowFilter:
+        """The filter ``text`` names, with its values converted to the column's type."""
+        column, equals, rest = text.partition("=")
+        op, dot, raw = rest.partition(".")
+        if not equals or not dot or not column or not op:
+            raise FilterError(
+                f"filter {text!r} is not of the form column=operator.value, such as id=eq.r1"
+            )
+        kind = _COLUMNS.get(column)
+        if kind is None:
+            raise FilterError(
+                f"filter {text!r} names unknown column {column!r}: filter on {_FILTERABLE_LIST}"
+            )
+        if op not in _OPERATORS:
+            raise FilterError(
+                f"filter {text!r} uses unsupported operator {op!r}: "
+                "use eq, neq, lt, lte, gt, gte or in"
+            )
+        if op in _REFUSED_OPERATORS.get(kind or "", ()):
+            allowed = ", ".join(o for o in _OPERATORS if o not in _REFUSED_OPERATORS[kind])
+            raise FilterError(f"filter {text!r} uses {op} on {column} ({kind}): use {allowed}")
+        raws = _parse_list(text, raw) if op == "in" else (raw,)
+        # An empty table_id names no table, so routing by it could only be a mistake.
+        if column == "table_id" and op in ("eq", "in") and "" in raws:
+            raise FilterError(f"filter {text!r} names an empty table_id: give the table's id")
+        return cls(column, op, tuple(_convert(text, column, kind, value) for value in raws))
+
+    @property
+    def tables(self) -> tuple[str, ...] | None:
+        """The table_ids this filter routes to, or None if every table's rows must be checked."""
+        if self.column != "table_id" or self.op not in ("eq", "in"):
+            return None
+        # dict.fromkeys: the distinct ids in the order given; joining a table twice is useless.
+        return tuple(dict.fromkeys(str(value) for value in self.values))
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        """Whether ``row`` (a row as clients see it) passes; a missing or null value never does."""
+        value = _row_value(_COLUMNS[self.column], row.get(self.column))
+        if value is None:
+            return False
+        if self.op == "in":
+            return value in self.values
+        return _COMPARE[self.op](value, self.values[0])
+
+
+def parse_filters(text: str) -> tuple[RowFilter, ...]:
+    """Every filter of ``text``: Supabase Realtime joins several with commas, all must match.
+
+    A comma inside parentheses (an ``in`` list), braces or brackets (an array,
+    JSON), double quotes, or escaped as ``\\,`` belongs to a value, as in
+    Supabase's parser (which knows only the first and the last).
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    quoted = False
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and text[index + 1 : index + 2] == ",":
+            current.append(",")
+            index += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "([{":
+            depth += 1
+        elif not quoted and char in ")]}":
+            depth = max(0, depth - 1)
+        if char == "," and depth == 0 and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        index += 1
+    parts.append("".join(current))
+    return tuple(RowFilter.parse(part) for part in parts)
+
+
+def _parse_list(text: str, raw: str) -> tuple[str, ...]:
+    """The values of ``(a,"b,c")``: PostgREST's quoting, Postgres array whitespace rules."""
+    if len(raw) < 2 or raw[0] != "(" or raw[-1] != ")":
+        raise FilterError(
+            f"filter {text!r} must list its values in parentheses, such as id=in.(a,b)"
+        )
+    inner = raw[1:-1]
+    if not inner.strip():
+        raise FilterError(f"filter {text!r} has an empty in list: give at least one value")
+    values: list[str] = []
+    i, end = 0, len(inner)
+    while True:
+        while i < end and inner[i].isspace():
+            i += 1
+        if i < end and inner[i] == '"':
+            i += 1
+            chars: list[str] = []
+            while True:
+                if i >= end:
+                    raise FilterError(
+                        f'filter {text!r} has an unterminated quoted value: close it with "'
+                    )
+                char = inner[i]
+                if char == '"':
+                    i += 1
+                    break
+                if char == "\\" and i + 1 < end:
+                    # PostgREST and Postgres arrays both take the next character as is.
+                    i += 1
+                    char = inner[i]
+                chars.append(char)
+                i += 1
+            while i < end and inner[i].isspace():
+                i += 1
+            if i < end and inner[i] != ",":
+                raise FilterError(
+                    f"filter {text!r} has text after a quoted value: "
+                    "quote the whole value or separate values with commas"
+                )
+            values.append("".join(chars))
+        else:
+            comma = inner.find(",", i)
+            stop = end if comma == -1 else comma
+            value = inner[i:stop].strip()
+            if not value:
+                raise FilterError(
+                    f"filter {text!r} has an empty value in its in list: "
+                    'remove it, or write "" to match an empty string'
+                )
+            if '"' in value:
+                raise FilterError(
+                    f"filter {text!r} has a quote inside an unquoted value: "
+                    'quote the whole value and escape the quote as \\"'
+                )
+            values.append(value)
+            i = stop
+        if i >= end:
+            return tuple(values)
+        i += 1  # the comma
+
+
+def _convert(text: str, column: str, kind: str, raw: str) -> Value:
+    """A filter value as the column's type, or a FilterError saying what was expected."""
+    if kind == _JSONB:
+        try:
+            return _jsonb(json.loads(raw, parse_constant=_no_constant))
+        except ValueError:
+            raise FilterError(
+                f"filter {text!r} compares {column} (jsonb) with {raw!r}: give a JSON value "
+                'such as {"name":"x"}'
+            ) from None
+    if kind == _TEXT_ARRAY:
+        elements = _parse_array(raw)
+        if elements is None:
+            raise FilterError(
+                f"filter {text!r} compares {column} (text[]) with {raw!r}: give an array "
+                'literal such as {a,"b c"}'
+            )
+        return elements
+    if kind == _INT8:
+        number = int(raw) if _INTEGER.fullmatch(raw) else None
+        if number is None or not _INT8_MIN <= number <= _INT8_MAX:
+            raise FilterError(
+                f"filter {text!r} compares {column} (int8) with {raw!r}: give an integer"
+            )
+        return number
+    if kind == _TIMESTAMPTZ:
+        instant = _parse_timestamp(raw)
+        if instant is None:
+            raise FilterError(
+                f"filter {text!r} compares {column} (timestamptz) with {raw!r}: "
+                f"give an ISO-8601 timestamp such as {_TIMESTAMP_EXAMPLE}"
+            )
+        return instant
+    return raw
+
+
+def _parse_timestamp(raw: str) -> datetime | None:
+    """An aware datetime (UTC when no offset is given), or None if ``raw`` is not one."""
+    if not _TIMESTAMP.fullmatch(raw):
+        return None
+    try:
+        instant = datetime.fromisoformat(raw)
+    except ValueError:  # out-of-range fields, such as month 13 or hour 24
+        return None
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _jsonb(value: Any) -> tuple[Any, ...]:
+    """A JSON value in a form that compares equal exactly when jsonb values do."""
+    if value is None:
+        return ("null",)
+    if isinstance(value, bool):
+        return ("boolean", value)
+    if isinstance(value, int | float):
+        # jsonb numbers are numerics: 1 and 1.0 are equal; str() keeps a float's digits.
+        return ("number", Decimal(str(value)))
+    if isinstance(value, str):
+        return ("string", value)
+    if isinstance(value, list):
+        return ("array", tuple(_jsonb(item) for item in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((key, _jsonb(item)) for key, item in value.items()))
+    raise ValueError(f"not a JSON value: {value!r}")
+
+
+def _text_array(elements: Sequence[str | None]) -> tuple[Any, ...]:
+    """Elements in the order Postgres compares arrays: a NULL element after every string."""
+    return tuple((1, "") if element is None else (0, element) for element in elements)
+
+
+_ARRAY_ELEMENT = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^",{}\s][^",{}]*?))\s*(,|$)', re.DOTALL)
+
+
+def _parse_array(raw: str) -> tuple[Any, ...] | None:
+    """A one-dimensional Postgres array literal (``{a,"b c",NULL}``), or None if it is not one."""
+    stripped = raw.strip()
+    if len(stripped) < 2 or stripped[0] != "{" or stripped[-1] != "}":
+        return None
+    inner = stripped[1:-1]
+    if not inner.strip():
+        return ()
+    elements: list[str | None] = []
+    position = 0
+    while position < len(inner):
+        match = _ARRAY_ELEMENT.match(inner, position)
+        if match is None or match.end() == position:
+            return None
+        quoted, bare = match.group(1), match.group(2)
+        if quoted is not None:
+            elements.append(re.sub(r"\\(.)", r"\1", quoted, flags=re.DOTALL))
+        else:
+            elements.append(None if bare.upper() == "NULL" else bare)
+        position = match.end()
+        if match.group(3) == "," and position == len(inner):
+            return None  # a trailing comma
+    return _text_array(elements)
+
+
+def _row_value(kind: str, raw: object) -> Value | None:
+    """A row's JSON value as the column's type; None (never matching) if null or mistyped."""
+    if kind == _JSONB:
+        return None if raw is None else _jsonb(raw)
+    if kind == _TEXT_ARRAY:
+        if not isinstance(raw, list) or not all(e is None or isinstance(e, str) for e in raw):
+            return None
+        return _text_array(raw)
+    if kind == _INT8:
+        # bool is an int to Python, never to JSON's version column.
+        return raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+    if not isinstance(raw, str):
+        return None
+    if kind == _TIMESTAMPTZ:
+        return _parse_timestamp(raw)
+    return raw

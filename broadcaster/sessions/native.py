@@ -1,0 +1,647 @@
+"""One client connection speaking the native protocol: authentication, subscriptions, replies.
+
+The session does no I/O of its own: the WebSocket adapter feeds it each
+incoming message and hands it a :class:`Transport` to write frames to, a token
+verifier, an authorizer and a :class:`Joiner`. Messages are handled strictly in
+order. Most are answered at once; one that must wait (verifying a token,
+asking a SQL authorizer) is finished by a task on the event loop, and messages
+arriving meanwhile queue behind it (reading from the socket pauses when the
+queue is long).
+
+A subscribe becomes a :class:`~broadcaster.core.feed.Join`; when it is answered the
+session sends ``subscribed``, a ``reset`` if the cursor could not be served,
+the catch-up, ``synced``, and from then on, as the hub subscriber of that
+table, every live batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from ..auth.authorization import Authorizer, decided
+from ..auth.tokens import Identity, TokenVerifier
+from ..core import broadcasts, presence
+from ..core.broadcasts import Broadcasts
+from ..core.changes import Change
+from ..core.feed import Join, JoinResult
+from ..core.hub import Batch, Hub
+from ..core.presence import Presences
+from ..exceptions import AuthenticationError, ProtocolError
+from ..postgres.queries import DATABASE_ERRORS
+from ..protocols import native as protocol
+from ..protocols.frames import text_frame
+
+__all__ = [
+    "FRAME_BYTES",
+    "Joiner",
+    "Limits",
+    "NativeSession",
+    "Transport",
+    "encode_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+# The key under which a batch memoises its native encoding.
+_NATIVE_FRAME: Final = "native.frame"
+
+# Messages are packed into frames of at most this many bytes (one message alone
+# may be larger), so a burst or a snapshot never becomes one frame of many
+# megabytes: common clients refuse frames over 1 MiB by default.
+FRAME_BYTES: Final = 256 * 1024
+
+# Queued messages past which the session stops reading from its socket, and
+# below which it reads again: a client cannot make it buffer without bound.
+_INBOX_HIGH: Final = 64
+_INBOX_LOW: Final = 16
+
+# Errors are counted per window; a client past the budget is disconnected.
+_ERROR_WINDOW: Final = 60.0
+
+
+def _chunks(messages: Sequence[bytes]) -> list[list[bytes]]:
+    chunks: list[list[bytes]] = []
+    size = FRAME_BYTES
+    for message in messages:
+        if size + len(message) > FRAME_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(message)
+        size += len(message) + 1
+    return chunks
+
+
+def _frame(messages: Sequence[bytes]) -> bytes:
+    return text_frame(messages[0] if len(messages) == 1 else protocol.batch(list(messages)))
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """The frames carrying a live batch, as one string of bytes.
+
+    Changes carry the batch's cursor, except in frames before the last, which
+    carry the cursor the read started from: a client cut off between two frames
+    resumes from there and receives the batch again instead of skipping part of
+    it. A batch with no change becomes a ``cursor`` message; a ``reset`` goes first.
+    """
+    head = [] if batch.reset is None else [protocol.encode_reset(batch.table_id, batch.reset)]
+    if not batch.changes:
+        return _frame([*head, protocol.encode_cursor(batch.table_id, batch.cursor)])
+    final = protocol.encode_changes(batch.changes, batch.cursor)
+    chunks = _chunks(head + final)
+    if len(chunks) == 1:
+        return _frame(chunks[0])
+    early = protocol.encode_changes(batch.changes, batch.since)
+    messages = head + early
+    frames = []
+    start = 0
+    for number, chunk in enumerate(chunks):
+        end = start + len(chunk)
+        frames.append(_frame(chunk if number == len(chunks) - 1 else messages[start:end]))
+        start = end
+    return b"".join(frames)
+
+
+class Transport(Protocol):
+    def send(self, frame: bytes) -> None:
+        """Queue a complete WebSocket frame; never block."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code``."""
+
+    def pause_reading(self) -> None:
+        """Stop reading from the client until :meth:`resume_reading`."""
+
+    def resume_reading(self) -> None:
+        """Read from the client again."""
+
+
+class Joiner(Protocol):
+    def join(self, join: Join) -> None:
+        """Answer ``join`` at the next read."""
+
+    def cancel(self, join: Join) -> None:
+        """Forget ``join`` if it has not been answered."""
+
+
+class MessagingStore(Protocol):
+    """Where broadcasts are sent and presences kept (broadcaster.postgres.queries.ChangeReader)."""
+
+    async def broadcast(self, payload: str) -> None: ...
+
+    async def track(self, topic: str, key: str, slot: str, process: str, meta: Any) -> None: ...
+
+    async def untrack(self, slots: Sequence[str]) -> None: ...
+
+    async def presence_state(self, topic: str) -> list[tuple[str, str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Messaging:
+    """Client-to-client messages of a table's subscribers: broadcast and presence.
+
+    Both travel through Postgres to every server process; see broadcasts.py
+    and presence.py.
+    """
+
+    broadcasts: Broadcasts
+    presences: Presences
+    store: MessagingStore
+
+
+def _topic(table_id: str) -> str:
+    # Native topics cannot meet Supabase channel topics ("realtime:...").
+    return "native:" + table_id
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may do; ``docs/security.md`` explains each."""
+
+    max_subscriptions: int = 100
+    max_message_bytes: int = 64 * 1024
+    messages_per_second: float = 50.0
+    max_errors: int = 20
+    auth_timeout: float = 5.0
+
+
+class _TokenBucket:
+    """``rate`` messages a second on average, in bursts of up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = max(burst, 1.0)
+        self._tokens = self._burst
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+_Continuation = Coroutine[Any, Any, None]
+
+
+class NativeSession:
+    """Authentication, subscriptions and request handling for one connection.
+
+    ``verifier`` is ``None`` when authentication is off: the connection is then
+    anonymous from the start and ``authorizer`` decides alone. With a verifier,
+    the client has ``limits.auth_timeout`` seconds to authenticate (``token``
+    is one that came with the upgrade request) and nothing but ``auth`` and
+    ``ping`` is served before it has.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        joiner: Joiner,
+        transport: Transport,
+        *,
+        authorizer: Authorizer,
+        verifier: TokenVerifier | None = None,
+        token: str | None = None,
+        limits: Limits = Limits(),
+        messaging: Messaging | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._hub = hub
+        self._joiner = joiner
+        self._transport = transport
+        self._authorizer = authorizer
+        self._verifier = verifier
+        self._limits = limits
+        self._messaging = messaging
+        self._origin = messaging.broadcasts.origin(self) if messaging is not None else ""
+        # Tables whose presence this connection follows, and tracks.
+        self._presence: set[str] = set()
+        self._tracked: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # table_id -> its pending Join, or None once live.
+        self.tables: dict[str, Join | None] = {}
+        self.closed = False
+        self.identity: Identity | None = None
+        self.authenticated = verifier is None
+        # A list, not a deque: a deque allocates a 64-slot block at once, 700
+        # bytes for every connection, and this holds at most _INBOX_HIGH + 1
+        # messages, most of the time none.
+        self._inbox: list[protocol.ClientMessage] = []
+        self._worker: asyncio.Task[None] | None = None
+        # The continuation handed to a worker task that has not run yet: if the
+        # session closes first, it is closed rather than left never awaited.
+        self._unstarted: _Continuation | None = None
+        self._paused = False
+        # A reconnecting client resubscribes every table at once (plus its auth
+        # message): the burst allows that as well as twice the rate.
+        self._rate = _TokenBucket(
+            limits.messages_per_second,
+            max(2 * limits.messages_per_second, limits.max_subscriptions + 2),
+            clock,
+        )
+        self._errors = 0
+        self._errors_since = clock()
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        if verifier is not None:
+            self._auth_timer = asyncio.get_running_loop().call_later(
+                limits.auth_timeout, self._auth_timed_out
+            )
+            if token is not None:
+                self._dispatch(protocol.Auth(None, token))
+
+    # Input from the transport
+
+    def receive_text(self, data: bytes) -> None:
+        """Handle one complete text message from the client."""
+        if self.closed:
+            return
+        if len(data) > self._limits.max_message_bytes:
+            self._error(
+                protocol.TOO_LARGE,
+                f"message of {len(data)} bytes exceeds the limit of "
+                f"{self._limits.max_message_bytes} bytes",
+            )
+            return
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self._transport.close(protocol.CLOSE_INVALID_DATA, "text frame is not valid UTF-8")
+            return
+        try:
+            message = protocol.parse_client_message(text)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.ref)
+            return
+        # Checked after parsing so the error can answer the message's ref: a
+        # client then knows which of its requests was dropped.
+        if not self._rate.take():
+            self._error(
+                protocol.RATE_LIMITED,
+                f"more than {self._limits.messages_per_second:g} messages a second; "
+                "this one was dropped",
+                message.ref,
+            )
+            return
+        self._dispatch(message)
+
+    def receive_binary(self, data: bytes) -> None:
+        """Handle one binary message: the native protocol has none."""
+        if not self.closed:
+            self._error(protocol.BINARY_NOT_SUPPORTED, "the native protocol uses text frames only")
+
+    # Ordering: a message is handled at once unless one before it is still
+    # waiting; then it queues, and the worker task handles the queue in order.
+
+    def _dispatch(self, message: protocol.ClientMessage) -> None:
+        if self._worker is not None:
+            self._inbox.append(message)
+            if len(self._inbox) > _INBOX_HIGH and not self._paused:
+                self._paused = True
+                self._transport.pause_reading()
+            return
+        continuation = self._handle(message)
+        if continuation is not None:
+            self._unstarted = continuation
+            self._worker = asyncio.get_running_loop().create_task(self._work(continuation))
+
+    async def _work(self, first: _Continuation) -> None:
+        self._unstarted = None
+        continuation: _Continuation | None = first
+        try:
+            while continuation is not None:
+                await self._finish(continuation)
+                continuation = None
+                while continuation is None and self._inbox and not self.closed:
+                    continuation = self._handle(self._inbox.pop(0))
+                    if self._paused and len(self._inbox) <= _INBOX_LOW:
+                        self._paused = False
+                        self._transport.resume_reading()
+        finally:
+            self._worker = None
+
+    async def _finish(self, continuation: _Continuation) -> None:
+        try:
+            await continuation
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.ref)
+        except Exception:
+            logger.exception("handling a client message failed")
+            self._transport.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _handle(self, message: protocol.ClientMessage) -> _Continuation | None:
+        """Handle ``message``; return what is left to await, if anything."""
+        if self.closed:
+            return None
+        try:
+            if isinstance(message, protocol.Ping):
+                self._reply(protocol.encode_pong(message.ref))
+                return None
+            if isinstance(message, protocol.Auth):
+                return self._authenticate(message)
+            if not self.authenticated:
+                raise ProtocolError(
+                    protocol.UNAUTHORIZED, "authenticate first: send an auth message", message.ref
+                )
+            if isinstance(message, protocol.Broadcast | protocol.Track | protocol.Untrack):
+                return self._message_others(message)
+            if isinstance(message, protocol.Subscribe):
+                self._check_room(message)
+                verdict = self._authorizer.allowed(self.identity, message.table_id)
+                if isinstance(verdict, bool):
+                    self._subscribe(message, verdict)
+                    return None
+                return self._subscribe_when_decided(message, verdict)
+            self._leave(message.table_id)
+            self._reply(protocol.encode_unsubscribed(message.ref, message.table_id))
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.ref)
+        return None
+
+    # Authentication
+
+    async def _authenticate(self, message: protocol.Auth) -> None:
+        if self._verifier is None:
+            # Authentication is off: nothing to check, nothing to expire.
+            self._reply(protocol.encode_authenticated(message.ref, None))
+            return
+        try:
+            identity = await self._verifier.verify(message.token)
+        except AuthenticationError as exc:
+            self._reply(protocol.encode_error(exc.code, exc.message, message.ref))
+            expired = exc.code == protocol.TOKEN_EXPIRED
+            self._transport.close(
+                protocol.CLOSE_TOKEN_EXPIRED if expired else protocol.CLOSE_UNAUTHORIZED,
+                exc.code,
+            )
+            return
+        if self.closed:
+            return
+        self.identity = identity
+        self.authenticated = True
+        self._cancel_timers()
+        if identity.expires_at is not None:
+            delay = max(0.0, identity.expires_at - self._wall_clock())
+            self._expiry_timer = asyncio.get_running_loop().call_later(
+                delay, self._expired, identity
+            )
+        self._reply(protocol.encode_authenticated(message.ref, identity.expires_at))
+        # A refreshed token may grant fewer tables than the one it replaces.
+        for table_id in list(self.tables):
+            allowed = await decided(self._authorizer.allowed(identity, table_id))
+            if not allowed and table_id in self.tables:
+                self._leave(table_id)
+                self._reply(
+                    protocol.encode_error(
+                        protocol.FORBIDDEN,
+                        "the new token does not allow this table; unsubscribed",
+                        table_id=table_id,
+                    )
+                )
+
+    def _auth_timed_out(self) -> None:
+        if not self.authenticated and not self.closed:
+            self._reply(
+                protocol.encode_error(
+                    protocol.UNAUTHORIZED,
+                    f"no valid auth message within {self._limits.auth_timeout:g} seconds",
+                )
+            )
+            self._transport.close(protocol.CLOSE_UNAUTHORIZED, "authentication timeout")
+
+    def _expired(self, identity: Identity) -> None:
+        if self.identity is identity and not self.closed:
+            self._reply(
+                protocol.encode_error(
+                    protocol.TOKEN_EXPIRED, "the token expired and no fresh one arrived"
+                )
+            )
+            self._transport.close(protocol.CLOSE_TOKEN_EXPIRED, protocol.TOKEN_EXPIRED)
+
+    # Subscriptions
+
+    def _check_room(self, message: protocol.Subscribe) -> None:
+        table_id = message.table_id
+        if table_id not in self.tables and len(self.tables) >= self._limits.max_subscriptions:
+            raise ProtocolError(
+                protocol.TOO_MANY_SUBSCRIPTIONS,
+                f"a connection may hold at most {self._limits.max_subscriptions} subscriptions",
+                message.ref,
+            )
+
+    async def _subscribe_when_decided(
+        self, message: protocol.Subscribe, verdict: Awaitable[bool]
+    ) -> None:
+        allowed = await verdict
+        if not self.closed:
+            self._subscribe(message, allowed)
+
+    def _subscribe(self, message: protocol.Subscribe, allowed: bool) -> None:
+        table_id = message.table_id
+        if not allowed:
+            self._reply(
+                protocol.encode_error(
+                    protocol.FORBIDDEN,
+                    "this token does not allow subscribing to this table",
+                    message.ref,
+                    table_id=table_id,
+                )
+            )
+            return
+        if table_id in self.tables:
+            # Subscribing again starts over from the cursor given this time.
+            self._leave(table_id)
+
+        def joined(result: JoinResult) -> None:
+            self._joined(table_id, join, message.ref, result)
+
+        join = Join(table_id, joined, message.cursor, message.snapshot)
+        self.tables[table_id] = join
+        if message.presence:
+            self._presence.add(table_id)
+        self._joiner.join(join)
+
+    def _joined(self, table_id: str, join: Join, ref: protocol.Ref, result: JoinResult) -> None:
+        if self.closed or self.tables.get(table_id) is not join:
+            return
+        self._reply(protocol.encode_subscribed(ref, table_id))
+        if result.reset is not None:
+            self._reply(protocol.encode_reset(table_id, result.reset))
+        self._send_catch_up(result.changes)
+        self._reply(protocol.encode_synced(table_id, result.cursor))
+        # Sending may have closed the session (a slow consumer): it must not
+        # become a subscriber after close() has run.
+        if self.closed or self.tables.get(table_id) is not join:
+            return
+        self.tables[table_id] = None
+        self._hub.subscribe(table_id, self)
+        messaging = self._messaging
+        if messaging is not None:
+            messaging.broadcasts.listen(_topic(table_id), self)
+            if table_id in self._presence:
+                # Diffs are followed before the state is read: the client
+                # applies those that come first once presence_state arrives.
+                messaging.presences.follow(_topic(table_id), self)
+                self._spawn(self._send_presence_state(messaging, table_id))
+
+    # Broadcast and presence
+
+    def _message_others(
+        self, message: protocol.Broadcast | protocol.Track | protocol.Untrack
+    ) -> _Continuation | None:
+        messaging = self._messaging
+        if messaging is None or self.tables.get(message.table_id, join_pending) is not None:
+            raise ProtocolError(
+                protocol.NOT_SUBSCRIBED,
+                "subscribe to the table (and wait for synced) first",
+                message.ref,
+            )
+        topic = _topic(message.table_id)
+        if isinstance(message, protocol.Broadcast):
+            # An origin nobody has makes the sender hear its own message too.
+            origin = "" if message.echo else self._origin
+            payload = broadcasts.encode(topic, message.event, message.payload, origin)
+            if len(payload.encode()) > broadcasts.MAX_PAYLOAD_BYTES:
+                raise ProtocolError(
+                    protocol.TOO_LARGE,
+                    f"a broadcast travels by NOTIFY: at most {broadcasts.MAX_PAYLOAD_BYTES} bytes",
+                    message.ref,
+                )
+            return self._done(
+                messaging.store.broadcast(payload), "sent", message.ref, message.table_id
+            )
+        ref = f"{self._origin}:{topic}"
+        if isinstance(message, protocol.Track):
+            if len(json.dumps(message.meta)) > presence.MAX_META_BYTES:
+                raise ProtocolError(
+                    protocol.TOO_LARGE,
+                    f"a presence meta travels by NOTIFY: at most {presence.MAX_META_BYTES} bytes",
+                    message.ref,
+                )
+            self._tracked.add(message.table_id)
+            key = message.key or self._origin
+            process = messaging.broadcasts.process
+            stored = messaging.store.track(topic, key, ref, process, message.meta)
+            return self._done(stored, "tracked", message.ref, message.table_id)
+        self._tracked.discard(message.table_id)
+        return self._done(
+            messaging.store.untrack([ref]), "untracked", message.ref, message.table_id
+        )
+
+    async def _done(
+        self, operation: Awaitable[None], kind: str, ref: protocol.Ref, table_id: str
+    ) -> None:
+        try:
+            await operation
+        except DATABASE_ERRORS:
+            logger.warning("a %s request failed", kind, exc_info=True)
+            self._reply(
+                protocol.encode_error(
+                    protocol.UNAVAILABLE, "the database could not be reached", ref
+                )
+            )
+            return
+        self._reply(protocol.encode_done(kind, ref, table_id))
+
+    async def _send_presence_state(self, messaging: Messaging, table_id: str) -> None:
+        try:
+            entries = await messaging.store.presence_state(_topic(table_id))
+        except DATABASE_ERRORS:
+            logger.warning("reading presence state failed", exc_info=True)
+            return
+        if table_id in self._presence and self.tables.get(table_id, join_pending) is None:
+            self._reply(protocol.encode_presence_state(table_id, presence.state(entries)))
+
+    def deliver_broadcast(self, topic: str, event: str, payload: Any, origin: str) -> None:
+        if origin != self._origin and not self.closed:
+            self._reply(protocol.encode_broadcast(topic.removeprefix("native:"), event, payload))
+
+    def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
+        if not self.closed:
+            table_id = topic.removeprefix("native:")
+            self._reply(protocol.encode_presence_diff(table_id, joins, leaves))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send_catch_up(self, changes: Sequence[Change]) -> None:
+        for chunk in _chunks(protocol.encode_changes(changes)):
+            self._transport.send(_frame(chunk))
+
+    def _leave(self, table_id: str) -> None:
+        if table_id not in self.tables:
+            return
+        messaging = self._messaging
+        if messaging is not None:
+            topic = _topic(table_id)
+            messaging.broadcasts.stop(topic, self)
+            messaging.presences.stop(topic, self)
+            if table_id in self._tracked:
+                presence.untrack_soon(messaging.store, [f"{self._origin}:{topic}"])
+        self._presence.discard(table_id)
+        self._tracked.discard(table_id)
+        join = self.tables.pop(table_id)
+        if join is None:
+            self._hub.unsubscribe(table_id, self)
+        else:
+            self._joiner.cancel(join)
+
+    def deliver(self, batch: Batch) -> None:
+        self._transport.send(batch.memo(_NATIVE_FRAME, encode_batch))
+
+    def close(self) -> None:
+        """Leave every table and stop; the connection is gone or going."""
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timers()
+        if self._worker is not None:
+            self._worker.cancel()
+        for task in self._tasks:
+            task.cancel()
+        if self._unstarted is not None:
+            self._unstarted.close()
+            self._unstarted = None
+        self._inbox.clear()
+        for table_id in list(self.tables):
+            self._leave(table_id)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._auth_timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._auth_timer = self._expiry_timer = None
+
+    # Replies
+
+    def _reply(self, message: bytes) -> None:
+        self._transport.send(text_frame(message))
+
+    def _error(self, code: str, message: str, ref: protocol.Ref = None) -> None:
+        logger.debug("client error %s: %s", code, message)
+        self._reply(protocol.encode_error(code, message, ref))
+        now = self._clock()
+        if now - self._errors_since > _ERROR_WINDOW:
+            self._errors, self._errors_since = 0, now
+        self._errors += 1
+        if self._errors > self._limits.max_errors:
+            self._transport.close(protocol.CLOSE_TOO_MANY_ERRORS, "too many protocol errors")
+
+
+# A pending join stands for "subscribed but not synced yet" in lookups.
+join_pending: Final = object()

@@ -1,0 +1,1540 @@
+"""broadcaster.sessions.supabase: one Supabase Realtime connection over a fake transport.
+
+The session runs on the real event loop with a real Hub, Broadcasts and
+Presences; a FakeJoiner stands in for the feed (the test answers joins), a
+FakeStore for Postgres (broadcast, track, untrack, presence_state), and a
+FakeVerifier for the JWT verifier. Client frames are built as realtime-js
+builds them, for both ``vsn``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from broadcaster.auth.authorization import Authorizer, ClaimAuthorizer, OpenAuthorizer
+from broadcaster.auth.tokens import Identity
+from broadcaster.core import broadcasts as broadcasts_module
+from broadcaster.core import presence
+from broadcaster.core.broadcasts import Broadcasts
+from broadcaster.core.changes import Change
+from broadcaster.core.hub import Batch, Hub
+from broadcaster.core.presence import Presences
+from broadcaster.exceptions import FilterError
+from broadcaster.protocols.phoenix import VSN_1, VSN_2, Message
+from broadcaster.sessions.supabase import COLUMNS, Binding, SupabaseSession
+from tests.support.phoenix import push_frame
+from tests.support.sessions import (
+    CLAIM,
+    DATABASE_FAILURES,
+    Entry,
+    FakeJoiner,
+    FakeStore,
+    FakeTransport,
+    FakeVerifier,
+    identity,
+    split_frames,
+    unframe,
+)
+from tests.support.timeouts import eventually, within
+
+TOPIC = "realtime:room"
+OTHER = "realtime:other"
+UPDATED_AT = "2024-05-01T10:00:00.123456+00:00"
+
+
+class RecordingAuthorizer:
+    """Allows everything; records whom it was asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[Identity | None, str]] = []
+
+    def allowed(self, identity: Identity | None, table_id: str) -> bool:
+        self.asked.append((identity, table_id))
+        return True
+
+
+def decode_server(sent: bytes, vsn: str) -> list[Message]:
+    """The messages of what a session sent at once: one frame, or a delivery's frames."""
+    return [_message(value, vsn) for value in split_frames(sent)]
+
+
+def _message(value: Any, vsn: str) -> Message:
+    if vsn == VSN_2:
+        assert isinstance(value, list)
+        assert len(value) == 5
+        join_ref, ref, topic, event, payload = value
+        return Message(topic, event, payload, ref, join_ref)
+    assert isinstance(value, dict)
+    assert set(value) <= {"topic", "event", "payload", "ref", "join_ref"}
+    return Message(
+        value["topic"], value["event"], value["payload"], value["ref"], value.get("join_ref")
+    )
+
+
+class Client:
+    """One connection as realtime-js drives it."""
+
+    def __init__(self, session: SupabaseSession, transport: FakeTransport, vsn: str) -> None:
+        self.session = session
+        self.transport = transport
+        self.vsn = vsn
+        self._refs = itertools.count(1)
+        self.join_refs: dict[str, str] = {}
+
+    def send(self, message: Message) -> None:
+        if self.vsn == VSN_2:
+            value: Any = [
+                message.join_ref,
+                message.ref,
+                message.topic,
+                message.event,
+                message.payload,
+            ]
+        else:
+            value = {
+                "topic": message.topic,
+                "event": message.event,
+                "payload": message.payload,
+                "ref": message.ref,
+                "join_ref": message.join_ref,
+            }
+        self.session.receive_text(json.dumps(value).encode())
+
+    def push(self, topic: str, event: str, payload: Any) -> str:
+        ref = str(next(self._refs))
+        self.send(Message(topic, event, payload, ref, self.join_refs.get(topic)))
+        return ref
+
+    def join(
+        self,
+        topic: str,
+        bindings: list[Any] | None = None,
+        *,
+        broadcast: dict[str, Any] | None = None,
+        presence: dict[str, Any] | None = None,
+        access_token: str | None = None,
+    ) -> str:
+        config = {
+            "broadcast": {"ack": False, "self": False} if broadcast is None else broadcast,
+            "presence": {"key": ""} if presence is None else presence,
+            "postgres_changes": [] if bindings is None else bindings,
+            "private": False,
+        }
+        payload: dict[str, Any] = {"config": config}
+        if access_token is not None:
+            payload["access_token"] = access_token
+        ref = str(next(self._refs))
+        self.join_refs[topic] = ref
+        self.send(Message(topic, "phx_join", payload, ref, ref))
+        return ref
+
+    @property
+    def messages(self) -> list[Message]:
+        return [m for sent in self.transport.sent for m in decode_server(sent, self.vsn)]
+
+    def on(self, topic: str) -> list[Message]:
+        return [m for m in self.messages if m.topic == topic]
+
+    def events(self, topic: str | None = None) -> list[str]:
+        return [m.event for m in self.messages if topic is None or m.topic == topic]
+
+    def reply(self, ref: str) -> Message | None:
+        replies = [m for m in self.messages if m.event == "phx_reply" and m.ref == ref]
+        assert len(replies) <= 1, f"{len(replies)} replies to {ref}"
+        return replies[0] if replies else None
+
+    async def wait_reply(self, ref: str) -> Message:
+        await eventually(lambda: self.reply(ref) is not None)
+        reply = self.reply(ref)
+        assert reply is not None
+        return reply
+
+    def clear(self) -> None:
+        self.transport.sent.clear()
+
+
+class World:
+    """What the sessions of one server process share."""
+
+    def __init__(self) -> None:
+        self.hub = Hub()
+        self.joiner = FakeJoiner()
+        self.broadcasts = Broadcasts()
+        self.presences = Presences()
+        self.store = FakeStore()
+        self.sessions: list[SupabaseSession] = []
+
+    def connect(
+        self,
+        vsn: str = VSN_2,
+        *,
+        authorizer: Authorizer | None = None,
+        verifier: FakeVerifier | None = None,
+        apikey: str | None = None,
+        publishable_keys: Mapping[str, str] | None = None,
+        max_subscriptions: int = 10,
+        max_message_bytes: int = 64 * 1024,
+    ) -> Client:
+        transport = FakeTransport()
+        session = SupabaseSession(
+            self.hub,
+            self.joiner,
+            transport,
+            vsn=vsn,
+            authorizer=authorizer if authorizer is not None else OpenAuthorizer(),
+            verifier=verifier,
+            apikey=apikey,
+            max_subscriptions=max_subscriptions,
+            max_message_bytes=max_message_bytes,
+            broadcasts=self.broadcasts,
+            send_broadcast=self.store.broadcast,
+            presences=self.presences,
+            presence_store=self.store,
+            publishable_keys=publishable_keys,
+        )
+        self.sessions.append(session)
+        return Client(session, transport, vsn)
+
+    async def live(
+        self, client: Client, topic: str, bindings: list[Any] | None = None, **options: Any
+    ) -> Message:
+        """Join ``topic``, answer the joins it asks for, and return the ok reply."""
+        ref = client.join(topic, bindings, **options)
+        await eventually(lambda: client.reply(ref) is not None or self.joiner.pending)
+        self.joiner.answer_all()
+        reply = await client.wait_reply(ref)
+        assert reply.payload["status"] == "ok", reply
+        return reply
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    world = World()
+    yield world
+    for session in world.sessions:
+        session.close()
+    # Untracking on close outlives the session: let it finish.
+    await eventually(lambda: not presence._UNTRACKING)
+
+
+@pytest.fixture(params=[VSN_1, VSN_2])
+def vsn(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def binding(filter: str | None, event: str | None = "*", **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"schema": "public", "table": "rows", **extra}
+    if event is not None:
+        entry["event"] = event
+    if filter is not None:
+        entry["filter"] = filter
+    return entry
+
+
+def row(table_id: str, row_id: str, version: int) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "table_id": table_id,
+        "data": {"n": version, "text": "ü"},
+        "enriching_columns": [],
+        "version": version,
+        "created_at": "2024-04-01T09:00:00+00:00",
+        "updated_at": UPDATED_AT,
+    }
+
+
+def change(op: str, table_id: str, row_id: str, version: int) -> Change:
+    if op == "DELETE":
+        body: dict[str, Any] = {"id": row_id, "table_id": table_id, "version": version}
+    else:
+        body = row(table_id, row_id, version)
+    return Change(op, table_id, row_id, version, json.dumps(body))
+
+
+def batch(table_id: str, *changes: Change) -> Batch:
+    return Batch(table_id, list(changes), "cursor-2", since="cursor-1")
+
+
+# Binding routes and filters
+
+
+@pytest.mark.parametrize(
+    ("text", "tables"),
+    [
+        ("table_id=eq.abc", ("abc",)),
+        ("table_id=eq.a-b_c.d", ("a-b_c.d",)),
+        ("table_id=in.(a,b)", ("a", "b")),
+        ("table_id=in.( a , b )", ("a", "b")),
+        ('table_id=in.("a b", c)', ("a b", "c")),
+        ("table_id=in.(a,b),table_id=in.(b,c)", ("b",)),
+        ("table_id=eq.a,id=eq.r1", ("a",)),
+        ("id=eq.r1", None),
+        ("table_id=neq.a", None),
+        ("version=gt.10", None),
+        ("", None),
+    ],
+)
+def test_a_binding_routes_by_its_table_id_filters(
+    text: str, tables: tuple[str, ...] | None
+) -> None:
+    assert Binding.parse(binding(text)).tables == tables
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("data=gt.1", "use eq, neq, in"),
+        ("table_id=like.a*", "unsupported operator"),
+        ("table_id", "column=operator.value"),
+        ("table_id=in.(a,b", "parentheses"),
+        ("table_id=in.()", "table_id"),
+        ("table_id=eq.a,table_id=eq.b", "matches no table_id"),
+        ("version=eq.x", "version"),
+    ],
+)
+def test_a_binding_refuses_a_filter_with_a_reason(text: str, why: str) -> None:
+    with pytest.raises(FilterError) as caught:
+        Binding.parse(binding(text))
+    assert why in str(caught.value)
+
+
+def test_filter_error_is_a_value_error() -> None:
+    assert issubclass(FilterError, ValueError)
+
+
+def test_a_binding_checks_its_filters_on_the_record_or_the_deleted_key() -> None:
+    parsed = Binding.parse(binding("id=in.(r1,r2),version=gt.5"))
+    assert parsed.matches(change("UPDATE", "ta", "r1", 6), row("ta", "r1", 6))
+    assert parsed.matches(change("INSERT", "tb", "r2", 9), row("tb", "r2", 9))
+    assert not parsed.matches(change("UPDATE", "ta", "r1", 5), row("ta", "r1", 5))
+    assert not parsed.matches(change("UPDATE", "ta", "r3", 6), row("ta", "r3", 6))
+    deleted = change("DELETE", "ta", "r1", 7)
+    assert parsed.matches(deleted, {"id": "r1", "table_id": "ta", "version": 7})
+    on_time = Binding.parse(binding("created_at=gt.2020-01-01"))
+    # A DELETE carries only the key: a filter on another column cannot pass.
+    assert not on_time.matches(deleted, {"id": "r1", "table_id": "ta", "version": 7})
+
+
+# Binding.parse
+
+
+def test_binding_event_defaults_to_every_event() -> None:
+    parsed = Binding.parse({"schema": "public", "table": "rows", "filter": "table_id=eq.a"})
+    assert parsed.event == "*"
+    assert parsed.tables == ("a",)
+
+
+def test_binding_schema_defaults_to_public() -> None:
+    parsed = Binding.parse({"table": "rows", "event": "INSERT", "filter": "table_id=in.(a,b)"})
+    assert (parsed.event, parsed.tables) == ("INSERT", ("a", "b"))
+
+
+@pytest.mark.parametrize("event", ["*", "INSERT", "UPDATE", "DELETE"])
+def test_binding_events(event: str) -> None:
+    assert Binding.parse(binding("table_id=eq.a", event)).event == event
+
+
+@pytest.mark.parametrize("event", ["TRUNCATE", "", None, 1, "ALL"])
+def test_binding_refuses_other_events(event: Any) -> None:
+    with pytest.raises(FilterError) as caught:
+        Binding.parse({**binding("table_id=eq.a", None), "event": event})
+    assert "event must be one of" in str(caught.value)
+
+
+@pytest.mark.parametrize("event", [["INSERT"], {"op": "INSERT"}])
+def test_binding_refuses_an_event_that_is_not_a_string(event: Any) -> None:
+    # A JSON array or object as event must be refused with a reason like any
+    # other bad event, not escape as a TypeError (unhashable in the set test).
+    with pytest.raises(FilterError):
+        Binding.parse({**binding("table_id=eq.a", None), "event": event})
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"schema": "private", "table": "rows", "filter": "table_id=eq.a"},
+        {"schema": None, "table": "rows", "filter": "table_id=eq.a"},
+        {"schema": "public", "table": "messages", "filter": "table_id=eq.a"},
+        {"schema": "public", "filter": "table_id=eq.a"},
+        {"schema": "public", "table": "*", "filter": "table_id=eq.a"},
+    ],
+)
+def test_binding_refuses_other_schemas_and_tables(entry: dict[str, Any]) -> None:
+    with pytest.raises(FilterError) as caught:
+        Binding.parse(entry)
+    assert "only public.rows" in str(caught.value)
+
+
+@pytest.mark.parametrize("filter", [None, ""])
+def test_a_binding_without_a_filter_routes_to_every_table(filter: Any) -> None:
+    entry = {"schema": "public", "table": "rows"}
+    if filter is not None:
+        entry["filter"] = filter
+    assert Binding.parse(entry).tables is None
+
+
+@pytest.mark.parametrize("filter", [5, ["table_id=eq.a"]])
+def test_a_binding_filter_must_be_a_string(filter: Any) -> None:
+    with pytest.raises(FilterError) as caught:
+        Binding.parse({"schema": "public", "table": "rows", "filter": filter})
+    assert "must be a string" in str(caught.value)
+
+
+@pytest.mark.parametrize("entry", [None, "table_id=eq.a", ["table_id=eq.a"], 3])
+def test_binding_must_be_an_object(entry: Any) -> None:
+    with pytest.raises(FilterError):
+        Binding.parse(entry)
+
+
+def test_binding_ids_are_deterministic_and_equal_for_equal_entries() -> None:
+    one = {"event": "INSERT", "schema": "public", "table": "rows", "filter": "table_id=eq.a"}
+    same_reordered = {
+        "filter": "table_id=eq.a",
+        "table": "rows",
+        "schema": "public",
+        "event": "INSERT",
+    }
+    assert Binding.parse(one).id == Binding.parse(dict(one)).id
+    assert Binding.parse(one).id == Binding.parse(same_reordered).id
+    assert Binding.parse(one) == Binding.parse(same_reordered)
+
+
+def test_binding_ids_differ_for_different_entries() -> None:
+    ids = {
+        Binding.parse(binding("table_id=eq.a", "INSERT")).id,
+        Binding.parse(binding("table_id=eq.a", "UPDATE")).id,
+        Binding.parse(binding("table_id=eq.b", "INSERT")).id,
+        Binding.parse(binding("table_id=in.(a,b)", "INSERT")).id,
+    }
+    assert len(ids) == 4
+
+
+def test_binding_ids_are_positive_31_bit_integers() -> None:
+    for n in range(500):
+        binding_id = Binding.parse(binding(f"table_id=eq.t{n}", "*")).id
+        assert isinstance(binding_id, int)
+        assert 0 < binding_id <= 0x7FFFFFFF
+
+
+def test_binding_matches_its_event_and_tables() -> None:
+    inserts = Binding.parse(binding("table_id=in.(a,b)", "INSERT"))
+    every = Binding.parse(binding("table_id=eq.a", "*"))
+    key = {"id": "r", "table_id": "a", "version": 1}
+    assert inserts.matches(change("INSERT", "a", "r", 1), row("a", "r", 1))
+    assert inserts.matches(change("INSERT", "b", "r", 1), row("b", "r", 1))
+    assert not inserts.matches(change("UPDATE", "a", "r", 1), row("a", "r", 1))
+    assert not inserts.matches(change("INSERT", "c", "r", 1), row("c", "r", 1))
+    assert every.matches(change("DELETE", "a", "r", 1), key)
+    assert not every.matches(change("DELETE", "b", "r", 1), {**key, "table_id": "b"})
+
+
+# Framing on the wire
+
+
+async def test_heartbeat_is_answered_ok(world: World, vsn: str) -> None:
+    client = world.connect(vsn)
+    client.send(Message("phoenix", "heartbeat", {}, "7"))
+    assert client.messages == [
+        Message("phoenix", "phx_reply", {"status": "ok", "response": {}}, "7", None)
+    ]
+
+
+async def test_vsn1_frames_carry_join_ref_only_when_set(world: World) -> None:
+    client = world.connect(VSN_1)
+    client.send(Message("phoenix", "heartbeat", {}, "7"))
+    ref = client.join(TOPIC, [binding("table_id=eq.a")])
+    await eventually(lambda: world.joiner.pending)
+    world.joiner.answer_all()
+    await eventually(lambda: len(client.transport.sent) >= 3)
+    heartbeat, reply, system = (json.loads(unframe(f)) for f in client.transport.sent[:3])
+    assert heartbeat == {
+        "topic": "phoenix",
+        "event": "phx_reply",
+        "payload": {"status": "ok", "response": {}},
+        "ref": "7",
+    }
+    assert set(reply) == {"topic", "event", "payload", "ref", "join_ref"}
+    assert (reply["ref"], reply["join_ref"]) == (ref, ref)
+    assert set(system) == {"topic", "event", "payload", "ref"}
+    assert system["ref"] is None
+
+
+async def test_vsn2_frames_are_arrays(world: World) -> None:
+    client = world.connect(VSN_2)
+    client.send(Message("phoenix", "heartbeat", {}, "7"))
+    assert json.loads(unframe(client.transport.sent[0])) == [
+        None,
+        "7",
+        "phoenix",
+        "phx_reply",
+        {"status": "ok", "response": {}},
+    ]
+
+
+async def test_unknown_events_are_answered_with_an_error(world: World, vsn: str) -> None:
+    client = world.connect(vsn)
+    ref = client.push(TOPIC, "shout", {})
+    reply = client.reply(ref)
+    assert reply is not None
+    assert reply.payload["status"] == "error"
+    assert "shout" in reply.payload["response"]["reason"]
+
+
+@pytest.mark.parametrize("data", [b"not json", b"{}", b"[1, 2]", b'{"topic": 1, "event": "x"}'])
+async def test_malformed_text_frames_are_ignored(world: World, data: bytes) -> None:
+    client = world.connect(VSN_2)
+    client.session.receive_text(data)
+    await asyncio.sleep(0)
+    assert client.messages == []
+
+
+@pytest.mark.parametrize("data", [b"", b"\x01\x00", push_frame(kind=0), push_frame(body=b"{bad")])
+async def test_malformed_binary_frames_are_ignored(world: World, data: bytes) -> None:
+    client = world.connect(VSN_2)
+    client.session.receive_binary(data)
+    await asyncio.sleep(0)
+    assert client.messages == []
+
+
+async def test_a_binary_frame_with_metadata_not_an_object_is_ignored(world: World) -> None:
+    client = world.connect(VSN_2)
+    client.session.receive_binary(push_frame(topic=TOPIC, metadata="[1]", body=b"{}"))
+    await asyncio.sleep(0)
+    assert client.messages == []
+
+
+async def test_a_message_over_the_limit_is_refused_with_a_system_error(world: World) -> None:
+    client = world.connect(VSN_2, max_message_bytes=200)
+    client.push(TOPIC, "broadcast", {"type": "broadcast", "event": "e", "payload": "x" * 300})
+    [message] = client.messages
+    assert message.event == "system"
+    assert message.payload["status"] == "error"
+    assert "200 bytes" in message.payload["message"]
+    assert world.store.sent == []
+
+
+# Joining
+
+
+async def test_join_replies_only_once_every_table_is_live(world: World, vsn: str) -> None:
+    client = world.connect(vsn)
+    inserts = binding("table_id=eq.a", "INSERT")
+    # No event key: the echo must not add one.
+    listed = {"schema": "public", "table": "rows", "filter": 'table_id=in.(b, "c")'}
+    ref = client.join(TOPIC, [inserts, listed])
+    await eventually(lambda: len(world.joiner.pending) == 3)
+    joins = {join.table_id: join for join in world.joiner.pending}
+    assert set(joins) == {"a", "b", "c"}
+    assert client.messages == []
+
+    world.joiner.answer(joins["a"])
+    world.joiner.answer(joins["c"])
+    await asyncio.sleep(0)
+    assert client.messages == []
+    assert world.hub.is_subscribed("a")
+    assert world.hub.is_subscribed("c")
+    assert not world.hub.is_subscribed("b")
+
+    world.joiner.answer(joins["b"])
+    await eventually(lambda: len(client.messages) == 3)
+    reply, system, state = client.messages
+    assert reply == Message(
+        TOPIC,
+        "phx_reply",
+        {
+            "status": "ok",
+            "response": {
+                "postgres_changes": [
+                    {**inserts, "id": Binding.parse(inserts).id},
+                    {**listed, "id": Binding.parse(listed).id},
+                ]
+            },
+        },
+        ref,
+        ref,
+    )
+    echoed = reply.payload["response"]["postgres_changes"]
+    assert [list(entry) for entry in echoed] == [[*inserts, "id"], [*listed, "id"]]
+    assert system == Message(
+        TOPIC,
+        "system",
+        {
+            "extension": "postgres_changes",
+            "status": "ok",
+            "message": "Subscribed to PostgreSQL",
+            "channel": "room",
+        },
+    )
+    assert state == Message(TOPIC, "presence_state", {})
+    assert client.session.tables == {"a": None, "b": None, "c": None}
+    assert all(world.hub.is_subscribed(t) for t in "abc")
+
+
+async def test_a_channel_without_bindings_replies_at_once_without_system_message(
+    world: World,
+) -> None:
+    client = world.connect()
+    ref = client.join(TOPIC)
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {"status": "ok", "response": {"postgres_changes": []}}
+    await eventually(lambda: "presence_state" in client.events())
+    assert client.events() == ["phx_reply", "presence_state"]
+    assert world.joiner.joins == []
+
+
+async def test_a_table_another_channel_made_live_replies_at_once(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [binding("table_id=eq.a")])
+    client.clear()
+
+    ref = client.join(OTHER, [binding("table_id=eq.a", "UPDATE")])
+    reply = await client.wait_reply(ref)
+    assert reply.payload["status"] == "ok"
+    assert world.joiner.joins == []
+    assert world.hub.subscribers("a") == 1
+
+
+async def test_channels_waiting_on_the_same_table_reply_together(world: World) -> None:
+    client = world.connect()
+    first = client.join(TOPIC, [binding("table_id=eq.a")])
+    await eventually(lambda: len(world.joiner.pending) == 1)
+    second = client.join(OTHER, [binding("table_id=in.(a,b)")])
+    await eventually(lambda: len(world.joiner.pending) == 2)
+    assert sorted(j.table_id for j in world.joiner.pending) == ["a", "b"]
+
+    [join_a] = [j for j in world.joiner.pending if j.table_id == "a"]
+    world.joiner.answer(join_a)
+    assert client.reply(first) is not None
+    assert client.reply(second) is None
+
+    world.joiner.answer_all()
+    assert client.reply(second) is not None
+
+
+async def test_a_refused_filter_sends_a_system_error_then_an_error_reply(
+    world: World, vsn: str
+) -> None:
+    client = world.connect(vsn)
+    ref = client.join(TOPIC, [binding("table_id=eq.a"), binding("data=lt.7")])
+    reply = await client.wait_reply(ref)
+    system, answered = client.messages
+    assert answered == reply
+    assert system.topic == TOPIC
+    assert system.event == "system"
+    assert system.payload["extension"] == "postgres_changes"
+    assert system.payload["status"] == "error"
+    assert system.payload["channel"] == "room"
+    reason = system.payload["message"]
+    assert "uses lt on data (jsonb): use eq, neq, in" in reason
+    assert reply.payload == {"status": "error", "response": {"reason": reason}}
+    assert (reply.ref, reply.join_ref) == (ref, ref)
+    assert world.joiner.joins == []
+    assert client.session.tables == {}
+
+
+class DenyingEveryTable(RecordingAuthorizer):
+    def allowed(self, identity: Identity | None, table_id: str) -> bool:
+        super().allowed(identity, table_id)
+        return table_id != "*"
+
+
+async def test_a_binding_on_another_column_joins_every_table_and_filters_rows(
+    world: World, vsn: str
+) -> None:
+    authorizer = RecordingAuthorizer()
+    client = world.connect(vsn, authorizer=authorizer)
+    reply = await world.live(client, TOPIC, [binding("id=eq.r1", "UPDATE")])
+
+    assert world.hub.is_subscribed(None)
+    assert [table_id for _, table_id in authorizer.asked] == ["*"]
+    (entry,) = reply.payload["response"]["postgres_changes"]
+    client.clear()
+    world.hub.publish(batch("ta", change("UPDATE", "ta", "r1", 2), change("UPDATE", "ta", "r2", 3)))
+    world.hub.publish(batch("tb", change("INSERT", "tb", "r1", 4), change("UPDATE", "tb", "r1", 5)))
+
+    changes = [m.payload for m in client.on(TOPIC) if m.event == "postgres_changes"]
+    assert [
+        (p["ids"], p["data"]["record"]["table_id"], p["data"]["record"]["version"]) for p in changes
+    ] == [
+        ([entry["id"]], "ta", 2),
+        ([entry["id"]], "tb", 5),
+    ]
+    client.session.close()
+    assert not world.hub.is_subscribed(None)
+
+
+async def test_every_table_needs_the_authorizer_to_grant_star(world: World) -> None:
+    client = world.connect(authorizer=DenyingEveryTable())
+    ref = client.join(TOPIC, [binding("version=gt.3")])
+
+    reply = await client.wait_reply(ref)
+
+    assert reply.payload["status"] == "error"
+    assert "reads every table" in reply.payload["response"]["reason"]
+    assert world.joiner.joins == []
+
+
+async def test_a_join_with_an_event_that_is_not_a_string_is_refused_with_a_reason(
+    world: World,
+) -> None:
+    client = world.connect()
+    ref = client.join(TOPIC, [{**binding("table_id=eq.a", None), "event": ["INSERT"]}])
+    await eventually(lambda: client.reply(ref) is not None or "phx_error" in client.events())
+    # A phx_error would make supabase-js rejoin with the same bindings, forever.
+    assert client.events() == ["system", "phx_reply"]
+    reply = client.reply(ref)
+    assert reply is not None
+    assert reply.payload["status"] == "error"
+    assert "event must be one of" in reply.payload["response"]["reason"]
+
+
+async def test_postgres_changes_must_be_a_list(world: World) -> None:
+    client = world.connect()
+    ref = str(99)
+    client.send(Message(TOPIC, "phx_join", {"config": {"postgres_changes": {"a": 1}}}, ref, ref))
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {
+        "status": "error",
+        "response": {"reason": "config.postgres_changes must be a list"},
+    }
+
+
+async def test_too_many_tables_are_refused(world: World) -> None:
+    client = world.connect(max_subscriptions=2)
+    ref = client.join(TOPIC, [binding("table_id=in.(a,b,c)")])
+    reply = await client.wait_reply(ref)
+    assert reply.payload["status"] == "error"
+    assert "too many subscriptions" in reply.payload["response"]["reason"]
+    assert world.joiner.joins == []
+
+
+async def test_joining_a_topic_again_replaces_the_channel(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [binding("table_id=eq.a")])
+    await world.live(client, TOPIC, [binding("table_id=eq.b")])
+    assert set(client.session.tables) == {"b"}
+    assert not world.hub.is_subscribed("a")
+    assert world.hub.is_subscribed("b")
+
+
+# Authentication and authorization
+
+
+async def test_a_table_the_token_does_not_grant_is_forbidden(world: World) -> None:
+    verifier = FakeVerifier({"user": identity(("a",))})
+    client = world.connect(verifier=verifier, authorizer=ClaimAuthorizer("table_ids"))
+    ref = client.join(TOPIC, [binding("table_id=in.(a,b)")], access_token="user")
+    reply = await client.wait_reply(ref)
+    assert reply.payload["status"] == "error"
+    reason = reply.payload["response"]["reason"]
+    assert reason.startswith("forbidden")
+    assert "'b'" in reason
+    assert world.joiner.joins == []
+    assert client.session.tables == {}
+
+
+async def test_granted_tables_are_joined(world: World) -> None:
+    verifier = FakeVerifier({"user": identity(("a", "b"))})
+    client = world.connect(verifier=verifier, authorizer=ClaimAuthorizer("table_ids"))
+    await world.live(client, TOPIC, [binding("table_id=in.(a,b)")], access_token="user")
+    assert client.session.identity == identity(("a", "b"))
+
+
+async def test_the_claim_authorizer_refuses_anonymous_joins(world: World) -> None:
+    client = world.connect(authorizer=ClaimAuthorizer("table_ids"))
+    ref = client.join(TOPIC, [binding("table_id=eq.a")])
+    reply = await client.wait_reply(ref)
+    assert reply.payload["response"]["reason"].startswith("forbidden")
+
+
+async def test_the_access_token_of_the_join_wins_over_the_apikey(world: World) -> None:
+    verifier = FakeVerifier({"user": identity(), "anon": identity(role="anon")})
+    authorizer = RecordingAuthorizer()
+    client = world.connect(verifier=verifier, authorizer=authorizer, apikey="anon")
+    await world.live(client, TOPIC, [binding("table_id=eq.a")], access_token="user")
+    assert verifier.calls == ["user"]
+    assert authorizer.asked == [(identity(), "a")]
+
+
+async def test_without_an_access_token_the_apikey_is_verified(world: World) -> None:
+    anon = identity(role="anon")
+    verifier = FakeVerifier({"anon": anon})
+    authorizer = RecordingAuthorizer()
+    client = world.connect(verifier=verifier, authorizer=authorizer, apikey="anon")
+    await world.live(client, TOPIC, [binding("table_id=eq.a")])
+    assert verifier.calls == ["anon"]
+    assert authorizer.asked == [(anon, "a")]
+
+
+async def test_a_publishable_key_authenticates_as_its_role(world: World) -> None:
+    verifier = FakeVerifier({})
+    authorizer = RecordingAuthorizer()
+    client = world.connect(
+        verifier=verifier,
+        authorizer=authorizer,
+        apikey="sb_publishable_abc",
+        publishable_keys={"sb_publishable_abc": "anon"},
+    )
+    await world.live(client, TOPIC, [binding("table_id=eq.a")])
+    assert verifier.calls == []
+    [(who, table_id)] = authorizer.asked
+    assert table_id == "a"
+    assert who is not None
+    assert dict(who.claims) == {"role": "anon"}
+    assert (who.expires_at, who.subject) == (None, None)
+
+
+async def test_no_token_at_all_is_refused(world: World) -> None:
+    client = world.connect(verifier=FakeVerifier({}))
+    ref = client.join(TOPIC, [binding("table_id=eq.a")])
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {
+        "status": "error",
+        "response": {"reason": "unauthorized: no access_token and no JWT apikey"},
+    }
+    assert world.joiner.joins == []
+
+
+async def test_a_refused_token_is_refused_with_its_reason(world: World) -> None:
+    verifier = FakeVerifier({})
+    client = world.connect(verifier=verifier)
+    ref = client.join(TOPIC, [binding("table_id=eq.a")], access_token="forged")
+    reply = await client.wait_reply(ref)
+    assert reply.payload["response"]["reason"] == "unauthorized: unknown token"
+    assert verifier.calls == ["forged"]
+
+
+async def test_a_fresh_access_token_replaces_the_identity(world: World) -> None:
+    fresh = identity(("a",), sub="u2")
+    verifier = FakeVerifier({"old": identity(("a",)), "fresh": fresh})
+    client = world.connect(verifier=verifier)
+    await world.live(client, TOPIC, [binding("table_id=eq.a")], access_token="old")
+    client.clear()
+    client.push(TOPIC, "access_token", {"access_token": "fresh"})
+    await eventually(lambda: client.session.identity == fresh)
+    assert client.messages == []
+
+
+async def test_a_refused_access_token_closes_the_channel(world: World) -> None:
+    verifier = FakeVerifier({"old": identity(("a",))})
+    client = world.connect(verifier=verifier)
+    await world.live(client, TOPIC, [binding("table_id=eq.a")], access_token="old")
+    join_ref = client.join_refs[TOPIC]
+    client.clear()
+    client.push(TOPIC, "access_token", {"access_token": "bad"})
+    await eventually(lambda: "phx_close" in client.events())
+    system, close = client.messages
+    assert system.event == "system"
+    assert system.payload["status"] == "error"
+    assert close == Message(TOPIC, "phx_close", {}, None, join_ref)
+    assert not world.hub.is_subscribed("a")
+    assert client.session.tables == {}
+
+
+async def test_a_fresh_access_token_that_grants_less_closes_the_channel(world: World) -> None:
+    verifier = FakeVerifier({"old": identity(("a", "b")), "narrow": identity(("b",))})
+    client = world.connect(verifier=verifier, authorizer=ClaimAuthorizer(CLAIM))
+    await world.live(client, TOPIC, [binding("table_id=eq.a")], access_token="old")
+    await world.live(client, OTHER, [binding("table_id=eq.b")], access_token="old")
+    client.clear()
+
+    client.push(TOPIC, "access_token", {"access_token": "narrow"})
+    client.push(OTHER, "access_token", {"access_token": "narrow"})
+
+    await eventually(lambda: "phx_close" in client.events(TOPIC))
+    system, _ = client.on(TOPIC)
+    assert system.payload["message"] == "forbidden: the new token may not read 'a'"
+    assert not world.hub.is_subscribed("a")
+    assert world.hub.is_subscribed("b")
+    assert client.events(OTHER) == []
+
+
+# Leaving
+
+
+async def test_leave_replies_ok_and_drops_tables_no_other_channel_uses(
+    world: World, vsn: str
+) -> None:
+    client = world.connect(vsn)
+    await world.live(client, TOPIC, [binding("table_id=in.(a,b)")])
+    await world.live(client, OTHER, [binding("table_id=eq.b")])
+    client.clear()
+
+    ref = client.push(TOPIC, "phx_leave", {})
+    assert client.messages == [
+        Message(TOPIC, "phx_reply", {"status": "ok", "response": {}}, ref, client.join_refs[TOPIC])
+    ]
+    assert not world.hub.is_subscribed("a")
+    assert world.hub.is_subscribed("b")
+    assert set(client.session.tables) == {"b"}
+
+    client.clear()
+    world.hub.publish(batch("b", change("INSERT", "b", "r1", 1)))
+    assert [m.topic for m in client.messages] == [OTHER]
+
+
+async def test_leave_cancels_a_pending_join(world: World) -> None:
+    client = world.connect()
+    client.join(TOPIC, [binding("table_id=eq.a")])
+    await eventually(lambda: world.joiner.pending)
+    [join] = world.joiner.pending
+    client.push(TOPIC, "phx_leave", {})
+    assert world.joiner.cancels == [join]
+    assert client.session.tables == {}
+    # An answer that comes anyway changes nothing.
+    world.joiner.answer(join)
+    assert not world.hub.is_subscribed("a")
+    assert [m.event for m in client.messages] == ["phx_reply"]
+
+
+async def test_leave_of_an_unknown_topic_replies_ok(world: World) -> None:
+    client = world.connect()
+    ref = client.push("realtime:never", "phx_leave", {})
+    reply = client.reply(ref)
+    assert reply is not None
+    assert reply.payload == {"status": "ok", "response": {}}
+
+
+async def test_close_leaves_everything(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [binding("table_id=eq.a")])
+    client.join(OTHER, [binding("table_id=eq.b")])
+    await eventually(lambda: world.joiner.pending)
+    [pending] = world.joiner.pending
+    client.session.close()
+    assert client.session.closed
+    assert not world.hub.is_subscribed("a")
+    assert world.joiner.cancels == [pending]
+    assert client.session.tables == {}
+    client.clear()
+    client.send(Message("phoenix", "heartbeat", {}, "1"))
+    assert client.messages == []
+
+
+# Delivering changes
+
+
+async def test_clients_of_one_change_get_the_same_data_under_their_own_topics(
+    world: World, vsn: str
+) -> None:
+    """A change's data is encoded once per batch: a deletion has one commit_timestamp."""
+    first, second = world.connect(vsn), world.connect(vsn)
+    await world.live(first, TOPIC, [binding("table_id=eq.a")])
+    await world.live(second, OTHER, [binding("table_id=eq.a", "DELETE")])
+    first.clear()
+    second.clear()
+    world.hub.publish(batch("a", change("DELETE", "a", "r3", 9)))
+    (one,), (other,) = first.messages, second.messages
+    assert (one.topic, other.topic) == (TOPIC, OTHER)
+    assert one.payload["data"] == other.payload["data"]
+    assert one.payload["data"]["old_record"] == {"id": "r3", "table_id": "a", "version": 9}
+
+
+async def test_channels_of_the_same_shape_share_the_frames_of_a_batch(
+    world: World, vsn: str
+) -> None:
+    """Every tab on a sheet joins the same topic with the same binding: one encoding."""
+    first, second, other = world.connect(vsn), world.connect(vsn), world.connect(vsn)
+    await world.live(first, TOPIC, [binding("table_id=eq.a")])
+    await world.live(second, TOPIC, [binding("table_id=eq.a")])
+    await world.live(other, TOPIC, [binding("table_id=eq.a", "UPDATE")])
+    for client in (first, second, other):
+        client.clear()
+    world.hub.publish(batch("a", change("INSERT", "a", "r1", 1), change("UPDATE", "a", "r2", 2)))
+    (sent,), (shared,), (own,) = (c.transport.sent for c in (first, second, other))
+    assert shared is sent
+    assert [m.payload["data"]["type"] for m in first.messages] == ["INSERT", "UPDATE"]
+    assert [m.payload["data"]["type"] for m in other.messages] == ["UPDATE"]
+    assert own is not sent
+
+
+async def test_deliver_sends_supabase_payloads_to_matching_bindings(world: World, vsn: str) -> None:
+    client = world.connect(vsn)
+    inserts = binding("table_id=eq.a", "INSERT")
+    updates = binding("table_id=eq.a", "UPDATE")
+    every = binding("table_id=in.(a,b)", "*")
+    deletes_b = binding("table_id=eq.b", "DELETE")
+    await world.live(client, TOPIC, [inserts, updates, every, deletes_b])
+    await eventually(lambda: "presence_state" in client.events())
+    client.clear()
+    id_insert, id_update, id_every, id_delete_b = (
+        Binding.parse(entry).id for entry in (inserts, updates, every, deletes_b)
+    )
+
+    before = datetime.now(UTC)
+    world.hub.publish(
+        batch(
+            "a",
+            change("INSERT", "a", "r1", 1),
+            change("UPDATE", "a", "r2", 5),
+            change("DELETE", "a", "r3", 9),
+        )
+    )
+    after = datetime.now(UTC)
+    inserted, updated, deleted = client.messages
+    assert all(m.topic == TOPIC and m.event == "postgres_changes" for m in client.messages)
+    assert all(m.ref is None and m.join_ref is None for m in client.messages)
+
+    assert inserted.payload == {
+        "ids": [id_insert, id_every],
+        "data": {
+            "schema": "public",
+            "table": "rows",
+            "commit_timestamp": UPDATED_AT,
+            "type": "INSERT",
+            "columns": COLUMNS,
+            "record": row("a", "r1", 1),
+            "errors": None,
+        },
+    }
+    assert updated.payload == {
+        "ids": [id_update, id_every],
+        "data": {
+            "schema": "public",
+            "table": "rows",
+            "commit_timestamp": UPDATED_AT,
+            "type": "UPDATE",
+            "columns": COLUMNS,
+            "record": row("a", "r2", 5),
+            "old_record": {"id": "r2", "table_id": "a"},
+            "errors": None,
+        },
+    }
+    data = deleted.payload["data"]
+    assert deleted.payload["ids"] == [id_every]
+    assert set(data) == {
+        "schema",
+        "table",
+        "commit_timestamp",
+        "type",
+        "columns",
+        "old_record",
+        "errors",
+    }
+    assert data["type"] == "DELETE"
+    assert data["old_record"] == {"id": "r3", "table_id": "a", "version": 9}
+    assert (data["schema"], data["table"], data["errors"]) == ("public", "rows", None)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", data["commit_timestamp"])
+    committed = datetime.strptime(data["commit_timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=UTC
+    )
+    assert before - timedelta(seconds=1) <= committed <= after + timedelta(seconds=1)
+
+    client.clear()
+    world.hub.publish(batch("b", change("INSERT", "b", "r4", 1), change("DELETE", "b", "r5", 2)))
+    assert [m.payload["ids"] for m in client.messages] == [[id_every], [id_every, id_delete_b]]
+
+
+def test_columns_describe_the_rows_table() -> None:
+    assert [c["name"] for c in COLUMNS] == [
+        "id",
+        "table_id",
+        "data",
+        "enriching_columns",
+        "version",
+        "created_at",
+        "updated_at",
+    ]
+
+
+async def test_changes_no_binding_wants_send_nothing(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [binding("table_id=eq.a", "INSERT")])
+    await eventually(lambda: "presence_state" in client.events())
+    client.clear()
+    world.hub.publish(batch("a", change("UPDATE", "a", "r", 2), change("DELETE", "a", "r", 3)))
+    world.hub.publish(batch("a"))
+    assert client.messages == []
+
+
+async def test_nothing_is_sent_for_another_table(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [binding("table_id=eq.a")])
+    await world.live(client, OTHER, [binding("table_id=eq.b")])
+    await eventually(lambda: client.events().count("presence_state") == 2)
+    client.clear()
+    client.session.deliver(batch("zzz", change("INSERT", "zzz", "r", 1)))
+    assert client.messages == []
+    world.hub.publish(batch("a", change("INSERT", "a", "r", 1)))
+    assert [(m.topic, m.event) for m in client.messages] == [(TOPIC, "postgres_changes")]
+
+
+async def test_a_channel_not_live_yet_receives_nothing(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [binding("table_id=eq.a")])
+    await eventually(lambda: "presence_state" in client.events())
+    ref = client.join(OTHER, [binding("table_id=in.(a,b)")])
+    await eventually(lambda: world.joiner.pending)
+    client.clear()
+    world.hub.publish(batch("a", change("INSERT", "a", "r", 1)))
+    assert [m.topic for m in client.messages] == [TOPIC]
+    assert client.reply(ref) is None
+
+
+async def test_each_change_is_parsed_once_for_every_session(world: World) -> None:
+    one, two = world.connect(VSN_1), world.connect(VSN_2)
+    await world.live(one, TOPIC, [binding("table_id=eq.a")])
+    await world.live(two, TOPIC, [binding("table_id=eq.a")])
+    await eventually(lambda: "presence_state" in one.events() and "presence_state" in two.events())
+    one.clear()
+    two.clear()
+    the_batch = batch("a", change("INSERT", "a", "r", 1))
+    assert world.hub.publish(the_batch) == 2
+    assert [m.payload for m in one.messages] == [m.payload for m in two.messages]
+    assert len(one.messages) == 1
+
+
+# Broadcast
+
+
+def broadcast_payload(event: str = "cursor", payload: Any = None) -> dict[str, Any]:
+    return {
+        "type": "broadcast",
+        "event": event,
+        "payload": {"x": 1} if payload is None else payload,
+    }
+
+
+async def test_broadcast_needs_a_joined_channel(world: World, vsn: str) -> None:
+    client = world.connect(vsn)
+    ref = client.push(TOPIC, "broadcast", broadcast_payload())
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {
+        "status": "error",
+        "response": {"reason": "join the channel before broadcasting"},
+    }
+    assert world.store.sent == []
+
+
+async def test_broadcast_needs_a_live_channel(world: World) -> None:
+    client = world.connect()
+    client.join(TOPIC, [binding("table_id=eq.a")])
+    await eventually(lambda: world.joiner.pending)
+    ref = client.push(TOPIC, "broadcast", broadcast_payload())
+    reply = await client.wait_reply(ref)
+    assert reply.payload["status"] == "error"
+    assert world.store.sent == []
+
+
+async def test_broadcast_is_sent_through_the_store(world: World, vsn: str) -> None:
+    client = world.connect(vsn)
+    await world.live(client, TOPIC)
+    ref = client.push(TOPIC, "broadcast", broadcast_payload())
+    await eventually(lambda: world.store.sent)
+    origin = world.broadcasts.origin(client.session)
+    assert world.store.sent == [
+        broadcasts_module.encode(TOPIC, "cursor", broadcast_payload(), origin)
+    ]
+    # Without ack, no reply.
+    assert client.reply(ref) is None
+
+
+async def test_broadcast_with_ack_is_answered_ok(world: World, vsn: str) -> None:
+    client = world.connect(vsn)
+    await world.live(client, TOPIC, broadcast={"ack": True, "self": False})
+    ref = client.push(TOPIC, "broadcast", broadcast_payload())
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {"status": "ok", "response": {}}
+    assert reply.join_ref == client.join_refs[TOPIC]
+    assert len(world.store.sent) == 1
+
+
+async def test_binary_broadcast_is_sent_through_the_store(world: World) -> None:
+    client = world.connect(VSN_2)
+    await world.live(client, TOPIC, broadcast={"ack": True, "self": False})
+    join_ref = client.join_refs[TOPIC]
+    frame = push_frame(topic=TOPIC, event="cursor", join_ref=join_ref, ref="50", body=b'{"x":2}')
+    client.session.receive_binary(frame)
+    reply = await client.wait_reply("50")
+    assert reply.payload["status"] == "ok"
+    [sent] = world.store.sent
+    assert json.loads(sent)["payload"] == {
+        "type": "broadcast",
+        "event": "cursor",
+        "payload": {"x": 2},
+    }
+
+
+async def test_broadcast_over_the_notify_limit_is_refused(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, broadcast={"ack": True, "self": False})
+    big = broadcast_payload(payload="x" * broadcasts_module.MAX_PAYLOAD_BYTES)
+    ref = client.push(TOPIC, "broadcast", big)
+    reply = await client.wait_reply(ref)
+    assert reply.payload["status"] == "error"
+    assert f"{broadcasts_module.MAX_PAYLOAD_BYTES} bytes" in reply.payload["response"]["reason"]
+    assert world.store.sent == []
+
+
+@pytest.mark.parametrize("payload", [{"type": "broadcast"}, {"event": 3}, "text", None])
+async def test_broadcast_needs_a_string_event(world: World, payload: Any) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC)
+    ref = client.push(TOPIC, "broadcast", payload)
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {
+        "status": "error",
+        "response": {"reason": "a broadcast needs a string event"},
+    }
+
+
+@pytest.mark.parametrize("failure", DATABASE_FAILURES, ids=type)
+async def test_a_broadcast_the_database_refuses_is_answered_with_an_error(
+    world: World, failure: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.store.failures["broadcast"] = failure
+    client = world.connect()
+    await world.live(client, TOPIC)
+    with caplog.at_level(logging.WARNING, logger="broadcaster.sessions.supabase"):
+        ref = client.push(TOPIC, "broadcast", broadcast_payload())
+        reply = await client.wait_reply(ref)
+    assert reply.payload == {
+        "status": "error",
+        "response": {"reason": "the broadcast could not be sent"},
+    }
+    assert any("broadcast failed" in r.getMessage() for r in caplog.records)
+    assert "phx_error" not in client.events()
+
+
+async def test_deliver_broadcast_follows_the_self_rule(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, broadcast={"ack": False, "self": False})
+    await world.live(client, OTHER, broadcast={"ack": False, "self": True})
+    await eventually(lambda: client.events().count("presence_state") == 2)
+    client.clear()
+    own = world.broadcasts.origin(client.session)
+    message = broadcast_payload()
+
+    client.session.deliver_broadcast(TOPIC, "cursor", message, own)
+    assert client.messages == []
+
+    client.session.deliver_broadcast(TOPIC, "cursor", message, "elsewhere:1")
+    client.session.deliver_broadcast(OTHER, "cursor", message, own)
+    client.session.deliver_broadcast(OTHER, "cursor", message, "elsewhere:1")
+    client.session.deliver_broadcast("realtime:never", "cursor", message, "elsewhere:1")
+    assert client.messages == [
+        Message(TOPIC, "broadcast", message),
+        Message(OTHER, "broadcast", message),
+        Message(OTHER, "broadcast", message),
+    ]
+
+
+async def test_broadcast_reaches_the_other_clients_of_the_topic(world: World) -> None:
+    world.store.loopback = world.broadcasts
+    sender, receiver, elsewhere = world.connect(VSN_1), world.connect(VSN_2), world.connect()
+    await world.live(sender, TOPIC)
+    await world.live(receiver, TOPIC)
+    await world.live(elsewhere, OTHER)
+    for client in (sender, receiver, elsewhere):
+        await eventually(lambda c=client: "presence_state" in c.events())
+        client.clear()
+
+    sender.push(TOPIC, "broadcast", broadcast_payload())
+    await eventually(lambda: receiver.messages)
+    assert receiver.messages == [Message(TOPIC, "broadcast", broadcast_payload())]
+    assert sender.messages == []
+    assert elsewhere.messages == []
+
+
+async def test_broadcast_with_self_reaches_the_sender_too(world: World) -> None:
+    world.store.loopback = world.broadcasts
+    sender = world.connect()
+    await world.live(sender, TOPIC, broadcast={"ack": True, "self": True})
+    await eventually(lambda: "presence_state" in sender.events())
+    sender.clear()
+    ref = sender.push(TOPIC, "broadcast", broadcast_payload())
+    await sender.wait_reply(ref)
+    assert sender.events() == ["broadcast", "phx_reply"]
+
+
+async def test_after_leaving_no_broadcast_arrives(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC)
+    client.push(TOPIC, "phx_leave", {})
+    client.clear()
+    world.broadcasts.notified(broadcasts_module.encode(TOPIC, "e", broadcast_payload(), "x:1"))
+    assert client.messages == []
+
+
+# Presence
+
+
+def presence_payload(event: str, meta: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "presence", "event": event}
+    if meta is not None:
+        message["payload"] = meta
+    return message
+
+
+async def test_track_needs_a_joined_channel(world: World) -> None:
+    client = world.connect()
+    ref = client.push(TOPIC, "presence", presence_payload("track", {"name": "Ada"}))
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {
+        "status": "error",
+        "response": {"reason": "join the channel before tracking presence"},
+    }
+    assert world.store.tracks == []
+
+
+async def test_track_stores_the_channel_key(world: World, vsn: str) -> None:
+    client = world.connect(vsn)
+    await world.live(client, TOPIC, presence={"key": "ada"})
+    ref = client.push(TOPIC, "presence", presence_payload("track", {"name": "Ada"}))
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {"status": "ok", "response": {}}
+    origin = world.broadcasts.origin(client.session)
+    assert world.store.tracks == [
+        (TOPIC, "ada", f"{origin}:{TOPIC}", world.broadcasts.process, {"name": "Ada"})
+    ]
+
+
+@pytest.mark.parametrize("presence_config", [{"key": ""}, {}, {"key": 5}])
+async def test_without_a_key_the_connection_is_the_presence(
+    world: World, presence_config: dict[str, Any]
+) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, presence=presence_config)
+    ref = client.push(TOPIC, "presence", presence_payload("track", {"n": 1}))
+    await client.wait_reply(ref)
+    origin = world.broadcasts.origin(client.session)
+    [(topic, key, presence_ref, _, meta)] = world.store.tracks
+    assert (topic, key, presence_ref, meta) == (TOPIC, origin, f"{origin}:{TOPIC}", {"n": 1})
+
+
+async def test_track_without_an_object_meta_stores_an_empty_one(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, presence={"key": "k"})
+    ref = client.push(TOPIC, "presence", presence_payload("track", [1, 2]))
+    await client.wait_reply(ref)
+    assert world.store.tracks[0][4] == {}
+
+
+async def test_untrack_removes_the_presence(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, presence={"key": "ada"})
+    origin = world.broadcasts.origin(client.session)
+    await client.wait_reply(client.push(TOPIC, "presence", presence_payload("track", {})))
+    ref = client.push(TOPIC, "presence", presence_payload("untrack"))
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {"status": "ok", "response": {}}
+    assert world.store.untracks == [[f"{origin}:{TOPIC}"]]
+    # Untracked: leaving removes nothing more.
+    client.push(TOPIC, "phx_leave", {})
+    await asyncio.sleep(0)
+    assert world.store.untracks == [[f"{origin}:{TOPIC}"]]
+
+
+async def test_a_meta_over_the_limit_is_refused(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, presence={"key": "k"})
+    big = {"blob": "x" * presence.MAX_META_BYTES}
+    ref = client.push(TOPIC, "presence", presence_payload("track", big))
+    reply = await client.wait_reply(ref)
+    assert reply.payload["status"] == "error"
+    assert f"{presence.MAX_META_BYTES} bytes" in reply.payload["response"]["reason"]
+    assert world.store.tracks == []
+
+
+async def test_other_presence_events_are_refused(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC)
+    ref = client.push(TOPIC, "presence", presence_payload("wave"))
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {
+        "status": "error",
+        "response": {"reason": "presence events are track and untrack"},
+    }
+
+
+@pytest.mark.parametrize("failure", DATABASE_FAILURES, ids=type)
+async def test_a_presence_the_database_refuses_is_answered_with_an_error(
+    world: World, failure: BaseException
+) -> None:
+    world.store.failures["track"] = failure
+    client = world.connect()
+    await world.live(client, TOPIC)
+    ref = client.push(TOPIC, "presence", presence_payload("track", {}))
+    reply = await client.wait_reply(ref)
+    assert reply.payload == {
+        "status": "error",
+        "response": {"reason": "presence could not be updated"},
+    }
+
+
+async def test_presence_state_follows_the_join_reply(world: World, vsn: str) -> None:
+    world.store.states[TOPIC] = [("ada", "r1", {"name": "Ada"}), ("bob", "r2", {})]
+    client = world.connect(vsn)
+    ref = client.join(TOPIC, [binding("table_id=eq.a")])
+    await eventually(lambda: world.joiner.pending)
+    await asyncio.sleep(0)
+    assert world.store.state_reads == []
+    world.joiner.answer_all()
+    await eventually(lambda: "presence_state" in client.events())
+    assert client.events() == ["phx_reply", "system", "presence_state"]
+    assert client.messages[0].ref == ref
+    assert client.messages[2] == Message(
+        TOPIC,
+        "presence_state",
+        {
+            "ada": {"metas": [{"name": "Ada", "phx_ref": "r1"}]},
+            "bob": {"metas": [{"phx_ref": "r2"}]},
+        },
+    )
+    assert world.store.state_reads == [TOPIC]
+
+
+@pytest.mark.parametrize("failure", DATABASE_FAILURES, ids=type)
+async def test_presence_state_the_database_refuses_is_skipped(
+    world: World, failure: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.store.failures["presence_state"] = failure
+    client = world.connect()
+    with caplog.at_level(logging.WARNING, logger="broadcaster.sessions.supabase"):
+        await world.live(client, TOPIC)
+        await eventually(lambda: world.store.state_reads)
+        await asyncio.sleep(0)
+    assert client.events() == ["phx_reply"]
+    assert any("presence state failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_presence_diffs_are_forwarded_to_live_channels_of_the_topic(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC)
+    await world.live(client, OTHER)
+    await eventually(lambda: client.events().count("presence_state") == 2)
+    client.clear()
+    world.presences.notified(presence.diff(TOPIC, [("ada", "r1", {"n": 1})], [("bob", "r2", {})]))
+    assert client.messages == [
+        Message(
+            TOPIC,
+            "presence_diff",
+            {
+                "joins": {"ada": {"metas": [{"n": 1, "phx_ref": "r1"}]}},
+                "leaves": {"bob": {"metas": [{"phx_ref": "r2"}]}},
+            },
+        )
+    ]
+
+
+async def test_presence_diffs_are_not_forwarded_before_the_reply(world: World) -> None:
+    client = world.connect()
+    client.join(TOPIC, [binding("table_id=eq.a")])
+    await eventually(lambda: world.joiner.pending)
+    world.presences.notified(presence.diff(TOPIC, [("ada", "r1", {})], []))
+    assert client.messages == []
+
+
+async def test_leave_untracks_and_stops_diffs(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, presence={"key": "ada"})
+    await client.wait_reply(client.push(TOPIC, "presence", presence_payload("track", {})))
+    origin = world.broadcasts.origin(client.session)
+    client.push(TOPIC, "phx_leave", {})
+    await eventually(lambda: world.store.untracks == [[f"{origin}:{TOPIC}"]])
+    client.clear()
+    world.presences.notified(presence.diff(TOPIC, [("x", "r", {})], []))
+    assert client.messages == []
+
+
+async def test_close_untracks(world: World) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, presence={"key": "ada"})
+    await world.live(client, OTHER, presence={"key": "ada"})
+    await client.wait_reply(client.push(TOPIC, "presence", presence_payload("track", {})))
+    origin = world.broadcasts.origin(client.session)
+    client.session.close()
+    await eventually(lambda: world.store.untracks == [[f"{origin}:{TOPIC}"]])
+
+
+@pytest.mark.parametrize("failure", DATABASE_FAILURES, ids=type)
+async def test_an_untrack_on_leave_the_database_refuses_is_logged(
+    world: World, failure: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, presence={"key": "ada"})
+    await client.wait_reply(client.push(TOPIC, "presence", presence_payload("track", {})))
+    world.store.failures["untrack"] = failure
+    with caplog.at_level(logging.WARNING, logger="broadcaster.sessions.supabase"):
+        client.push(TOPIC, "phx_leave", {})
+        await eventually(lambda: world.store.untracks)
+        await eventually(lambda: not presence._UNTRACKING)
+    assert any("removing a presence failed" in r.getMessage() for r in caplog.records)
+
+
+# A failure inside a channel
+
+
+async def test_a_crash_while_reading_presence_state_sends_phx_error(
+    world: World, vsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.store.failures["presence_state"] = RuntimeError("a bug")
+    client = world.connect(vsn)
+    with caplog.at_level(logging.ERROR, logger="broadcaster.sessions.supabase"):
+        await world.live(client, TOPIC, [binding("table_id=eq.a")])
+        await eventually(lambda: "phx_error" in client.events())
+    assert client.events() == ["phx_reply", "system", "phx_error"]
+    assert client.messages[2] == Message(TOPIC, "phx_error", {})
+    [record] = [r for r in caplog.records if r.name == "broadcaster.sessions.supabase"]
+    assert record.levelno == logging.ERROR
+    assert TOPIC in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)
+    # The connection carries on.
+    client.clear()
+    client.send(Message("phoenix", "heartbeat", {}, "hb"))
+    assert client.events() == ["phx_reply"]
+
+
+async def test_a_crash_while_tracking_sends_phx_error_on_that_topic(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC)
+    await world.live(client, OTHER)
+    await eventually(lambda: client.events().count("presence_state") == 2)
+    client.clear()
+    world.store.failures["track"] = RuntimeError("a bug")
+    with caplog.at_level(logging.ERROR, logger="broadcaster.sessions.supabase"):
+        ref = client.push(OTHER, "presence", presence_payload("track", {}))
+        await eventually(lambda: client.messages)
+    assert client.messages == [Message(OTHER, "phx_error", {})]
+    assert client.reply(ref) is None
+    assert any(
+        r.exc_info is not None for r in caplog.records if r.name == "broadcaster.sessions.supabase"
+    )
+
+
+async def test_close_cancels_channel_tasks_and_sends_nothing(world: World) -> None:
+    gate = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    class Slow(FakeStore):
+        async def presence_state(self, topic: str) -> list[Entry]:
+            self.state_reads.append(topic)
+            try:
+                await gate.wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            raise RuntimeError("a bug")
+
+    world.store = Slow()
+    client = world.connect()
+    await world.live(client, TOPIC)
+    await eventually(lambda: world.store.state_reads)
+    client.session.close()
+    client.clear()
+    gate.set()
+    await within(cancelled.wait())
+    await asyncio.sleep(0)
+    assert client.messages == []
