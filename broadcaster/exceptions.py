@@ -15,6 +15,8 @@
     ├── ConfigurationError      a setting is missing or invalid
     ├── CursorError             a client's cursor cannot be served; ``reason``
     │                           is sent to it in a ``reset`` message
+    ├── DatabaseError           a statement or connection to Postgres failed;
+    │                           the driver's exception is its ``__cause__``
     ├── EmbeddedPostgresError   the embedded Postgres could not start or stop
     ├── FilterError             a Supabase binding (its filter, event or table)
     │                           cannot be served; the message says why
@@ -34,6 +36,7 @@ __all__ = [
     "BroadcasterError",
     "ConfigurationError",
     "CursorError",
+    "DatabaseError",
     "EmbeddedPostgresError",
     "FilterError",
     "MigrationError",
@@ -74,6 +77,15 @@ class CursorError(BroadcasterError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class DatabaseError(BroadcasterError):
+    """A statement or the connection to Postgres failed.
+
+    The adapters in :mod:`broadcaster.postgres` raise it in place of the
+    driver's exceptions, which stay its ``__cause__``, so the sessions, presence
+    and authorization never need to know the driver.
+    """
 
 
 class EmbeddedPostgresError(BroadcasterError):
