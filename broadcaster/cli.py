@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
 import logging
 import os
 import signal
@@ -194,10 +195,29 @@ def _migrate(options: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(options: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
+# The demo's launcher lives beside the example, in a clone of the repository:
+# the installed package carries neither the example nor the JS client it serves.
+_DEMO = Path(__file__).resolve().parent.parent / "examples" / "enrichment" / "demo.py"
 
-    return run_demo(DemoOptions(port=options.port, ws_port=options.ws_port, rows=options.rows))
+
+def _demo(options: argparse.Namespace) -> int:
+    if not _DEMO.is_file():
+        raise BroadcasterError(
+            f"{_DEMO} is missing: the demo runs from a clone of the repository "
+            "(examples/ and clients/js are not part of the installed package)"
+        )
+    spec = importlib.util.spec_from_file_location("broadcaster_demo", _DEMO)
+    if spec is None or spec.loader is None:
+        raise BroadcasterError(f"cannot load {_DEMO}")
+    demo = importlib.util.module_from_spec(spec)
+    # Its dataclasses look their module up in sys.modules while being defined.
+    sys.modules[spec.name] = demo
+    spec.loader.exec_module(demo)
+    options_type: Any = demo.DemoOptions
+    code: int = demo.run_demo(
+        options_type(port=options.port, ws_port=options.ws_port, rows=options.rows)
+    )
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,8 @@
 """``broadcaster demo``: the enrichment example, running, from one command.
 
+It lives beside the example, outside the library: it runs only from a clone of
+the repository, where ``broadcaster demo`` finds and loads it.
+
 It starts an embedded Postgres of its own (``<data_dir>/demo-pgdata``, kept
 between runs), migrates it, seeds the table ``demo`` if it has no rows, and
 runs three processes, each what it would be in a real deployment:
@@ -33,15 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from .exceptions import BroadcasterError
-from .settings import Settings
+from broadcaster.exceptions import BroadcasterError
+from broadcaster.settings import Settings
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
 logger = logging.getLogger("broadcaster.demo")
 
-REPOSITORY = Path(__file__).resolve().parent.parent
-EXAMPLE = REPOSITORY / "examples" / "enrichment"
+EXAMPLE = Path(__file__).resolve().parent
+REPOSITORY = EXAMPLE.parent.parent
 CLIENT = REPOSITORY / "clients" / "js"
 
 TABLE_ID = "demo"
@@ -78,8 +81,8 @@ def _raise_stop(_signum: int, _frame: FrameType | None) -> None:
 
 def run_demo(options: DemoOptions) -> int:
     """Run the demo until Ctrl-C or SIGTERM; 0 when it stopped because it was asked to."""
-    from .postgres.embedded import EmbeddedPostgres
-    from .postgres.migrate import migrate
+    from broadcaster.postgres.embedded import EmbeddedPostgres
+    from broadcaster.postgres.migrate import migrate
 
     settings = Settings.load(os.environ)
     logging.basicConfig(
