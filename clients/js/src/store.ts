@@ -4,8 +4,8 @@
  * The store applies the client's side of the contract (docs/guarantees.md):
  * keep per row id the state with the highest `version`, drop anything not
  * newer, remember the version of deleted ids so an older re-sent state is not
- * resurrected, and drop everything on `reset`. The client (client.ts) owns the
- * subscription and feeds the store; the store knows nothing of sockets.
+ * resurrected, and drop everything on `reset`. The table's subscription
+ * (subscriptions.ts) feeds the store; the store knows nothing of sockets.
  */
 
 import { Emitter, type Listener, type Unsubscribe } from "./emitter.js";
