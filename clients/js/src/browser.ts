@@ -39,5 +39,6 @@ export function watchBrowser(signals: BrowserSignals): () => void {
 
 /** The browser says there is no network; `navigator.onLine` can be wrong, so it only labels the status. */
 export function browserOffline(): boolean {
-  return typeof navigator !== "undefined" && navigator.onLine === false;
+  // Node 21+ has a `navigator` without `onLine`: only an explicit false means offline.
+  return typeof navigator !== "undefined" && (navigator as { onLine?: boolean }).onLine === false;
 }

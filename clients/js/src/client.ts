@@ -148,6 +148,7 @@ class Client implements BroadcasterClient {
         token = await this.tokens.fetch();
       } catch (cause) {
         link.opening = false;
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- close() may have run during the await.
         if (link.closed) return;
         this.emitError(new BroadcasterError("token_error", "getToken failed", { cause }));
         this.requests.failAll("disconnected", "could not connect (getToken failed)", this.subscriptions.values());
@@ -155,6 +156,7 @@ class Client implements BroadcasterClient {
         return;
       }
       link.opening = false;
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- close() may have run during the await.
       if (link.closed) return;
     }
 

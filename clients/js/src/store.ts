@@ -345,7 +345,9 @@ class PresenceHandle<TMeta extends object> implements LivePresence<TMeta> {
 
   track(meta: TMeta, options: TrackOptions = {}): Promise<void> {
     if (this.handle.closed) return Promise.reject(closedError(this.store.tableId));
-    if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+    // Checked as unknown: callers in plain JavaScript are not held to TMeta.
+    const value: unknown = meta;
+    if (typeof value !== "object" || value === null || Array.isArray(value)) {
       return Promise.reject(new TypeError("@broadcaster/client: a presence meta must be a JSON object"));
     }
     const key = options.key;
