@@ -14,7 +14,10 @@ import { BroadcasterError } from "../dist/index.js";
 import { row } from "./support/fake-server.js";
 
 /** @typedef {import("../dist/index.js").Row} Row */
+/** @typedef {import("../dist/index.js").TableEvents} TableEvents */
 /** @typedef {import("../dist/protocol.js").ChangeMessage} ChangeMessage */
+/** @typedef {"insert" | "update" | "delete" | "reset" | "synced" | "change" | "status"} Recorded */
+/** @typedef {{ [K in Recorded]: [K, TableEvents[K]] }[Recorded]} Entry */
 
 /**
  * @param {string} id
@@ -43,23 +46,72 @@ function remove(id, version, cursor) {
   return message;
 }
 
-/** Every event the store emits, in order, as [name, payload]. */
-function record(/** @type {TableStore} */ store) {
-  /** @type {Array<[string, any]>} */
+/**
+ * Every event the store emits from now on, in order.
+ * @param {TableStore} store
+ */
+function record(store) {
+  /** @type {Entry[]} */
   const events = [];
-  for (const name of /** @type {const} */ (["insert", "update", "delete", "reset", "synced", "change", "status"])) {
-    store.events.on(name, (/** @type {unknown} */ payload) => events.push([name, payload]));
-  }
+  store.events.on("insert", (e) => events.push(["insert", e]));
+  store.events.on("update", (e) => events.push(["update", e]));
+  store.events.on("delete", (e) => events.push(["delete", e]));
+  store.events.on("reset", (e) => events.push(["reset", e]));
+  store.events.on("synced", (e) => events.push(["synced", e]));
+  store.events.on("change", (e) => events.push(["change", e]));
+  store.events.on("status", (e) => events.push(["status", e]));
   return events;
 }
 
 /**
- * Not `deepEqual(events, [])`: that asserts the array's type to never[] for
- * the rest of the test.
- * @param {Array<[string, any]>} events
+ * One line per event, with what tells them apart: "update a v7 live",
+ * "change a:live b:snapshot", "synced c1 resumed".
+ * @param {Entry[]} events
+ */
+function summary(events) {
+  return events.map((entry) => {
+    switch (entry[0]) {
+      case "insert":
+      case "update":
+        return `${entry[0]} ${entry[1].id} v${entry[1].row.version} ${entry[1].kind}`;
+      case "delete":
+        return `delete ${entry[1].id} v${entry[1].version} ${entry[1].kind}`;
+      case "reset":
+        return `reset ${entry[1].reason}`;
+      case "synced":
+        return `synced ${entry[1].cursor}${entry[1].resumed ? " resumed" : ""}`;
+      case "change": {
+        const changed = [...entry[1].changed].map(([id, kind]) => ` ${id}:${kind}`).join("");
+        return `change${changed}${entry[1].reset ? " reset" : ""}`;
+      }
+      case "status":
+        return `status ${entry[1]}`;
+    }
+  });
+}
+
+/**
+ * The payload of the event at `index` (negative: from the end), which must be a `name` event.
+ * @template {Recorded} K
+ * @param {Entry[]} events
+ * @param {number} index
+ * @param {K} name
+ * @returns {TableEvents[K]}
+ */
+function payload(events, index, name) {
+  const entry = events.at(index);
+  assert.ok(entry !== undefined, `no event at ${index}`);
+  assert.equal(entry[0], name);
+  return /** @type {TableEvents[K]} */ (entry[1]);
+}
+
+/**
+ * Not `deepEqual(events, [])`: that would narrow the array's type to never[]
+ * for the rest of the test.
+ * @param {Entry[]} events
  */
 function assertNoEvents(events) {
-  assert.equal(events.length, 0, `unexpected events: ${events.map(([name]) => name).join(", ")}`);
+  assert.equal(events.length, 0, `unexpected events: ${summary(events).join(", ")}`);
 }
 
 /** @param {TableStore} store */
@@ -67,8 +119,11 @@ function ids(store) {
   return store.rows().map((r) => r.id);
 }
 
-/** A store that went through a snapshot of `rows` and is synced at cursor "c0". */
-function syncedStore(/** @type {Row[]} */ ...rows) {
+/**
+ * A store that went through a snapshot of `rows` and is synced at cursor "c0".
+ * @param {Row[]} rows
+ */
+function syncedStore(...rows) {
   const store = new TableStore("t1", "live");
   store.beginSubscription("snapshot");
   for (const r of rows) store.applyChange({ type: "change", table_id: "t1", op: "INSERT", row: r });
@@ -96,8 +151,8 @@ test("a snapshot inserts rows in the order received and announces them once per 
   store.applyChange(upsert("b", 2, { n: 2 }, { op: "INSERT" }));
   store.applyChange(upsert("a", 1, { n: 1 }, { op: "INSERT" }));
   assert.deepEqual(
-    events.map(([name]) => name),
-    ["insert", "insert"],
+    summary(events),
+    ["insert b v2 snapshot", "insert a v1 snapshot"],
     "no change event before the frame ends",
   );
   store.flush();
@@ -106,8 +161,7 @@ test("a snapshot inserts rows in the order received and announces them once per 
   assert.equal(store.size, 2);
   assert.deepEqual(store.get("a")?.data, { n: 1 });
   assert.equal(store.has("b"), true);
-  const [, first] = events[0] ?? [];
-  assert.deepEqual(first, {
+  assert.deepEqual(payload(events, 0, "insert"), {
     tableId: "t1",
     id: "b",
     row: row("b", 2, { n: 2 }),
@@ -115,9 +169,7 @@ test("a snapshot inserts rows in the order received and announces them once per 
     op: "INSERT",
     kind: "snapshot",
   });
-  const change = events.at(-1);
-  assert.equal(change?.[0], "change");
-  assert.deepEqual(change?.[1], {
+  assert.deepEqual(payload(events, -1, "change"), {
     tableId: "t1",
     changed: new Map([
       ["b", "snapshot"],
@@ -129,7 +181,7 @@ test("a snapshot inserts rows in the order received and announces them once per 
   store.applySynced("c1");
   assert.equal(store.synced, true);
   assert.equal(store.cursor, "c1");
-  assert.deepEqual(events.at(-1), ["synced", { tableId: "t1", cursor: "c1", resumed: false }]);
+  assert.deepEqual(payload(events, -1, "synced"), { tableId: "t1", cursor: "c1", resumed: false });
 });
 
 test("flush without changes emits nothing", () => {
@@ -156,16 +208,10 @@ test("a newer version updates the row in place; an equal or older one is a re-se
   store.flush();
   assert.deepEqual(store.get("a")?.data, { v: "seven" });
   assert.deepEqual(ids(store), ["a", "b"], "an update keeps the row's place");
-  assert.deepEqual(
-    events.map(([name]) => name),
-    ["update", "change"],
-  );
-  const [, update] = events[0] ?? [];
-  assert.equal(update.previous.version, 5);
-  assert.equal(update.row.version, 7);
+  assert.deepEqual(summary(events), ["update a v7 live", "change a:live"], "a change carrying a cursor is live");
+  const update = payload(events, 0, "update");
+  assert.equal(update.previous?.version, 5);
   assert.equal(update.op, "UPDATE");
-  assert.equal(update.kind, "live", "a change carrying a cursor is live");
-  assert.deepEqual(events[1]?.[1].changed, new Map([["a", "live"]]));
 });
 
 test("the server's op does not decide the event: an UPDATE of an unknown row is an insert", () => {
@@ -173,13 +219,9 @@ test("the server's op does not decide the event: an UPDATE of an unknown row is 
   const events = record(store);
   store.applyChange(upsert("x", 1, {}, { op: "UPDATE", cursor: "c1" }));
   store.applyChange(upsert("x", 2, {}, { op: "INSERT", cursor: "c2" }));
-  assert.deepEqual(
-    events.map(([name, e]) => [name, e.op]),
-    [
-      ["insert", "UPDATE"],
-      ["update", "INSERT"],
-    ],
-  );
+  assert.deepEqual(summary(events), ["insert x v1 live", "update x v2 live"]);
+  assert.equal(payload(events, 0, "insert").op, "UPDATE");
+  assert.equal(payload(events, 1, "update").op, "INSERT");
 });
 
 test("a delete drops the row and remembers its version against older re-sends", () => {
@@ -190,8 +232,14 @@ test("a delete drops the row and remembers its version against older re-sends", 
   store.flush();
   assert.equal(store.has("a"), false);
   assert.deepEqual(ids(store), ["b"]);
-  assert.deepEqual(events[0], ["delete", { tableId: "t1", id: "a", previous: row("a", 1), version: 4, kind: "live" }]);
-  assert.deepEqual(events[1]?.[1].changed, new Map([["a", "live"]]));
+  assert.deepEqual(summary(events), ["delete a v4 live", "change a:live"]);
+  assert.deepEqual(payload(events, 0, "delete"), {
+    tableId: "t1",
+    id: "a",
+    previous: row("a", 1),
+    version: 4,
+    kind: "live",
+  });
 
   // An older state re-sent after the delete (at-least-once delivery) stays dead.
   events.length = 0;
@@ -206,7 +254,7 @@ test("a delete drops the row and remembers its version against older re-sends", 
   store.applyChange(upsert("a", 9, { back: true }, { op: "INSERT", cursor: "c5" }));
   assert.deepEqual(ids(store), ["b", "a"]);
   assert.deepEqual(store.get("a")?.data, { back: true });
-  assert.equal(events[0]?.[0], "insert");
+  assert.deepEqual(summary(events), ["insert a v9 live"]);
   assert.equal(store.cursor, "c0", "the store itself moves the cursor only on synced and applyCursor");
 });
 
@@ -247,7 +295,8 @@ test("reset drops every row and every remembered version; the reload is a snapsh
   store.applyReset("foreign_cursor");
   assert.equal(store.size, 0);
   assert.deepEqual(store.rows(), []);
-  assert.deepEqual(events, [["reset", { tableId: "t1", reason: "foreign_cursor" }]]);
+  assert.deepEqual(summary(events), ["reset foreign_cursor"]);
+  assert.deepEqual(payload(events, 0, "reset"), { tableId: "t1", reason: "foreign_cursor" });
 
   // Another database: its versions may be lower than the ones held before.
   store.applyChange(upsert("a", 2, { from: "other" }));
@@ -256,23 +305,11 @@ test("reset drops every row and every remembered version; the reload is a snapsh
   assert.deepEqual(ids(store), ["a", "b"]);
   assert.equal(store.get("a")?.version, 2);
   assert.equal(store.get("b")?.version, 3, "a version under the old tombstone is accepted after a reset");
-  assert.deepEqual(
-    events.slice(1, 3).map(([name, e]) => [name, e.kind]),
-    [
-      ["insert", "snapshot"],
-      ["insert", "snapshot"],
-    ],
-  );
-  assert.deepEqual(events[3], [
-    "change",
-    {
-      tableId: "t1",
-      changed: new Map([
-        ["a", "snapshot"],
-        ["b", "snapshot"],
-      ]),
-      reset: true,
-    },
+  assert.deepEqual(summary(events), [
+    "reset foreign_cursor",
+    "insert a v2 snapshot",
+    "insert b v3 snapshot",
+    "change a:snapshot b:snapshot reset",
   ]);
 });
 
@@ -281,7 +318,8 @@ test("a reset and nothing else still ends its frame with a change event", () => 
   const events = record(store);
   store.applyReset("history_pruned");
   store.flush();
-  assert.deepEqual(events.at(-1), ["change", { tableId: "t1", changed: new Map(), reset: true }]);
+  assert.deepEqual(summary(events), ["reset history_pruned", "change reset"]);
+  assert.deepEqual(payload(events, -1, "change"), { tableId: "t1", changed: new Map(), reset: true });
 });
 
 test("a reset drops what the frame had changed before it", () => {
@@ -292,7 +330,12 @@ test("a reset drops what the frame had changed before it", () => {
   store.applyChange(upsert("b", 1));
   store.flush();
   assert.deepEqual(ids(store), ["b"]);
-  assert.deepEqual(events.at(-1)?.[1].changed, new Map([["b", "snapshot"]]));
+  assert.deepEqual(summary(events), [
+    "insert a v1 live",
+    "reset malformed_cursor",
+    "insert b v1 snapshot",
+    "change b:snapshot reset",
+  ]);
 });
 
 test("a resume labels its catch-up `resume` and its synced `resumed`", () => {
@@ -308,15 +351,12 @@ test("a resume labels its catch-up `resume` and its synced `resumed`", () => {
   store.applySynced("c1");
   store.flush();
 
-  assert.deepEqual(
-    events.map(([name, e]) => [name, name === "synced" ? e.resumed : e.kind]),
-    [
-      ["update", "resume"],
-      ["delete", "resume"],
-      ["synced", true],
-      ["change", undefined],
-    ],
-  );
+  assert.deepEqual(summary(events), [
+    "update a v2 resume",
+    "delete b v3 resume",
+    "synced c1 resumed",
+    "change a:resume b:resume",
+  ]);
   assert.deepEqual(ids(store), ["a"], "a resume sends deletions: nothing is swept");
   assert.equal(store.cursor, "c1");
   assert.equal(store.synced, true);
@@ -342,16 +382,19 @@ test("a snapshot into a store holding rows drops the rows it did not send", () =
   store.flush();
 
   assert.deepEqual(ids(store), ["a", "c"]);
-  assert.deepEqual(
-    events.map(([name, e]) => [name, e.id ?? null]),
-    [
-      ["update", "c"],
-      ["delete", "b"],
-      ["synced", null],
-      ["change", null],
-    ],
-  );
-  assert.deepEqual(events[1]?.[1], { tableId: "t1", id: "b", previous: row("b", 2), version: 2, kind: "snapshot" });
+  assert.deepEqual(summary(events), [
+    "update c v4 snapshot",
+    "delete b v2 snapshot",
+    "synced c1",
+    "change c:snapshot b:snapshot",
+  ]);
+  assert.deepEqual(payload(events, 1, "delete"), {
+    tableId: "t1",
+    id: "b",
+    previous: row("b", 2),
+    version: 2,
+    kind: "snapshot",
+  });
   // The sweep remembers no version: any later state comes from a later read.
   store.applyChange(upsert("b", 1, {}, { cursor: "c2" }));
   assert.equal(store.get("b")?.version, 1);
@@ -366,7 +409,7 @@ test("status and broadcasts are relayed as events; a status is announced only wh
   store.setStatus("live");
   store.setStatus("reconnecting");
   store.setStatus("reconnecting");
-  assert.deepEqual(events, [["status", "reconnecting"]]);
+  assert.deepEqual(summary(events), ["status reconnecting"]);
   assert.equal(store.status, "reconnecting");
   store.applyBroadcast("cursor-moved", { x: 1 });
   assert.deepEqual(broadcasts, [{ tableId: "t1", event: "cursor-moved", payload: { x: 1 } }]);
@@ -380,10 +423,19 @@ function recordingActions() {
     calls,
     actions: {
       /** @param {string} event @param {unknown} payload @param {boolean} self */
-      broadcast: async (event, payload, self) => void calls.push(["broadcast", event, payload, self]),
+      broadcast: (event, payload, self) => {
+        calls.push(["broadcast", event, payload, self]);
+        return Promise.resolve();
+      },
       /** @param {Record<string, unknown>} meta @param {string | undefined} key */
-      track: async (meta, key) => void calls.push(["track", meta, key]),
-      untrack: async () => void calls.push(["untrack"]),
+      track: (meta, key) => {
+        calls.push(["track", meta, key]);
+        return Promise.resolve();
+      },
+      untrack: () => {
+        calls.push(["untrack"]);
+        return Promise.resolve();
+      },
     },
   };
 }
