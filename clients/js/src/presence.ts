@@ -2,7 +2,8 @@
  * Who is on a table: the presences the server reports (`presence_state`, then
  * `presence_diff`s, in the Phoenix shape), as a state by key with `join`,
  * `leave` and `sync` events like supabase-js. Knows nothing of sockets: the
- * client (client.ts) feeds it and sends this client's own track/untrack.
+ * table's subscription (subscriptions.ts) feeds it, and this client's own
+ * track/untrack go out as requests (requests.ts).
  */
 
 import { Emitter } from "./emitter.js";

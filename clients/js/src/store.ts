@@ -4,8 +4,8 @@
  * The store applies the client's side of the contract (docs/guarantees.md):
  * keep per row id the state with the highest `version`, drop anything not
  * newer, remember the version of deleted ids so an older re-sent state is not
- * resurrected, and drop everything on `reset`. The client (client.ts) owns the
- * subscription and feeds the store; the store knows nothing of sockets.
+ * resurrected, and drop everything on `reset`. The table's subscription
+ * (subscriptions.ts) feeds the store; the store knows nothing of sockets.
  */
 
 import { Emitter, type Listener, type Unsubscribe } from "./emitter.js";
@@ -345,7 +345,9 @@ class PresenceHandle<TMeta extends object> implements LivePresence<TMeta> {
 
   track(meta: TMeta, options: TrackOptions = {}): Promise<void> {
     if (this.handle.closed) return Promise.reject(closedError(this.store.tableId));
-    if (typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+    // Checked as unknown: callers in plain JavaScript are not held to TMeta.
+    const value: unknown = meta;
+    if (typeof value !== "object" || value === null || Array.isArray(value)) {
       return Promise.reject(new TypeError("@broadcaster/client: a presence meta must be a JSON object"));
     }
     const key = options.key;

@@ -36,6 +36,7 @@ export interface WebSocketLike {
   addEventListener(type: "open", listener: () => void): void;
   addEventListener(type: "message", listener: (event: SocketMessageEventLike) => void): void;
   addEventListener(type: "close", listener: (event: SocketCloseEventLike) => void): void;
+  // eslint-disable-next-line @typescript-eslint/unified-signatures -- public type: one overload per event, as the client listens.
   addEventListener(type: "error", listener: () => void): void;
   /** `ws` only: drop the TCP connection without a closing handshake. */
   terminate?(): void;

@@ -63,11 +63,12 @@ before(async () => {
   } finally {
     probe.close();
   }
-  if (!answered) skipReason = `the server does not implement auth (${errors})`;
+  if (!answered) skipReason = `the server does not implement auth (${errors.join(", ")})`;
 });
 
 after(async () => {
   for (const client of clients) client.close();
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- unset if before() failed.
   await backend?.close();
 });
 
@@ -152,6 +153,6 @@ test("a table the token does not grant is refused with forbidden; the others wor
   await within(allowed.whenSynced(), 10_000, "the granted table");
   await eventually(() => tableErrors.length > 0, { label: "forbidden" });
   assert.equal(tableErrors[0]?.code, "forbidden");
-  assert.equal(tableErrors[0]?.tableId, "not-granted");
+  assert.equal(tableErrors[0].tableId, "not-granted");
   assert.equal(refused.synced, false);
 });

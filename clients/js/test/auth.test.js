@@ -43,9 +43,9 @@ function connect(options) {
 function tokenSource() {
   const source = {
     calls: 0,
-    getToken: async () => {
+    getToken: () => {
       source.calls += 1;
-      return `tok-${source.calls}`;
+      return Promise.resolve(`tok-${source.calls}`);
     },
   };
   return source;
@@ -165,7 +165,7 @@ test("unauthorized with getToken: retried with a new token, with backoff", async
   });
   await eventually(() => openedAt.length >= 4, { ms: 5_000, label: "four attempts" });
   const gaps = openedAt.slice(1).map((at, i) => at - /** @type {number} */ (openedAt[i]));
-  assert.ok(/** @type {number} */ (gaps[2]) > /** @type {number} */ (gaps[0]) * 2, `backoff grows: ${gaps}`);
+  assert.ok(/** @type {number} */ (gaps[2]) > /** @type {number} */ (gaps[0]) * 2, `backoff grows: ${gaps.join(", ")}`);
   const tokensSeen = server.connections.slice(0, 3).map((c) => c.received[0]?.["token"]);
   assert.deepEqual(tokensSeen, ["tok-1", "tok-2", "tok-3"]);
 });

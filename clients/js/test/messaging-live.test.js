@@ -26,6 +26,7 @@ before(async () => {
 
 after(async () => {
   for (const client of clients) client.close();
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- unset if before() failed.
   await backend?.close();
 });
 

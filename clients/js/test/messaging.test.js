@@ -69,11 +69,11 @@ function wire(ref, meta) {
  * @param {Promise<unknown>} promise
  */
 function settled(promise) {
-  /** @type {{ state: "pending" | "resolved" | "rejected", error?: any }} */
+  /** @type {{ state: "pending" | "resolved" | "rejected", error?: unknown }} */
   const outcome = { state: "pending" };
   promise.then(
     () => (outcome.state = "resolved"),
-    (error) => {
+    (/** @type {unknown} */ error) => {
       outcome.state = "rejected";
       outcome.error = error;
     },
@@ -151,8 +151,10 @@ test("pending broadcasts and tracks reject on disconnect; after close, requests 
   await connection.nextOfType("track");
   connection.close(1011, "boom");
   await eventually(() => broadcast.state === "rejected" && track.state === "rejected", { label: "both rejected" });
+  assert.ok(broadcast.error instanceof BroadcasterError);
   assert.equal(broadcast.error.code, "disconnected");
   assert.match(broadcast.error.message, /connection was lost.*broadcast/);
+  assert.ok(track.error instanceof BroadcasterError);
   assert.equal(track.error.code, "disconnected");
   client.close();
   await assert.rejects(table.broadcast("after", 1), (error) => error instanceof BroadcasterError);

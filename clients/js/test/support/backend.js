@@ -46,10 +46,12 @@ function environment(extra) {
 async function runBroadcaster(args, env) {
   const child = spawn(PYTHON, ["-m", "broadcaster", ...args], { cwd: REPO_ROOT, env: environment(env) });
   let output = "";
-  child.stdout.on("data", (chunk) => (output += chunk));
-  child.stderr.on("data", (chunk) => (output += chunk));
-  const [code] = await within(once(child, "exit"), 60_000, `broadcaster ${args.join(" ")}`);
-  if (code !== 0) throw new Error(`broadcaster ${args.join(" ")} exited ${code}:\n${output}`);
+  child.stdout.on("data", (/** @type {Buffer} */ chunk) => (output += chunk.toString()));
+  child.stderr.on("data", (/** @type {Buffer} */ chunk) => (output += chunk.toString()));
+  /** @type {unknown[]} */
+  const exited = await within(once(child, "exit"), 60_000, `broadcaster ${args.join(" ")}`);
+  const [code] = /** @type {[number | null, NodeJS.Signals | null]} */ (exited);
+  if (code !== 0) throw new Error(`broadcaster ${args.join(" ")} exited ${String(code)}:\n${output}`);
 }
 
 /** A running `broadcaster serve`. */
@@ -62,7 +64,7 @@ export class ServeProcess {
     this.port = 0;
     /** @type {string | null} */
     this.embeddedDsn = null;
-    child.stderr.on("data", (chunk) => (this.log += chunk));
+    child.stderr.on("data", (/** @type {Buffer} */ chunk) => (this.log += chunk.toString()));
   }
 
   /** Read stdout until the banner names the WebSocket URL. */
@@ -70,8 +72,8 @@ export class ServeProcess {
     let stdout = "";
     const banner = new Promise((resolve, reject) => {
       const onData = (/** @type {Buffer} */ chunk) => {
-        stdout += chunk;
-        this.log += chunk;
+        stdout += chunk.toString();
+        this.log += chunk.toString();
         const dsn = /embedded Postgres ready: (\S+)/.exec(stdout);
         if (dsn !== null) this.embeddedDsn = dsn[1] ?? null;
         const serving = /serving on (\S+) \(WebSocket (ws:\/\/\S+)\)/.exec(stdout);
@@ -80,7 +82,7 @@ export class ServeProcess {
           this.wsUrl = serving[2] ?? "";
           this.port = Number(new URL(this.wsUrl).port);
           // Keep draining stdout so the child never blocks on a full pipe.
-          this.child.stdout.on("data", (more) => (this.log += more));
+          this.child.stdout.on("data", (/** @type {Buffer} */ more) => (this.log += more.toString()));
           resolve(undefined);
         }
       };
@@ -197,9 +199,11 @@ export class Backend {
    * @returns {Promise<Map<string, { data: unknown, enriching_columns: string[], version: number }>>}
    */
   async tableRows(tableId) {
-    const result = await this.query(
-      "SELECT id, data, enriching_columns, version FROM rows WHERE table_id = $1 ORDER BY id",
-      [tableId],
+    /** @typedef {{ id: string, data: unknown, enriching_columns: string[], version: string }} DbRow */
+    const result = /** @type {import("pg").QueryResult<DbRow>} */ (
+      await this.query("SELECT id, data, enriching_columns, version FROM rows WHERE table_id = $1 ORDER BY id", [
+        tableId,
+      ])
     );
     return new Map(
       result.rows.map((r) => [

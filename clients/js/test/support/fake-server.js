@@ -9,7 +9,19 @@ import { once } from "node:events";
 import { WebSocketServer } from "ws";
 import { within } from "./wait.js";
 
-/** @typedef {Record<string, any>} Message */
+/** @typedef {Record<string, unknown>} Message */
+
+/**
+ * A client message. `ws` hands a frame over as one Buffer unless another binaryType is set.
+ * @param {import("ws").RawData} data
+ * @returns {Message}
+ */
+function parseMessage(data) {
+  const buffer = Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? Buffer.from(data) : data;
+  /** @type {unknown} */
+  const message = JSON.parse(buffer.toString());
+  return /** @type {Message} */ (message);
+}
 
 export class FakeConnection {
   /** @param {import("ws").WebSocket} socket */
@@ -23,7 +35,7 @@ export class FakeConnection {
     this.wakers = [];
     this.cursor = 0;
     socket.on("message", (data) => {
-      this.received.push(JSON.parse(String(data)));
+      this.received.push(parseMessage(data));
       this.wake();
     });
     socket.on("close", (code, reason) => {
@@ -94,8 +106,8 @@ export class FakeServer {
     wss.on("connection", (socket) => {
       const connection = new FakeConnection(socket);
       socket.on("message", (data) => {
-        const message = JSON.parse(String(data));
-        if (this.answerPings && message.type === "ping") connection.send({ type: "pong", ref: message.ref });
+        const message = parseMessage(data);
+        if (this.answerPings && message["type"] === "ping") connection.send({ type: "pong", ref: message["ref"] });
       });
       this.connections.push(connection);
       for (const waker of this.wakers.splice(0)) waker();

@@ -7,10 +7,10 @@ import { eventually } from "./wait.js";
 /**
  * A `ws` WebSocket class that records every message the client sends and
  * counts the connections it opens.
- * @returns {{ WebSocket: import("../../dist/index.js").WebSocketConstructor, sent: Array<Record<string, any>>, opened: { count: number } }}
+ * @returns {{ WebSocket: import("../../dist/index.js").WebSocketConstructor, sent: Array<Record<string, unknown>>, opened: { count: number } }}
  */
 export function recordingWebSocket() {
-  /** @type {Array<Record<string, any>>} */
+  /** @type {Array<Record<string, unknown>>} */
   const sent = [];
   const opened = { count: 0 };
   class RecordingWebSocket extends WebSocket {
@@ -21,14 +21,16 @@ export function recordingWebSocket() {
     }
 
     /**
-     * @param {any} data
-     * @param {any[]} rest
+     * The client only sends text; options and callback, if any, are forwarded as received.
+     * @param {string} data
+     * @param {unknown[]} rest
      */
-    // @ts-ignore: the override keeps ws's overloads by forwarding everything.
     send(data, ...rest) {
-      sent.push(JSON.parse(String(data)));
-      // @ts-ignore: forwarded as received.
-      return super.send(data, ...rest);
+      /** @type {unknown} */
+      const message = JSON.parse(data);
+      sent.push(/** @type {Record<string, unknown>} */ (message));
+      // @ts-expect-error: forwarded as received.
+      super.send(data, ...rest);
     }
   }
   return { WebSocket: RecordingWebSocket, sent, opened };
@@ -85,7 +87,11 @@ function assertDeepEqual(actual, expected) {
 
 /** @param {unknown} value @returns {unknown} */
 function normalize(value) {
-  if (value instanceof Map) return [...value].map(([k, v]) => [k, normalize(v)]);
+  if (value instanceof Map) {
+    /** @type {Map<unknown, unknown>} */
+    const map = value;
+    return [...map].map(([k, v]) => [k, normalize(v)]);
+  }
   if (Array.isArray(value)) return value.map(normalize);
   if (value !== null && typeof value === "object") {
     return Object.fromEntries(

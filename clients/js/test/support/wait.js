@@ -1,6 +1,8 @@
 // @ts-check
 /** Bounded waiting: every wait in these tests ends, with a message saying what it waited for. */
 
+import { inspect } from "node:util";
+
 /**
  * Resolve with `promise`, or reject after `ms` with `label`.
  * @template T
@@ -40,7 +42,10 @@ export async function eventually(check, { ms = 10_000, interval = 25, label, des
     }
     if (Date.now() > deadline) {
       const seen = describe === undefined ? "" : `\nseen: ${JSON.stringify(describe(), null, 1)}`;
-      const cause = lastError === undefined ? "" : `\nlast error: ${String(lastError)}`;
+      const cause =
+        lastError === undefined
+          ? ""
+          : `\nlast error: ${lastError instanceof Error ? String(lastError) : inspect(lastError)}`;
       throw new Error(`timed out after ${ms} ms waiting for: ${label}${seen}${cause}`);
     }
     await sleep(interval);
