@@ -55,7 +55,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -67,6 +66,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ..core.backoff import Backoff
 from ..exceptions import BroadcasterError
 from ..protocols.native import CLOSE_UNAUTHORIZED
 
@@ -197,42 +197,6 @@ class Reset:
 
 Event: TypeAlias = Change | Reset
 """What iterating a :class:`Subscription` yields."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delays between connection attempts: capped, jittered, exponential.
-
-    After ``n`` consecutive failures the client waits
-    ``min(maximum, initial * multiplier ** (n - 1))``, less a random part of up
-    to ``jitter`` of it (``jitter=0`` waits exactly that, ``1`` anything from
-    zero to that). The count starts over once a connection has stayed open
-    for ``maximum`` seconds.
-    """
-
-    initial: float = 0.1
-    maximum: float = 10.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not self.initial > 0:
-            raise ValueError("Backoff.initial must be positive")
-        if not self.maximum >= self.initial:
-            raise ValueError("Backoff.maximum must be at least Backoff.initial")
-        if not self.multiplier >= 1:
-            raise ValueError("Backoff.multiplier must be at least 1")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("Backoff.jitter must be between 0 and 1")
-
-    def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
-        """Seconds to wait after ``failures`` (at least 1) consecutive failures."""
-        base = self.initial
-        for _ in range(failures - 1):
-            base *= self.multiplier
-            if base >= self.maximum:
-                break
-        return min(base, self.maximum) * (1 - self.jitter * rand())
 
 
 # Subscriptions ---------------------------------------------------------------

@@ -119,19 +119,6 @@ def ids(events: list[Event]) -> list[str]:
     return [e.id if isinstance(e, Change) else f"reset:{e.reason}" for e in events]
 
 
-async def test_backoff_grows_is_capped_and_jittered() -> None:
-    exact = Backoff(initial=1, maximum=10, multiplier=2, jitter=0)
-    assert [exact.delay(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
-    assert exact.delay(10_000) == 10
-    jittered = Backoff(initial=1, maximum=10, multiplier=2, jitter=0.5)
-    assert jittered.delay(3, rand=lambda: 0.0) == 4
-    assert jittered.delay(3, rand=lambda: 1.0) == 2
-    assert 0 <= Backoff(jitter=1).delay(1) <= 0.1
-    for bad in ({"initial": 0}, {"maximum": 0.01}, {"multiplier": 0.5}, {"jitter": 2}):
-        with pytest.raises(ValueError):  # noqa: PT011
-            Backoff(**bad)
-
-
 async def test_subscribes_are_sent_once_connected_with_what_was_asked() -> None:
     h = Harness()
     h.subscribe("a")
