@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
 
+from ..core.backoff import Backoff
 from .queries import DATABASE_ERRORS
 
 __all__ = ["CHANNEL", "Listener"]
@@ -28,8 +28,6 @@ CHANNEL = "broadcaster_changes"
 """The channel ``triggers.sql`` notifies on."""
 
 APPLICATION_NAME = "broadcaster-listener"
-
-_FIRST_DELAY = 0.1
 
 
 class Listener:
@@ -88,9 +86,9 @@ class Listener:
             await asyncio.sleep(delay)
 
     def _backoff(self, failures: int) -> float:
-        ceiling = min(self._reconnect_max_delay, _FIRST_DELAY * 2 ** (failures - 1))
-        # Jitter keeps the processes of a fleet from reconnecting in lockstep.
-        return float(ceiling * random.uniform(0.5, 1.0))
+        # Jitter (half to all of each step) keeps the processes of a fleet from
+        # reconnecting in lockstep.
+        return Backoff.capped_at(self._reconnect_max_delay).delay(failures)
 
     async def _connect(self) -> asyncpg.Connection:
         logger.info("listener: connecting")

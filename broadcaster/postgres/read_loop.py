@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import asyncpg
 
+from ..core.backoff import Backoff
 from ..core.cursors import Origin
 from ..core.feed import Feed, Join, Read
 from ..core.hub import Hub
@@ -137,8 +137,7 @@ class Poller:
             except DATABASE_ERRORS as exc:
                 failures += 1
                 self.status = f"reading changes failed: {exc}"
-                delay = min(self._retry_max_delay, 0.1 * 2 ** (failures - 1))
-                delay *= random.uniform(0.5, 1.0)
+                delay = Backoff.capped_at(self._retry_max_delay).delay(failures)
                 logger.warning("poller: %s; retrying in %.1fs", self.status, delay)
                 await asyncio.sleep(delay)
                 self._wakeup.set()

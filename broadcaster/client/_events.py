@@ -1,0 +1,50 @@
+"""What iterating a subscription yields: :class:`Change` and :class:`Reset`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+__all__ = ["INTERRUPTED", "Change", "Event", "Op", "Reset"]
+
+Op: TypeAlias = Literal["INSERT", "UPDATE", "DELETE"]
+
+INTERRUPTED: Final = "interrupted"
+"""The reason of a :class:`Reset` the client makes itself: a snapshot was cut
+short by a lost connection and starts over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change of one row, as the server sent it.
+
+    ``row`` is the whole row (``docs/protocol.md``); for a ``DELETE`` it may
+    hold only ``id``, ``table_id`` and ``version``. ``cursor`` is set on live
+    changes and ``None`` on catch-up (snapshot or resume) changes. A cursor
+    covers the whole batch it came with; to save a resume point, prefer
+    :attr:`Subscription.cursor`, which covers exactly what was yielded.
+    """
+
+    table_id: str
+    op: Op
+    id: str
+    version: int
+    row: dict[str, Any]
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Drop everything held for ``table_id``: its snapshot follows.
+
+    ``reason`` is the server's (``malformed_cursor``, ``foreign_cursor``,
+    ``history_pruned``) or :data:`INTERRUPTED` when the client restarts a
+    snapshot that a lost connection cut short.
+    """
+
+    table_id: str
+    reason: str
+
+
+Event: TypeAlias = Change | Reset
+"""What iterating a :class:`Subscription` yields."""
