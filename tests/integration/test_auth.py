@@ -11,7 +11,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -85,26 +85,30 @@ def unsigned(payload: dict[str, Any]) -> str:
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(payload)}."
 
 
+# Each bad token is made when its test runs, not when the tests are collected:
+# the suite runs for longer than a token made at collection would stay unexpired.
 REFUSED = [
-    pytest.param("garbage", "unauthorized", id="garbage"),
-    pytest.param(token(secret="another-secret-of-at-least-32-bytes"), "unauthorized", id="key"),
+    pytest.param(lambda: "garbage", "unauthorized", id="garbage"),
     pytest.param(
-        unsigned({"aud": "realtime", "exp": int(time.time()) + 300, "table_ids": ["A"]}),
+        lambda: token(secret="another-secret-of-at-least-32-bytes"), "unauthorized", id="key"
+    ),
+    pytest.param(
+        lambda: unsigned({"aud": "realtime", "exp": int(time.time()) + 300, "table_ids": ["A"]}),
         "unauthorized",
         id="alg-none",
     ),
-    pytest.param(token(expires_in=-60), "token_expired", id="expired"),
-    pytest.param(token(nbf=int(time.time()) + 3600), "unauthorized", id="not-yet-valid"),
-    pytest.param(token(aud="someone-else"), "unauthorized", id="audience"),
+    pytest.param(lambda: token(expires_in=-60), "token_expired", id="expired"),
+    pytest.param(lambda: token(nbf=int(time.time()) + 3600), "unauthorized", id="not-yet-valid"),
+    pytest.param(lambda: token(aud="someone-else"), "unauthorized", id="audience"),
 ]
 
 
 @pytest.mark.parametrize(("bad", "code"), REFUSED)
 async def test_a_bad_token_in_an_auth_message_is_refused_and_closed(
-    server: Server, bad: str, code: str
+    server: Server, bad: Callable[[], str], code: str
 ) -> None:
     async with client(server) as c:
-        await c.send({"type": "auth", "token": bad})
+        await c.send({"type": "auth", "token": bad()})
         close_code, received = await closed_with(c)
     assert [m["code"] for m in received] == [code]
     assert close_code == (4002 if code == "token_expired" else 4001)
@@ -112,9 +116,10 @@ async def test_a_bad_token_in_an_auth_message_is_refused_and_closed(
 
 @pytest.mark.parametrize(("bad", "code"), REFUSED[:2] + REFUSED[3:4])
 async def test_a_bad_token_on_the_upgrade_request_is_refused(
-    server: Server, bad: str, code: str
+    server: Server, bad: Callable[[], str], code: str
 ) -> None:
-    async with connect(server.ws_url, additional_headers={"Authorization": f"Bearer {bad}"}) as ws:
+    headers = {"Authorization": f"Bearer {bad()}"}
+    async with connect(server.ws_url, additional_headers=headers) as ws:
         close_code, received = await closed_with(Client(ws))
     assert [m["code"] for m in received] == [code]
     assert close_code in (4001, 4002)
