@@ -71,7 +71,7 @@ def test_state_does_not_change_the_metas_it_is_given() -> None:
 
 
 def test_state_accepts_any_iterable() -> None:
-    entries = (entry for entry in [("a", "r", {})])
+    entries = (entry for entry in [("a", "r", dict[str, Any]())])
     assert state(entries) == {"a": {"metas": [{"phx_ref": "r"}]}}
 
 
@@ -99,7 +99,7 @@ def test_notified_reaches_the_followers_of_the_topic_only() -> None:
 
     registry.notified(diff("realtime:room", [("ada", "r1", {"n": 1})], []))
 
-    expected = ("realtime:room", {"ada": {"metas": [{"n": 1, "phx_ref": "r1"}]}}, {})
+    expected = ("realtime:room", {"ada": {"metas": [{"n": 1, "phx_ref": "r1"}]}}, dict[str, Any]())
     assert room.received == [expected]
     assert room_too.received == [expected]
     assert other.received == []
