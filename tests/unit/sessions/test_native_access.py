@@ -1350,6 +1350,6 @@ async def test_an_unexpected_verifier_failure_closes_with_1011(
         await eventually(lambda: transport.closes)
 
     assert transport.sent == []
-    assert transport.closes == [(protocol.CLOSE_INTERNAL_ERROR, "internal error")]
+    assert transport.closes == [(1011, "internal error")]
     assert not session.authenticated
     assert any(r.exc_info for r in caplog.records if r.name == "broadcaster.sessions.native")
