@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broadcaster.core import presence
-from broadcaster.core.presence import CHANNEL, MAX_META_BYTES, Presences, diff, state
+from broadcaster.core.presence import Presences, diff, state
 
 
 class Recorder:
@@ -27,11 +27,6 @@ class Failing:
     def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
         self.calls += 1
         raise RuntimeError("listener bug")
-
-
-def test_constants() -> None:
-    assert CHANNEL == "broadcaster_presence"
-    assert MAX_META_BYTES < 8000
 
 
 def test_state_of_nobody_is_empty() -> None:
