@@ -444,8 +444,11 @@ def test_an_invalid_function_name_is_a_configuration_error(function: str) -> Non
 @pytest.mark.parametrize(
     "function", ["broadcaster_authorize", "auth.may_subscribe", "_f1", "A.B", "f"]
 )
-def test_a_valid_function_name_is_accepted(function: str) -> None:
-    SqlAuthorizer(lambda: None, function, cache_seconds=CACHE_SECONDS)
+async def test_a_valid_function_name_is_accepted_and_called(function: str) -> None:
+    pool = FakePool(True)
+
+    assert await asked(sql_authorizer(pool, function=function), identity(), "t1") is True
+    assert [query for query, _args in pool.calls] == [f"SELECT {function}($1::jsonb, $2::text)"]
 
 
 def test_an_invalid_function_name_is_refused_before_any_question() -> None:
