@@ -131,11 +131,18 @@ async def measure(url: str, interval: float, cycles: int) -> None:
         await connection.close()
 
 
+class Options(argparse.Namespace):
+    """The command line, as ``main`` parses it."""
+
+    interval: float
+    cycles: int
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between polls")
     parser.add_argument("--cycles", type=int, default=1000, help="cycles per measurement")
-    options = parser.parse_args()
+    options = parser.parse_args(namespace=Options())
     admin_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_ADMIN_URL)
     asyncio.run(run(admin_url, options.interval, options.cycles))
     return 0

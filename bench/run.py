@@ -52,10 +52,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal, TypedDict, cast
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -541,6 +541,44 @@ async def running_server(
 # --------------------------------------------------------------------------
 # Client processes
 
+# One connection of a client process: its index in the target, its table, and
+# whether it samples latencies.
+ClientSpec = tuple[int, str, bool]
+
+
+class ConnectCommand(TypedDict):
+    """``connect``: open ``clients`` to the server at ``host``:``port``."""
+
+    cmd: Literal["connect"]
+    host: str
+    port: int
+    ours: bool
+    phoenix: bool
+    clients: list[ClientSpec]
+    sequential: bool
+
+
+# The answers of bench/wsclient.c, as its header describes them.
+
+
+class ConnectAnswer(TypedDict):
+    ready: int
+    errors: list[str]
+    """The first few errors; ``error_count`` counts them all."""
+    error_count: int
+    seconds: float
+
+
+class TotalAnswer(TypedDict):
+    received: int
+    frames: int
+
+
+class ReportAnswer(TypedDict):
+    clients: list[list[int]]
+    """``[index, received, frames, closed]`` per connection (``closed``: a JSON boolean)."""
+    latencies: list[float]
+
 
 class ClientPool:
     """Processes of ``bench/wsclient.c``, each holding a share of the connections."""
@@ -566,7 +604,8 @@ class ClientPool:
     def pids(self) -> list[int]:
         return [process.pid for process in self.processes]
 
-    async def call(self, index: int, command: dict[str, Any]) -> dict[str, Any]:
+    async def _call(self, index: int, command: Mapping[str, object]) -> object:
+        """Process ``index``'s answer to ``command``, decoded."""
         process = self.processes[index]
         assert process.stdin is not None
         assert process.stdout is not None
@@ -575,16 +614,43 @@ class ClientPool:
         line = await process.stdout.readline()
         if not line:
             raise RuntimeError("a client process died")
-        answer: dict[str, Any] = json.loads(line)
+        answer: object = json.loads(line)
+        if isinstance(answer, dict) and "error" in answer:
+            raise RuntimeError(f"a client process refused {command['cmd']}: {answer['error']}")
         return answer
 
-    async def all(self, commands: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _each(self, cmd: str) -> list[object]:
         return list(
-            await asyncio.gather(*(self.call(i, command) for i, command in enumerate(commands)))
+            await asyncio.gather(*(self._call(i, {"cmd": cmd}) for i in range(len(self.processes))))
         )
 
-    async def each(self, command: dict[str, Any]) -> list[dict[str, Any]]:
-        return await self.all([command] * len(self.processes))
+    async def connect(self, index: int, command: ConnectCommand) -> ConnectAnswer:
+        return cast(ConnectAnswer, await self._call(index, command))
+
+    async def connect_each(self, commands: Sequence[ConnectCommand]) -> list[ConnectAnswer]:
+        """Process i runs ``commands[i]``."""
+        return list(
+            await asyncio.gather(*(self.connect(i, command) for i, command in enumerate(commands)))
+        )
+
+    async def reset_each(self) -> None:
+        """Zero every connection's counters and latency samples."""
+        await self._each("reset")
+
+    async def received(self) -> int:
+        """Changes received so far, over every connection."""
+        totals = cast(list[TotalAnswer], await self._each("total"))
+        return sum(total["received"] for total in totals)
+
+    async def reports(self) -> list[ReportAnswer]:
+        return cast(list[ReportAnswer], await self._each("report"))
+
+    async def close(self, index: int) -> None:
+        """Close process ``index``'s connections."""
+        await self._call(index, {"cmd": "close"})
+
+    async def close_each(self) -> None:
+        await self._each("close")
 
     def cpu(self) -> list[float]:
         return [cpu_seconds(pid) for pid in self.pids]
@@ -709,18 +775,18 @@ async def _snapshot(
     )
 
 
-async def _total(pool: ClientPool) -> int:
-    return sum(answer["received"] for answer in await pool.each({"cmd": "total"}))
-
-
-def connect_command(server: ServerProcess) -> dict[str, Any]:
-    """A client process's ``connect`` command for ``server``, but its clients."""
+def connect_command(
+    server: ServerProcess, clients: list[ClientSpec], *, sequential: bool = False
+) -> ConnectCommand:
+    """A client process's ``connect`` command: ``clients`` to ``server``."""
     return {
         "cmd": "connect",
         "host": "127.0.0.1",
         "port": server.port,
         "ours": server.ours,
         "phoenix": server.phoenix,
+        "clients": clients,
+        "sequential": sequential,
     }
 
 
@@ -738,17 +804,16 @@ async def run_load(
     result.rss_idle = server.rss()
     # Client i reads table i % 10 and lives in process i % workers; in each
     # process the first client of each table is sampled for latency.
-    plan: list[list[list[Any]]] = [[] for _ in range(workers)]
+    plan: list[list[ClientSpec]] = [[] for _ in range(workers)]
     sampled: set[tuple[int, str]] = set()
     for i in range(spec.clients):
         table = TABLES[i % len(TABLES)]
         worker = i % workers
         sample = (worker, table) not in sampled
         sampled.add((worker, table))
-        plan[worker].append([i, table, sample])
-    base = connect_command(server)
+        plan[worker].append((i, table, sample))
     started = time.perf_counter()
-    answers: list[dict[str, Any]] = []
+    answers: list[ConnectAnswer] = []
     if server.name == "encode":
         # encode/broadcaster loses subscribers when the first ones of a channel
         # subscribe at once (and its one asyncpg connection refuses concurrent
@@ -759,11 +824,11 @@ async def run_load(
         for worker, part in enumerate(firsts):
             if part:
                 answers.append(
-                    await pool.call(worker, {**base, "clients": part, "sequential": True})
+                    await pool.connect(worker, connect_command(server, part, sequential=True))
                 )
-        answers += await pool.all([{**base, "clients": part} for part in rests])
+        answers += await pool.connect_each([connect_command(server, part) for part in rests])
     else:
-        answers = await pool.all([{**base, "clients": part} for part in plan])
+        answers = await pool.connect_each([connect_command(server, part) for part in plan])
     result.connect_seconds = time.perf_counter() - started
     result.phases["connect"] = result.connect_seconds
     result.connected = sum(answer["ready"] for answer in answers)
@@ -772,7 +837,7 @@ async def run_load(
     await asyncio.sleep(0.3)
     result.rss = result.rss_connected = server.rss()
     try:
-        await pool.each({"cmd": "reset"})
+        await pool.reset_each()
         backends = await server_backends(url)
         first = await _snapshot(server, pool, 0, backends)
         writer = await writers.run(url, spec.seconds, spec.rate)
@@ -786,22 +851,22 @@ async def run_load(
             for table, count in counter.items()
         )
         # Drain: wait until every client has what it is owed, or nothing moves.
-        last = await _snapshot(server, pool, await _total(pool), backends)
+        last = await _snapshot(server, pool, await pool.received(), backends)
         drain_started = time.perf_counter()
         deadline = time.perf_counter() + drain_limit
         while last.delivered < result.expected and time.perf_counter() < deadline:
             await asyncio.sleep(0.1)
-            delivered = await _total(pool)
+            delivered = await pool.received()
             if delivered != last.delivered:
                 last = await _snapshot(server, pool, delivered, backends)
             elif time.perf_counter() - last.at > 2.0:
                 break
         result.phases["drain"] = time.perf_counter() - drain_started
-        reports = await pool.each({"cmd": "report"})
+        reports = await pool.reports()
         result.rss = max(result.rss, server.rss())
     finally:
         closing = time.perf_counter()
-        await pool.each({"cmd": "close"})
+        await pool.close_each()
         result.phases["close"] = time.perf_counter() - closing
     window = last.at - first.at
     result.window = window
@@ -865,10 +930,17 @@ class WriterVariant:
             run.commits_per_s / reference.commits_per_s * 100
             for run, reference in zip(self.runs, references, strict=True)
         ]
-        for name in ("commits_per_s", "cpu_pct", "server_cpu_pct", "server_pg_cpu_pct"):
-            values = [getattr(run, name) for run in self.runs]
-            if None not in values:
-                setattr(self, name, statistics.median(values))
+        self.commits_per_s = statistics.median(run.commits_per_s for run in self.runs)
+        self.cpu_pct = statistics.median(run.cpu_pct for run in self.runs)
+        # A variant's runs all have our server's figures, or none has.
+        self.server_cpu_pct = _median([run.server_cpu_pct for run in self.runs])
+        self.server_pg_cpu_pct = _median([run.server_pg_cpu_pct for run in self.runs])
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median of ``values``, or None if one is missing."""
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if len(present) == len(values) else None
 
 
 @dataclass
@@ -935,7 +1007,7 @@ async def writers_target(
                 profile_server(server, seconds, workdir / "profile-ours-writers.txt")
             )
         run = await writers.run(url, seconds, None)
-        if profiling is not None:
+        if profiling is not None and profiles is not None:
             profiles["ours"] = await profiling
         variant = WriterVariant(label, run.tps, run.cpu / run.seconds * 100)
         if server:
@@ -955,17 +1027,14 @@ async def writers_target(
         # They are C clients, as in the load targets: Python ones, in this
         # process, took 3% of a core from the writers (5 µs a frame against 20).
         async with running_server("ours", our_url, workdir, "writers") as server:
-            connect = {
-                **connect_command(server),
-                "clients": [[i, table, False] for i, table in enumerate(TABLES)],
-            }
+            connect = connect_command(server, [(i, table, False) for i, table in enumerate(TABLES)])
             try:
-                answer = await pool.call(0, connect)
+                answer = await pool.connect(0, connect)
                 if answer["ready"] != len(TABLES):
                     raise RuntimeError(f"writers target: subscribers failed: {answer['errors']}")
                 await measure(serving, our_url, server)
             finally:
-                await pool.call(0, {"cmd": "close"})
+                await pool.close(0)
         connection = await asyncpg.connect(our_url)
         try:
             await measure("ours: our triggers, no server running", our_url)
@@ -1006,9 +1075,13 @@ async def bulk_update(url: str, channel: str, label: str) -> BulkResult:
     """One UPDATE of the 10,000 rows of table ``bulk``; count the notifications it sends."""
     listener = await asyncpg.connect(url)
     writer = await asyncpg.connect(url)
-    heard: list[str] = []
+    heard: list[object] = []
+
+    def notified(_connection: object, _pid: int, _channel: str, payload: object) -> None:
+        heard.append(payload)
+
     try:
-        await listener.add_listener(channel, lambda *args: heard.append(args[3]))
+        await listener.add_listener(channel, notified)
         started = time.perf_counter()
         status = await writer.execute(
             "UPDATE rows SET data = jsonb_build_object("
@@ -1240,8 +1313,26 @@ class Plan:
         )
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
-    quick = bool(args.quick)
+class Options(argparse.Namespace):
+    """The command line, as ``main`` parses it; None: not given, the plan decides."""
+
+    quick: bool
+    targets: str | None
+    servers: str | None
+    window: float | None
+    writers_window: float | None
+    writers_rounds: int | None
+    connections: int | None
+    rows: int
+    client_procs: int
+    scale_clients: int
+    scale_rate: float | None
+    profile: bool
+    json: Path | None
+
+
+def make_plan(args: Options) -> Plan:
+    quick = args.quick
     targets = (
         tuple(args.targets.split(",")) if args.targets else (QUICK_TARGETS if quick else TARGETS)
     )
@@ -1746,7 +1837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="py-spy the Python servers (the busiest load target; ours while serving target 4a)",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv, namespace=Options())
     if shutil.which("pgbench") is None:
         raise SystemExit("pgbench not found (it comes with the postgresql client packages)")
     plan = make_plan(args)

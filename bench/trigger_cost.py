@@ -44,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,9 +98,15 @@ def variants(trigger_files: list[Path]) -> list[Variant]:
     ]
 
 
-def checked(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def checked(
+    argv: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` to the end; on failure, raise with what it printed."""
-    done = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, input=input)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stdout}{done.stderr}"[-4000:])
     return done
@@ -117,8 +124,8 @@ class Cluster:
     def command(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", self.user, "--", *argv] if self.user else argv
 
-    def run(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return checked(self.command(argv), **kwargs)
+    def run(self, argv: list[str], *, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return checked(self.command(argv), input=input)
 
     def initdb(self, data: Path) -> None:
         self.run([str(self.bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"])
@@ -233,6 +240,14 @@ def bin_dir_default() -> Path | None:
     return path if (path / "postgres").exists() else None
 
 
+class Options(argparse.Namespace):
+    """The command line, as ``main`` parses it."""
+
+    triggers: list[Path] | None
+    pg_bin: Path | None
+    user: str
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -250,7 +265,7 @@ def main() -> int:
     parser.add_argument(
         "--user", default="postgres", help="the user that runs the cluster when this runs as root"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(namespace=Options())
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
     if args.pg_bin is None or not (args.pg_bin / "postgres").exists():

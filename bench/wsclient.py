@@ -23,7 +23,6 @@ import base64
 import json
 import os
 import time
-from typing import Any
 
 CHANGE = b'{"type":"change"'
 SYNCED = b'"type":"synced"'
@@ -105,7 +104,7 @@ class Client(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"connection lost: {exc}"))
 
-    def send_text(self, message: dict[str, Any]) -> None:
+    def send_text(self, message: dict[str, str]) -> None:
         if self.transport is not None:
             self.transport.write(_masked_frame(0x1, json.dumps(message).encode()))
 
@@ -128,7 +127,7 @@ class Client(asyncio.Protocol):
             self.upgraded = True
             start = end + 4
             if self.ours:
-                message: dict[str, Any] = {"type": "subscribe", "table_id": self.table_id}
+                message = {"type": "subscribe", "table_id": self.table_id}
                 if self.cursor is not None:
                     message["cursor"] = self.cursor
                 self.send_text(message)

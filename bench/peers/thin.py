@@ -30,10 +30,11 @@ async def main() -> None:
     tables: dict[str, set[ServerConnection]] = {}
     listening: dict[str, asyncio.Future[None]] = {}
 
-    def notified(_conn: object, _pid: int, channel: str, payload: str) -> None:
+    def notified(_conn: object, _pid: int, channel: str, payload: object) -> None:
         clients = tables.get(channel)
         if clients:
-            broadcast(clients, payload)
+            # asyncpg's payload is a str; its stubs promise only an object.
+            broadcast(clients, str(payload))
 
     one_at_a_time = asyncio.Lock()  # asyncpg runs one query at a time per connection
 

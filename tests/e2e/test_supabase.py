@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ async def _run(*command: str, env: dict[str, str] | None = None) -> tuple[int, s
 
 
 async def _node_tests(
-    database_url: str, file: str, extra_env: dict[str, str] | None = None, **server: str
+    database_url: str, file: str, extra_env: dict[str, str] | None = None, **server: Any
 ) -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are needed for the supabase-js tests (Node 20)")

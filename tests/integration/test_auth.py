@@ -27,7 +27,7 @@ from tests.support.timeouts import seconds, within
 pytestmark = pytest.mark.asyncio
 
 SECRET = "test-secret-of-at-least-32-bytes!!"
-AUTH = {"auth": "jwt", "jwt_secret": SECRET, "jwt_audience": "realtime"}
+AUTH: dict[str, Any] = {"auth": "jwt", "jwt_secret": SECRET, "jwt_audience": "realtime"}
 
 
 def token(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
+from broadcaster.core import broadcasts, presence
 from broadcaster.net.server import Server
 from tests.support.server import Client, client, running_server
 from tests.support.timeouts import seconds
@@ -117,3 +120,42 @@ async def test_presence_state_joins_and_leaves_across_processes(
         left = await next_of(a, "presence_diff")
         assert list(left["leaves"]) == ["bob"]  # type: ignore[call-overload]
         await asyncio.sleep(seconds(0.1))
+
+
+async def test_the_largest_broadcast_a_client_may_send_reaches_the_other_process(
+    servers: tuple[Server, Server],
+) -> None:
+    # A broadcast travels as one NOTIFY, whose payload Postgres caps at 8000
+    # bytes. Echoed to its sender ("self"), its origin is empty, so the size of
+    # its NOTIFY payload is known here; one byte more must be refused.
+    one, two = servers
+    room = broadcasts.MAX_PAYLOAD_BYTES - len(broadcasts.encode("native:t1", "e", "", "").encode())
+    largest = "é" * (room // 2) + "x" * (room % 2)  # bytes count, not characters
+    message = {"type": "broadcast", "table_id": "t1", "event": "e", "self": True}
+    async with client(one) as a, client(two) as b:
+        await a.subscribe("t1")
+        await b.subscribe("t1")
+        refused = await a.request({**message, "payload": largest + "x"})
+        assert refused["code"] == "too_large"
+        echoed = await exchange(a, {**message, "payload": largest}, "sent", "broadcast")
+        assert echoed["broadcast"]["payload"] == largest
+        assert (await next_of(b, "broadcast"))["payload"] == largest
+
+
+async def test_the_largest_meta_a_client_may_track_reaches_the_other_process(
+    servers: tuple[Server, Server],
+) -> None:
+    # A track is announced by NOTIFY too, its meta inside; one byte more must
+    # be refused.
+    one, two = servers
+    blob = "x" * (presence.MAX_META_BYTES - len(json.dumps({"blob": ""})))
+    track = {"type": "track", "table_id": "t1", "key": "ada"}
+    async with client(one) as a, client(two) as b:
+        await a.subscribe("t1", presence=True)
+        await b.subscribe("t1", presence=True)
+        await next_of(a, "presence_state")
+        refused = await a.request({**track, "meta": {"blob": blob + "x"}})
+        assert refused["code"] == "too_large"
+        await exchange(a, {**track, "meta": {"blob": blob}}, "tracked", "presence_diff")
+        joined = await next_of(b, "presence_diff")
+        assert joined["joins"] == {"ada": {"metas": [{"blob": blob, "phx_ref": ANY}]}}

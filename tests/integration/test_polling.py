@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.asyncio
 
 WINDOW = 0.3
 # A promise at the first wake-up, whatever the rate of changes.
-EAGER = {"poll_window": WINDOW, "poll_min_rate": 0, "refresh_interval": 60}
+EAGER: dict[str, Any] = {"poll_window": WINDOW, "poll_min_rate": 0, "refresh_interval": 60}
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -24,9 +25,9 @@ async def reader(database_url: str) -> AsyncIterator[ChangeReader]:
 
 
 @pytest.fixture
-async def diffs(database_url: str) -> AsyncIterator[asyncio.Queue[dict[str, object]]]:
+async def diffs(database_url: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
     connection = await asyncpg.connect(database_url)
-    queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await connection.add_listener(
         CHANNEL, lambda _c, _p, _ch, payload: queue.put_nowait(json.loads(payload))
     )
@@ -35,32 +36,32 @@ async def diffs(database_url: str) -> AsyncIterator[asyncio.Queue[dict[str, obje
 
 
 async def test_track_retrack_and_untrack_are_announced(
-    reader: ChangeReader, diffs: asyncio.Queue[dict[str, object]]
+    reader: ChangeReader, diffs: asyncio.Queue[dict[str, Any]]
 ) -> None:
     await reader.track("room", "ada", "slot-1", "process-a", {"name": "Ada"})
     first = await within(diffs.get())
     assert first["topic"] == "room"
     assert first["leaves"] == {}
-    (joined,) = first["joins"]["ada"]["metas"]  # type: ignore[index]
+    (joined,) = first["joins"]["ada"]["metas"]
     assert joined["name"] == "Ada"
     # A re-track is the old presence leaving and a new one, with a new ref,
     # joining: Phoenix clients apply joins before leaves, matched by ref.
     await reader.track("room", "ada", "slot-1", "process-a", {"name": "Ada L."})
     retracked = await within(diffs.get())
-    (rejoined,) = retracked["joins"]["ada"]["metas"]  # type: ignore[index]
-    (left,) = retracked["leaves"]["ada"]["metas"]  # type: ignore[index]
+    (rejoined,) = retracked["joins"]["ada"]["metas"]
+    (left,) = retracked["leaves"]["ada"]["metas"]
     assert (rejoined["name"], left["name"]) == ("Ada L.", "Ada")
     assert left["phx_ref"] == joined["phx_ref"] != rejoined["phx_ref"]
     assert await reader.presence_state("room") == [("ada", rejoined["phx_ref"], {"name": "Ada L."})]
     await reader.untrack(["slot-1"])
     left = await within(diffs.get())
     assert left["joins"] == {}
-    assert list(left["leaves"]) == ["ada"]  # type: ignore[call-overload]
+    assert list(left["leaves"]) == ["ada"]
     assert await reader.presence_state("room") == []
 
 
 async def test_a_process_that_stopped_proving_it_is_alive_loses_its_presences(
-    reader: ChangeReader, diffs: asyncio.Queue[dict[str, object]], database_url: str
+    reader: ChangeReader, diffs: asyncio.Queue[dict[str, Any]], database_url: str
 ) -> None:
     await reader.track("room", "ghost", "slot-dead", "dead-process", {})
     await reader.track("room", "live", "slot-live", "live-process", {})
@@ -76,5 +77,5 @@ async def test_a_process_that_stopped_proving_it_is_alive_loses_its_presences(
         await db.close()
     await reader.keep_presence("live-process", stale_after=15)
     left = await within(diffs.get())
-    assert list(left["leaves"]) == ["ghost"]  # type: ignore[call-overload]
+    assert list(left["leaves"]) == ["ghost"]
     assert [(key, meta) for key, _, meta in await reader.presence_state("room")] == [("live", {})]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Self
+from typing import Self, cast
+
+import asyncpg
 
 
 class PoolStandIn:
@@ -21,3 +23,12 @@ class PoolStandIn:
 
     async def reset(self) -> None:
         self.resets += 1
+
+
+def as_pool(stand_in: PoolStandIn | None) -> asyncpg.Pool | None:
+    """``stand_in`` where the code under test asks for an asyncpg pool.
+
+    SqlAuthorizer is typed for an ``asyncpg.Pool`` but calls only ``acquire()``
+    and, on the connection lent, ``fetchval()`` and ``reset()``: what a stand-in has.
+    """
+    return cast("asyncpg.Pool | None", stand_in)

@@ -140,7 +140,7 @@ class Client:
 
     async def changes(self, count: int, units: float = 10) -> list[Any]:
         """The next ``count`` live changes (``cursor`` messages are noted and skipped)."""
-        received = []
+        received: list[Any] = []
         while len(received) < count:
             message = await self.recv(units)
             if message["type"] == "cursor":
@@ -159,7 +159,7 @@ class Client:
             frame = await within(self.connection.recv(), units)
         except TimeoutError:
             return
-        raise AssertionError(f"unexpected message {frame}")
+        raise AssertionError(f"unexpected message {frame!r}")
 
 
 @contextlib.asynccontextmanager

@@ -68,7 +68,7 @@ _CLIENT_VERSION = """CASE WHEN r.inserted_xid IS NOT DISTINCT FROM r.changed_xid
     ELSE r.version END"""
 
 
-async def database_rows(db: asyncpg.Connection, table_id: str) -> Rows:
+async def database_rows(db: asyncpg.Connection | asyncpg.Pool, table_id: str) -> Rows:
     """The rows of ``table_id`` as a client that has every change holds them."""
     records = await db.fetch(
         f"SELECT r.id, r.data, r.enriching_columns, {_CLIENT_VERSION} AS version"
@@ -117,6 +117,7 @@ class ResumingClient:
         async with connect(self._url(), open_timeout=5, max_size=None) as ws:
             self.connections += 1
             pending = set(self.views)
+            view: TableView | None
             for ref, (table_id, view) in enumerate(self.views.items()):
                 message: dict[str, Any] = {"type": "subscribe", "ref": ref, "table_id": table_id}
                 if view.cursor is not None:

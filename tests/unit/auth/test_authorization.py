@@ -20,7 +20,7 @@ import pytest
 from broadcaster.auth.authorization import ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
 from broadcaster.auth.tokens import Identity
 from broadcaster.exceptions import ConfigurationError
-from tests.support.pools import PoolStandIn
+from tests.support.pools import PoolStandIn, as_pool
 from tests.support.timeouts import within
 
 FUNCTION = "broadcaster_authorize"
@@ -75,7 +75,7 @@ def sql_authorizer(
     pool: FakePool | None, clock: FakeClock | None = None, function: str = FUNCTION
 ) -> SqlAuthorizer:
     return SqlAuthorizer(
-        lambda: pool,
+        lambda: as_pool(pool),
         function,
         cache_seconds=CACHE_SECONDS,
         clock=clock if clock is not None else FakeClock(),
@@ -317,7 +317,7 @@ async def test_no_pool_denies_and_is_logged(caplog: pytest.LogCaptureFixture) ->
 async def test_the_pool_is_looked_up_at_each_question(caplog: pytest.LogCaptureFixture) -> None:
     pools: list[FakePool | None] = [None]
     authorizer = SqlAuthorizer(
-        lambda: pools[-1],
+        lambda: as_pool(pools[-1]),
         FUNCTION,
         cache_seconds=CACHE_SECONDS,
         clock=FakeClock(),
@@ -444,8 +444,11 @@ def test_an_invalid_function_name_is_a_configuration_error(function: str) -> Non
 @pytest.mark.parametrize(
     "function", ["broadcaster_authorize", "auth.may_subscribe", "_f1", "A.B", "f"]
 )
-def test_a_valid_function_name_is_accepted(function: str) -> None:
-    SqlAuthorizer(lambda: None, function, cache_seconds=CACHE_SECONDS)
+async def test_a_valid_function_name_is_accepted_and_called(function: str) -> None:
+    pool = FakePool(True)
+
+    assert await asked(sql_authorizer(pool, function=function), identity(), "t1") is True
+    assert [query for query, _args in pool.calls] == [f"SELECT {function}($1::jsonb, $2::text)"]
 
 
 def test_an_invalid_function_name_is_refused_before_any_question() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broadcaster.core import broadcasts
-from broadcaster.core.broadcasts import CHANNEL, MAX_PAYLOAD_BYTES, Broadcasts, encode
+from broadcaster.core.broadcasts import Broadcasts, encode
 
 
 class Recorder:
@@ -29,12 +29,6 @@ class Failing:
     def deliver_broadcast(self, topic: str, event: str, payload: Any, origin: str) -> None:
         self.calls += 1
         raise RuntimeError("listener bug")
-
-
-def test_constants() -> None:
-    assert CHANNEL == "broadcaster_broadcast"
-    # NOTIFY payloads must stay under 8000 bytes, envelope included.
-    assert MAX_PAYLOAD_BYTES < 8000
 
 
 def test_encode_is_compact_json_with_every_field() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from broadcaster.core import cursors
-from broadcaster.core.cursors import FOREIGN, MALFORMED, PRUNED, Origin, Snapshot, decode, encode
+from broadcaster.core.cursors import FOREIGN, MALFORMED, Origin, Snapshot, decode, encode
 from broadcaster.exceptions import BroadcasterError, CursorError
 
 ORIGIN = Origin(7_316_243_112_858_025_123, 16_384)
@@ -27,10 +27,6 @@ def unparsable(text: str) -> CursorError:
         Snapshot.parse(text)
     assert caught.value.reason == MALFORMED
     return caught.value
-
-
-def test_reasons_are_the_stable_reset_reasons() -> None:
-    assert (MALFORMED, FOREIGN, PRUNED) == ("malformed_cursor", "foreign_cursor", "history_pruned")
 
 
 def test_encode_tags_the_snapshot_with_version_and_origin() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -306,7 +307,7 @@ def test_batch_memo_builds_once_per_key() -> None:
     the_batch = Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR)
     calls: list[tuple[str, Batch]] = []
 
-    def build(key: str) -> object:
+    def build(key: str) -> Callable[[Batch], object]:
         def builder(b: Batch) -> object:
             calls.append((key, b))
             return object()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broadcaster.core import presence
-from broadcaster.core.presence import CHANNEL, MAX_META_BYTES, Presences, diff, state
+from broadcaster.core.presence import Presences, diff, state
 
 
 class Recorder:
@@ -27,11 +27,6 @@ class Failing:
     def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
         self.calls += 1
         raise RuntimeError("listener bug")
-
-
-def test_constants() -> None:
-    assert CHANNEL == "broadcaster_presence"
-    assert MAX_META_BYTES < 8000
 
 
 def test_state_of_nobody_is_empty() -> None:
@@ -71,7 +66,7 @@ def test_state_does_not_change_the_metas_it_is_given() -> None:
 
 
 def test_state_accepts_any_iterable() -> None:
-    entries = (entry for entry in [("a", "r", {})])
+    entries = (entry for entry in [("a", "r", dict[str, Any]())])
     assert state(entries) == {"a": {"metas": [{"phx_ref": "r"}]}}
 
 
@@ -99,7 +94,7 @@ def test_notified_reaches_the_followers_of_the_topic_only() -> None:
 
     registry.notified(diff("realtime:room", [("ada", "r1", {"n": 1})], []))
 
-    expected = ("realtime:room", {"ada": {"metas": [{"n": 1, "phx_ref": "r1"}]}}, {})
+    expected = ("realtime:room", {"ada": {"metas": [{"n": 1, "phx_ref": "r1"}]}}, dict[str, Any]())
     assert room.received == [expected]
     assert room_too.received == [expected]
     assert other.received == []

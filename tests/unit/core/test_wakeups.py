@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from broadcaster.core.feed import Feed
 from broadcaster.core.wakeups import ANY_TABLE, decode
 
 
-def test_any_table_is_none() -> None:
-    assert ANY_TABLE is None
+def test_a_wake_up_of_any_table_makes_the_feed_read() -> None:
+    # The read loop hands what decode() returns to Feed.wake(), whose word for
+    # every table is None: ANY_TABLE must be that word.
+    feed = Feed()
+    feed.wake(decode("t9"))
+    assert not feed.due  # nobody reads t9
+    feed.wake(decode(""))
+    assert feed.due
 
 
 def test_a_payload_is_the_table_id_that_changed() -> None:

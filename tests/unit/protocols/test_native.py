@@ -465,29 +465,3 @@ def test_batch_is_a_json_array_of_the_messages() -> None:
 
 def test_batch_of_one_message_is_still_an_array() -> None:
     assert batch([b'{"type":"pong","ref":null}']) == b'[{"type":"pong","ref":null}]'
-
-
-def test_close_codes() -> None:
-    assert protocol.CLOSE_GOING_AWAY == 1001
-    assert protocol.CLOSE_INVALID_DATA == 1007
-    assert protocol.CLOSE_MESSAGE_TOO_BIG == 1009
-    assert protocol.CLOSE_INTERNAL_ERROR == 1011
-    assert protocol.CLOSE_SLOW_CONSUMER == 4000
-
-
-def test_error_codes() -> None:
-    assert (
-        protocol.BAD_JSON,
-        protocol.BAD_MESSAGE,
-        protocol.UNKNOWN_TYPE,
-        protocol.TOO_LARGE,
-        protocol.TOO_MANY_SUBSCRIPTIONS,
-        protocol.BINARY_NOT_SUPPORTED,
-    ) == (
-        "bad_json",
-        "bad_message",
-        "unknown_type",
-        "too_large",
-        "too_many_subscriptions",
-        "binary_not_supported",
-    )

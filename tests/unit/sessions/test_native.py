@@ -845,6 +845,7 @@ def test_close_cancels_pending_joins_and_leaves_live_tables(
     assert hub.subscribers("t2") == hub.subscribers("t3") == 0
     assert hub.tables == 1
     for join in pending:  # answered anyway: too late
+        assert join.table_id is not None
         joiner.answer(join, [change(join.table_id, "r1", 1)])
     hub.publish(Batch("t1", [change("t1", "r1", 1)], CURSOR, since=CURSOR))
     hub.publish(Batch("t2", [change("t2", "r2", 2)], CURSOR, since=CURSOR))

@@ -30,7 +30,7 @@ from broadcaster.core.hub import Hub
 from broadcaster.exceptions import AuthenticationError
 from broadcaster.protocols import native as protocol
 from broadcaster.sessions.native import Limits, NativeSession
-from tests.support.pools import PoolStandIn
+from tests.support.pools import PoolStandIn, as_pool
 from tests.support.sessions import (
     CLAIM,
     FakeJoiner,
@@ -700,7 +700,7 @@ async def test_a_refresh_rechecks_with_the_sql_authorizer(
     hub: Hub,
 ) -> None:
     pool = FakePool(lambda claims, table_id: table_id in claims[CLAIM])
-    authorizer = SqlAuthorizer(lambda: pool, "authorize", cache_seconds=0.0)
+    authorizer = SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=0.0)
     session = make_session(verifier=verifier, authorizer=authorizer)
     await authenticate(session, transport, "token-abc")
     for ref, table_id in enumerate("ab"):
@@ -812,7 +812,7 @@ async def test_a_subscribe_waiting_for_the_sql_authorizer_holds_later_messages(
 ) -> None:
     pool = FakePool(lambda claims, table_id: table_id != "secret")
     gate = pool.hold()
-    authorizer = SqlAuthorizer(lambda: pool, "authorize", cache_seconds=10.0)
+    authorizer = SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=10.0)
     session = make_session(authorizer=authorizer)  # anonymous: the function decides
 
     send(session, {"type": "subscribe", "ref": 1, "table_id": "a"})
@@ -1219,7 +1219,7 @@ async def test_the_sql_authorizer_decides_with_the_tokens_claims(
         return claims.get("sub") == "u1" and table_id == "a"
 
     pool = FakePool(decide)
-    authorizer = SqlAuthorizer(lambda: pool, "authorize", cache_seconds=10.0)
+    authorizer = SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=10.0)
     session = make_session(verifier=verifier, authorizer=authorizer)
     await authenticate(session, transport, "token-ab")
 
@@ -1229,7 +1229,9 @@ async def test_the_sql_authorizer_decides_with_the_tokens_claims(
 
     assert [j.table_id for j in joiner.joins] == ["a"]
     assert without_message(messages(transport)[1]) == error(protocol.FORBIDDEN, 2, "b")
-    assert seen[0] == dict(verifier.outcomes["token-ab"].claims)
+    outcome = verifier.outcomes["token-ab"]
+    assert isinstance(outcome, Identity)
+    assert seen[0] == dict(outcome.claims)
 
 
 # Closing
@@ -1318,7 +1320,7 @@ async def test_close_before_the_wait_starts_leaves_nothing_behind(
                 hub,
                 joiner,
                 transport,
-                authorizer=SqlAuthorizer(lambda: pool, "authorize", cache_seconds=10.0),
+                authorizer=SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=10.0),
             )
             send(session, {"type": "subscribe", "ref": 1, "table_id": "a"})
         session.close()
@@ -1348,6 +1350,6 @@ async def test_an_unexpected_verifier_failure_closes_with_1011(
         await eventually(lambda: transport.closes)
 
     assert transport.sent == []
-    assert transport.closes == [(protocol.CLOSE_INTERNAL_ERROR, "internal error")]
+    assert transport.closes == [(1011, "internal error")]
     assert not session.authenticated
     assert any(r.exc_info for r in caplog.records if r.name == "broadcaster.sessions.native")

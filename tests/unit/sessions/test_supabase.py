@@ -609,7 +609,7 @@ async def test_channels_waiting_on_the_same_table_reply_together(world: World) -
     await eventually(lambda: len(world.joiner.pending) == 1)
     second = client.join(OTHER, [binding("table_id=in.(a,b)")])
     await eventually(lambda: len(world.joiner.pending) == 2)
-    assert sorted(j.table_id for j in world.joiner.pending) == ["a", "b"]
+    assert sorted((j.table_id for j in world.joiner.pending), key=str) == ["a", "b"]
 
     [join_a] = [j for j in world.joiner.pending if j.table_id == "a"]
     world.joiner.answer(join_a)
