@@ -12,7 +12,7 @@
 -- snapshot becomes the next cursor. NOTIFY only wakes the servers up, and is
 -- skipped while the servers have promised to read the table anyway.
 --
--- Payload on channel `broadcaster_changes` (decoded by broadcaster/payloads.py):
+-- Payload on channel `broadcaster_changes` (decoded by broadcaster/core/wakeups.py):
 -- the table_id whose rows changed, or the empty string for "any table" (a
 -- TRUNCATE, or a table_id too long for NOTIFY's 8000 bytes). Postgres delivers
 -- identical notifications of one transaction once, so a statement touching
@@ -20,13 +20,13 @@
 
 CREATE SEQUENCE IF NOT EXISTS broadcaster_version_seq;
 -- Versions step by 2, so that no change is ever given v + 1: that is the version
--- a read gives a re-insert that raced a deletion (broadcaster/queries.py).
+-- a read gives a re-insert that raced a deletion (broadcaster/postgres/queries.py).
 ALTER SEQUENCE broadcaster_version_seq INCREMENT BY 2;
 
 -- A writer's session remembers, for at most 100 ms, that a table's servers had
 -- promised to read it (or that none served it), so that its next writes of the
 -- table skip the lookup and its call (30 us). A server reads a table it starts
--- serving once more after that long (REMEMBERED_FOR in broadcaster/polling.py),
+-- serving once more after that long (REMEMBERED_FOR in broadcaster/core/promises.py),
 -- for the writers that acted on a memory older than its registration.
 --
 -- The memory is two session settings: `broadcaster.promised`, the tables
@@ -60,7 +60,7 @@ $$;
 
 -- In any isolation level: the memory comes from a lookup in READ COMMITTED
 -- (broadcaster_wake), and acting on it within its time relies only on the
--- writer's xid being taken before the check (broadcaster/polling.py).
+-- writer's xid being taken before the check (broadcaster/core/promises.py).
 CREATE OR REPLACE FUNCTION broadcaster_promised(table_id text) RETURNS boolean
 LANGUAGE sql AS $$
     SELECT coalesce(broadcaster_remembered(table_id) > clock_timestamp(), false)
@@ -116,7 +116,7 @@ BEGIN
     END IF;
     -- A NOTIFY makes the commit take a cluster-wide lock through its WAL flush,
     -- so it is skipped while every server process serving this table has
-    -- promised to read it unasked (broadcaster/polling.py), or none serves it.
+    -- promised to read it unasked (broadcaster/core/promises.py), or none serves it.
     -- Only in READ COMMITTED, where this statement sees the latest promises;
     -- the caller has taken its xid already, which the promise relies on.
     IF table_id <> '' AND current_setting('transaction_isolation') = 'read committed' THEN
@@ -258,5 +258,5 @@ CREATE TRIGGER broadcaster_before_truncate
 
 DROP FUNCTION IF EXISTS broadcaster_after_write();
 DROP FUNCTION IF EXISTS broadcaster_notify(text, rows);
--- The JSON shape of a row is the read's own (broadcaster/queries.py) since 0.2.
+-- The JSON shape of a row is the read's own (broadcaster/postgres/queries.py) since 0.2.
 DROP FUNCTION IF EXISTS broadcaster_row_json(rows);

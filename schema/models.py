@@ -106,7 +106,7 @@ class Tombstone(Base):
         # Pruning deletes by age.
         Index("broadcaster_tombstones_deleted_at_idx", "deleted_at"),
         # The newest tombstone of a row id: the version of a re-insert that
-        # raced its deletion (broadcaster/queries.py).
+        # raced its deletion (broadcaster/postgres/queries.py).
         Index("broadcaster_tombstones_table_id_id_idx", "table_id", "id", "version"),
     )
 

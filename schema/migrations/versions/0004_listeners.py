@@ -3,7 +3,7 @@
 Creates ``broadcaster_listeners``, one row per table a server process serves
 (``table_id`` ``''`` for its subscribers of every table): ``polling_until`` is
 the end of its promise to read the table unasked, which lets the trigger skip
-the NOTIFY (see broadcaster/polling.py); ``seen_at`` is when the process last
+the NOTIFY (see broadcaster/core/promises.py); ``seen_at`` is when the process last
 proved it was alive, so the rows of a dead process can be removed. UNLOGGED: it
 is rewritten often and worthless after a crash (servers register again when
 they reconnect). A new table holds no data yet, so it is created in the

@@ -1,6 +1,6 @@
 """Tombstones by row id: the version a re-insert that raced a deletion is read with.
 
-A read gives such a row its tombstone's version + 1 (broadcaster/queries.py),
+A read gives such a row its tombstone's version + 1 (broadcaster/postgres/queries.py),
 looking up the newest tombstone of the row's ``(table_id, id)``; this index
 serves that lookup. Built CONCURRENTLY, since
 ``broadcaster_tombstones`` may be large and deleting writers must not wait; an
