@@ -8,11 +8,10 @@ channel's bindings name the table_ids they route to (``table_id=eq.X`` or
 ``table_id=in.(a,b)``), the session joins those tables through the feed, and
 only once they are live does it reply to ``phx_join`` (so a change committed
 after the client reports SUBSCRIBED is never missed). A binding with no such
-filter (none at all, or filters on other columns, see row_filters.py) joins
+filter (none at all, or filters on other columns, see filters.py) joins
 every table and checks its filters on each row; the authorizer must grant it
-the table_id ``*``. A batch's messages are built once per channel shape
-(protocol version, topic, bindings) and written as the same bytes to every
-channel of that shape.
+the table_id ``*``. Bindings and the messages a batch brings each channel
+shape are :mod:`broadcaster.protocols.supabase`.
 
 Broadcast (broadcasts.py) and presence (presence.py) go through Postgres to
 every server process. Bindings on a table other than ``public.rows`` are
@@ -24,124 +23,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from ..auth.authorization import Authorizer, decided
 from ..auth.tokens import Identity, TokenVerifier
 from ..core import broadcasts, presence
 from ..core.broadcasts import Broadcasts
-from ..core.changes import Change
 from ..core.feed import Join, JoinResult
 from ..core.hub import EVERY_TABLE, Batch, Hub
 from ..core.presence import Presences
 from ..exceptions import AuthenticationError, FilterError, ProtocolError
 from ..postgres.queries import DATABASE_ERRORS
 from ..protocols import phoenix
-from ..protocols.filters import RowFilter, parse_filters
 from ..protocols.frames import text_frame
-from ..protocols.phoenix import Message, compact_json
+from ..protocols.phoenix import Message
+from ..protocols.supabase import EVERY_TABLE_ID, Binding, Shape
 from .native import Joiner, Transport
 
-__all__ = ["Binding", "SupabaseSession"]
+__all__ = ["SupabaseSession"]
 
 logger = logging.getLogger(__name__)
-
-SCHEMA: Final = "public"
-TABLE: Final = "rows"
-COLUMNS: Final = [
-    {"name": "id", "type": "text"},
-    {"name": "table_id", "type": "text"},
-    {"name": "data", "type": "jsonb"},
-    {"name": "enriching_columns", "type": "_text"},
-    {"name": "version", "type": "int8"},
-    {"name": "created_at", "type": "timestamptz"},
-    {"name": "updated_at", "type": "timestamptz"},
-]
-_EVENTS: Final = {"*", "INSERT", "UPDATE", "DELETE"}
-# The table_id a binding that routes to every table asks the authorizer about.
-EVERY_TABLE_ID: Final = "*"
-
-
-@dataclass(frozen=True)
-class Binding:
-    """One ``postgres_changes`` entry of a join, with the id the client matches on."""
-
-    id: int
-    event: str
-    tables: tuple[str, ...] | None
-    """The table_ids it routes to; ``None``: every table."""
-    filters: tuple[RowFilter, ...] = ()
-
-    @classmethod
-    def parse(cls, entry: object) -> Binding:
-        if not isinstance(entry, dict):
-            raise FilterError("each postgres_changes entry is an object")
-        event = entry.get("event", "*")
-        if not isinstance(event, str) or event not in _EVENTS:
-            raise FilterError(f"event must be one of *, INSERT, UPDATE, DELETE, not {event!r}")
-        if entry.get("schema", SCHEMA) != SCHEMA or entry.get("table") != TABLE:
-            raise FilterError(
-                f"only {SCHEMA}.{TABLE} is published here, not "
-                f"{entry.get('schema')}.{entry.get('table')}"
-            )
-        text = entry.get("filter")
-        if text is None or text == "":
-            filters: tuple[RowFilter, ...] = ()
-        elif isinstance(text, str):
-            filters = parse_filters(text)
-        else:
-            raise FilterError("filter must be a string such as table_id=eq.X")
-        tables: tuple[str, ...] | None = None
-        for row_filter in filters:
-            routes = row_filter.tables
-            if routes is not None:
-                tables = routes if tables is None else tuple(t for t in tables if t in routes)
-        if tables == ():
-            raise FilterError(f"filter {text!r} matches no table_id")
-        # Deterministic, so every client with the same bindings gets the same
-        # ids (as Supabase's hash of the parameters); never 0, which the client
-        # treats as unset.
-        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
-        binding_id = zlib.crc32(canonical.encode()) & 0x7FFFFFFF or 1
-        return cls(binding_id, event, tables, filters)
-
-    def matches(self, change: Change, row: Mapping[str, Any]) -> bool:
-        """Does ``change`` (``row``: its record, or for a DELETE its old key) fire this binding?"""
-        if self.event not in ("*", change.op):
-            return False
-        if self.tables is not None and change.table_id not in self.tables:
-            return False
-        return all(row_filter.matches(row) for row_filter in self.filters)
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What decides the messages a batch brings a channel: channels of the same
-    shape (each tab open on one sheet) share them. A key of :meth:`Batch.memo`
-    (bindings hash: their filters' values are canonical tuples) and the
-    function that builds them."""
-
-    vsn: str
-    topic: str
-    bindings: tuple[Binding, ...]
-
-    def __call__(self, batch: Batch) -> bytes:
-        """The ``postgres_changes`` messages of ``batch``, as text frames."""
-        frames = []
-        head = tail = ""
-        for change, row, data in batch.memo("supabase.changes", _changes):
-            ids = [b.id for b in self.bindings if b.matches(change, row)]
-            if not ids:
-                continue
-            if not head:
-                head, tail = phoenix.push_parts(self.topic, "postgres_changes", self.vsn)
-            ids_json = ",".join(map(str, ids))
-            frames.append(text_frame(f'{head}{{"ids":[{ids_json}],"data":{data}}}{tail}'.encode()))
-        return b"".join(frames)
 
 
 @dataclass(eq=False)
@@ -151,7 +54,7 @@ class _Channel:
     bindings: list[Binding]
     tables: frozenset[str | None]
     """Where its bindings route: table_ids, and EVERY_TABLE if one routes to every table."""
-    shape: _Shape
+    shape: Shape
     broadcast_self: bool = False
     broadcast_ack: bool = False
     presence_key: str | None = None
@@ -306,7 +209,7 @@ class SupabaseSession:
             message.join_ref,
             bindings,
             tables,
-            _Shape(self._vsn, topic, tuple(bindings)),
+            Shape(self._vsn, topic, tuple(bindings)),
             broadcast_self=broadcast.get("self") is True,
             broadcast_ack=broadcast.get("ack") is True,
             # Like Supabase: without a key of its own, a connection is one presence.
@@ -555,38 +458,3 @@ class SupabaseSession:
 
     def _send(self, message: Message) -> None:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
-
-
-def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:
-    """Each change, its row (for the bindings' filters) and its ``data`` as JSON.
-
-    Built once per batch and shared by every Supabase client it goes to. The
-    record is the row's JSON as the read returned it, spliced in unparsed.
-    """
-    return [_change(change) for change in batch.changes]
-
-
-def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
-    row: dict[str, Any] = json.loads(change.row_json)
-    if change.op == "DELETE":
-        committed = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        old_record = compact_json(
-            {"id": change.id, "table_id": change.table_id, "version": change.version}
-        )
-        data = (
-            f'{_DATA_HEAD}"commit_timestamp":"{committed}","type":"DELETE",'
-            f'"columns":{_COLUMNS_JSON},"old_record":{old_record},"errors":null}}'
-        )
-        return change, row, data
-    committed, op = compact_json(row.get("updated_at")), compact_json(change.op)
-    data = (
-        f'{_DATA_HEAD}"commit_timestamp":{committed},"type":{op},'
-        f'"columns":{_COLUMNS_JSON},"record":{change.row_json},"errors":null'
-    )
-    if change.op == "UPDATE":
-        data += f',"old_record":{compact_json({"id": change.id, "table_id": change.table_id})}'
-    return change, row, data + "}"
-
-
-_DATA_HEAD: Final = f'{{"schema":{compact_json(SCHEMA)},"table":{compact_json(TABLE)},'
-_COLUMNS_JSON: Final = compact_json(COLUMNS)

@@ -23,6 +23,7 @@ from broadcaster.core.broadcasts import Broadcasts
 from broadcaster.core.changes import Change
 from broadcaster.core.cursors import Origin
 from broadcaster.core.feed import Join, JoinResult
+from broadcaster.core.hub import Batch
 from broadcaster.exceptions import AuthenticationError
 from broadcaster.protocols import native as protocol
 from broadcaster.sessions.native import NativeSession
@@ -231,3 +232,41 @@ class FakeStore:
         self.state_reads.append(topic)
         self._maybe_fail("presence_state")
         return list(self.states.get(topic, []))
+
+
+# The Supabase protocol
+
+UPDATED_AT = "2024-05-01T10:00:00.123456+00:00"
+
+
+def binding(filter: str | None, event: str | None = "*", **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"schema": "public", "table": "rows", **extra}
+    if event is not None:
+        entry["event"] = event
+    if filter is not None:
+        entry["filter"] = filter
+    return entry
+
+
+def row(table_id: str, row_id: str, version: int) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "table_id": table_id,
+        "data": {"n": version, "text": "ü"},
+        "enriching_columns": [],
+        "version": version,
+        "created_at": "2024-04-01T09:00:00+00:00",
+        "updated_at": UPDATED_AT,
+    }
+
+
+def change(op: str, table_id: str, row_id: str, version: int) -> Change:
+    if op == "DELETE":
+        body: dict[str, Any] = {"id": row_id, "table_id": table_id, "version": version}
+    else:
+        body = row(table_id, row_id, version)
+    return Change(op, table_id, row_id, version, json.dumps(body))
+
+
+def batch(table_id: str, *changes: Change) -> Batch:
+    return Batch(table_id, list(changes), "cursor-2", since="cursor-1")
