@@ -1,10 +1,11 @@
-"""Supabase Realtime's ``postgres_changes``, sans-I/O: bindings and change payloads.
+"""Supabase Realtime's ``postgres_changes``, sans-I/O: bindings, change payloads, server texts.
 
 A channel's join lists ``postgres_changes`` bindings; :class:`Binding` parses
 one and tells which changes fire it. A batch's messages are built once per
 channel :class:`Shape` (protocol version, topic, bindings) and written as the
 same bytes to every channel of that shape; each change's ``data`` is built
-once per batch, whatever the shape.
+once per batch, whatever the shape. The texts Supabase's own server sends
+(``realtime_channel.ex``) are here too, so a client sees the same words.
 """
 
 from __future__ import annotations
@@ -22,9 +23,21 @@ from ..exceptions import FilterError
 from . import phoenix
 from .filters import RowFilter, parse_filters
 from .frames import text_frame
-from .phoenix import compact_json
+from .phoenix import Message, compact_json
 
-__all__ = ["COLUMNS", "EVERY_TABLE_ID", "SCHEMA", "TABLE", "Binding", "Shape"]
+__all__ = [
+    "COLUMNS",
+    "EVERY_TABLE_ID",
+    "SCHEMA",
+    "TABLE",
+    "TOO_MANY_CHANNELS",
+    "TOO_MANY_JOINS",
+    "TOO_MANY_MESSAGES",
+    "Binding",
+    "Shape",
+    "system",
+    "token_expired",
+]
 
 SCHEMA: Final = "public"
 TABLE: Final = "rows"
@@ -40,6 +53,34 @@ COLUMNS: Final = [
 _EVENTS: Final = {"*", "INSERT", "UPDATE", "DELETE"}
 # The table_id a binding that routes to every table asks the authorizer about.
 EVERY_TABLE_ID: Final = "*"
+
+# Supabase's answers to a client past a limit, word for word.
+TOO_MANY_MESSAGES: Final = "Too many messages per second"
+TOO_MANY_JOINS: Final = "ClientJoinRateLimitReached: Too many joins per second"
+TOO_MANY_CHANNELS: Final = "ChannelRateLimitReached: Too many channels"
+
+
+def token_expired(overdue: float) -> str:
+    """What Supabase tells a channel whose token expired ``overdue`` seconds ago."""
+    return f"Token has expired {max(0, int(overdue))} seconds ago"
+
+
+def system(topic: str, status: str, text: str, extension: str = "postgres_changes") -> Message:
+    """A ``system`` message on ``topic``: Supabase's way to tell a channel how it fares.
+
+    ``extension`` is ``postgres_changes`` for news of the bindings and ``system``
+    for the channel itself (Supabase's ``shutdown_response``).
+    """
+    return Message(
+        topic,
+        "system",
+        {
+            "extension": extension,
+            "status": status,
+            "message": text,
+            "channel": topic.removeprefix("realtime:"),
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -182,5 +182,4 @@ def test_module_exports() -> None:
         "Store",
         "diff",
         "state",
-        "untrack_soon",
     }

@@ -1,4 +1,4 @@
-"""broadcaster.protocols.supabase: postgres_changes bindings and change payloads."""
+"""broadcaster.protocols.supabase: postgres_changes bindings, change payloads, Supabase's texts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from broadcaster.exceptions import FilterError
+from broadcaster.protocols import supabase
+from broadcaster.protocols.phoenix import Message
 from broadcaster.protocols.supabase import COLUMNS, Binding
 from tests.support.sessions import binding, change, row
 
@@ -193,3 +195,30 @@ def test_columns_describe_the_rows_table() -> None:
         "created_at",
         "updated_at",
     ]
+
+
+# Supabase's texts
+
+
+def test_a_system_message_names_the_channel_without_its_prefix() -> None:
+    assert supabase.system("realtime:room", "error", "why") == Message(
+        "realtime:room",
+        "system",
+        {"extension": "postgres_changes", "status": "error", "message": "why", "channel": "room"},
+    )
+    assert supabase.system("realtime:room", "error", "why", "system").payload["extension"] == (
+        "system"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overdue", "text"),
+    [
+        (0.0, "Token has expired 0 seconds ago"),
+        (-0.2, "Token has expired 0 seconds ago"),
+        (2.9, "Token has expired 2 seconds ago"),
+        (61.0, "Token has expired 61 seconds ago"),
+    ],
+)
+def test_token_expired_says_how_long_ago_in_whole_seconds(overdue: float, text: str) -> None:
+    assert supabase.token_expired(overdue) == text
