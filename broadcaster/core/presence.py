@@ -14,7 +14,6 @@ Diffs follow Phoenix presence: ``{"joins": {key: {"metas": [...]}},
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ from typing import Any, Final, Protocol
 
 from .topics import Topics
 
-__all__ = ["CHANNEL", "MAX_META_BYTES", "Presences", "Store", "diff", "state", "untrack_soon"]
+__all__ = ["CHANNEL", "MAX_META_BYTES", "Presences", "Store", "diff", "state"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +34,11 @@ Entry = tuple[str, str, Any]
 
 
 class Store(Protocol):
-    """Where presences are kept (broadcaster.postgres.queries.ChangeReader)."""
+    """Where presences are kept (broadcaster.postgres.queries.ChangeReader).
+
+    Each method raises :class:`~broadcaster.exceptions.DatabaseError` when
+    Postgres fails it.
+    """
 
     async def track(self, topic: str, key: str, slot: str, process: str, meta: Any) -> None: ...
 
@@ -96,25 +99,3 @@ class Presences:
                 listener.deliver_presence(topic, joins, leaves)
             except Exception:
                 logger.exception("a presence listener failed")
-
-
-# Untracking when a connection goes must outlive its session's own tasks,
-# which are cancelled as it closes.
-_UNTRACKING: set[asyncio.Task[None]] = set()
-
-
-def untrack_soon(store: Store, slots: Sequence[str]) -> None:
-    """Untrack in the background; on failure the process heartbeat expires them."""
-
-    # Imported here: queries.py imports this module.
-    from ..postgres.queries import DATABASE_ERRORS
-
-    async def untrack() -> None:
-        try:
-            await store.untrack(slots)
-        except DATABASE_ERRORS:
-            logger.warning("removing a presence failed; it will expire", exc_info=True)
-
-    task = asyncio.get_running_loop().create_task(untrack())
-    _UNTRACKING.add(task)
-    task.add_done_callback(_UNTRACKING.discard)

@@ -27,7 +27,7 @@ from ..postgres.listener import CHANNEL as CHANGES_CHANNEL
 from ..postgres.listener import Listener
 from ..postgres.queries import DATABASE_ERRORS, ChangeReader, ReadSession
 from ..postgres.read_loop import Poller
-from ..sessions.native import Limits, Messaging
+from ..sessions.base import Limits, Messaging
 from ..settings import Settings
 
 __all__ = ["PRESENCE_HEARTBEAT", "Runtime"]

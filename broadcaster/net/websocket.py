@@ -173,8 +173,8 @@ class WebSocketConnection(asyncio.Protocol):
         url = urlsplit(request.path)
         runtime = self._runtime
         poller = runtime.poller if runtime is not None else None
-        reader = runtime.reader if runtime is not None else None
-        if runtime is None or poller is None or reader is None:
+        messaging = runtime.messaging if runtime is not None else None
+        if runtime is None or poller is None or messaging is None:
             self._refuse(handshake, http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
             return
         if url.path != NATIVE_PATH and url.path not in SUPABASE_PATHS:
@@ -209,13 +209,9 @@ class WebSocketConnection(asyncio.Protocol):
                 authorizer=runtime.authorizer,
                 verifier=runtime.verifier,
                 apikey=next(iter(query.get("apikey", [])), None),
-                max_subscriptions=runtime.limits.max_subscriptions,
-                max_message_bytes=runtime.limits.max_message_bytes,
-                broadcasts=runtime.broadcasts,
-                send_broadcast=reader.broadcast,
+                messaging=messaging,
+                limits=runtime.limits,
                 publishable_keys=runtime.publishable_keys,
-                presences=runtime.presences,
-                presence_store=reader,
             )
             logger.debug("%s connected to %s (vsn %s)", self._peer, url.path, vsn)
             return
@@ -227,7 +223,7 @@ class WebSocketConnection(asyncio.Protocol):
             verifier=runtime.verifier,
             token=_token(request, url.query),
             limits=runtime.limits,
-            messaging=runtime.messaging,
+            messaging=messaging,
         )
         logger.debug("%s connected to %s", self._peer, url.path)
 

@@ -1,4 +1,5 @@
-"""The wire formats, sans-I/O: the native protocol, Phoenix framing, filters, frames.
+"""The wire formats, sans-I/O: the native protocol, Phoenix framing, Supabase's
+``postgres_changes``, filters, frames.
 
 Parsing client messages and encoding server ones, with plain data in and out.
 """

@@ -1,12 +1,9 @@
 """One client connection speaking the native protocol: authentication, subscriptions, replies.
 
-The session does no I/O of its own: the WebSocket adapter feeds it each
-incoming message and hands it a :class:`Transport` to write frames to, a token
-verifier, an authorizer and a :class:`Joiner`. Messages are handled strictly in
-order. Most are answered at once; one that must wait (verifying a token,
-asking a SQL authorizer) is finished by a task on the event loop, and messages
-arriving meanwhile queue behind it (reading from the socket pauses when the
-queue is long).
+The session translates the native protocol onto :class:`~.base.Session`, which
+orders messages, applies the limits and ends access at a token's expiry. Most
+messages are answered at once; one that must wait (verifying a token, asking a
+SQL authorizer, a database write) is finished by the base's worker task.
 
 A subscribe becomes a :class:`~broadcaster.core.feed.Join`; when it is answered the
 session sends ``subscribed``, a ``reset`` if the cursor could not be served,
@@ -16,35 +13,24 @@ table, every live batch.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
 
 from ..auth.authorization import Authorizer, decided
-from ..auth.tokens import Identity, TokenVerifier
+from ..auth.tokens import TokenVerifier
 from ..core import broadcasts, presence
-from ..core.broadcasts import Broadcasts
 from ..core.changes import Change
 from ..core.feed import Join, JoinResult
 from ..core.hub import Batch, Hub
-from ..core.presence import Presences
-from ..exceptions import AuthenticationError, ProtocolError
-from ..postgres.queries import DATABASE_ERRORS
+from ..exceptions import AuthenticationError, DatabaseError, ProtocolError
 from ..protocols import native as protocol
 from ..protocols.frames import text_frame
+from .base import Continuation, Joiner, Limits, Messaging, Session, Transport
 
-__all__ = [
-    "FRAME_BYTES",
-    "Joiner",
-    "Limits",
-    "NativeSession",
-    "Transport",
-    "encode_batch",
-]
+__all__ = ["FRAME_BYTES", "NativeSession", "encode_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +42,8 @@ _NATIVE_FRAME: Final = "native.frame"
 # megabytes: common clients refuse frames over 1 MiB by default.
 FRAME_BYTES: Final = 256 * 1024
 
-# Queued messages past which the session stops reading from its socket, and
-# below which it reads again: a client cannot make it buffer without bound.
-_INBOX_HIGH: Final = 64
-_INBOX_LOW: Final = 16
-
-# Errors are counted per window; a client past the budget is disconnected.
-_ERROR_WINDOW: Final = 60.0
+# The key of the connection's deadline: one token for the whole connection.
+_CONNECTION: Final = "the connection"
 
 
 def _chunks(messages: Sequence[bytes]) -> list[list[bytes]]:
@@ -107,93 +88,12 @@ def encode_batch(batch: Batch) -> bytes:
     return b"".join(frames)
 
 
-class Transport(Protocol):
-    def send(self, frame: bytes) -> None:
-        """Queue a complete WebSocket frame; never block."""
-
-    def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake with ``code``."""
-
-    def pause_reading(self) -> None:
-        """Stop reading from the client until :meth:`resume_reading`."""
-
-    def resume_reading(self) -> None:
-        """Read from the client again."""
-
-
-class Joiner(Protocol):
-    def join(self, join: Join) -> None:
-        """Answer ``join`` at the next read."""
-
-    def cancel(self, join: Join) -> None:
-        """Forget ``join`` if it has not been answered."""
-
-
-class MessagingStore(Protocol):
-    """Where broadcasts are sent and presences kept (broadcaster.postgres.queries.ChangeReader)."""
-
-    async def broadcast(self, payload: str) -> None: ...
-
-    async def track(self, topic: str, key: str, slot: str, process: str, meta: Any) -> None: ...
-
-    async def untrack(self, slots: Sequence[str]) -> None: ...
-
-    async def presence_state(self, topic: str) -> list[tuple[str, str, Any]]: ...
-
-
-@dataclass(frozen=True)
-class Messaging:
-    """Client-to-client messages of a table's subscribers: broadcast and presence.
-
-    Both travel through Postgres to every server process; see broadcasts.py
-    and presence.py.
-    """
-
-    broadcasts: Broadcasts
-    presences: Presences
-    store: MessagingStore
-
-
 def _topic(table_id: str) -> str:
     # Native topics cannot meet Supabase channel topics ("realtime:...").
     return "native:" + table_id
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one connection may do; ``docs/security.md`` explains each."""
-
-    max_subscriptions: int = 100
-    max_message_bytes: int = 64 * 1024
-    messages_per_second: float = 50.0
-    max_errors: int = 20
-    auth_timeout: float = 5.0
-
-
-class _TokenBucket:
-    """``rate`` messages a second on average, in bursts of up to ``burst``."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        self._rate = rate
-        self._burst = max(burst, 1.0)
-        self._tokens = self._burst
-        self._clock = clock
-        self._last = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
-_Continuation = Coroutine[Any, Any, None]
-
-
-class NativeSession:
+class NativeSession(Session[protocol.ClientMessage]):
     """Authentication, subscriptions and request handling for one connection.
 
     ``verifier`` is ``None`` when authentication is off: the connection is then
@@ -203,6 +103,8 @@ class NativeSession:
     ``ping`` is served before it has.
     """
 
+    _logger = logger
+
     def __init__(
         self,
         hub: Hub,
@@ -210,58 +112,31 @@ class NativeSession:
         transport: Transport,
         *,
         authorizer: Authorizer,
+        limits: Limits,
         verifier: TokenVerifier | None = None,
         token: str | None = None,
-        limits: Limits = Limits(),
         messaging: Messaging | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._hub = hub
-        self._joiner = joiner
-        self._transport = transport
+        super().__init__(
+            hub,
+            joiner,
+            transport,
+            verifier=verifier,
+            limits=limits,
+            messaging=messaging,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
         self._authorizer = authorizer
-        self._verifier = verifier
-        self._limits = limits
-        self._messaging = messaging
-        self._origin = messaging.broadcasts.origin(self) if messaging is not None else ""
         # Tables whose presence this connection follows, and tracks.
         self._presence: set[str] = set()
         self._tracked: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._clock = clock
-        self._wall_clock = wall_clock
         # table_id -> its pending Join, or None once live.
         self.tables: dict[str, Join | None] = {}
-        self.closed = False
-        self.identity: Identity | None = None
-        self.authenticated = verifier is None
-        # A list, not a deque: a deque allocates a 64-slot block at once, 700
-        # bytes for every connection, and this holds at most _INBOX_HIGH + 1
-        # messages, most of the time none.
-        self._inbox: list[protocol.ClientMessage] = []
-        self._worker: asyncio.Task[None] | None = None
-        # The continuation handed to a worker task that has not run yet: if the
-        # session closes first, it is closed rather than left never awaited.
-        self._unstarted: _Continuation | None = None
-        self._paused = False
-        # A reconnecting client resubscribes every table at once (plus its auth
-        # message): the burst allows that as well as twice the rate.
-        self._rate = _TokenBucket(
-            limits.messages_per_second,
-            max(2 * limits.messages_per_second, limits.max_subscriptions + 2),
-            clock,
-        )
-        self._errors = 0
-        self._errors_since = clock()
-        self._auth_timer: asyncio.TimerHandle | None = None
-        self._expiry_timer: asyncio.TimerHandle | None = None
-        if verifier is not None:
-            self._auth_timer = asyncio.get_running_loop().call_later(
-                limits.auth_timeout, self._auth_timed_out
-            )
-            if token is not None:
-                self._dispatch(protocol.Auth(None, token))
+        if verifier is not None and token is not None:
+            self._dispatch(protocol.Auth(None, token))
 
     # Input from the transport
 
@@ -288,7 +163,7 @@ class NativeSession:
             return
         # Checked after parsing so the error can answer the message's ref: a
         # client then knows which of its requests was dropped.
-        if not self._rate.take():
+        if not self._within_rate():
             self._error(
                 protocol.RATE_LIMITED,
                 f"more than {self._limits.messages_per_second:g} messages a second; "
@@ -303,47 +178,7 @@ class NativeSession:
         if not self.closed:
             self._error(protocol.BINARY_NOT_SUPPORTED, "the native protocol uses text frames only")
 
-    # Ordering: a message is handled at once unless one before it is still
-    # waiting; then it queues, and the worker task handles the queue in order.
-
-    def _dispatch(self, message: protocol.ClientMessage) -> None:
-        if self._worker is not None:
-            self._inbox.append(message)
-            if len(self._inbox) > _INBOX_HIGH and not self._paused:
-                self._paused = True
-                self._transport.pause_reading()
-            return
-        continuation = self._handle(message)
-        if continuation is not None:
-            self._unstarted = continuation
-            self._worker = asyncio.get_running_loop().create_task(self._work(continuation))
-
-    async def _work(self, first: _Continuation) -> None:
-        self._unstarted = None
-        continuation: _Continuation | None = first
-        try:
-            while continuation is not None:
-                await self._finish(continuation)
-                continuation = None
-                while continuation is None and self._inbox and not self.closed:
-                    continuation = self._handle(self._inbox.pop(0))
-                    if self._paused and len(self._inbox) <= _INBOX_LOW:
-                        self._paused = False
-                        self._transport.resume_reading()
-        finally:
-            self._worker = None
-
-    async def _finish(self, continuation: _Continuation) -> None:
-        try:
-            await continuation
-        except ProtocolError as exc:
-            self._error(exc.code, exc.message, exc.ref)
-        except Exception:
-            logger.exception("handling a client message failed")
-            self._transport.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
-
-    def _handle(self, message: protocol.ClientMessage) -> _Continuation | None:
-        """Handle ``message``; return what is left to await, if anything."""
+    def _handle(self, message: protocol.ClientMessage) -> Continuation | None:
         if self.closed:
             return None
         try:
@@ -391,13 +226,8 @@ class NativeSession:
         if self.closed:
             return
         self.identity = identity
-        self.authenticated = True
-        self._cancel_timers()
-        if identity.expires_at is not None:
-            delay = max(0.0, identity.expires_at - self._wall_clock())
-            self._expiry_timer = asyncio.get_running_loop().call_later(
-                delay, self._expired, identity
-            )
+        self._authenticated()
+        self._expire_at(_CONNECTION, identity.expires_at)
         self._reply(protocol.encode_authenticated(message.ref, identity.expires_at))
         # A refreshed token may grant fewer tables than the one it replaces.
         for table_id in list(self.tables):
@@ -413,23 +243,29 @@ class NativeSession:
                 )
 
     def _auth_timed_out(self) -> None:
-        if not self.authenticated and not self.closed:
-            self._reply(
-                protocol.encode_error(
-                    protocol.UNAUTHORIZED,
-                    f"no valid auth message within {self._limits.auth_timeout:g} seconds",
-                )
+        self._reply(
+            protocol.encode_error(
+                protocol.UNAUTHORIZED,
+                f"no valid auth message within {self._limits.auth_timeout:g} seconds",
             )
-            self._transport.close(protocol.CLOSE_UNAUTHORIZED, "authentication timeout")
+        )
+        self._transport.close(protocol.CLOSE_UNAUTHORIZED, "authentication timeout")
 
-    def _expired(self, identity: Identity) -> None:
-        if self.identity is identity and not self.closed:
-            self._reply(
-                protocol.encode_error(
-                    protocol.TOKEN_EXPIRED, "the token expired and no fresh one arrived"
-                )
+    def _expired(self, key: str, overdue: float) -> None:
+        self._reply(
+            protocol.encode_error(
+                protocol.TOKEN_EXPIRED, "the token expired and no fresh one arrived"
             )
-            self._transport.close(protocol.CLOSE_TOKEN_EXPIRED, protocol.TOKEN_EXPIRED)
+        )
+        self._transport.close(protocol.CLOSE_TOKEN_EXPIRED, protocol.TOKEN_EXPIRED)
+
+    # Failures
+
+    def _scope(self, about: protocol.ClientMessage | None) -> str:
+        return "handling a client message"
+
+    def _failed(self, about: protocol.ClientMessage | None) -> None:
+        self._transport.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
 
     # Subscriptions
 
@@ -495,13 +331,13 @@ class NativeSession:
                 # Diffs are followed before the state is read: the client
                 # applies those that come first once presence_state arrives.
                 messaging.presences.follow(_topic(table_id), self)
-                self._spawn(self._send_presence_state(messaging, table_id))
+                self._spawn(self._send_presence_state(messaging, table_id), None)
 
     # Broadcast and presence
 
     def _message_others(
         self, message: protocol.Broadcast | protocol.Track | protocol.Untrack
-    ) -> _Continuation | None:
+    ) -> Continuation | None:
         messaging = self._messaging
         if messaging is None or self.tables.get(message.table_id, join_pending) is not None:
             raise ProtocolError(
@@ -523,7 +359,7 @@ class NativeSession:
             return self._done(
                 messaging.store.broadcast(payload), "sent", message.ref, message.table_id
             )
-        ref = f"{self._origin}:{topic}"
+        ref = self._presence_ref(topic)
         if isinstance(message, protocol.Track):
             if len(json.dumps(message.meta)) > presence.MAX_META_BYTES:
                 raise ProtocolError(
@@ -546,7 +382,7 @@ class NativeSession:
     ) -> None:
         try:
             await operation
-        except DATABASE_ERRORS:
+        except DatabaseError:
             logger.warning("a %s request failed", kind, exc_info=True)
             self._reply(
                 protocol.encode_error(
@@ -559,25 +395,24 @@ class NativeSession:
     async def _send_presence_state(self, messaging: Messaging, table_id: str) -> None:
         try:
             entries = await messaging.store.presence_state(_topic(table_id))
-        except DATABASE_ERRORS:
+        except DatabaseError:
             logger.warning("reading presence state failed", exc_info=True)
             return
         if table_id in self._presence and self.tables.get(table_id, join_pending) is None:
             self._reply(protocol.encode_presence_state(table_id, presence.state(entries)))
 
     def deliver_broadcast(self, topic: str, event: str, payload: Any, origin: str) -> None:
+        if self._deadlines:
+            self._expire_overdue()
         if origin != self._origin and not self.closed:
             self._reply(protocol.encode_broadcast(topic.removeprefix("native:"), event, payload))
 
     def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
+        if self._deadlines:
+            self._expire_overdue()
         if not self.closed:
             table_id = topic.removeprefix("native:")
             self._reply(protocol.encode_presence_diff(table_id, joins, leaves))
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _send_catch_up(self, changes: Sequence[Change]) -> None:
         for chunk in _chunks(protocol.encode_changes(changes)):
@@ -592,7 +427,7 @@ class NativeSession:
             messaging.broadcasts.stop(topic, self)
             messaging.presences.stop(topic, self)
             if table_id in self._tracked:
-                presence.untrack_soon(messaging.store, [f"{self._origin}:{topic}"])
+                self._untrack_soon(topic)
         self._presence.discard(table_id)
         self._tracked.discard(table_id)
         join = self.tables.pop(table_id)
@@ -602,30 +437,15 @@ class NativeSession:
             self._joiner.cancel(join)
 
     def deliver(self, batch: Batch) -> None:
+        if self._deadlines:
+            self._expire_overdue()
+            if self.closed:
+                return
         self._transport.send(batch.memo(_NATIVE_FRAME, encode_batch))
 
-    def close(self) -> None:
-        """Leave every table and stop; the connection is gone or going."""
-        if self.closed:
-            return
-        self.closed = True
-        self._cancel_timers()
-        if self._worker is not None:
-            self._worker.cancel()
-        for task in self._tasks:
-            task.cancel()
-        if self._unstarted is not None:
-            self._unstarted.close()
-            self._unstarted = None
-        self._inbox.clear()
+    def _leave_everything(self) -> None:
         for table_id in list(self.tables):
             self._leave(table_id)
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._auth_timer, self._expiry_timer):
-            if timer is not None:
-                timer.cancel()
-        self._auth_timer = self._expiry_timer = None
 
     # Replies
 
@@ -635,12 +455,7 @@ class NativeSession:
     def _error(self, code: str, message: str, ref: protocol.Ref = None) -> None:
         logger.debug("client error %s: %s", code, message)
         self._reply(protocol.encode_error(code, message, ref))
-        now = self._clock()
-        if now - self._errors_since > _ERROR_WINDOW:
-            self._errors, self._errors_since = 0, now
-        self._errors += 1
-        if self._errors > self._limits.max_errors:
-            self._transport.close(protocol.CLOSE_TOO_MANY_ERRORS, "too many protocol errors")
+        self._count_error()
 
 
 # A pending join stands for "subscribed but not synced yet" in lookups.

@@ -3,145 +3,50 @@
 Unmodified supabase-js apps subscribe with
 ``supabase.channel(name).on('postgres_changes', {event, schema: 'public',
 table: 'rows', filter: 'table_id=eq.' + id}, callback).subscribe()``. This
-session serves that on the same hub and feed as the native protocol: each
-channel's bindings name the table_ids they route to (``table_id=eq.X`` or
-``table_id=in.(a,b)``), the session joins those tables through the feed, and
-only once they are live does it reply to ``phx_join`` (so a change committed
-after the client reports SUBSCRIBED is never missed). A binding with no such
-filter (none at all, or filters on other columns, see row_filters.py) joins
-every table and checks its filters on each row; the authorizer must grant it
-the table_id ``*``. A batch's messages are built once per channel shape
-(protocol version, topic, bindings) and written as the same bytes to every
-channel of that shape.
+session serves that on the same hub and feed as the native protocol, and on
+the same :class:`~.base.Session`: messages in order, the same limits, access
+ended at each token's expiry. Each channel's bindings
+(:class:`~broadcaster.protocols.supabase.Binding`) name the table_ids they
+route to (``table_id=eq.X`` or ``table_id=in.(a,b)``); the session joins those
+tables through the feed, and only once they are live does it reply to
+``phx_join`` (so a change committed after the client reports SUBSCRIBED is
+never missed). A binding with no such filter (none at all, or filters on
+other columns, see filters.py) joins every table and checks its filters on
+each row; the authorizer must grant it the table_id ``*``.
 
-Broadcast (broadcasts.py) and presence (presence.py) go through Postgres to
-every server process. Bindings on a table other than ``public.rows`` are
-refused with the reason. See ``docs/supabase.md``.
+Each channel holds the token it joined with, or the last ``access_token``
+sent on it: when that token expires the channel gets Supabase's ``system``
+error and ``phx_close``, as Supabase's server ends it. Broadcast
+(broadcasts.py) and presence (presence.py) go through Postgres to every
+server process. Bindings on a table other than ``public.rows`` are refused
+with the reason. See ``docs/supabase.md``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from ..auth.authorization import Authorizer, decided
 from ..auth.tokens import Identity, TokenVerifier
 from ..core import broadcasts, presence
-from ..core.broadcasts import Broadcasts
-from ..core.changes import Change
 from ..core.feed import Join, JoinResult
 from ..core.hub import EVERY_TABLE, Batch, Hub
-from ..core.presence import Presences
-from ..exceptions import AuthenticationError, FilterError, ProtocolError
-from ..postgres.queries import DATABASE_ERRORS
-from ..protocols import phoenix
-from ..protocols.filters import RowFilter, parse_filters
+from ..exceptions import AuthenticationError, DatabaseError, FilterError, ProtocolError
+from ..protocols import native, phoenix
+from ..protocols import supabase as protocol
 from ..protocols.frames import text_frame
-from ..protocols.phoenix import Message, compact_json
-from .native import Joiner, Transport
+from ..protocols.phoenix import Message
+from ..protocols.supabase import EVERY_TABLE_ID, Binding, Shape
+from .base import Continuation, Joiner, Limits, Messaging, Session, Transport
 
-__all__ = ["Binding", "SupabaseSession"]
+__all__ = ["SupabaseSession"]
 
 logger = logging.getLogger(__name__)
-
-SCHEMA: Final = "public"
-TABLE: Final = "rows"
-COLUMNS: Final = [
-    {"name": "id", "type": "text"},
-    {"name": "table_id", "type": "text"},
-    {"name": "data", "type": "jsonb"},
-    {"name": "enriching_columns", "type": "_text"},
-    {"name": "version", "type": "int8"},
-    {"name": "created_at", "type": "timestamptz"},
-    {"name": "updated_at", "type": "timestamptz"},
-]
-_EVENTS: Final = {"*", "INSERT", "UPDATE", "DELETE"}
-# The table_id a binding that routes to every table asks the authorizer about.
-EVERY_TABLE_ID: Final = "*"
-
-
-@dataclass(frozen=True)
-class Binding:
-    """One ``postgres_changes`` entry of a join, with the id the client matches on."""
-
-    id: int
-    event: str
-    tables: tuple[str, ...] | None
-    """The table_ids it routes to; ``None``: every table."""
-    filters: tuple[RowFilter, ...] = ()
-
-    @classmethod
-    def parse(cls, entry: object) -> Binding:
-        if not isinstance(entry, dict):
-            raise FilterError("each postgres_changes entry is an object")
-        event = entry.get("event", "*")
-        if not isinstance(event, str) or event not in _EVENTS:
-            raise FilterError(f"event must be one of *, INSERT, UPDATE, DELETE, not {event!r}")
-        if entry.get("schema", SCHEMA) != SCHEMA or entry.get("table") != TABLE:
-            raise FilterError(
-                f"only {SCHEMA}.{TABLE} is published here, not "
-                f"{entry.get('schema')}.{entry.get('table')}"
-            )
-        text = entry.get("filter")
-        if text is None or text == "":
-            filters: tuple[RowFilter, ...] = ()
-        elif isinstance(text, str):
-            filters = parse_filters(text)
-        else:
-            raise FilterError("filter must be a string such as table_id=eq.X")
-        tables: tuple[str, ...] | None = None
-        for row_filter in filters:
-            routes = row_filter.tables
-            if routes is not None:
-                tables = routes if tables is None else tuple(t for t in tables if t in routes)
-        if tables == ():
-            raise FilterError(f"filter {text!r} matches no table_id")
-        # Deterministic, so every client with the same bindings gets the same
-        # ids (as Supabase's hash of the parameters); never 0, which the client
-        # treats as unset.
-        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
-        binding_id = zlib.crc32(canonical.encode()) & 0x7FFFFFFF or 1
-        return cls(binding_id, event, tables, filters)
-
-    def matches(self, change: Change, row: Mapping[str, Any]) -> bool:
-        """Does ``change`` (``row``: its record, or for a DELETE its old key) fire this binding?"""
-        if self.event not in ("*", change.op):
-            return False
-        if self.tables is not None and change.table_id not in self.tables:
-            return False
-        return all(row_filter.matches(row) for row_filter in self.filters)
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What decides the messages a batch brings a channel: channels of the same
-    shape (each tab open on one sheet) share them. A key of :meth:`Batch.memo`
-    (bindings hash: their filters' values are canonical tuples) and the
-    function that builds them."""
-
-    vsn: str
-    topic: str
-    bindings: tuple[Binding, ...]
-
-    def __call__(self, batch: Batch) -> bytes:
-        """The ``postgres_changes`` messages of ``batch``, as text frames."""
-        frames = []
-        head = tail = ""
-        for change, row, data in batch.memo("supabase.changes", _changes):
-            ids = [b.id for b in self.bindings if b.matches(change, row)]
-            if not ids:
-                continue
-            if not head:
-                head, tail = phoenix.push_parts(self.topic, "postgres_changes", self.vsn)
-            ids_json = ",".join(map(str, ids))
-            frames.append(text_frame(f'{head}{{"ids":[{ids_json}],"data":{data}}}{tail}'.encode()))
-        return b"".join(frames)
 
 
 @dataclass(eq=False)
@@ -151,7 +56,7 @@ class _Channel:
     bindings: list[Binding]
     tables: frozenset[str | None]
     """Where its bindings route: table_ids, and EVERY_TABLE if one routes to every table."""
-    shape: _Shape
+    shape: Shape
     broadcast_self: bool = False
     broadcast_ack: bool = False
     presence_key: str | None = None
@@ -161,8 +66,16 @@ class _Channel:
     reply: Callable[[], None] | None = None
 
 
-class SupabaseSession:
-    """Channels of one connection; the hub subscriber for every table they route to."""
+class SupabaseSession(Session[Message]):
+    """Channels of one connection; the hub subscriber for every table they route to.
+
+    With a ``verifier``, the connection has ``limits.auth_timeout`` seconds to
+    join a channel (or send an ``access_token``) with a token it accepts.
+    """
+
+    _logger = logger
+    # Never None here: every Supabase channel has broadcast and presence.
+    _messaging: Messaging
 
     def __init__(
         self,
@@ -174,92 +87,107 @@ class SupabaseSession:
         authorizer: Authorizer,
         verifier: TokenVerifier | None,
         apikey: str | None,
-        max_subscriptions: int,
-        max_message_bytes: int,
-        broadcasts: Broadcasts,
-        send_broadcast: Callable[[str], Awaitable[None]],
-        presences: Presences,
-        presence_store: presence.Store,
+        messaging: Messaging,
+        limits: Limits,
         publishable_keys: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._hub = hub
-        self._joiner = joiner
-        self._transport = transport
+        super().__init__(
+            hub,
+            joiner,
+            transport,
+            verifier=verifier,
+            limits=limits,
+            messaging=messaging,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
         self._vsn = vsn
         self._authorizer = authorizer
-        self._verifier = verifier
         self._apikey = apikey
-        self._max_subscriptions = max_subscriptions
-        self._max_message_bytes = max_message_bytes
         self._publishable_keys = publishable_keys or {}
-        self._presences = presences
-        self._presence_store = presence_store
-        self._broadcasts = broadcasts
-        self._send_broadcast = send_broadcast
-        self._origin = broadcasts.origin(self)
         self._channels: dict[str, _Channel] = {}
         # table_id (EVERY_TABLE: every table) -> its pending Join, or None once live.
         self.tables: dict[str | None, Join | None] = {}
-        self.identity: Identity | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.closed = False
 
     # Input
 
     def receive_text(self, data: bytes) -> None:
         if self.closed:
             return
-        if len(data) > self._max_message_bytes:
-            self._system_error("", f"message over {self._max_message_bytes} bytes ignored")
+        if self._too_large(data):
             return
         try:
             message = phoenix.decode_text(data.decode("utf-8", "replace"), self._vsn)
         except ProtocolError as exc:
+            # Nothing to answer: without a topic and a ref the client could not
+            # tell what the answer is about.
             logger.debug("ignoring a bad Phoenix message: %s", exc)
+            self._count_error()
             return
-        self._handle(message)
+        self._receive(message)
 
     def receive_binary(self, data: bytes) -> None:
         if self.closed:
+            return
+        if self._too_large(data):
             return
         try:
             message = phoenix.decode_binary(data)
         except ProtocolError as exc:
             logger.debug("ignoring a bad binary message: %s", exc)
+            self._count_error()
             return
-        self._handle(message)
+        self._receive(message)
 
-    def _handle(self, message: Message) -> None:
-        if message.topic == "phoenix" and message.event == "heartbeat":
+    def _too_large(self, data: bytes) -> bool:
+        limit = self._limits.max_message_bytes
+        if len(data) <= limit:
+            return False
+        self._send(protocol.system("", "error", f"message over {limit} bytes ignored"))
+        self._count_error()
+        return True
+
+    def _receive(self, message: Message) -> None:
+        # Checked after parsing so the refusal can answer the message's ref.
+        if not self._within_rate():
+            limited = protocol.TOO_MANY_JOINS if message.event == "phx_join" else None
+            self._reject(message, limited or protocol.TOO_MANY_MESSAGES)
+            return
+        self._dispatch(message)
+
+    def _handle(self, message: Message) -> Continuation | None:
+        if self.closed:
+            return None
+        event = message.event
+        if message.topic == "phoenix" and event == "heartbeat":
             self._reply(message, "ok", {})
-        elif message.event == "phx_join":
-            self._spawn(self._join(message), message.topic)
-        elif message.event == "phx_leave":
+        elif event == "phx_join":
+            return self._join(message)
+        elif event == "phx_leave":
             self._leave(message.topic)
             self._reply(message, "ok", {})
-        elif message.event == "access_token":
-            self._spawn(self._refresh(message), message.topic)
-        elif message.event == "broadcast":
-            self._spawn(self._broadcast(message), message.topic)
-        elif message.event == "presence":
-            self._spawn(self._presence(message), message.topic)
+        elif event == "access_token":
+            return self._refresh(message)
+        elif event == "broadcast":
+            return self._broadcast(message)
+        elif event == "presence":
+            return self._presence(message)
         else:
-            self._reply(message, "error", {"reason": f"unknown event {message.event[:64]!r}"})
+            self._reject(message, f"unknown event {event[:64]!r}")
+        return None
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], topic: str | None = None) -> None:
-        async def guarded() -> None:
-            try:
-                await coroutine
-            except Exception:
-                # A bug in one channel must not pass unnoticed, nor take the
-                # connection down: phx_error makes the client rejoin it.
-                logger.exception("a channel of %s failed", topic or "the connection")
-                if topic is not None and not self.closed:
-                    self._send(Message(topic, "phx_error", {}))
+    # Failures
 
-        task = asyncio.get_running_loop().create_task(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _scope(self, about: Message | None) -> str:
+        return "the connection" if about is None else f"a channel of {about.topic}"
+
+    def _failed(self, about: Message | None) -> None:
+        # A bug in one channel must not pass unnoticed, nor take the
+        # connection down: phx_error makes the client rejoin it.
+        if about is not None:
+            self._send(Message(about.topic, "phx_error", {}))
 
     # Channels
 
@@ -269,12 +197,14 @@ class SupabaseSession:
         config = payload.get("config")
         entries = (config.get("postgres_changes") if isinstance(config, dict) else None) or []
         if not isinstance(entries, list):
-            return self._refuse(message, "config.postgres_changes must be a list")
+            return self._reject(message, "config.postgres_changes must be a list")
         try:
             bindings = [Binding.parse(entry) for entry in entries]
         except FilterError as exc:
-            self._system_error(topic, str(exc))
-            return self._refuse(message, str(exc))
+            self._send(protocol.system(topic, "error", str(exc)))
+            return self._reject(message, str(exc))
+        if topic not in self._channels and len(self._channels) >= self._limits.max_subscriptions:
+            return self._reject(message, protocol.TOO_MANY_CHANNELS)
         token = payload.get("access_token") or self._apikey
         try:
             identity = await self._verify(token if isinstance(token, str) else None)
@@ -292,8 +222,8 @@ class SupabaseSession:
             return self._refuse(message, f"forbidden: this token may not read {forbidden!r}")
         if self.closed:
             return None
-        if len(set(self.tables) | tables) > self._max_subscriptions:
-            return self._refuse(message, "too many subscriptions on this connection")
+        if len(set(self.tables) | tables) > self._limits.max_subscriptions:
+            return self._reject(message, "too many subscriptions on this connection")
         self.identity = identity
         self._leave(topic)
         broadcast = config.get("broadcast") if isinstance(config, dict) else None
@@ -306,37 +236,26 @@ class SupabaseSession:
             message.join_ref,
             bindings,
             tables,
-            _Shape(self._vsn, topic, tuple(bindings)),
+            Shape(self._vsn, topic, tuple(bindings)),
             broadcast_self=broadcast.get("self") is True,
             broadcast_ack=broadcast.get("ack") is True,
             # Like Supabase: without a key of its own, a connection is one presence.
             presence_key=key if isinstance(key, str) and key else self._origin,
         )
         self._channels[topic] = channel
-        self._broadcasts.listen(topic, self)
+        self._expire_at(topic, identity.expires_at if identity is not None else None)
+        self._messaging.broadcasts.listen(topic, self)
         # Follow diffs before reading the state: a diff that arrives first is
         # held by the client until presence_state comes.
-        self._presences.follow(topic, self)
+        self._messaging.presences.follow(topic, self)
         echoed = [{**entry, "id": b.id} for entry, b in zip(entries, bindings, strict=True)]
 
         def reply() -> None:
             channel.live = True
             self._reply(message, "ok", {"postgres_changes": echoed})
-            self._spawn(self._send_presence_state(channel), channel.topic)
+            self._spawn(self._send_presence_state(channel), message)
             if bindings:
-                name = topic.removeprefix("realtime:")
-                self._send(
-                    Message(
-                        topic,
-                        "system",
-                        {
-                            "extension": "postgres_changes",
-                            "status": "ok",
-                            "message": "Subscribed to PostgreSQL",
-                            "channel": name,
-                        },
-                    )
-                )
+                self._send(protocol.system(topic, "ok", "Subscribed to PostgreSQL"))
 
         channel.reply = reply
         for routed in tables:
@@ -369,10 +288,11 @@ class SupabaseSession:
         channel = self._channels.pop(topic, None)
         if channel is None:
             return
-        self._broadcasts.stop(topic, self)
-        self._presences.stop(topic, self)
+        self._forget_deadline(topic)
+        self._messaging.broadcasts.stop(topic, self)
+        self._messaging.presences.stop(topic, self)
         if channel.tracked:
-            presence.untrack_soon(self._presence_store, [self._presence_ref(topic)])
+            self._untrack_soon(topic)
         still = {t for other in self._channels.values() for t in other.tables}
         for table_id in channel.tables - still:
             join = self.tables.pop(table_id, None)
@@ -380,6 +300,12 @@ class SupabaseSession:
                 self._hub.unsubscribe(table_id, self)
             else:
                 self._joiner.cancel(join)
+
+    def _leave_everything(self) -> None:
+        for topic in list(self._channels):
+            self._leave(topic)
+
+    # Tokens
 
     async def _verify(self, token: str | None) -> Identity | None:
         if self._verifier is None:
@@ -389,8 +315,12 @@ class SupabaseSession:
         role = self._publishable_keys.get(token)
         if role is not None:
             # Supabase's non-JWT publishable keys name a role and nothing else.
-            return Identity(claims={"role": role}, expires_at=None, subject=None)
-        return await self._verifier.verify(token)
+            identity = Identity(claims={"role": role}, expires_at=None, subject=None)
+        else:
+            identity = await self._verifier.verify(token)
+        if not self.closed:
+            self._authenticated()
+        return identity
 
     async def _refresh(self, message: Message) -> None:
         payload = message.payload if isinstance(message.payload, dict) else {}
@@ -398,16 +328,30 @@ class SupabaseSession:
         try:
             identity = await self._verify(token if isinstance(token, str) else None)
         except AuthenticationError as exc:
-            return self._close_channel(message, f"{exc.code}: {exc.message}")
+            return self._end_channel(message.topic, message.join_ref, f"{exc.code}: {exc.message}")
         # A fresh token may grant less than the one the channel joined with.
         channel = self._channels.get(message.topic)
         forbidden = await self._forbidden(identity, channel.tables if channel else frozenset())
         if forbidden is not None:
-            return self._close_channel(
-                message, f"forbidden: the new token may not read {forbidden!r}"
+            return self._end_channel(
+                message.topic,
+                message.join_ref,
+                f"forbidden: the new token may not read {forbidden!r}",
             )
         self.identity = identity
+        if channel is not None and self._channels.get(channel.topic) is channel:
+            # As Supabase: the channel now lasts as long as this token.
+            self._expire_at(channel.topic, identity.expires_at if identity is not None else None)
         return None
+
+    def _auth_timed_out(self) -> None:
+        self._transport.close(native.CLOSE_UNAUTHORIZED, "authentication timeout")
+
+    def _expired(self, key: str, overdue: float) -> None:
+        channel = self._channels.get(key)
+        if channel is not None:
+            reason = protocol.token_expired(overdue)
+            self._end_channel(channel.topic, channel.join_ref, reason, "system")
 
     async def _forbidden(
         self, identity: Identity | None, routed: Iterable[str | None]
@@ -419,41 +363,40 @@ class SupabaseSession:
                 return table_id
         return None
 
-    def _close_channel(self, message: Message, reason: str) -> None:
-        self._system_error(message.topic, reason)
-        self._send(Message(message.topic, "phx_close", {}, None, message.join_ref))
-        self._leave(message.topic)
+    def _end_channel(
+        self, topic: str, join_ref: str | None, reason: str, extension: str = "postgres_changes"
+    ) -> None:
+        """Tell the channel why with a ``system`` error, close it and leave it."""
+        self._send(protocol.system(topic, "error", reason, extension))
+        self._send(Message(topic, "phx_close", {}, None, join_ref))
+        self._leave(topic)
+
+    # Broadcast and presence
 
     async def _broadcast(self, message: Message) -> None:
         channel = self._channels.get(message.topic)
         if channel is None or not channel.live:
-            self._reply(message, "error", {"reason": "join the channel before broadcasting"})
-            return
+            return self._reject(message, "join the channel before broadcasting")
         event = message.payload.get("event") if isinstance(message.payload, dict) else None
         if not isinstance(event, str):
-            self._reply(message, "error", {"reason": "a broadcast needs a string event"})
-            return
+            return self._reject(message, "a broadcast needs a string event")
         payload = broadcasts.encode(message.topic, event, message.payload, self._origin)
         if len(payload.encode()) > broadcasts.MAX_PAYLOAD_BYTES:
             reason = f"broadcast over {broadcasts.MAX_PAYLOAD_BYTES} bytes: it travels by NOTIFY"
-            self._reply(message, "error", {"reason": reason})
-            return
+            return self._reject(message, reason)
         try:
-            await self._send_broadcast(payload)
-        except DATABASE_ERRORS:
+            await self._messaging.store.broadcast(payload)
+        except DatabaseError:
             logger.warning("sending a broadcast failed", exc_info=True)
-            self._reply(message, "error", {"reason": "the broadcast could not be sent"})
-            return
+            return self._refuse(message, "the broadcast could not be sent")
         if channel.broadcast_ack:
             self._reply(message, "ok", {})
-
-    def _presence_ref(self, topic: str) -> str:
-        return f"{self._origin}:{topic}"
+        return None
 
     async def _send_presence_state(self, channel: _Channel) -> None:
         try:
-            entries = await self._presence_store.presence_state(channel.topic)
-        except DATABASE_ERRORS:
+            entries = await self._messaging.store.presence_state(channel.topic)
+        except DatabaseError:
             logger.warning("reading presence state failed", exc_info=True)
             return
         if self._channels.get(channel.topic) is channel:
@@ -464,39 +407,39 @@ class SupabaseSession:
         payload = message.payload if isinstance(message.payload, dict) else {}
         event = payload.get("event")
         if channel is None or not channel.live or channel.presence_key is None:
-            self._reply(message, "error", {"reason": "join the channel before tracking presence"})
-            return
+            return self._reject(message, "join the channel before tracking presence")
         ref = self._presence_ref(channel.topic)
+        store = self._messaging.store
         try:
             if event == "track":
                 meta = payload.get("payload")
                 meta = meta if isinstance(meta, dict) else {}
                 if len(json.dumps(meta)) > presence.MAX_META_BYTES:
-                    reason = f"presence over {presence.MAX_META_BYTES} bytes"
-                    self._reply(message, "error", {"reason": reason})
-                    return
-                await self._presence_store.track(
-                    channel.topic, channel.presence_key, ref, self._broadcasts.process, meta
-                )
+                    return self._reject(message, f"presence over {presence.MAX_META_BYTES} bytes")
+                process = self._messaging.broadcasts.process
+                await store.track(channel.topic, channel.presence_key, ref, process, meta)
                 channel.tracked = True
             elif event == "untrack":
-                await self._presence_store.untrack([ref])
+                await store.untrack([ref])
                 channel.tracked = False
             else:
-                self._reply(message, "error", {"reason": "presence events are track and untrack"})
-                return
-        except DATABASE_ERRORS:
+                return self._reject(message, "presence events are track and untrack")
+        except DatabaseError:
             logger.warning("updating presence failed", exc_info=True)
-            self._reply(message, "error", {"reason": "presence could not be updated"})
-            return
+            return self._refuse(message, "presence could not be updated")
         self._reply(message, "ok", {})
+        return None
 
     def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
+        if self._deadlines:
+            self._expire_overdue()
         channel = self._channels.get(topic)
         if channel is not None and channel.live:
             self._send(Message(topic, "presence_diff", {"joins": joins, "leaves": leaves}))
 
     def deliver_broadcast(self, topic: str, event: str, payload: Any, origin: str) -> None:
+        if self._deadlines:
+            self._expire_overdue()
         channel = self._channels.get(topic)
         if channel is None or not channel.live:
             return
@@ -504,12 +447,11 @@ class SupabaseSession:
             return
         self._send(Message(topic, "broadcast", payload))
 
-    def _refuse(self, message: Message, reason: str) -> None:
-        self._reply(message, "error", {"reason": reason})
-
     # Output
 
     def deliver(self, batch: Batch) -> None:
+        if self._deadlines:
+            self._expire_overdue()
         for channel in self._channels.values():
             if not channel.live or (
                 batch.table_id not in channel.tables and EVERY_TABLE not in channel.tables
@@ -519,14 +461,14 @@ class SupabaseSession:
             if frames:
                 self._transport.send(frames)
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for task in self._tasks:
-            task.cancel()
-        for topic in list(self._channels):
-            self._leave(topic)
+    def _refuse(self, message: Message, reason: str) -> None:
+        """Answer ``message`` with an error: it could not be served."""
+        self._reply(message, "error", {"reason": reason})
+
+    def _reject(self, message: Message, reason: str) -> None:
+        """Answer ``message`` with an error that is the client's own: it counts."""
+        self._refuse(message, reason)
+        self._count_error()
 
     def _reply(self, message: Message, status: str, response: dict[str, Any]) -> None:
         self._send(
@@ -539,54 +481,5 @@ class SupabaseSession:
             )
         )
 
-    def _system_error(self, topic: str, reason: str) -> None:
-        self._send(
-            Message(
-                topic,
-                "system",
-                {
-                    "extension": "postgres_changes",
-                    "status": "error",
-                    "message": reason,
-                    "channel": topic.removeprefix("realtime:"),
-                },
-            )
-        )
-
     def _send(self, message: Message) -> None:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
-
-
-def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:
-    """Each change, its row (for the bindings' filters) and its ``data`` as JSON.
-
-    Built once per batch and shared by every Supabase client it goes to. The
-    record is the row's JSON as the read returned it, spliced in unparsed.
-    """
-    return [_change(change) for change in batch.changes]
-
-
-def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
-    row: dict[str, Any] = json.loads(change.row_json)
-    if change.op == "DELETE":
-        committed = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        old_record = compact_json(
-            {"id": change.id, "table_id": change.table_id, "version": change.version}
-        )
-        data = (
-            f'{_DATA_HEAD}"commit_timestamp":"{committed}","type":"DELETE",'
-            f'"columns":{_COLUMNS_JSON},"old_record":{old_record},"errors":null}}'
-        )
-        return change, row, data
-    committed, op = compact_json(row.get("updated_at")), compact_json(change.op)
-    data = (
-        f'{_DATA_HEAD}"commit_timestamp":{committed},"type":{op},'
-        f'"columns":{_COLUMNS_JSON},"record":{change.row_json},"errors":null'
-    )
-    if change.op == "UPDATE":
-        data += f',"old_record":{compact_json({"id": change.id, "table_id": change.table_id})}'
-    return change, row, data + "}"
-
-
-_DATA_HEAD: Final = f'{{"schema":{compact_json(SCHEMA)},"table":{compact_json(TABLE)},'
-_COLUMNS_JSON: Final = compact_json(COLUMNS)

@@ -1,14 +1,17 @@
 """Fakes for driving a protocol session without a socket or a database.
 
 The transport, the joiner, the verifier and the messaging store, and helpers
-that decode what a session sent.
+that decode what a session sent; for the Supabase protocol, a client that
+drives a session as realtime-js does, and rows of ``public.rows``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -17,15 +20,22 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from broadcaster.auth.authorization import Authorizer, OpenAuthorizer
 from broadcaster.auth.tokens import Identity
 from broadcaster.core import cursors
 from broadcaster.core.broadcasts import Broadcasts
 from broadcaster.core.changes import Change
 from broadcaster.core.cursors import Origin
 from broadcaster.core.feed import Join, JoinResult
-from broadcaster.exceptions import AuthenticationError
+from broadcaster.core.hub import Batch, Hub
+from broadcaster.core.presence import Presences
+from broadcaster.exceptions import AuthenticationError, DatabaseError
 from broadcaster.protocols import native as protocol
+from broadcaster.protocols.phoenix import VSN_2, Message
+from broadcaster.sessions.base import Limits, Messaging, Session
 from broadcaster.sessions.native import NativeSession
+from broadcaster.sessions.supabase import SupabaseSession
+from tests.support.timeouts import eventually
 
 ORIGIN = Origin(7_316_243_112_858_025_123, 16_384)
 
@@ -52,6 +62,45 @@ class FakeTransport:
 
     def resume_reading(self) -> None:
         self.paused = False
+
+
+class AdapterTransport(FakeTransport):
+    """A FakeTransport that, like the WebSocket adapter, closes the session on close().
+
+    It also records how many frames had been sent whenever reading paused or resumed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session: Session[Any] | None = None
+        self.pauses: list[int] = []
+        self.resumes: list[int] = []
+
+    def close(self, code: int, reason: str) -> None:
+        super().close(code, reason)
+        if self.session is not None:
+            self.session.close()
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self.pauses.append(len(self.sent))
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self.resumes.append(len(self.sent))
+
+
+class FakeClock:
+    """Seconds that move only when the test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, by: float) -> None:
+        self.now += by
 
 
 class FakeJoiner:
@@ -185,7 +234,18 @@ def identity(tables: Any = ("a", "b"), expires_at: float | None = None, **claims
     )
 
 
-DATABASE_FAILURES = [asyncpg.PostgresError("database down"), OSError("connection reset")]
+def _database_error(cause: BaseException) -> DatabaseError:
+    """What the Postgres adapters raise when the driver fails: the driver's error is the cause."""
+    error = DatabaseError(str(cause))
+    error.__cause__ = cause
+    return error
+
+
+# A failed statement and a dropped connection, as the sessions see them.
+DATABASE_FAILURES = [
+    _database_error(asyncpg.PostgresError("database down")),
+    _database_error(OSError("connection reset")),
+]
 
 
 Entry = tuple[str, str, Any]
@@ -231,3 +291,203 @@ class FakeStore:
         self.state_reads.append(topic)
         self._maybe_fail("presence_state")
         return list(self.states.get(topic, []))
+
+
+# The Supabase protocol
+
+UPDATED_AT = "2024-05-01T10:00:00.123456+00:00"
+
+
+def binding(filter: str | None, event: str | None = "*", **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"schema": "public", "table": "rows", **extra}
+    if event is not None:
+        entry["event"] = event
+    if filter is not None:
+        entry["filter"] = filter
+    return entry
+
+
+def row(table_id: str, row_id: str, version: int) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "table_id": table_id,
+        "data": {"n": version, "text": "ü"},
+        "enriching_columns": [],
+        "version": version,
+        "created_at": "2024-04-01T09:00:00+00:00",
+        "updated_at": UPDATED_AT,
+    }
+
+
+def change(op: str, table_id: str, row_id: str, version: int) -> Change:
+    if op == "DELETE":
+        body: dict[str, Any] = {"id": row_id, "table_id": table_id, "version": version}
+    else:
+        body = row(table_id, row_id, version)
+    return Change(op, table_id, row_id, version, json.dumps(body))
+
+
+def batch(table_id: str, *changes: Change) -> Batch:
+    return Batch(table_id, list(changes), "cursor-2", since="cursor-1")
+
+
+def decode_server(sent: bytes, vsn: str) -> list[Message]:
+    """The messages of what a session sent at once: one frame, or a delivery's frames."""
+    return [_message(value, vsn) for value in split_frames(sent)]
+
+
+def _message(value: Any, vsn: str) -> Message:
+    if vsn == VSN_2:
+        assert isinstance(value, list)
+        assert len(value) == 5
+        join_ref, ref, topic, event, payload = value
+        return Message(topic, event, payload, ref, join_ref)
+    assert isinstance(value, dict)
+    assert set(value) <= {"topic", "event", "payload", "ref", "join_ref"}
+    return Message(
+        value["topic"], value["event"], value["payload"], value["ref"], value.get("join_ref")
+    )
+
+
+class SupabaseClient:
+    """One Supabase connection as realtime-js drives it."""
+
+    def __init__(self, session: SupabaseSession, transport: AdapterTransport, vsn: str) -> None:
+        self.session = session
+        self.transport = transport
+        self.vsn = vsn
+        self._refs = itertools.count(1)
+        self.join_refs: dict[str, str] = {}
+
+    def send(self, message: Message) -> None:
+        if self.vsn == VSN_2:
+            value: Any = [
+                message.join_ref,
+                message.ref,
+                message.topic,
+                message.event,
+                message.payload,
+            ]
+        else:
+            value = {
+                "topic": message.topic,
+                "event": message.event,
+                "payload": message.payload,
+                "ref": message.ref,
+                "join_ref": message.join_ref,
+            }
+        self.session.receive_text(json.dumps(value).encode())
+
+    def push(self, topic: str, event: str, payload: Any) -> str:
+        ref = str(next(self._refs))
+        self.send(Message(topic, event, payload, ref, self.join_refs.get(topic)))
+        return ref
+
+    def join(
+        self,
+        topic: str,
+        bindings: list[Any] | None = None,
+        *,
+        broadcast: dict[str, Any] | None = None,
+        presence: dict[str, Any] | None = None,
+        access_token: str | None = None,
+    ) -> str:
+        config = {
+            "broadcast": {"ack": False, "self": False} if broadcast is None else broadcast,
+            "presence": {"key": ""} if presence is None else presence,
+            "postgres_changes": [] if bindings is None else bindings,
+            "private": False,
+        }
+        payload: dict[str, Any] = {"config": config}
+        if access_token is not None:
+            payload["access_token"] = access_token
+        ref = str(next(self._refs))
+        self.join_refs[topic] = ref
+        self.send(Message(topic, "phx_join", payload, ref, ref))
+        return ref
+
+    @property
+    def messages(self) -> list[Message]:
+        return [m for sent in self.transport.sent for m in decode_server(sent, self.vsn)]
+
+    def on(self, topic: str) -> list[Message]:
+        return [m for m in self.messages if m.topic == topic]
+
+    def events(self, topic: str | None = None) -> list[str]:
+        return [m.event for m in self.messages if topic is None or m.topic == topic]
+
+    def reply(self, ref: str) -> Message | None:
+        replies = [m for m in self.messages if m.event == "phx_reply" and m.ref == ref]
+        assert len(replies) <= 1, f"{len(replies)} replies to {ref}"
+        return replies[0] if replies else None
+
+    async def wait_reply(self, ref: str) -> Message:
+        await eventually(lambda: self.reply(ref) is not None)
+        reply = self.reply(ref)
+        assert reply is not None
+        return reply
+
+    def clear(self) -> None:
+        self.transport.sent.clear()
+
+
+class SupabaseWorld:
+    """What the Supabase sessions of one server process share."""
+
+    def __init__(self) -> None:
+        self.hub = Hub()
+        self.joiner = FakeJoiner()
+        self.broadcasts = Broadcasts()
+        self.presences = Presences()
+        self.store = FakeStore()
+        self.sessions: list[SupabaseSession] = []
+
+    def connect(
+        self,
+        vsn: str = VSN_2,
+        *,
+        authorizer: Authorizer | None = None,
+        verifier: FakeVerifier | None = None,
+        apikey: str | None = None,
+        publishable_keys: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        **limits: Any,
+    ) -> SupabaseClient:
+        """A connection; ``limits`` are :class:`Limits` fields, lenient unless given."""
+        transport = AdapterTransport()
+        options: dict[str, Any] = {
+            "max_subscriptions": 10,
+            "messages_per_second": 1e9,
+            "max_errors": 10**9,
+            "auth_timeout": 600.0,
+            **limits,
+        }
+        session = SupabaseSession(
+            self.hub,
+            self.joiner,
+            transport,
+            vsn=vsn,
+            authorizer=authorizer if authorizer is not None else OpenAuthorizer(),
+            verifier=verifier,
+            apikey=apikey,
+            messaging=Messaging(self.broadcasts, self.presences, self.store),
+            limits=Limits(**options),
+            publishable_keys=publishable_keys,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        transport.session = session
+        self.sessions.append(session)
+        return SupabaseClient(session, transport, vsn)
+
+    async def live(
+        self, client: SupabaseClient, topic: str, bindings: list[Any] | None = None, **options: Any
+    ) -> Message:
+        """Join ``topic``, answer the joins it asks for, and return the ok reply."""
+        ref = client.join(topic, bindings, **options)
+        await eventually(lambda: client.reply(ref) is not None or self.joiner.pending)
+        self.joiner.answer_all()
+        reply = await client.wait_reply(ref)
+        assert reply.payload["status"] == "ok", reply
+        return reply

@@ -1,4 +1,5 @@
-// supabase-js against a server with authentication on: tokens, refused joins, setAuth, heartbeats.
+// supabase-js against a server with authentication on: tokens, refused joins, setAuth,
+// token expiry, heartbeats.
 //
 // Run by tests/e2e/test_supabase.py with BROADCASTER_URL, DATABASE_URL and
 // JWT_SECRET (the server's BROADCASTER_JWT_SECRET; table_ids claim).
@@ -69,6 +70,36 @@ test("setAuth sends a fresh access_token; a bad one ends the channel", async () 
 
   await client.realtime.setAuth("garbage");
   await eventually(() => channel.statuses.includes("CLOSED"), "the channel to close");
+});
+
+test("a token that expires ends its channel as Supabase does; later rows never arrive", async () => {
+  const changes = [];
+  const systems = [];
+  const exp = Math.floor(Date.now() / 1000) + 3;
+  const client = supabase(jwt({ table_ids: ["e1"], exp }));
+  const channel = on(client, "e1", changes).on("system", {}, (payload) => systems.push(payload));
+  assert.equal((await subscribe(channel))[0], "SUBSCRIBED");
+  const witnessed = [];
+  const witness = supabase(jwt({ table_ids: ["e1"] }));
+  assert.equal((await subscribe(on(witness, "e1", witnessed)))[0], "SUBSCRIBED");
+  await db.query("INSERT INTO rows (id, table_id) VALUES ('e-before', 'e1')");
+  await eventually(() => changes.length === 1, "the change before expiry");
+
+  await eventually(() => channel.statuses.includes("CLOSED"), "the channel to close at expiry");
+  assert.ok(Date.now() / 1000 >= exp);
+  const ended = systems.filter((payload) => payload.status === "error");
+  assert.equal(ended.length, 1);
+  assert.equal(ended[0].extension, "system");
+  assert.match(ended[0].message, /^Token has expired \d+ seconds ago$/);
+
+  await db.query("INSERT INTO rows (id, table_id) VALUES ('e-after', 'e1')");
+  // The server writes a change to its subscribers in one round: had the
+  // expired channel still been one, it would have had the row by now.
+  await eventually(() => witnessed.length === 2, "the witness to receive the later row");
+  assert.deepEqual(
+    changes.map((change) => change.new.id),
+    ["e-before"],
+  );
 });
 
 test("heartbeats keep the connection up", async () => {

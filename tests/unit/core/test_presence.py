@@ -177,5 +177,4 @@ def test_module_exports() -> None:
         "Store",
         "diff",
         "state",
-        "untrack_soon",
     }

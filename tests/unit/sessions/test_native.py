@@ -16,7 +16,8 @@ from broadcaster.core.hub import Batch, Hub
 from broadcaster.protocols import native as protocol
 from broadcaster.protocols.frames import text_frame
 from broadcaster.sessions import native
-from broadcaster.sessions.native import Limits, NativeSession, encode_batch
+from broadcaster.sessions.base import Joiner, Limits
+from broadcaster.sessions.native import NativeSession, encode_batch
 from tests.support.sessions import (
     CURSOR,
     ORIGIN,
@@ -60,9 +61,7 @@ def joiner() -> FakeJoiner:
     return FakeJoiner()
 
 
-def new_session(
-    hub: Hub, transport: FakeTransport, joiner: native.Joiner | None = None
-) -> NativeSession:
+def new_session(hub: Hub, transport: FakeTransport, joiner: Joiner | None = None) -> NativeSession:
     return NativeSession(
         hub,
         joiner if joiner is not None else FakeJoiner(),

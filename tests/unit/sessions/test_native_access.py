@@ -29,10 +29,13 @@ from broadcaster.auth.tokens import Identity
 from broadcaster.core.hub import Hub
 from broadcaster.exceptions import AuthenticationError
 from broadcaster.protocols import native as protocol
-from broadcaster.sessions.native import Limits, NativeSession
+from broadcaster.sessions.base import Limits
+from broadcaster.sessions.native import NativeSession
 from tests.support.pools import PoolStandIn, as_pool
 from tests.support.sessions import (
     CLAIM,
+    AdapterTransport,
+    FakeClock,
     FakeJoiner,
     FakeTransport,
     FakeVerifier,
@@ -47,19 +50,6 @@ WALL = 1_700_000_000.0
 # Long enough never to fire during a test that is not about it.
 LONG = 600.0
 SHORT = seconds(0.05)
-
-
-class FakeClock:
-    """Seconds that move only when the test says so."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, by: float) -> None:
-        self.now += by
 
 
 class FakePool(PoolStandIn):
@@ -80,32 +70,6 @@ class FakePool(PoolStandIn):
         if self._gate is not None:
             await self._gate.wait()
         return self.decide(json.loads(claims), table_id)
-
-
-class AdapterTransport(FakeTransport):
-    """A FakeTransport that, like the WebSocket adapter, closes the session on close().
-
-    It also records how many frames had been sent whenever reading paused or resumed.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.session: NativeSession | None = None
-        self.pauses: list[int] = []
-        self.resumes: list[int] = []
-
-    def close(self, code: int, reason: str) -> None:
-        super().close(code, reason)
-        if self.session is not None:
-            self.session.close()
-
-    def pause_reading(self) -> None:
-        super().pause_reading()
-        self.pauses.append(len(self.sent))
-
-    def resume_reading(self) -> None:
-        super().resume_reading()
-        self.resumes.append(len(self.sent))
 
 
 async def settle() -> None:
@@ -1312,6 +1276,7 @@ async def test_close_before_the_wait_starts_leaves_nothing_behind(
                 joiner,
                 transport,
                 authorizer=ClaimAuthorizer(CLAIM),
+                limits=Limits(),
                 verifier=verifier,
                 token="token-ab",
             )
@@ -1321,6 +1286,7 @@ async def test_close_before_the_wait_starts_leaves_nothing_behind(
                 joiner,
                 transport,
                 authorizer=SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=10.0),
+                limits=Limits(),
             )
             send(session, {"type": "subscribe", "ref": 1, "table_id": "a"})
         session.close()

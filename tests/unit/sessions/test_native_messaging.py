@@ -20,7 +20,9 @@ from broadcaster.core import broadcasts, presence
 from broadcaster.core.broadcasts import Broadcasts
 from broadcaster.core.hub import Hub
 from broadcaster.core.presence import Presences
-from broadcaster.sessions.native import Limits, Messaging, NativeSession
+from broadcaster.sessions import base
+from broadcaster.sessions.base import Limits, Messaging
+from broadcaster.sessions.native import NativeSession
 from tests.support.sessions import (
     DATABASE_FAILURES,
     FakeJoiner,
@@ -121,7 +123,7 @@ async def world() -> AsyncIterator[World]:
     yield world
     for session in world.sessions:
         session.close()
-    await eventually(lambda: not presence._UNTRACKING)
+    await eventually(lambda: not base._UNTRACKING)
 
 
 def broadcast(table_id: str = "t1", ref: Any = 4, **extra: Any) -> dict[str, Any]:
