@@ -368,7 +368,8 @@ class SupabaseSession(Session[Message]):
     ) -> None:
         """Tell the channel why with a ``system`` error, close it and leave it."""
         self._send(protocol.system(topic, "error", reason, extension))
-        self._send(Message(topic, "phx_close", {}, None, join_ref))
+        # Phoenix's socket closes a channel with ref and join_ref both the join's.
+        self._send(Message(topic, "phx_close", {}, join_ref, join_ref))
         self._leave(topic)
 
     # Broadcast and presence

@@ -474,7 +474,7 @@ async def test_a_refused_access_token_closes_the_channel(world: SupabaseWorld) -
     system, close = client.messages
     assert system.event == "system"
     assert system.payload["status"] == "error"
-    assert close == Message(TOPIC, "phx_close", {}, None, join_ref)
+    assert close == Message(TOPIC, "phx_close", {}, join_ref, join_ref)
     assert not world.hub.is_subscribed("a")
     assert client.session.tables == {}
 

@@ -116,7 +116,7 @@ def expired(topic: str, seconds_ago: int = 0) -> Message:
 
 
 def phx_close(client: SupabaseClient, topic: str) -> Message:
-    return Message(topic, "phx_close", {}, None, client.join_refs[topic])
+    return Message(topic, "phx_close", {}, client.join_refs[topic], client.join_refs[topic])
 
 
 def error_reply(ref: str, reason: str, client: SupabaseClient, topic: str = TOPIC) -> Message:
