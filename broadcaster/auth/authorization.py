@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, Protocol
 
-import asyncpg
-
-from ..exceptions import ConfigurationError
-from ..postgres.queries import DATABASE_ERRORS
+from ..exceptions import DatabaseError
 from .tokens import Identity
 
-__all__ = ["Authorizer", "ClaimAuthorizer", "OpenAuthorizer", "SqlAuthorizer", "decided"]
+__all__ = [
+    "Authorizer",
+    "AuthorizerFunction",
+    "ClaimAuthorizer",
+    "OpenAuthorizer",
+    "SqlAuthorizer",
+    "decided",
+]
 
 logger = logging.getLogger(__name__)
 
-_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 # A cache that clients fill (one entry per distinct claims and table_id) must
 # not grow without bound.
 _CACHE_ENTRIES = 10_000
@@ -73,24 +75,32 @@ class ClaimAuthorizer:
         return isinstance(granted, list) and ("*" in granted or table_id in granted)
 
 
+class AuthorizerFunction(Protocol):
+    """The SQL function that decides, called by the Postgres adapter.
+
+    :class:`~broadcaster.postgres.queries.PostgresAuthorizerFunction` is the one.
+    """
+
+    name: str
+
+    async def allows(self, claims: str, table_id: str) -> bool:
+        """Its answer for ``claims`` (a JSON object) and ``table_id``.
+
+        Raises :class:`~broadcaster.exceptions.DatabaseError` when it could not be asked.
+        """
+        ...
+
+
 class SqlAuthorizer:
     """A SQL function decides, with answers cached for ``cache_seconds``."""
 
     def __init__(
         self,
-        pool: Callable[[], asyncpg.Pool | None],
-        function: str,
+        function: AuthorizerFunction,
         *,
         cache_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not _FUNCTION_NAME.fullmatch(function):
-            raise ConfigurationError(
-                f"authorizer must be a function name like broadcaster_authorize, not {function!r}"
-            )
-        self._pool = pool
-        # The name is validated above; it cannot be a bind parameter.
-        self._query = f"SELECT {function}($1::jsonb, $2::text)"
         self._function = function
         self._cache_seconds = cache_seconds
         self._clock = clock
@@ -104,20 +114,13 @@ class SqlAuthorizer:
         return _Deferred(lambda: self._ask(claims, table_id))
 
     async def _ask(self, claims: str, table_id: str) -> bool:
-        pool = self._pool()
         try:
-            if pool is None:
-                raise ConnectionError("the database is not connected yet")
-            async with pool.acquire() as connection:
-                answer = await connection.fetchval(self._query, claims, table_id)
-                # The function is the operator's and may leave session state
-                # behind (a SET, an advisory lock); the pool does not reset
-                # connections (runtime.py).
-                await connection.reset()
-        except DATABASE_ERRORS:
-            logger.exception("authorizer %s failed for table %r: denied", self._function, table_id)
+            allowed = await self._function.allows(claims, table_id)
+        except DatabaseError:
+            logger.exception(
+                "authorizer %s failed for table %r: denied", self._function.name, table_id
+            )
             return False
-        allowed = answer is True
         if len(self._cache) >= _CACHE_ENTRIES:
             self._cache.clear()
         self._cache[(claims, table_id)] = (self._clock() + self._cache_seconds, allowed)

@@ -28,7 +28,8 @@ from ..core.hub import Hub
 from ..core.promises import EVERY, Polling
 from ..core.wakeups import decode
 from ..core.writes import Writes
-from .queries import DATABASE_ERRORS, ChangeReader
+from ..exceptions import DatabaseError
+from .queries import ChangeReader
 
 __all__ = ["Poller"]
 
@@ -111,7 +112,10 @@ class Poller:
             tasks.create_task(self._timer(self._refresh_interval * 10, self._prune))
 
     async def unregister(self, tables: Collection[str] | None = None) -> None:
-        """Remove registrations of this process (default: all of them, on a clean stop)."""
+        """Remove registrations of this process (default: all of them, on a clean stop).
+
+        Raises :class:`~broadcaster.exceptions.DatabaseError` if that failed.
+        """
         drop = sorted(self._polling.registered if tables is None else tables)
         if drop:
             await self._reader.unregister(self._process, drop)
@@ -134,7 +138,7 @@ class Poller:
             self._wakeup.clear()
             try:
                 await self._read_once()
-            except DATABASE_ERRORS as exc:
+            except DatabaseError as exc:
                 failures += 1
                 self.status = f"reading changes failed: {exc}"
                 delay = min(self._retry_max_delay, 0.1 * 2 ** (failures - 1))
@@ -208,8 +212,10 @@ class Poller:
         issued_at = time.monotonic()
         try:
             result = await self._reader.read(read.requests)
-        except asyncpg.DataError:
-            if not any(join.since is not None for join, _ in read.joins):
+        except DatabaseError as exc:
+            if not isinstance(exc.__cause__, asyncpg.DataError) or not any(
+                join.since is not None for join, _ in read.joins
+            ):
                 self._feed.failed(read)
                 raise
             # A cursor can look well-formed yet be refused by Postgres; left in
@@ -245,7 +251,7 @@ class Poller:
             await asyncio.sleep(interval)
             try:
                 await action()
-            except DATABASE_ERRORS:
+            except DatabaseError:
                 logger.warning("poller: periodic %s failed", action.__name__, exc_info=True)
 
     async def _refresh(self) -> None:

@@ -1,7 +1,8 @@
 """Unit tests for broadcaster.auth.authorization: who may subscribe to which table.
 
-No database: the SQL authorizer gets a fake pool whose ``fetchval`` answers, or
-raises, as each test says, and a fake clock drives its cache.
+No database: the SQL authorizer's function (the Postgres adapter's) gets a fake
+pool whose ``fetchval`` answers, or raises, as each test says, and a fake clock
+drives its cache.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 
 from broadcaster.auth.authorization import ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
 from broadcaster.auth.tokens import Identity
-from broadcaster.exceptions import ConfigurationError
+from broadcaster.exceptions import ConfigurationError, DatabaseError
+from broadcaster.postgres.queries import PostgresAuthorizerFunction
 from tests.support.pools import PoolStandIn
 from tests.support.timeouts import within
 
@@ -75,8 +77,7 @@ def sql_authorizer(
     pool: FakePool | None, clock: FakeClock | None = None, function: str = FUNCTION
 ) -> SqlAuthorizer:
     return SqlAuthorizer(
-        lambda: pool,
-        function,
+        PostgresAuthorizerFunction(lambda: pool, function),
         cache_seconds=CACHE_SECONDS,
         clock=clock if clock is not None else FakeClock(),
     )
@@ -287,7 +288,8 @@ async def test_a_failing_function_denies_and_is_logged(
     assert FUNCTION in record.getMessage()
     assert "'t1'" in record.getMessage()
     assert record.exc_info is not None
-    assert record.exc_info[1] is error
+    assert isinstance(record.exc_info[1], DatabaseError)
+    assert record.exc_info[1].__cause__ is error
 
 
 async def test_a_failure_is_not_cached(caplog: pytest.LogCaptureFixture) -> None:
@@ -317,8 +319,7 @@ async def test_no_pool_denies_and_is_logged(caplog: pytest.LogCaptureFixture) ->
 async def test_the_pool_is_looked_up_at_each_question(caplog: pytest.LogCaptureFixture) -> None:
     pools: list[FakePool | None] = [None]
     authorizer = SqlAuthorizer(
-        lambda: pools[-1],
-        FUNCTION,
+        PostgresAuthorizerFunction(lambda: pools[-1], FUNCTION),
         cache_seconds=CACHE_SECONDS,
         clock=FakeClock(),
     )
@@ -438,14 +439,14 @@ async def test_the_cache_is_bounded() -> None:
 )
 def test_an_invalid_function_name_is_a_configuration_error(function: str) -> None:
     with pytest.raises(ConfigurationError, match="function name"):
-        SqlAuthorizer(lambda: None, function, cache_seconds=CACHE_SECONDS)
+        PostgresAuthorizerFunction(lambda: None, function)
 
 
 @pytest.mark.parametrize(
     "function", ["broadcaster_authorize", "auth.may_subscribe", "_f1", "A.B", "f"]
 )
 def test_a_valid_function_name_is_accepted(function: str) -> None:
-    SqlAuthorizer(lambda: None, function, cache_seconds=CACHE_SECONDS)
+    SqlAuthorizer(PostgresAuthorizerFunction(lambda: None, function), cache_seconds=CACHE_SECONDS)
 
 
 def test_an_invalid_function_name_is_refused_before_any_question() -> None:
@@ -455,7 +456,7 @@ def test_an_invalid_function_name_is_refused_before_any_question() -> None:
         asked_pool.append(pool)
 
     with pytest.raises(ConfigurationError):
-        SqlAuthorizer(pool, "x; drop table rows", cache_seconds=CACHE_SECONDS)
+        PostgresAuthorizerFunction(pool, "x; drop table rows")
     assert asked_pool == []
 
 
