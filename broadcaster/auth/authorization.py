@@ -5,6 +5,10 @@ table_ids it may subscribe to; ``"*"`` or ``["*"]`` means all. Optionally a SQL
 function ``f(claims jsonb, table_id text) returns boolean`` decides instead, so
 authorization can live beside the data; its answers are cached briefly, and its
 errors deny (and are logged), never crash.
+
+Both spell every table ``"*"`` (:data:`EVERY_TABLE_ID`), a documented contract
+(docs/security.md, docs/supabase.md): a subscription to every table is asked
+about as that table_id (:func:`authorizer_table_id`).
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from ..core.tables import EVERY_TABLE
 from ..exceptions import DatabaseError
 from .tokens import Identity
 
 __all__ = [
+    "EVERY_TABLE_ID",
     "Authorizer",
     "AuthorizerFunction",
     "ClaimAuthorizer",
     "OpenAuthorizer",
     "SqlAuthorizer",
+    "authorizer_table_id",
     "decided",
 ]
 
@@ -32,6 +39,15 @@ logger = logging.getLogger(__name__)
 # A cache that clients fill (one entry per distinct claims and table_id) must
 # not grow without bound.
 _CACHE_ENTRIES = 10_000
+
+EVERY_TABLE_ID: Final = "*"
+"""Every table, as the authorizers spell it: in a token's claim, and to the SQL function."""
+
+
+def authorizer_table_id(table_id: str | None) -> str:
+    """``table_id`` as the authorizers are asked about it (:data:`EVERY_TABLE_ID` for
+    :data:`~broadcaster.core.tables.EVERY_TABLE`)."""
+    return EVERY_TABLE_ID if table_id is EVERY_TABLE else table_id
 
 
 class Authorizer(Protocol):
@@ -70,9 +86,9 @@ class ClaimAuthorizer:
             granted = identity.claims
             for part in self.claim.split("."):
                 granted = granted.get(part) if isinstance(granted, Mapping) else None
-        if granted == "*":
+        if granted == EVERY_TABLE_ID:
             return True
-        return isinstance(granted, list) and ("*" in granted or table_id in granted)
+        return isinstance(granted, list) and (EVERY_TABLE_ID in granted or table_id in granted)
 
 
 class AuthorizerFunction(Protocol):

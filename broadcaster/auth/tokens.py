@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from ..exceptions import AuthenticationError, ConfigurationError
+from ..protocols.native import TOKEN_EXPIRED, UNAUTHORIZED
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
@@ -63,9 +64,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-UNAUTHORIZED = "unauthorized"
-TOKEN_EXPIRED = "token_expired"
 
 # HMAC algorithms and the shortest secret, in bytes, each may be used with.
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}

@@ -1,4 +1,4 @@
-"""What one server process runs: the hub, the listener and the poller, wired.
+"""What one server process runs: the hub, the listener and the read loop, wired.
 
 The starlette lifespan starts a :class:`Runtime` and stops it; the WebSocket
 adapter and the HTTP routes reach it through the lifespan state.
@@ -25,7 +25,7 @@ from ..postgres.connections import Connections
 from ..postgres.listener import CHANNEL as CHANGES_CHANNEL
 from ..postgres.listener import Listener
 from ..postgres.queries import ChangeReader
-from ..postgres.read_loop import Poller
+from ..postgres.read_loop import ReadLoop
 from ..sessions.native import Limits, Messaging
 from ..settings import Settings
 
@@ -64,7 +64,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self.reader: ChangeReader | None = None
         self.messaging: Messaging | None = None
-        self.poller: Poller | None = None
+        self.poller: ReadLoop | None = None
         self.listener: Listener | None = None
         self._crashed: str | None = None
 
@@ -106,7 +106,7 @@ class Runtime:
         settings = self.settings
         self.reader = await self._connections.open()
         self.messaging = Messaging(self.broadcasts, self.presences, self.reader)
-        self.poller = Poller(
+        self.poller = ReadLoop(
             self.hub,
             self.reader,
             refresh_interval=settings.refresh_interval,
@@ -132,7 +132,7 @@ class Runtime:
             reconnect_max_delay=settings.reconnect_max_delay,
         )
         self._tasks = [
-            asyncio.create_task(self._supervise("poller", self.poller.run())),
+            asyncio.create_task(self._supervise("read loop", self.poller.run())),
             asyncio.create_task(self._supervise("listener", self.listener.run())),
             asyncio.create_task(self._supervise("presence", self._keep_presence(self.reader))),
         ]

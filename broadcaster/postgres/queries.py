@@ -27,6 +27,7 @@ from ..core.changes import Change
 from ..core.cursors import FOREIGN, PRUNED, Origin
 from ..core.feed import ReadResult, Request, Row
 from ..core.presence import CHANNEL as PRESENCE_CHANNEL
+from ..core.tables import EVERY_TABLE, to_database
 from ..exceptions import ConfigurationError, DatabaseError
 
 __all__ = [
@@ -317,7 +318,7 @@ class ChangeReader:
             FOREIGN,
             PRUNED,
         )
-        every = [r for r in requests if r.table_id is None]
+        every = [r for r in requests if r.table_id is EVERY_TABLE]
         if every:
             records = await self._reads.fetch(_READ_EVERY, *arguments, list(every[0].exclude))
         else:
@@ -345,7 +346,11 @@ class ChangeReader:
 
     @_raises_database_error
     async def register(
-        self, process: str, tables: Sequence[str], promised: Sequence[str], window: float
+        self,
+        process: str,
+        tables: Sequence[str | None],
+        promised: Sequence[str | None],
+        window: float,
     ) -> None:
         """Register ``tables`` for ``process`` with no promise, and promise to read
         ``promised`` for ``window`` seconds (see core/promises.py)."""
@@ -357,7 +362,7 @@ class ChangeReader:
             " ON CONFLICT (table_id, process) DO UPDATE"
             " SET polling_until = EXCLUDED.polling_until, seen_at = now()",
             process,
-            [*tables, *promised],
+            [to_database(t) for t in (*tables, *promised)],
             [False] * len(tables) + [True] * len(promised),
             window,
         )
@@ -376,11 +381,11 @@ class ChangeReader:
         return int(xid), str(snapshot)
 
     @_raises_database_error
-    async def unregister(self, process: str, tables: Sequence[str]) -> None:
+    async def unregister(self, process: str, tables: Sequence[str | None]) -> None:
         await self._pool.execute(
             "DELETE FROM broadcaster_listeners WHERE process = $1 AND table_id = ANY($2::text[])",
             process,
-            list(tables),
+            [to_database(t) for t in tables],
         )
 
     @_raises_database_error

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from broadcaster.core.feed import Request
+from broadcaster.core.tables import EVERY_TABLE
 from broadcaster.exceptions import DatabaseError
 from broadcaster.postgres.queries import ChangeReader, PostgresAuthorizerFunction, ReadSession
 from tests.support.timeouts import eventually, within
@@ -245,3 +246,14 @@ async def test_the_authorizer_function_answers_and_fails_as_a_database_error(
     with pytest.raises(DatabaseError) as raised:
         await within(missing.allows("{}", "t1"))
     assert isinstance(raised.value.__cause__, asyncpg.UndefinedFunctionError)
+
+
+async def test_every_table_is_registered_as_the_empty_table_id(pool: asyncpg.Pool) -> None:
+    """triggers.sql reads a registration of table_id '' as one for every table."""
+    reader = ChangeReader(pool)
+    await within(reader.register("p1", [EVERY_TABLE, "t1"], [], 1.0))
+    registered = "SELECT table_id FROM broadcaster_listeners WHERE process = 'p1' ORDER BY 1"
+    assert [r[0] for r in await pool.fetch(registered)] == ["", "t1"]
+
+    await within(reader.unregister("p1", [EVERY_TABLE]))
+    assert [r[0] for r in await pool.fetch(registered)] == ["t1"]

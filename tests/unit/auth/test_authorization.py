@@ -18,8 +18,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from broadcaster.auth.authorization import ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
+from broadcaster.auth.authorization import (
+    EVERY_TABLE_ID,
+    ClaimAuthorizer,
+    OpenAuthorizer,
+    SqlAuthorizer,
+    authorizer_table_id,
+)
 from broadcaster.auth.tokens import Identity
+from broadcaster.core.tables import EVERY_TABLE
 from broadcaster.exceptions import ConfigurationError, DatabaseError
 from broadcaster.postgres.queries import PostgresAuthorizerFunction
 from tests.support.pools import PoolStandIn
@@ -168,6 +175,33 @@ def test_claim_authorizer_reads_the_configured_claim() -> None:
     assert authorizer.allowed(who, "t1") is True
     # The default claim name means nothing once another is configured.
     assert authorizer.allowed(who, "t2") is False
+
+
+# Every table, as the authorizers spell it
+
+
+def test_every_table_is_asked_about_as_the_documented_star() -> None:
+    # docs/security.md and docs/supabase.md promise "*" to users.
+    assert EVERY_TABLE_ID == "*"
+    assert authorizer_table_id(EVERY_TABLE) == "*"
+    assert authorizer_table_id("t1") == "t1"
+
+
+@pytest.mark.parametrize("granted", ["*", ["*"]])
+def test_a_star_claim_grants_every_table(granted: Any) -> None:
+    who = identity({"table_ids": granted})
+    assert ClaimAuthorizer("table_ids").allowed(who, authorizer_table_id(EVERY_TABLE)) is True
+
+
+def test_a_list_of_tables_does_not_grant_every_table() -> None:
+    who = identity({"table_ids": ["t1", "t2"]})
+    assert ClaimAuthorizer("table_ids").allowed(who, authorizer_table_id(EVERY_TABLE)) is False
+
+
+async def test_the_sql_function_is_asked_about_every_table_as_star() -> None:
+    pool = FakePool(True)
+    assert await asked(sql_authorizer(pool), identity(), authorizer_table_id(EVERY_TABLE))
+    assert pool.calls[0][1][1] == "*"
 
 
 # SqlAuthorizer: answers

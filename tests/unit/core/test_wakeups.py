@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from broadcaster.core.wakeups import ANY_TABLE, decode
+from broadcaster.core.tables import EVERY_TABLE
+from broadcaster.core.wakeups import decode
 
 
-def test_any_table_is_none() -> None:
-    assert ANY_TABLE is None
+def test_every_table_is_none() -> None:
+    assert EVERY_TABLE is None
 
 
 def test_a_payload_is_the_table_id_that_changed() -> None:
@@ -17,7 +18,7 @@ def test_a_payload_is_the_table_id_that_changed() -> None:
 
 def test_the_empty_payload_wakes_every_table() -> None:
     # A TRUNCATE, or a table_id too long for NOTIFY's 8000 bytes.
-    assert decode("") is ANY_TABLE
+    assert decode("") is EVERY_TABLE
 
 
 @pytest.mark.parametrize(
@@ -41,4 +42,4 @@ def test_any_other_payload_is_a_table_id_verbatim(table_id: str) -> None:
     decoded = decode(table_id)
 
     assert decoded == table_id
-    assert decoded is not ANY_TABLE
+    assert decoded is not EVERY_TABLE
