@@ -23,7 +23,7 @@ _IN_DATABASE: Final = ""
 
 def to_database(table_id: str | None) -> str:
     """``table_id`` as the database spells it."""
-    return _IN_DATABASE if table_id is None else table_id
+    return _IN_DATABASE if table_id is EVERY_TABLE else table_id
 
 
 def from_database(table_id: str) -> str | None:

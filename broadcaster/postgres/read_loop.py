@@ -85,7 +85,7 @@ class ReadLoop:
     def notified(self, payload: str) -> None:
         table_id = decode(payload)
         self._feed.wake(table_id)
-        if table_id is not None:
+        if table_id is not EVERY_TABLE:
             self._promises.woken(table_id, time.monotonic())
         if self._feed.due:
             self._wakeup.set()
@@ -97,7 +97,7 @@ class ReadLoop:
         self._promises.reset()
         self._session += 1
         self.status = "catching up after (re)connecting"
-        self._feed.wake(None)
+        self._feed.wake(EVERY_TABLE)
         self._wakeup.set()
 
     # Called by sessions.
@@ -148,7 +148,7 @@ class ReadLoop:
                 self.status = f"reading changes failed: {exc}"
                 delay = min(self._retry_max_delay, 0.1 * 2 ** (failures - 1))
                 delay *= random.uniform(0.5, 1.0)
-                logger.warning("read loop: %s; retrying in %.1fs", self.status, delay)
+                logger.warning("poller: %s; retrying in %.1fs", self.status, delay)
                 await asyncio.sleep(delay)
                 self._wakeup.set()
                 continue
