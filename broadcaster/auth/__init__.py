@@ -1,1 +1,2 @@
-"""Who a client is (``tokens``: JWT verification) and what it may read (``authorization``)."""
+"""Who a client is (``tokens``: JWT verification, with ``keys`` and ``jwks``) and what it may
+read (``authorization``)."""

@@ -5,31 +5,49 @@ table_ids it may subscribe to; ``"*"`` or ``["*"]`` means all. Optionally a SQL
 function ``f(claims jsonb, table_id text) returns boolean`` decides instead, so
 authorization can live beside the data; its answers are cached briefly, and its
 errors deny (and are logged), never crash.
+
+Both spell every table ``"*"`` (:data:`EVERY_TABLE_ID`), a documented contract
+(docs/security.md, docs/supabase.md): a subscription to every table is asked
+about as that table_id (:func:`authorizer_table_id`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
-import asyncpg
-
-from ..exceptions import ConfigurationError
-from ..postgres.queries import DATABASE_ERRORS
+from ..core.tables import EVERY_TABLE
+from ..exceptions import DatabaseError
 from .tokens import Identity
 
-__all__ = ["Authorizer", "ClaimAuthorizer", "OpenAuthorizer", "SqlAuthorizer", "decided"]
+__all__ = [
+    "EVERY_TABLE_ID",
+    "Authorizer",
+    "AuthorizerFunction",
+    "ClaimAuthorizer",
+    "OpenAuthorizer",
+    "SqlAuthorizer",
+    "authorizer_table_id",
+    "decided",
+]
 
 logger = logging.getLogger(__name__)
 
-_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 # A cache that clients fill (one entry per distinct claims and table_id) must
 # not grow without bound.
 _CACHE_ENTRIES = 10_000
+
+EVERY_TABLE_ID: Final = "*"
+"""Every table, as the authorizers spell it: in a token's claim, and to the SQL function."""
+
+
+def authorizer_table_id(table_id: str | None) -> str:
+    """``table_id`` as the authorizers are asked about it (:data:`EVERY_TABLE_ID` for
+    :data:`~broadcaster.core.tables.EVERY_TABLE`)."""
+    return EVERY_TABLE_ID if table_id is EVERY_TABLE else table_id
 
 
 class Authorizer(Protocol):
@@ -68,9 +86,25 @@ class ClaimAuthorizer:
             granted = identity.claims
             for part in self.claim.split("."):
                 granted = granted.get(part) if isinstance(granted, Mapping) else None
-        if granted == "*":
+        if granted == EVERY_TABLE_ID:
             return True
-        return isinstance(granted, list) and ("*" in granted or table_id in granted)
+        return isinstance(granted, list) and (EVERY_TABLE_ID in granted or table_id in granted)
+
+
+class AuthorizerFunction(Protocol):
+    """The SQL function that decides, called by the Postgres adapter.
+
+    :class:`~broadcaster.postgres.queries.PostgresAuthorizerFunction` is the one.
+    """
+
+    name: str
+
+    async def allows(self, claims: str, table_id: str) -> bool:
+        """Its answer for ``claims`` (a JSON object) and ``table_id``.
+
+        Raises :class:`~broadcaster.exceptions.DatabaseError` when it could not be asked.
+        """
+        ...
 
 
 class SqlAuthorizer:
@@ -78,19 +112,11 @@ class SqlAuthorizer:
 
     def __init__(
         self,
-        pool: Callable[[], asyncpg.Pool | None],
-        function: str,
+        function: AuthorizerFunction,
         *,
         cache_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not _FUNCTION_NAME.fullmatch(function):
-            raise ConfigurationError(
-                f"authorizer must be a function name like broadcaster_authorize, not {function!r}"
-            )
-        self._pool = pool
-        # The name is validated above; it cannot be a bind parameter.
-        self._query = f"SELECT {function}($1::jsonb, $2::text)"
         self._function = function
         self._cache_seconds = cache_seconds
         self._clock = clock
@@ -104,20 +130,13 @@ class SqlAuthorizer:
         return _Deferred(lambda: self._ask(claims, table_id))
 
     async def _ask(self, claims: str, table_id: str) -> bool:
-        pool = self._pool()
         try:
-            if pool is None:
-                raise ConnectionError("the database is not connected yet")
-            async with pool.acquire() as connection:
-                answer = await connection.fetchval(self._query, claims, table_id)
-                # The function is the operator's and may leave session state
-                # behind (a SET, an advisory lock); the pool does not reset
-                # connections (runtime.py).
-                await connection.reset()
-        except DATABASE_ERRORS:
-            logger.exception("authorizer %s failed for table %r: denied", self._function, table_id)
+            allowed = await self._function.allows(claims, table_id)
+        except DatabaseError:
+            logger.exception(
+                "authorizer %s failed for table %r: denied", self._function.name, table_id
+            )
             return False
-        allowed = answer is True
         if len(self._cache) >= _CACHE_ENTRIES:
             self._cache.clear()
         self._cache[(claims, table_id)] = (self._clock() + self._cache_seconds, allowed)

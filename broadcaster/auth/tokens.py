@@ -13,7 +13,8 @@ Key material, any combination of:
 * a **public key** in PEM (or a PEM certificate): RSA (2048 bits or more) for
   RS256, EC P-256 / P-384 / P-521 for ES256 / ES384 / ES512, Ed25519 or
   Ed448 for EdDSA;
-* a **JWKS URL** of an identity provider, fetched over HTTP(S) and cached.
+* a **JWKS URL** of an identity provider, fetched over HTTP(S) and cached
+  (:mod:`broadcaster.auth.jwks`).
 
 The key is chosen by the token header's ``alg`` and ``kid``, and every key is
 bound to the algorithms its type allows, so a public key is never used as an
@@ -31,27 +32,33 @@ Error messages say why a token was refused; they never repeat the token.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import math
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.client import HTTPMessage
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.algorithms import HMACAlgorithm
 
 from ..exceptions import AuthenticationError, ConfigurationError
+from ..protocols.native import TOKEN_EXPIRED, UNAUTHORIZED
+from .jwks import JWKS, JWKSFetch, http_fetch
+from .keys import (
+    ASYMMETRIC,
+    HMAC_MIN_BYTES,
+    MIN_RSA_BITS,
+    SUPPORTED_ALGORITHMS,
+    Key,
+    as_verification_key,
+    key_family,
+)
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
@@ -63,29 +70,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-UNAUTHORIZED = "unauthorized"
-TOKEN_EXPIRED = "token_expired"
-
-# HMAC algorithms and the shortest secret, in bytes, each may be used with.
-_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
-_RSA = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
-_EC_BY_CURVE = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-_EDDSA = "EdDSA"
-_ASYMMETRIC = frozenset((*_RSA, *_EC_BY_CURVE.values(), _EDDSA))
-
-#: Every algorithm a :class:`JWTVerifier` can be configured to accept.
-SUPPORTED_ALGORITHMS: tuple[str, ...] = (*_HMAC_MIN_BYTES, *sorted(_ASYMMETRIC))
-
-_MIN_RSA_BITS = 2048
-_MAX_JWKS_BYTES = 1024 * 1024
-
-#: Fetches a JWKS document: URL in, response body out.
-JWKSFetch = Callable[[str], Awaitable[bytes]]
-
-_PublicKey = (
-    rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
-)
 
 
 @dataclass(frozen=True)
@@ -116,15 +100,6 @@ def read_key(value: str) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read the key file {str(path)!r}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class _Key:
-    """Verification key material bound to the algorithms it may verify."""
-
-    material: bytes | _PublicKey
-    algorithms: frozenset[str]
-    kid: str | None
 
 
 class JWTVerifier:
@@ -174,21 +149,21 @@ class JWTVerifier:
         self._audience = audience
         self._leeway = float(leeway)
         self._clock = clock
-        self._static: list[_Key] = []
+        self._static: list[Key] = []
         if secret is not None:
             self._static.append(_secret_key(secret, allowed))
         if public_key is not None:
             self._static.append(_pem_key(public_key, allowed))
-        self._jwks: _JWKS | None = None
+        self._jwks: JWKS | None = None
         if jwks_url is not None:
-            if allowed is not None and not allowed & _ASYMMETRIC:
+            if allowed is not None and not allowed & ASYMMETRIC:
                 raise ConfigurationError(
                     "a JWKS URL is configured but no asymmetric algorithm is allowed"
                 )
-            self._jwks = _JWKS(
+            self._jwks = JWKS(
                 jwks_url,
                 allowed,
-                fetch=jwks_fetch or _http_fetch(jwks_timeout),
+                fetch=jwks_fetch or http_fetch(jwks_timeout),
                 cache_seconds=float(jwks_cache_seconds),
                 refetch_interval=float(jwks_refetch_interval),
                 timeout=float(jwks_timeout),
@@ -199,7 +174,7 @@ class JWTVerifier:
         for key in self._static:
             usable |= key.algorithms
         if self._jwks is not None:
-            usable |= allowed & _ASYMMETRIC if allowed is not None else _ASYMMETRIC
+            usable |= allowed & ASYMMETRIC if allowed is not None else ASYMMETRIC
         if allowed is not None and allowed - usable:
             unusable = ", ".join(sorted(allowed - usable))
             raise ConfigurationError(f"no configured key can verify tokens signed with {unusable}")
@@ -240,7 +215,7 @@ class JWTVerifier:
         payload = self._decode_with(token, static)
         tried = bool(static)
         kid_unmatched = False
-        if payload is None and self._jwks is not None and alg in _ASYMMETRIC:
+        if payload is None and self._jwks is not None and alg in ASYMMETRIC:
             fetched = await self._jwks.keys_for(alg, kid if isinstance(kid, str) else None)
             payload = self._decode_with(token, fetched)
             tried = tried or bool(fetched)
@@ -253,7 +228,7 @@ class JWTVerifier:
             raise _unauthorized(f"no configured key verifies {alg} tokens")
         return self._identity(payload)
 
-    def _decode_with(self, token: str, keys: Sequence[_Key]) -> dict[str, Any] | None:
+    def _decode_with(self, token: str, keys: Sequence[Key]) -> dict[str, Any] | None:
         """The payload of the first key the signature verifies with; None if none does."""
         for key in keys:
             try:
@@ -264,7 +239,7 @@ class JWTVerifier:
                 raise _unauthorized(_reason(exc)) from None
         return None
 
-    def _decode(self, token: str, key: _Key) -> dict[str, Any]:
+    def _decode(self, token: str, key: Key) -> dict[str, Any]:
         # The time claims are checked in _identity, against the injectable clock.
         return jwt.decode(
             token,
@@ -358,9 +333,9 @@ def _allow_list(algorithms: Sequence[str] | None) -> frozenset[str] | None:
     return frozenset(algorithms)
 
 
-def _secret_key(secret: str, allowed: frozenset[str] | None) -> _Key:
+def _secret_key(secret: str, allowed: frozenset[str] | None) -> Key:
     material = secret.encode("utf-8")
-    shortest = min(_HMAC_MIN_BYTES.values())
+    shortest = min(HMAC_MIN_BYTES.values())
     if len(material) < shortest:
         raise ConfigurationError(
             f"the JWT secret must be at least {shortest} bytes long, not {len(material)}"
@@ -371,12 +346,12 @@ def _secret_key(secret: str, allowed: frozenset[str] | None) -> _Key:
         raise ConfigurationError(
             "the JWT secret looks like a public key or a JWK; configure it as the public key"
         ) from None
-    fitting = {alg for alg, least in _HMAC_MIN_BYTES.items() if len(material) >= least}
+    fitting = {alg for alg, least in HMAC_MIN_BYTES.items() if len(material) >= least}
     if allowed is None:
-        return _Key(material, frozenset(fitting), None)
-    too_short = sorted(allowed & (set(_HMAC_MIN_BYTES) - fitting))
+        return Key(material, frozenset(fitting), None)
+    too_short = sorted(allowed & (set(HMAC_MIN_BYTES) - fitting))
     if too_short:
-        need = max(_HMAC_MIN_BYTES[alg] for alg in too_short)
+        need = max(HMAC_MIN_BYTES[alg] for alg in too_short)
         raise ConfigurationError(
             f"{', '.join(too_short)} needs a secret of at least {need} bytes,"
             f" the JWT secret has {len(material)}"
@@ -384,10 +359,10 @@ def _secret_key(secret: str, allowed: frozenset[str] | None) -> _Key:
     algorithms = frozenset(allowed & fitting)
     if not algorithms:
         raise ConfigurationError("a JWT secret is configured but no HS algorithm is allowed")
-    return _Key(material, algorithms, None)
+    return Key(material, algorithms, None)
 
 
-def _pem_key(text: str, allowed: frozenset[str] | None) -> _Key:
+def _pem_key(text: str, allowed: frozenset[str] | None) -> Key:
     data = text.strip().encode("utf-8")
     if b"PRIVATE KEY" in data:
         raise ConfigurationError("the JWT public key is a private key; give its public half")
@@ -400,246 +375,19 @@ def _pem_key(text: str, allowed: frozenset[str] | None) -> _Key:
         raise ConfigurationError(
             f"the JWT public key is not a valid PEM public key: {exc}"
         ) from None
-    key = _as_verification_key(loaded)
+    key = as_verification_key(loaded)
     if key is None:
         raise ConfigurationError(
             "the JWT public key must be RSA, EC (P-256, P-384, P-521), Ed25519 or Ed448"
         )
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise ConfigurationError(
-            f"the JWT public key is a {key.key_size}-bit RSA key; at least {_MIN_RSA_BITS} needed"
+            f"the JWT public key is a {key.key_size}-bit RSA key; at least {MIN_RSA_BITS} needed"
         )
-    family, default = _family(key)
+    family, default = key_family(key)
     algorithms = family & allowed if allowed is not None else frozenset({default})
     if not algorithms:
         raise ConfigurationError(
             f"the JWT public key verifies {', '.join(sorted(family))}, none of them allowed"
         )
-    return _Key(key, algorithms, None)
-
-
-def _as_verification_key(key: object) -> _PublicKey | None:
-    private = (
-        rsa.RSAPrivateKey,
-        ec.EllipticCurvePrivateKey,
-        ed25519.Ed25519PrivateKey,
-        ed448.Ed448PrivateKey,
-    )
-    if isinstance(key, private):  # a JWK with its private half: verify with the public one
-        key = key.public_key()
-    if isinstance(key, rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return key
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _EC_BY_CURVE:
-        return key
-    return None
-
-
-def _family(key: _PublicKey) -> tuple[frozenset[str], str]:
-    """The algorithms a key type can verify, and the one it verifies by default."""
-    if isinstance(key, rsa.RSAPublicKey):
-        return frozenset(_RSA), "RS256"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        alg = _EC_BY_CURVE[key.curve.name]
-        return frozenset({alg}), alg
-    return frozenset({_EDDSA}), _EDDSA
-
-
-# --- JWKS -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _KeySet:
-    keys: tuple[_Key, ...]
-
-    def kids(self) -> set[str | None]:
-        return {key.kid for key in self.keys}
-
-    def matching(self, alg: str, kid: str | None) -> list[_Key]:
-        return [
-            key for key in self.keys if alg in key.algorithms and (kid is None or key.kid == kid)
-        ]
-
-
-class _JWKS:
-    """The keys at a JWKS URL: cached, refetched rate-limited, one fetch at a time."""
-
-    def __init__(
-        self,
-        url: str,
-        allowed: frozenset[str] | None,
-        *,
-        fetch: JWKSFetch,
-        cache_seconds: float,
-        refetch_interval: float,
-        timeout: float,
-        clock: Callable[[], float],
-    ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ConfigurationError(f"the JWKS URL must be an http(s) URL, not {url!r}")
-        self.url = url
-        self._allowed = allowed
-        self._fetch = fetch
-        self._cache_seconds = cache_seconds
-        self._refetch_interval = refetch_interval
-        self._timeout = timeout
-        self._clock = clock
-        self._keys: _KeySet | None = None
-        self._fetched_at = -math.inf
-        self._attempted_at = -math.inf
-        self._task: asyncio.Task[None] | None = None
-
-    async def keys_for(self, alg: str, kid: str | None) -> list[_Key]:
-        """The cached keys that may verify an ``alg`` token with ``kid``."""
-        now = self._clock()
-        if self._keys is None or not self._fetched_at <= now < self._fetched_at + (
-            self._cache_seconds
-        ):
-            await self._refresh()
-        if self._keys is None:
-            raise _unauthorized("the identity provider's signing keys could not be fetched")
-        found = self._keys.matching(alg, kid)
-        if found or kid is None or kid in self._keys.kids():
-            return found
-        # An unknown kid: the provider may have rotated its keys since the last fetch.
-        await self._refresh()
-        return self._keys.matching(alg, kid)
-
-    async def _refresh(self) -> None:
-        """Fetch the keys, unless a fetch started less than refetch_interval ago."""
-        if self._task is None:
-            now = self._clock()
-            if self._attempted_at <= now < self._attempted_at + self._refetch_interval:
-                return
-            self._attempted_at = now
-            self._task = asyncio.get_running_loop().create_task(self._fetch_and_store())
-        # Shielded: a cancelled verification must not cancel the fetch others wait on.
-        await asyncio.shield(self._task)
-
-    async def _fetch_and_store(self) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                body = await self._fetch(self.url)
-            self._keys = _parse_jwks(body, self._allowed, self.url)
-            self._fetched_at = self._clock()
-        except Exception:
-            if self._keys is None:
-                logger.exception("fetching the JWKS from %s failed", self.url)
-            else:
-                logger.warning(
-                    "fetching the JWKS from %s failed; keeping the keys fetched before",
-                    self.url,
-                    exc_info=True,
-                )
-        finally:
-            self._task = None
-
-
-def _parse_jwks(body: bytes, allowed: frozenset[str] | None, url: str) -> _KeySet:
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"the JWKS at {url} is not JSON: {exc}") from None
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"the JWKS at {url} has no 'keys' list")
-    keys: list[_Key] = []
-    for index, entry in enumerate(entries):
-        try:
-            key = _jwk_key(entry, allowed)
-        except (ValueError, TypeError, KeyError, jwt.PyJWTError) as exc:
-            logger.warning("skipping key %d of the JWKS at %s: %s", index, url, exc)
-            continue
-        if key is not None:
-            keys.append(key)
-    if not keys:
-        logger.warning("the JWKS at %s holds no usable signing key", url)
-    return _KeySet(tuple(keys))
-
-
-def _jwk_key(entry: object, allowed: frozenset[str] | None) -> _Key | None:
-    """The verification key of one JWK; None if it is not meant for us."""
-    if not isinstance(entry, dict):
-        raise TypeError("not a JSON object")
-    kid = entry.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise TypeError("its kid is not a string")
-    if entry.get("use", "sig") != "sig":
-        return None
-    key_ops = entry.get("key_ops")
-    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
-        return None
-    kty = entry.get("kty")
-    loaded: object
-    if kty == "RSA":
-        loaded = RSAAlgorithm.from_jwk(entry)
-    elif kty == "EC":
-        loaded = ECAlgorithm.from_jwk(entry)
-    elif kty == "OKP":
-        loaded = OKPAlgorithm.from_jwk(entry)
-    elif kty == "oct":
-        # A published symmetric key would let anyone who can read it mint tokens.
-        raise ValueError("symmetric (oct) keys are not accepted from a JWKS")
-    else:
-        raise ValueError(f"unsupported key type {kty!r}")
-    key = _as_verification_key(loaded)
-    if key is None:
-        raise ValueError("unsupported curve")
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
-        raise ValueError(f"{key.key_size}-bit RSA key; at least {_MIN_RSA_BITS} needed")
-    family, default = _family(key)
-    alg = entry.get("alg")
-    if alg is not None:
-        if alg not in family:
-            raise ValueError(f"its alg {alg!r} does not fit its key type")
-        algorithms = frozenset({alg})
-        if allowed is not None:
-            algorithms &= allowed
-    else:
-        algorithms = family & allowed if allowed is not None else frozenset({default})
-    if not algorithms:
-        return None
-    return _Key(key, algorithms, kid)
-
-
-class _HTTPOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects to http(s) only, and never from https down to http."""
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        scheme = urllib.parse.urlsplit(newurl).scheme
-        if scheme not in ("http", "https") or (req.type == "https" and scheme != "https"):
-            raise ValueError(f"refusing a redirect from {req.full_url} to a {scheme} URL")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _http_get(url: str, timeout: float) -> bytes:
-    """GET ``url`` (blocking), at most ``_MAX_JWKS_BYTES``, within about ``timeout``."""
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(
-        url, headers={"Accept": "application/json", "User-Agent": "pg-broadcaster"}
-    )
-    opener = urllib.request.build_opener(_HTTPOnlyRedirects())
-    body = bytearray()
-    with opener.open(request, timeout=timeout) as response:
-        while chunk := response.read1(64 * 1024):
-            body += chunk
-            if len(body) > _MAX_JWKS_BYTES:
-                raise ValueError(f"the JWKS at {url} is larger than {_MAX_JWKS_BYTES} bytes")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading the JWKS at {url} took over {timeout} s")
-    return bytes(body)
-
-
-def _http_fetch(timeout: float) -> JWKSFetch:
-    async def fetch(url: str) -> bytes:
-        return await asyncio.to_thread(_http_get, url, timeout)
-
-    return fetch
+    return Key(key, algorithms, None)

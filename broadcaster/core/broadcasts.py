@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 
 from .topics import Topics
 
-__all__ = ["CHANNEL", "MAX_PAYLOAD_BYTES", "Broadcasts", "Listener", "encode"]
+__all__ = ["CHANNEL", "MAX_PAYLOAD_BYTES", "BroadcastRecipient", "Broadcasts", "encode"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ CHANNEL: Final = "broadcaster_broadcast"
 MAX_PAYLOAD_BYTES: Final = 7500
 
 
-class Listener(Protocol):
+class BroadcastRecipient(Protocol):
+    """A client of this process that listens on topics (a session)."""
+
     def deliver_broadcast(self, topic: str, event: str, payload: Any, origin: str) -> None:
         """Send a broadcast of ``topic`` to the client; never block."""
 
@@ -45,17 +47,17 @@ class Broadcasts:
 
     def __init__(self) -> None:
         self.process = uuid.uuid4().hex
-        self._topics: Topics[Listener] = Topics()
+        self._topics: Topics[BroadcastRecipient] = Topics()
 
-    def origin(self, listener: Listener) -> str:
-        """A name for ``listener`` unique across processes."""
-        return f"{self.process}:{id(listener)}"
+    def origin(self, recipient: BroadcastRecipient) -> str:
+        """A name for ``recipient`` unique across processes."""
+        return f"{self.process}:{id(recipient)}"
 
-    def listen(self, topic: str, listener: Listener) -> None:
-        self._topics.add(topic, listener)
+    def listen(self, topic: str, recipient: BroadcastRecipient) -> None:
+        self._topics.add(topic, recipient)
 
-    def stop(self, topic: str, listener: Listener) -> None:
-        self._topics.remove(topic, listener)
+    def stop(self, topic: str, recipient: BroadcastRecipient) -> None:
+        self._topics.remove(topic, recipient)
 
     def notified(self, payload: str) -> None:
         """A broadcast from any process (the LISTEN callback: it only hands on)."""
@@ -65,8 +67,8 @@ class Broadcasts:
         except (ValueError, KeyError, TypeError):
             logger.warning("dropping a malformed broadcast: %.200r", payload)
             return
-        for listener in self._topics.listeners(topic):
+        for recipient in self._topics.recipients(topic):
             try:
-                listener.deliver_broadcast(topic, event, message.get("payload"), origin)
+                recipient.deliver_broadcast(topic, event, message.get("payload"), origin)
             except Exception:
-                logger.exception("a broadcast listener failed")
+                logger.exception("a broadcast recipient failed")

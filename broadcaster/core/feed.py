@@ -15,7 +15,7 @@ with the read's cursor, and from then on it receives every live batch of the
 table. Because the join and the live stream meet at one snapshot, nothing is
 missed between catch-up and live.
 
-A join of :data:`~broadcaster.core.hub.EVERY_TABLE` (``None``) makes every table
+A join of :data:`~broadcaster.core.tables.EVERY_TABLE` (``None``) makes every table
 live from its read's snapshot (``all_since``): a wake-up of any table then reads
 it from its own snapshot, or from ``all_since`` if it has none, and a read of
 every live table also reads every other table from ``all_since`` (one request
@@ -38,6 +38,7 @@ from . import cursors
 from .changes import Change
 from .cursors import Origin, Snapshot
 from .hub import Batch
+from .tables import EVERY_TABLE
 
 __all__ = ["Feed", "Join", "JoinResult", "Read", "ReadResult", "Request", "Row"]
 
@@ -53,7 +54,7 @@ class JoinResult:
 
 @dataclass(eq=False)
 class Join:
-    """A subscriber waiting to join ``table_id`` (``None``: every table) at the next read.
+    """A subscriber waiting to join ``table_id`` (or every table) at the next read.
 
     ``cursor`` resumes after a cursor the server gave; ``snapshot`` asks for
     every row. With neither, the join only waits for the read that makes it
@@ -86,7 +87,7 @@ class Join:
 
     @property
     def wants_rows(self) -> bool:
-        if self.table_id is None:
+        if self.table_id is EVERY_TABLE:
             # Every table has no history or snapshot to offer: it only goes live.
             return False
         return self.reset is not None or self.since is not None or self.snapshot
@@ -96,7 +97,7 @@ class Join:
 class Request:
     """One part of a read: a table's changes since a snapshot, or all its rows.
 
-    ``table_id`` ``None`` reads the changes of every table but those in
+    ``table_id`` :data:`EVERY_TABLE` reads the changes of every table but those in
     ``exclude`` (``since`` is then always set).
     """
 
@@ -157,14 +158,14 @@ class Feed:
         return len(self._live)
 
     def wake(self, table_id: str | None) -> None:
-        """Rows of ``table_id`` (``None``: of any table) changed."""
-        if table_id is None:
+        """Rows of ``table_id`` (or of every table) changed."""
+        if table_id is EVERY_TABLE:
             self._wake_all = True
         elif (
             table_id in self._live
             or table_id in self._joining
             or self._all_since is not None
-            or None in self._joining
+            or EVERY_TABLE in self._joining
         ):
             self._woken.add(table_id)
 
@@ -195,10 +196,12 @@ class Feed:
 
     def served(self, is_subscribed: Callable[[str | None], bool]) -> tuple[set[str], bool]:
         """The tables live or being joined for subscribers of their own, and whether every
-        table is (for :class:`~broadcaster.core.promises.Polling`'s registrations)."""
+        table is (for :class:`~broadcaster.core.promises.Promises`' registrations)."""
         tables = {t for t in self._live if is_subscribed(t)}
-        tables.update(t for t in self._joining if t is not None)
-        every = None in self._joining or (self._all_since is not None and is_subscribed(None))
+        tables.update(t for t in self._joining if t is not EVERY_TABLE)
+        every = EVERY_TABLE in self._joining or (
+            self._all_since is not None and is_subscribed(EVERY_TABLE)
+        )
         return tables, every
 
     @property
@@ -208,11 +211,11 @@ class Feed:
     def plan(self, origin: Origin, is_subscribed: Callable[[str | None], bool]) -> Read | None:
         """The next read, taking the pending wake-ups and joins; ``None`` if none is due.
 
-        ``is_subscribed(None)`` tells whether every table has subscribers. A
+        ``is_subscribed(EVERY_TABLE)`` tells whether every table has subscribers. A
         read of every live table is planned even when there is none, so that
         catching up after a lost LISTEN connection always ends with a read.
         """
-        if self._all_since is not None and not is_subscribed(None):
+        if self._all_since is not None and not is_subscribed(EVERY_TABLE):
             self._all_since = None
             self.served_version += 1
         all_since = self._all_since
@@ -248,7 +251,7 @@ class Feed:
             join.decode_cursor(origin)
             joined = join.table_id
             if (
-                joined is not None
+                joined is not EVERY_TABLE
                 and all_since is not None
                 and joined not in self._live
                 and joined not in read.live
@@ -257,15 +260,15 @@ class Feed:
                 # the snapshot where the joining subscriber's begin.
                 read.live[joined] = key_for(joined, all_since)
             rows_key = None
-            if joined is not None and join.wants_rows:
+            if joined is not EVERY_TABLE and join.wants_rows:
                 rows_key = key_for(joined, join.request_since)
             read.joins.append((join, rows_key))
         if self._wake_all and all_since is not None:
             read.every_table = len(read.requests)
             read.requests.append(
-                Request(read.every_table, None, all_since, exclude=tuple(read.live))
+                Request(read.every_table, EVERY_TABLE, all_since, exclude=tuple(read.live))
             )
-        if None not in self._joining:
+        if EVERY_TABLE not in self._joining:
             self._woken.intersection_update(self._joining)
         self._wake_all = False
         self._refresh = False
@@ -308,7 +311,7 @@ class Feed:
         batches: list[Batch] = []
         for request in read.requests:
             table_id = request.table_id
-            if table_id is None or read.live.get(table_id) != request.key:
+            if table_id is EVERY_TABLE or read.live.get(table_id) != request.key:
                 continue
             changes = found[request.key]
             reset = result.resets.get(request.key)
@@ -330,7 +333,7 @@ class Feed:
             self._answered(join)
             if join.cancelled:
                 continue
-            if join.table_id is None:
+            if join.table_id is EVERY_TABLE:
                 if self._all_since is None:
                     self._all_since = result.snapshot
                     self.served_version += 1

@@ -1,6 +1,7 @@
 """The fan-out hub: who is subscribed to which ``table_id``, and delivery to them.
 
-A subscription names one table_id, or :data:`EVERY_TABLE` (``None``): the
+A subscription names one table_id, or
+:data:`~broadcaster.core.tables.EVERY_TABLE` (``None``): the
 subscriber then gets every table's batches and filters them itself (a Supabase
 binding filtered on a column other than table_id).
 
@@ -18,15 +19,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from .changes import Change
+from .tables import EVERY_TABLE
 
 __all__ = ["EVERY_TABLE", "Batch", "Hub", "Subscriber"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-EVERY_TABLE: None = None
-"""The subscription key that stands for every table."""
 
 
 class Batch:
@@ -96,7 +95,7 @@ class Hub:
         return len(self._tables.get(table_id, ()))
 
     def is_subscribed(self, table_id: str | None) -> bool:
-        """Has ``table_id`` subscribers of its own (for ``None``: of every table)?"""
+        """Has ``table_id`` subscribers of its own (for :data:`EVERY_TABLE`: of every table)?"""
         return table_id in self._tables
 
     @property

@@ -47,7 +47,9 @@ class Store(Protocol):
     async def presence_state(self, topic: str) -> list[Entry]: ...
 
 
-class Listener(Protocol):
+class PresenceRecipient(Protocol):
+    """A client of this process that follows presence on topics (a session)."""
+
     def deliver_presence(self, topic: str, joins: Any, leaves: Any) -> None:
         """Send a presence diff of ``topic`` to the client; never block."""
 
@@ -78,13 +80,13 @@ class Presences:
     """The topics this process's clients follow presence on."""
 
     def __init__(self) -> None:
-        self._topics: Topics[Listener] = Topics()
+        self._topics: Topics[PresenceRecipient] = Topics()
 
-    def follow(self, topic: str, listener: Listener) -> None:
-        self._topics.add(topic, listener)
+    def follow(self, topic: str, recipient: PresenceRecipient) -> None:
+        self._topics.add(topic, recipient)
 
-    def stop(self, topic: str, listener: Listener) -> None:
-        self._topics.remove(topic, listener)
+    def stop(self, topic: str, recipient: PresenceRecipient) -> None:
+        self._topics.remove(topic, recipient)
 
     def notified(self, payload: str) -> None:
         """A diff from any process (the LISTEN callback: it only hands on)."""
@@ -94,8 +96,8 @@ class Presences:
         except (ValueError, KeyError, TypeError):
             logger.warning("dropping a malformed presence diff: %.200r", payload)
             return
-        for listener in self._topics.listeners(topic):
+        for recipient in self._topics.recipients(topic):
             try:
-                listener.deliver_presence(topic, joins, leaves)
+                recipient.deliver_presence(topic, joins, leaves)
             except Exception:
-                logger.exception("a presence listener failed")
+                logger.exception("a presence recipient failed")

@@ -37,8 +37,9 @@ follows :data:`REMEMBERED_FOR` after the registration rather than at once,
 because a writer's session remembers what it saw that long (triggers.sql), so
 a writer may skip on a memory older than the registration until then.
 
-Subscribers of every table register as :data:`EVERY`, which is never promised
-(writers keep notifying while one exists anywhere); the final read after its
+Subscribers of every table register as
+:data:`~broadcaster.core.tables.EVERY_TABLE`, which is never promised (writers
+keep notifying while one exists anywhere); the final read after its
 registration is a read of every table.
 """
 
@@ -49,11 +50,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from .cursors import Snapshot
+from .tables import EVERY_TABLE, ordered
 
-__all__ = ["EVERY", "RATE_PERIOD", "Polling"]
-
-EVERY = ""
-"""The registration of every-table subscribers (never promised)."""
+__all__ = ["RATE_PERIOD", "Promises"]
 
 RATE_PERIOD = 1.0
 """Seconds the rate of changes is averaged over (an exponential moving sum)."""
@@ -76,7 +75,7 @@ class _Promise:
     check_every: float = 0.0
 
 
-class Polling:
+class Promises:
     """The promises of one server process, and the reads they call for."""
 
     def __init__(
@@ -97,19 +96,19 @@ class Polling:
         self._changes_at = 0.0
         self._remembered_for = remembered_for
         self._max_check_interval = max(max_check_interval, interval)
-        self.registered: set[str] = set()
-        self._promises: dict[str, _Promise] = {}
+        self.registered: set[str | None] = set()
+        self._promises: dict[str | None, _Promise] = {}
         self._renew: set[str] = set()
         self._polled_at = float("-inf")
         self.epoch = 0
         """Changes whenever the registrations must be compared with the tables served."""
 
     def changes(
-        self, wanted: Collection[str], now: float
-    ) -> tuple[list[str], list[str], list[str]]:
+        self, wanted: Collection[str | None], now: float
+    ) -> tuple[list[str | None], list[str], list[str | None]]:
         """Tables to register (new ones), to promise (renewals due), and to unregister."""
-        drop = sorted(self.registered.difference(wanted))
-        register = sorted(set(wanted).difference(self.registered))
+        drop = ordered(self.registered.difference(wanted))
+        register = ordered(set(wanted).difference(self.registered))
         promise = [t for t in self.renewals(now) if t in wanted]
         return register, promise, drop
 
@@ -121,7 +120,11 @@ class Polling:
         due = set(self._renew)
         if self.worth_polling(now):
             for table_id, state in self._promises.items():
-                if state.busy and state.polls_until - now < self.window / 2 and table_id != EVERY:
+                if (
+                    state.busy
+                    and state.polls_until - now < self.window / 2
+                    and table_id is not EVERY_TABLE
+                ):
                     due.add(table_id)
         return sorted(due.intersection(self.registered))
 
@@ -129,7 +132,7 @@ class Polling:
         """Does this process see at least ``min_rate`` changes a second (see the module)?"""
         return self.min_rate <= 0 or self._decayed(now) >= self.min_rate * RATE_PERIOD
 
-    def _polled(self, table_id: str, now: float) -> bool:
+    def _polled(self, table_id: str | None, now: float) -> bool:
         state = self._promises.get(table_id)
         return state is not None and now < state.polls_until
 
@@ -144,7 +147,7 @@ class Polling:
 
     def made(
         self,
-        registered: Iterable[str],
+        registered: Iterable[str | None],
         promised: Iterable[str],
         at: float,
         *,
@@ -169,7 +172,7 @@ class Polling:
                 self._renew.discard(table_id)
             self._extend(table_id, at + self.window, at + self.window)
 
-    def _extend(self, table_id: str, until: float, polls_until: float) -> None:
+    def _extend(self, table_id: str | None, until: float, polls_until: float) -> None:
         """Start a promise (or a registration's wait) that keeps what ran before it."""
         old = self._promises.get(table_id)
         if old is not None:
@@ -177,7 +180,7 @@ class Polling:
             polls_until = max(polls_until, old.polls_until)
         self._promises[table_id] = _Promise(until, polls_until)
 
-    def dropped(self, tables: Iterable[str]) -> None:
+    def dropped(self, tables: Iterable[str | None]) -> None:
         for table_id in tables:
             self.registered.discard(table_id)
             self._renew.discard(table_id)
@@ -188,14 +191,14 @@ class Polling:
         self.registered.clear()
         self.epoch += 1
 
-    def woken(self, table_id: str, now: float) -> None:
+    def woken(self, table_id: str | None, now: float) -> None:
         """A writer notified: the table is busy and its promise ran out; renew it
         if this process is busy enough to poll."""
         self._count(1, now)
-        if table_id in self.registered and table_id != EVERY and self.worth_polling(now):
+        if table_id is not EVERY_TABLE and table_id in self.registered and self.worth_polling(now):
             self._renew.add(table_id)
 
-    def to_poll(self, now: float) -> list[str]:
+    def to_poll(self, now: float) -> list[str | None]:
         """The tables to read now because of a promise still running (every ``interval``)."""
         if now < self._polled_at + self.interval:
             return []
@@ -233,12 +236,12 @@ class Polling:
         self,
         snapshot: str,
         issued_at: float,
-        read: Collection[str],
-        found: Collection[str],
+        read: Collection[str | None],
+        found: Collection[str | None],
         horizon: int | None = None,
         *,
         changes: Mapping[str, int] | None = None,
-    ) -> list[str]:
+    ) -> list[str | None]:
         """A statement issued at ``issued_at`` returned ``snapshot`` (and, if it took one,
         ``horizon``) after reading ``read`` and finding changes of ``found`` (``changes``
         of each, when known); return the tables whose final read is now due."""
@@ -247,7 +250,7 @@ class Polling:
             self._count(sum(n for t, n in changes.items() if self._polled(t, issued_at)), issued_at)
         # Parsed only for a promise past its end: most reads have none.
         parsed: Snapshot | None = None
-        final: list[str] = []
+        final: list[str | None] = []
         for table_id, state in list(self._promises.items()):
             if table_id in found:
                 state.busy = True
@@ -266,7 +269,7 @@ class Polling:
                 state.check_at = issued_at + state.check_every
                 continue
             del self._promises[table_id]
-            if table_id not in read or table_id == EVERY:
+            if table_id not in read or table_id is EVERY_TABLE:
                 final.append(table_id)
         return final
 

@@ -6,26 +6,26 @@ from typing import Generic, TypeVar
 
 __all__ = ["Topics"]
 
-L = TypeVar("L")
+R = TypeVar("R")
 
 
-class Topics(Generic[L]):
-    """Listeners by topic, in the order they came; empty topics are forgotten."""
+class Topics(Generic[R]):
+    """Recipients by topic, in the order they came; empty topics are forgotten."""
 
     def __init__(self) -> None:
         # dicts as ordered sets.
-        self._topics: dict[str, dict[L, None]] = {}
+        self._topics: dict[str, dict[R, None]] = {}
 
-    def add(self, topic: str, listener: L) -> None:
-        self._topics.setdefault(topic, {})[listener] = None
+    def add(self, topic: str, recipient: R) -> None:
+        self._topics.setdefault(topic, {})[recipient] = None
 
-    def remove(self, topic: str, listener: L) -> None:
-        listeners = self._topics.get(topic)
-        if listeners is not None:
-            listeners.pop(listener, None)
-            if not listeners:
+    def remove(self, topic: str, recipient: R) -> None:
+        recipients = self._topics.get(topic)
+        if recipients is not None:
+            recipients.pop(recipient, None)
+            if not recipients:
                 del self._topics[topic]
 
-    def listeners(self, topic: str) -> tuple[L, ...]:
-        """A snapshot: a listener may leave while being delivered to."""
+    def recipients(self, topic: str) -> tuple[R, ...]:
+        """A snapshot: a recipient may leave while being delivered to."""
         return tuple(self._topics.get(topic, ()))

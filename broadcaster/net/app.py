@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..postgres.queries import DATABASE_ERRORS
+from ..exceptions import DatabaseError
 from ..settings import Settings
 from .runtime import Runtime
 
@@ -40,7 +40,7 @@ async def readyz(request: Request) -> Response:
     if ready and runtime.reader is not None:
         # How full Postgres' NOTIFY queue is (0 to 1): a stalled listener
         # anywhere on the cluster makes it grow, and writers fail when it is full.
-        with contextlib.suppress(*DATABASE_ERRORS):
+        with contextlib.suppress(DatabaseError, TimeoutError):
             body["notification_queue_usage"] = await asyncio.wait_for(
                 runtime.reader.notification_queue_usage(), timeout=2
             )

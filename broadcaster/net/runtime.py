@@ -1,4 +1,4 @@
-"""What one server process runs: the hub, the listener and the poller, wired.
+"""What one server process runs: the hub, the listener and the read loop, wired.
 
 The starlette lifespan starts a :class:`Runtime` and stops it; the WebSocket
 adapter and the HTTP routes reach it through the lifespan state.
@@ -12,8 +12,6 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-import asyncpg
-
 from ..auth.authorization import Authorizer, ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
 from ..auth.tokens import JWTVerifier, TokenVerifier, read_key
 from ..core.broadcasts import CHANNEL as BROADCAST_CHANNEL
@@ -22,11 +20,12 @@ from ..core.hub import Hub
 from ..core.presence import CHANNEL as PRESENCE_CHANNEL
 from ..core.presence import Presences
 from ..core.writes import Writes
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, DatabaseError
+from ..postgres.connections import Connections
 from ..postgres.listener import CHANNEL as CHANGES_CHANNEL
 from ..postgres.listener import Listener
-from ..postgres.queries import DATABASE_ERRORS, ChangeReader, ReadSession
-from ..postgres.read_loop import Poller
+from ..postgres.queries import ChangeReader
+from ..postgres.read_loop import ReadLoop
 from ..sessions.base import Limits, Messaging
 from ..settings import Settings
 
@@ -58,13 +57,14 @@ class Runtime:
         self.publishable_keys = dict(
             item.split("=", 1) for item in _split(settings.publishable_keys) if "=" in item
         )
+        self._connections = Connections(
+            database_url, statement_timeout=settings.keepalive_timeout * 6
+        )
         self.verifier, self.authorizer = self._access(settings)
-        self._pool: asyncpg.Pool | None = None
-        self._reads: ReadSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.reader: ChangeReader | None = None
         self.messaging: Messaging | None = None
-        self.poller: Poller | None = None
+        self.read_loop: ReadLoop | None = None
         self.listener: Listener | None = None
         self._crashed: str | None = None
 
@@ -73,8 +73,7 @@ class Runtime:
         authorizer: Authorizer
         if settings.authorizer is not None:
             authorizer = SqlAuthorizer(
-                lambda: self._pool,
-                settings.authorizer,
+                self._connections.authorizer_function(settings.authorizer),
                 cache_seconds=settings.authorizer_cache_seconds,
             )
         elif settings.auth == "none":
@@ -105,36 +104,9 @@ class Runtime:
 
     async def start(self) -> None:
         settings = self.settings
-        # min_size=0: the pools connect on first use, so a database that is down
-        # at start delays reads instead of failing the start.
-        server_settings = {
-            "application_name": "broadcaster-reader",
-            # A read that hangs must not stall delivery for ever.
-            "statement_timeout": str(int(settings.keepalive_timeout * 6 * 1000)),
-            # Reads take a millisecond; compiling one (when the planner's
-            # estimate passes jit_above_cost, as the read's per-row tombstone
-            # lookup makes it do) takes 30.
-            "jit": "off",
-        }
-        self._pool = await asyncpg.create_pool(
-            self.database_url,
-            min_size=0,
-            max_size=4,
-            server_settings=server_settings,
-            reset=_keep_session,
-        )
-        # The read statement, one at a time, on a session of its own that plans
-        # it once: Postgres would plan it anew at every execution (its custom
-        # plans look cheaper to it), which was 40% of a poll's time on
-        # Postgres, and the generic plan is no slower for any read (measured:
-        # live, catch-up and snapshot reads).
-        read_settings = {**server_settings, "plan_cache_mode": "force_generic_plan"}
-        self._reads = ReadSession(
-            lambda: asyncpg.connect(self.database_url, server_settings=read_settings)
-        )
-        self.reader = ChangeReader(self._pool, reads=self._reads)
+        self.reader = await self._connections.open()
         self.messaging = Messaging(self.broadcasts, self.presences, self.reader)
-        self.poller = Poller(
+        self.read_loop = ReadLoop(
             self.hub,
             self.reader,
             refresh_interval=settings.refresh_interval,
@@ -150,17 +122,17 @@ class Runtime:
         self.listener = Listener(
             self.database_url,
             {
-                CHANGES_CHANNEL: self.poller.notified,
+                CHANGES_CHANNEL: self.read_loop.notified,
                 BROADCAST_CHANNEL: self.broadcasts.notified,
                 PRESENCE_CHANNEL: self.presences.notified,
             },
-            self.poller.listening,
+            self.read_loop.listening,
             keepalive_interval=settings.keepalive_interval,
             keepalive_timeout=settings.keepalive_timeout,
             reconnect_max_delay=settings.reconnect_max_delay,
         )
         self._tasks = [
-            asyncio.create_task(self._supervise("poller", self.poller.run())),
+            asyncio.create_task(self._supervise("read loop", self.read_loop.run())),
             asyncio.create_task(self._supervise("listener", self.listener.run())),
             asyncio.create_task(self._supervise("presence", self._keep_presence(self.reader))),
         ]
@@ -183,19 +155,19 @@ class Runtime:
             await asyncio.sleep(PRESENCE_HEARTBEAT)
             try:
                 await reader.keep_presence(self.broadcasts.process, 3 * PRESENCE_HEARTBEAT)
-            except DATABASE_ERRORS:
+            except DatabaseError:
                 logger.warning("keeping presences failed", exc_info=True)
 
     @property
     def ready(self) -> tuple[bool, str]:
         if self._crashed:
             return False, self._crashed
-        if self.listener is None or self.poller is None:
+        if self.listener is None or self.read_loop is None:
             return False, "starting"
         if not self.listener.ready:
             return False, self.listener.status
-        if not self.poller.caught_up:
-            return False, self.poller.status
+        if not self.read_loop.caught_up:
+            return False, self.read_loop.status
         return True, "ready"
 
     async def stop(self) -> None:
@@ -205,26 +177,12 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self.poller is not None:
+        if self.read_loop is not None:
             try:
-                await asyncio.wait_for(self.poller.unregister(), 5)
-            except (*DATABASE_ERRORS, TimeoutError):
+                await asyncio.wait_for(self.read_loop.unregister(), 5)
+            except (DatabaseError, TimeoutError):
                 logger.warning("removing this process's registrations failed", exc_info=True)
-        if self._reads is not None:
-            await self._reads.close()
-        if self._pool is not None:
-            await self._pool.close()
-        self._pool = self._reads = None
-
-
-async def _keep_session(connection: asyncpg.Connection) -> None:
-    """Return a connection to the pool as it is; asyncpg still rolls back an open transaction.
-
-    asyncpg's default reset (RESET ALL, UNLISTEN *, CLOSE ALL, advisory unlocks)
-    is one more round trip after every read. The server's own statements leave
-    no session state behind; the one statement that is not ours, the SQL
-    authorizer's function, resets its connection itself.
-    """
+        await self._connections.close()
 
 
 def _split(values: str | None) -> list[str]:

@@ -172,9 +172,9 @@ class WebSocketConnection(asyncio.Protocol):
             return
         url = urlsplit(request.path)
         runtime = self._runtime
-        poller = runtime.poller if runtime is not None else None
+        read_loop = runtime.read_loop if runtime is not None else None
         messaging = runtime.messaging if runtime is not None else None
-        if runtime is None or poller is None or messaging is None:
+        if runtime is None or read_loop is None or messaging is None:
             self._refuse(handshake, http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
             return
         if url.path != NATIVE_PATH and url.path not in SUPABASE_PATHS:
@@ -203,7 +203,7 @@ class WebSocketConnection(asyncio.Protocol):
         if url.path in SUPABASE_PATHS:
             self._session = SupabaseSession(
                 runtime.hub,
-                poller,
+                read_loop,
                 self,
                 vsn=vsn,
                 authorizer=runtime.authorizer,
@@ -217,7 +217,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._session = NativeSession(
             runtime.hub,
-            poller,
+            read_loop,
             self,
             authorizer=runtime.authorizer,
             verifier=runtime.verifier,

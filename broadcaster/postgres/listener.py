@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from ..core.backoff import Backoff
-from .queries import DATABASE_ERRORS
+from .queries import DRIVER_ERRORS
 
 __all__ = ["CHANNEL", "Listener"]
 
@@ -63,7 +63,7 @@ class Listener:
         while True:
             try:
                 connection = await self._connect()
-            except DATABASE_ERRORS as exc:
+            except DRIVER_ERRORS as exc:
                 failures += 1
                 self.status = f"cannot connect to Postgres: {exc}"
                 delay = self._backoff(failures)
@@ -144,7 +144,7 @@ class Listener:
                     )
                 except TimeoutError:
                     return f"keepalive got no answer within {self._keepalive_timeout}s"
-                except DATABASE_ERRORS as exc:
+                except DRIVER_ERRORS as exc:
                     return f"keepalive failed: {exc}"
         finally:
             connection.remove_termination_listener(terminated)

@@ -2,17 +2,22 @@
 
 :meth:`ChangeReader.read` runs a :class:`~broadcaster.core.feed.Read` as one
 statement, so everything it returns, and the snapshot it reports as the next
-cursor, come from one snapshot.
+cursor, come from one snapshot. Every public method of :class:`ChangeReader`
+and :class:`PostgresAuthorizerFunction` raises
+:class:`~broadcaster.exceptions.DatabaseError` when the database or the network
+fails, with the driver's exception as its ``__cause__``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 
@@ -22,10 +27,17 @@ from ..core.changes import Change
 from ..core.cursors import FOREIGN, PRUNED, Origin
 from ..core.feed import ReadResult, Request, Row
 from ..core.presence import CHANNEL as PRESENCE_CHANNEL
+from ..core.tables import EVERY_TABLE, to_database
+from ..exceptions import ConfigurationError, DatabaseError
 
-__all__ = ["DATABASE_ERRORS", "ChangeReader", "ReadSession"]
+__all__ = [
+    "DRIVER_ERRORS",
+    "ChangeReader",
+    "PostgresAuthorizerFunction",
+    "ReadSession",
+]
 
-DATABASE_ERRORS = (
+DRIVER_ERRORS = (
     OSError,
     TimeoutError,
     asyncpg.PostgresError,
@@ -33,7 +45,30 @@ DATABASE_ERRORS = (
     # asyncpg raises this when a connection breaks in the middle of an operation.
     asyncpg.InternalClientError,
 )
-"""What a database call may raise when the database or the network fails."""
+"""What a driver call may raise when the database or the network fails.
+
+Only the modules of :mod:`broadcaster.postgres` catch these; what they raise
+past their public surface is :class:`~broadcaster.exceptions.DatabaseError`.
+"""
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _raises_database_error(
+    method: Callable[_P, Awaitable[_T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """``method``, raising :class:`DatabaseError` from the driver's errors."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except DRIVER_ERRORS as exc:
+            raise DatabaseError(str(exc) or type(exc).__name__) from exc
+
+    return wrapper
+
 
 # What a read returns for a tombstone (alias b), shared by both statements below.
 _TOMBSTONE = """SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
@@ -218,7 +253,7 @@ class _Fetcher(Protocol):
 class ReadSession:
     """One connection for the read statement, opened on first use and again after it broke.
 
-    Reads run one at a time (the poller's loop), many times a second: asyncpg's
+    Reads run one at a time (the read loop), many times a second: asyncpg's
     pool spent as much Python CPU acquiring and releasing its connection as
     the server spent running the read and decoding what it returned.
     """
@@ -252,22 +287,24 @@ class ReadSession:
         connection, self._connection = self._connection, None
         if connection is not None:
             # asyncpg aborts a connection it could not close in time, or at all.
-            with contextlib.suppress(*DATABASE_ERRORS):
+            with contextlib.suppress(*DRIVER_ERRORS):
                 await connection.close(timeout=_CLOSE_TIMEOUT)
 
 
 class ChangeReader:
-    """The server's statements. ``reads``, if given, runs :meth:`read` (runtime.py
+    """The server's statements. ``reads``, if given, runs :meth:`read` (connections.py
     gives it a :class:`ReadSession` that plans it once); ``pool`` runs the rest."""
 
     def __init__(self, pool: asyncpg.Pool, *, reads: _Fetcher | None = None) -> None:
         self._pool = pool
         self._reads: _Fetcher = pool if reads is None else reads
 
+    @_raises_database_error
     async def origin(self) -> Origin:
         ((system_identifier, database_oid),) = await self._pool.fetch(_ORIGIN)
         return Origin(int(system_identifier), int(database_oid))
 
+    @_raises_database_error
     async def read(self, requests: Sequence[Request]) -> ReadResult:
         arguments = (
             [r.key for r in requests],
@@ -276,7 +313,7 @@ class ChangeReader:
             FOREIGN,
             PRUNED,
         )
-        every = [r for r in requests if r.table_id is None]
+        every = [r for r in requests if r.table_id is EVERY_TABLE]
         if every:
             records = await self._reads.fetch(_READ_EVERY, *arguments, list(every[0].exclude))
         else:
@@ -293,6 +330,7 @@ class ChangeReader:
                 rows.append(Row(key, Change(op, table_id, row_id, version, body)))
         return ReadResult(snapshot, resets, rows)
 
+    @_raises_database_error
     async def prune(self, retention: float) -> int:
         """Delete tombstones older than ``retention`` seconds; return how many."""
         async with self._pool.acquire() as connection, connection.transaction():
@@ -301,11 +339,16 @@ class ChangeReader:
             removed = await connection.fetchval(_PRUNE, retention)
         return int(removed or 0)
 
+    @_raises_database_error
     async def register(
-        self, process: str, tables: Sequence[str], promised: Sequence[str], window: float
+        self,
+        process: str,
+        tables: Sequence[str | None],
+        promised: Sequence[str | None],
+        window: float,
     ) -> None:
         """Register ``tables`` for ``process`` with no promise, and promise to read
-        ``promised`` for ``window`` seconds (see polling.py)."""
+        ``promised`` for ``window`` seconds (see core/promises.py)."""
         await self._pool.execute(
             "INSERT INTO broadcaster_listeners AS l (table_id, process, polling_until)"
             " SELECT t, $1, CASE WHEN p THEN now() + make_interval(secs => $4)"
@@ -314,13 +357,14 @@ class ChangeReader:
             " ON CONFLICT (table_id, process) DO UPDATE"
             " SET polling_until = EXCLUDED.polling_until, seen_at = now()",
             process,
-            [*tables, *promised],
+            [to_database(t) for t in (*tables, *promised)],
             [False] * len(tables) + [True] * len(promised),
             window,
         )
 
+    @_raises_database_error
     async def horizon(self) -> tuple[int, str]:
-        """A fresh xid, above every xid assigned before it, and a snapshot (see polling.py).
+        """A fresh xid, above every xid assigned before it, and a snapshot (see core/promises.py).
 
         It takes an xid and commits: nothing is written but the commit record,
         which need not wait for its flush.
@@ -331,13 +375,15 @@ class ChangeReader:
         )
         return int(xid), str(snapshot)
 
-    async def unregister(self, process: str, tables: Sequence[str]) -> None:
+    @_raises_database_error
+    async def unregister(self, process: str, tables: Sequence[str | None]) -> None:
         await self._pool.execute(
             "DELETE FROM broadcaster_listeners WHERE process = $1 AND table_id = ANY($2::text[])",
             process,
-            list(tables),
+            [to_database(t) for t in tables],
         )
 
+    @_raises_database_error
     async def keep_listening(self, process: str, stale_after: float) -> int:
         """Prove ``process`` alive; remove the registrations of processes that stopped doing so.
 
@@ -355,10 +401,12 @@ class ChangeReader:
             )
         return int(status.split()[-1])
 
+    @_raises_database_error
     async def broadcast(self, payload: str) -> None:
-        """NOTIFY one broadcast to every server process (see broadcasts.py)."""
+        """NOTIFY one broadcast to every server process (see core/broadcasts.py)."""
         await self._pool.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, payload)
 
+    @_raises_database_error
     async def track(self, topic: str, key: str, slot: str, process: str, meta: Any) -> None:
         """Upsert the presence of ``slot`` and announce it, the previous one as a leave.
 
@@ -395,6 +443,7 @@ class ChangeReader:
                 presence.diff(topic, [(key, ref, meta)], leaves),
             )
 
+    @_raises_database_error
     async def untrack(self, slots: Sequence[str]) -> None:
         """Remove presences and announce them."""
         async with self._pool.acquire() as connection, connection.transaction():
@@ -405,6 +454,7 @@ class ChangeReader:
             )
             await self._announce_leaves(connection, gone)
 
+    @_raises_database_error
     async def presence_state(self, topic: str) -> list[tuple[str, str, Any]]:
         records = await self._pool.fetch(
             "SELECT key, phx_ref, meta::text FROM broadcaster_presence"
@@ -413,6 +463,7 @@ class ChangeReader:
         )
         return [(r[0], r[1], json.loads(r[2])) for r in records]
 
+    @_raises_database_error
     async def keep_presence(self, process: str, stale_after: float) -> None:
         """Prove this process alive; remove (and announce) the presences of dead ones."""
         async with self._pool.acquire() as connection, connection.transaction():
@@ -438,5 +489,42 @@ class ChangeReader:
                 presence.diff(topic, [], [(key, ref, json.loads(meta))]),
             )
 
+    @_raises_database_error
     async def notification_queue_usage(self) -> float:
         return float(await self._pool.fetchval("SELECT pg_notification_queue_usage()"))
+
+
+# A function name, schema-qualified or not: it is spliced into the statement.
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+class PostgresAuthorizerFunction:
+    """The operator's ``f(claims jsonb, table_id text) returns boolean``, called on the pool.
+
+    ``pool`` is looked up at each call: the server's pool is opened after the
+    authorizer is built, and a call before then fails like a lost database.
+    """
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool | None], name: str) -> None:
+        if not _FUNCTION_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"authorizer must be a function name like broadcaster_authorize, not {name!r}"
+            )
+        self.name = name
+        self._pool = pool
+        # The name is validated above; it cannot be a bind parameter.
+        self._query = f"SELECT {name}($1::jsonb, $2::text)"
+
+    @_raises_database_error
+    async def allows(self, claims: str, table_id: str) -> bool:
+        """Does the function answer true for ``claims`` (a JSON object) and ``table_id``?"""
+        pool = self._pool()
+        if pool is None:
+            raise ConnectionError("the database is not connected yet")
+        async with pool.acquire() as connection:
+            answer = await connection.fetchval(self._query, claims, table_id)
+            # The function is the operator's and may leave session state
+            # behind (a SET, an advisory lock); the pool does not reset
+            # connections (connections.py).
+            await connection.reset()
+        return answer is True

@@ -1,7 +1,7 @@
 """Runs the changefeed's reads: on wake-ups, joins, a new LISTEN session and timers.
 
 The I/O around :class:`~broadcaster.core.feed.Feed` and
-:class:`~broadcaster.core.promises.Polling`: it registers the tables this process
+:class:`~broadcaster.core.promises.Promises`: it registers the tables this process
 serves (with the promises that let writers skip their NOTIFY), reads promised
 tables every poll interval, runs one read at a time through
 :class:`~broadcaster.postgres.queries.ChangeReader`, publishes live batches to the hub
@@ -25,17 +25,21 @@ from ..core.backoff import Backoff
 from ..core.cursors import Origin
 from ..core.feed import Feed, Join, Read
 from ..core.hub import Hub
-from ..core.promises import EVERY, Polling
+from ..core.promises import Promises
+from ..core.tables import EVERY_TABLE, ordered
 from ..core.wakeups import decode
 from ..core.writes import Writes
-from .queries import DATABASE_ERRORS, ChangeReader
+from ..exceptions import DatabaseError
+from .queries import ChangeReader
 
-__all__ = ["Poller"]
+__all__ = ["ReadLoop"]
 
 logger = logging.getLogger(__name__)
 
 
-class Poller:
+class ReadLoop:
+    """Reads changes for one server process; see the module."""
+
     def __init__(
         self,
         hub: Hub,
@@ -60,8 +64,10 @@ class Poller:
         self._retry_max_delay = retry_max_delay
         self._read_delay = read_delay
         self._process = process
-        self._polling = Polling(window=poll_window, interval=poll_interval, min_rate=poll_min_rate)
-        # (feed.served_version, polling.epoch) when the registrations last
+        self._promises = Promises(
+            window=poll_window, interval=poll_interval, min_rate=poll_min_rate
+        )
+        # (feed.served_version, promises.epoch) when the registrations last
         # matched the tables served: comparing them costs a pass over every table.
         self._registered_for = (-1, -1)
         self._wakeup = asyncio.Event()
@@ -79,8 +85,8 @@ class Poller:
     def notified(self, payload: str) -> None:
         table_id = decode(payload)
         self._feed.wake(table_id)
-        if table_id is not None:
-            self._polling.woken(table_id, time.monotonic())
+        if table_id is not EVERY_TABLE:
+            self._promises.woken(table_id, time.monotonic())
         if self._feed.due:
             self._wakeup.set()
 
@@ -88,10 +94,10 @@ class Poller:
         """A LISTEN session started: register again and read every live table again."""
         # The registrations may be gone with a crashed database (they are
         # unlogged); they are made again before that read.
-        self._polling.reset()
+        self._promises.reset()
         self._session += 1
         self.status = "catching up after (re)connecting"
-        self._feed.wake(None)
+        self._feed.wake(EVERY_TABLE)
         self._wakeup.set()
 
     # Called by sessions.
@@ -110,17 +116,20 @@ class Poller:
             tasks.create_task(self._timer(self._refresh_interval, self._refresh))
             tasks.create_task(self._timer(self._refresh_interval * 10, self._prune))
 
-    async def unregister(self, tables: Collection[str] | None = None) -> None:
-        """Remove registrations of this process (default: all of them, on a clean stop)."""
-        drop = sorted(self._polling.registered if tables is None else tables)
+    async def unregister(self, tables: Collection[str | None] | None = None) -> None:
+        """Remove registrations of this process (default: all of them, on a clean stop).
+
+        Raises :class:`~broadcaster.exceptions.DatabaseError` if that failed.
+        """
+        drop = ordered(self._promises.registered if tables is None else tables)
         if drop:
             await self._reader.unregister(self._process, drop)
-            self._polling.dropped(drop)
+            self._promises.dropped(drop)
 
     async def _read_loop(self) -> None:
         failures = 0
         while True:
-            deadline = self._polling.next_deadline(time.monotonic())
+            deadline = self._promises.next_deadline(time.monotonic())
             if deadline is None:
                 await self._wakeup.wait()
             else:
@@ -134,11 +143,11 @@ class Poller:
             self._wakeup.clear()
             try:
                 await self._read_once()
-            except DATABASE_ERRORS as exc:
+            except DatabaseError as exc:
                 failures += 1
                 self.status = f"reading changes failed: {exc}"
                 delay = Backoff.capped_at(self._retry_max_delay).delay(failures)
-                logger.warning("poller: %s; retrying in %.1fs", self.status, delay)
+                logger.warning("read loop: %s; retrying in %.1fs", self.status, delay)
                 await asyncio.sleep(delay)
                 self._wakeup.set()
                 continue
@@ -149,23 +158,24 @@ class Poller:
     async def _register(self) -> None:
         """Bring the registrations in line with the tables served, before reading them."""
         now = time.monotonic()
-        version = (self._feed.served_version, self._polling.epoch)
-        register: list[str] = []
-        drop: list[str] = []
+        version = (self._feed.served_version, self._promises.epoch)
+        register: list[str | None] = []
+        drop: list[str | None] = []
         if version == self._registered_for:
-            promise = self._polling.renewals(now)
+            promise = self._promises.renewals(now)
         else:
             tables, every = self._feed.served(self._hub.is_subscribed)
+            wanted: set[str | None] = set(tables)
             if every:
-                tables.add(EVERY)
-            register, promise, drop = self._polling.changes(tables, now)
+                wanted.add(EVERY_TABLE)
+            register, promise, drop = self._promises.changes(wanted, now)
         if register or promise:
             try:
-                await self._reader.register(self._process, register, promise, self._polling.window)
+                await self._reader.register(self._process, register, promise, self._promises.window)
             except BaseException:
-                self._polling.made(register, promise, time.monotonic(), confirmed=False)
+                self._promises.made(register, promise, time.monotonic(), confirmed=False)
                 raise
-            self._polling.made(register, promise, time.monotonic())
+            self._promises.made(register, promise, time.monotonic())
         await self.unregister(drop)
         self._registered_for = version
 
@@ -173,32 +183,34 @@ class Poller:
         self,
         snapshot: str,
         issued_at: float,
-        read: set[str],
-        found: Collection[str],
+        read: Collection[str | None],
+        found: Collection[str | None],
         horizon: int | None = None,
         *,
         changes: Mapping[str, int] | None = None,
     ) -> None:
-        observed = self._polling.observe(snapshot, issued_at, read, found, horizon, changes=changes)
+        observed = self._promises.observe(
+            snapshot, issued_at, read, found, horizon, changes=changes
+        )
         for table_id in observed:
             # The final read of a promise that ran out.
-            self._feed.wake(None if table_id == EVERY else table_id)
+            self._feed.wake(table_id)
             self._wakeup.set()
 
     async def _read_once(self) -> None:
         if self._origin is None:
             self._origin = await self._reader.origin()
         await self._register()
-        for table_id in self._polling.to_poll(time.monotonic()):
+        for table_id in self._promises.to_poll(time.monotonic()):
             self._feed.wake(table_id)
         read = self._feed.plan(self._origin, self._hub.is_subscribed)
         if read is not None:
             await self._read(read)
         issued_at = time.monotonic()
-        if self._polling.needs_horizon(issued_at):
+        if self._promises.needs_horizon(issued_at):
             horizon, snapshot = await self._reader.horizon()
             self._observe(snapshot, issued_at, set(), set(), horizon)
-        elif read is None and self._polling.needs_snapshot(issued_at):
+        elif read is None and self._promises.needs_snapshot(issued_at):
             snapshot = (await self._reader.read([])).snapshot
             self._observe(snapshot, issued_at, set(), set())
 
@@ -207,13 +219,15 @@ class Poller:
         issued_at = time.monotonic()
         try:
             result = await self._reader.read(read.requests)
-        except asyncpg.DataError:
-            if not any(join.since is not None for join, _ in read.joins):
+        except DatabaseError as exc:
+            if not isinstance(exc.__cause__, asyncpg.DataError) or not any(
+                join.since is not None for join, _ in read.joins
+            ):
                 self._feed.failed(read)
                 raise
             # A cursor can look well-formed yet be refused by Postgres; left in
             # the read it would fail every retry and stall every subscriber.
-            logger.warning("poller: Postgres refused a client's cursor", exc_info=True)
+            logger.warning("read loop: Postgres refused a client's cursor", exc_info=True)
             self._feed.failed(read, refuse_cursors=True)
             self._wakeup.set()
             return
@@ -237,15 +251,15 @@ class Poller:
         if read.every_live_table and session == self._session and not self.caught_up:
             self._caught_up_session = session
             self.status = "caught up"
-            logger.info("poller: caught up (%d live tables)", self._feed.live_tables)
+            logger.info("read loop: caught up (%d live tables)", self._feed.live_tables)
 
     async def _timer(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
                 await action()
-            except DATABASE_ERRORS:
-                logger.warning("poller: periodic %s failed", action.__name__, exc_info=True)
+            except DatabaseError:
+                logger.warning("read loop: periodic %s failed", action.__name__, exc_info=True)
 
     async def _refresh(self) -> None:
         # Advances every live table's cursor even when nothing changes, so an
@@ -257,12 +271,12 @@ class Poller:
         # died, or was stopped that long; until then its writers keep
         # notifying): this one registers again if so.
         kept = await self._reader.keep_listening(self._process, 3 * self._refresh_interval)
-        if kept < len(self._polling.registered):
-            logger.warning("poller: registrations were removed; registering again")
-            self._polling.reset()
+        if kept < len(self._promises.registered):
+            logger.warning("read loop: registrations were removed; registering again")
+            self._promises.reset()
             self._wakeup.set()
 
     async def _prune(self) -> None:
         removed = await self._reader.prune(self._tombstone_retention)
         if removed:
-            logger.info("poller: pruned %d tombstones", removed)
+            logger.info("read loop: pruned %d tombstones", removed)

@@ -52,7 +52,8 @@ __all__ = [
     "parse_client_message",
 ]
 
-# Error codes (the "code" of an error message).
+# Error codes (the "code" of an error message), defined here only: the token
+# verifier's AuthenticationError and Phoenix's ProtocolError carry them too.
 BAD_JSON: Final = "bad_json"
 BAD_MESSAGE: Final = "bad_message"
 UNKNOWN_TYPE: Final = "unknown_type"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..exceptions import ProtocolError
+from .native import BAD_JSON, BAD_MESSAGE
 
 __all__ = [
     "VSN_1",
@@ -54,7 +55,7 @@ def _text_or_none(value: object, name: str) -> str | None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise ProtocolError("bad_message", f"{name} must be a string")
+    raise ProtocolError(BAD_MESSAGE, f"{name} must be a string")
 
 
 def decode_text(text: str, vsn: str) -> Message:
@@ -62,18 +63,18 @@ def decode_text(text: str, vsn: str) -> Message:
     try:
         raw = json.loads(text)
     except ValueError:
-        raise ProtocolError("bad_json", "message is not valid JSON") from None
+        raise ProtocolError(BAD_JSON, "message is not valid JSON") from None
     if vsn == VSN_2:
         if not isinstance(raw, list) or len(raw) != 5:
-            raise ProtocolError("bad_message", "a 2.0.0 message is a five-element array")
+            raise ProtocolError(BAD_MESSAGE, "a 2.0.0 message is a five-element array")
         join_ref, ref, topic, event, payload = raw
     else:
         if not isinstance(raw, dict):
-            raise ProtocolError("bad_message", "a 1.0.0 message is an object")
+            raise ProtocolError(BAD_MESSAGE, "a 1.0.0 message is an object")
         join_ref, ref = raw.get("join_ref"), raw.get("ref")
         topic, event, payload = raw.get("topic"), raw.get("event"), raw.get("payload")
     if not isinstance(topic, str) or not isinstance(event, str):
-        raise ProtocolError("bad_message", "topic and event must be strings")
+        raise ProtocolError(BAD_MESSAGE, "topic and event must be strings")
     return Message(
         topic, event, payload, _text_or_none(ref, "ref"), _text_or_none(join_ref, "join_ref")
     )
@@ -82,14 +83,14 @@ def decode_text(text: str, vsn: str) -> Message:
 def decode_binary(data: bytes) -> Message:
     """A binary frame: a user broadcast push (realtime-js serializer, kind 3)."""
     if len(data) < 7 or data[0] != _USER_BROADCAST_PUSH:
-        raise ProtocolError("bad_message", "unknown binary message")
+        raise ProtocolError(BAD_MESSAGE, "unknown binary message")
     sizes = data[1:6]
     encoding = data[6]
     if 7 + sum(sizes) > len(data):
-        raise ProtocolError("bad_message", "binary message shorter than its header says")
+        raise ProtocolError(BAD_MESSAGE, "binary message shorter than its header says")
     if encoding != _JSON_ENCODING:
         # Relaying raw bytes would need binary frames to every receiver.
-        raise ProtocolError("bad_message", "binary broadcast payloads are not supported")
+        raise ProtocolError(BAD_MESSAGE, "binary broadcast payloads are not supported")
     offset = 7
     parts = []
     for size in sizes:
@@ -100,9 +101,9 @@ def decode_binary(data: bytes) -> Message:
         payload: Any = json.loads(data[offset:])
         meta = json.loads(metadata) if metadata else {}
     except ValueError:
-        raise ProtocolError("bad_json", "broadcast payload is not valid JSON") from None
+        raise ProtocolError(BAD_JSON, "broadcast payload is not valid JSON") from None
     if not isinstance(meta, dict):
-        raise ProtocolError("bad_message", "broadcast metadata must be a JSON object")
+        raise ProtocolError(BAD_MESSAGE, "broadcast metadata must be a JSON object")
     message: dict[str, Any] = {"type": "broadcast", "event": event, "payload": payload}
     if meta:
         # Kept apart, as realtime-js delivers it: it must not override the fields.

@@ -27,7 +27,6 @@ from .phoenix import Message, compact_json
 
 __all__ = [
     "COLUMNS",
-    "EVERY_TABLE_ID",
     "SCHEMA",
     "TABLE",
     "TOO_MANY_CHANNELS",
@@ -51,9 +50,6 @@ COLUMNS: Final = [
     {"name": "updated_at", "type": "timestamptz"},
 ]
 _EVENTS: Final = {"*", "INSERT", "UPDATE", "DELETE"}
-# The table_id a binding that routes to every table asks the authorizer about.
-EVERY_TABLE_ID: Final = "*"
-
 # Supabase's answers to a client past a limit, word for word.
 TOO_MANY_MESSAGES: Final = "Too many messages per second"
 TOO_MANY_JOINS: Final = "ClientJoinRateLimitReached: Too many joins per second"

@@ -31,17 +31,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..auth.authorization import Authorizer, decided
+from ..auth.authorization import EVERY_TABLE_ID, Authorizer, authorizer_table_id, decided
 from ..auth.tokens import Identity, TokenVerifier
 from ..core import broadcasts, presence
 from ..core.feed import Join, JoinResult
-from ..core.hub import EVERY_TABLE, Batch, Hub
+from ..core.hub import Batch, Hub
+from ..core.tables import EVERY_TABLE
 from ..exceptions import AuthenticationError, DatabaseError, FilterError, ProtocolError
 from ..protocols import native, phoenix
 from ..protocols import supabase as protocol
 from ..protocols.frames import text_frame
 from ..protocols.phoenix import Message
-from ..protocols.supabase import EVERY_TABLE_ID, Binding, Shape
+from ..protocols.supabase import Binding, Shape
 from .base import Continuation, Joiner, Limits, Messaging, Session, Transport
 
 __all__ = ["SupabaseSession"]
@@ -311,7 +312,7 @@ class SupabaseSession(Session[Message]):
         if self._verifier is None:
             return None
         if not token:
-            raise AuthenticationError("unauthorized", "no access_token and no JWT apikey")
+            raise AuthenticationError(native.UNAUTHORIZED, "no access_token and no JWT apikey")
         role = self._publishable_keys.get(token)
         if role is not None:
             # Supabase's non-JWT publishable keys name a role and nothing else.
@@ -358,7 +359,7 @@ class SupabaseSession(Session[Message]):
     ) -> str | None:
         """The first table_id of ``routed`` that ``identity`` may not read, if any
         (EVERY_TABLE is asked about, and answered, as EVERY_TABLE_ID)."""
-        for table_id in sorted(t if t is not None else EVERY_TABLE_ID for t in routed):
+        for table_id in sorted(authorizer_table_id(t) for t in routed):
             if not await decided(self._authorizer.allowed(identity, table_id)):
                 return table_id
         return None

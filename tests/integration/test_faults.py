@@ -21,7 +21,7 @@ import pytest
 
 from broadcaster.postgres.embedded import EmbeddedPostgres
 from broadcaster.postgres.listener import APPLICATION_NAME
-from broadcaster.postgres.queries import DATABASE_ERRORS
+from broadcaster.postgres.queries import DRIVER_ERRORS
 from tests.support.database import with_database
 from tests.support.process import serve
 from tests.support.server import client, is_ready, running_server
@@ -73,7 +73,7 @@ class Writers:
                             connection = await asyncpg.connect(self._dsn)
                         await self._write(connection, rng)
                         break
-                    except DATABASE_ERRORS as exc:
+                    except DRIVER_ERRORS as exc:
                         if not self.tolerate_outage or isinstance(
                             exc, asyncpg.IntegrityConstraintViolationError
                         ):

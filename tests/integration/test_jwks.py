@@ -1,4 +1,4 @@
-"""Integration tests for broadcaster.auth.tokens's JWKS fetch over real HTTP.
+"""Integration tests for broadcaster.auth.jwks: the JWKS fetch over real HTTP.
 
 A tiny identity provider runs on 127.0.0.1 (port 0) in a thread: it serves a
 JWKS, errors, redirects, an oversized body and a server that answers too
@@ -184,10 +184,10 @@ async def test_an_http_error_is_unauthorized_and_logged(
 ) -> None:
     jwks = verifier(f"{idp.url}/status/500")
 
-    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.tokens"):
+    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.jwks"):
         assert "could not be fetched" in await refusal(jwks, token(rsa_key, "k1"))
 
-    [record] = [r for r in caplog.records if r.name == "broadcaster.auth.tokens"]
+    [record] = [r for r in caplog.records if r.name == "broadcaster.auth.jwks"]
     assert record.exc_info is not None
     assert "500" in str(record.exc_info[1])
 
@@ -212,7 +212,7 @@ async def test_a_redirect_to_another_scheme_is_refused(
 ) -> None:
     jwks = verifier(f"{idp.url}{path}")
 
-    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.tokens"):
+    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.jwks"):
         await refusal(jwks, token(rsa_key, "k1"))
 
     assert any(why in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
@@ -223,7 +223,7 @@ async def test_an_oversized_jwks_is_refused(
 ) -> None:
     jwks = verifier(f"{idp.url}/huge")
 
-    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.tokens"):
+    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.jwks"):
         await refusal(jwks, token(rsa_key, "k1"))
 
     assert any("larger than" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)

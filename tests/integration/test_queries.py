@@ -1,4 +1,4 @@
-"""The read statement against a real Postgres: requests for one table and for every table."""
+"""The statements against a real Postgres: reads for one table and for every table, and failures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import asyncpg
 import pytest
 
 from broadcaster.core.feed import Request
-from broadcaster.postgres.queries import DATABASE_ERRORS, ChangeReader, ReadSession
+from broadcaster.core.tables import EVERY_TABLE
+from broadcaster.exceptions import DatabaseError
+from broadcaster.postgres.queries import ChangeReader, PostgresAuthorizerFunction, ReadSession
 from tests.support.timeouts import eventually, within
 from tests.support.view import database_rows
 
@@ -199,9 +201,58 @@ async def test_a_read_session_whose_connection_was_killed_reconnects(
     await pool.execute("SELECT pg_terminate_backend($1)", backend)
     # A read that meets the dead connection fails like any lost database
     # (unless asyncpg noticed the loss first); the next one reconnects.
-    with contextlib.suppress(*DATABASE_ERRORS):
+    with contextlib.suppress(DatabaseError):
         await within(reader.read([]))
     result = await within(reader.read([]))
     assert result.snapshot
     assert len(connections.opened) == 2
     assert connections.opened[1].get_server_pid() != backend
+
+
+async def test_a_failing_statement_raises_database_error_from_the_drivers(
+    pool: asyncpg.Pool,
+) -> None:
+    reader = ChangeReader(pool)
+    # NOTIFY refuses a payload of 8000 bytes or more.
+    with pytest.raises(DatabaseError, match="payload string too long") as raised:
+        await within(reader.broadcast("x" * 8000))
+    assert isinstance(raised.value.__cause__, asyncpg.InvalidParameterValueError)
+
+
+async def test_a_cursor_postgres_refuses_is_a_database_error_from_a_data_error(
+    pool: asyncpg.Pool,
+) -> None:
+    """The read loop tells such a cursor from a lost database by the cause."""
+    reader = ChangeReader(pool)
+    with pytest.raises(DatabaseError) as raised:
+        await within(reader.read([Request(0, "t1", "3:2:")]))
+    assert isinstance(raised.value.__cause__, asyncpg.DataError)
+
+
+async def test_the_authorizer_function_answers_and_fails_as_a_database_error(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute(
+        "CREATE FUNCTION may_read(claims jsonb, table_id text) RETURNS boolean"
+        " LANGUAGE sql AS $$ SELECT claims->>'sub' = table_id $$"
+    )
+    function = PostgresAuthorizerFunction(lambda: pool, "may_read")
+    assert await within(function.allows('{"sub": "t1"}', "t1")) is True
+    assert await within(function.allows('{"sub": "t1"}', "t2")) is False
+    assert await within(function.allows("{}", "t1")) is False  # null is not true
+
+    missing = PostgresAuthorizerFunction(lambda: pool, "no_such_function")
+    with pytest.raises(DatabaseError) as raised:
+        await within(missing.allows("{}", "t1"))
+    assert isinstance(raised.value.__cause__, asyncpg.UndefinedFunctionError)
+
+
+async def test_every_table_is_registered_as_the_empty_table_id(pool: asyncpg.Pool) -> None:
+    """triggers.sql reads a registration of table_id '' as one for every table."""
+    reader = ChangeReader(pool)
+    await within(reader.register("p1", [EVERY_TABLE, "t1"], [], 1.0))
+    registered = "SELECT table_id FROM broadcaster_listeners WHERE process = 'p1' ORDER BY 1"
+    assert [r[0] for r in await pool.fetch(registered)] == ["", "t1"]
+
+    await within(reader.unregister("p1", [EVERY_TABLE]))
+    assert [r[0] for r in await pool.fetch(registered)] == ["t1"]

@@ -1,7 +1,8 @@
 """Unit tests for broadcaster.auth.authorization: who may subscribe to which table.
 
-No database: the SQL authorizer gets a fake pool whose ``fetchval`` answers, or
-raises, as each test says, and a fake clock drives its cache.
+No database: the SQL authorizer's function (the Postgres adapter's) gets a fake
+pool whose ``fetchval`` answers, or raises, as each test says, and a fake clock
+drives its cache.
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ from typing import Any
 import asyncpg
 import pytest
 
-from broadcaster.auth.authorization import ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
+from broadcaster.auth.authorization import (
+    EVERY_TABLE_ID,
+    ClaimAuthorizer,
+    OpenAuthorizer,
+    SqlAuthorizer,
+    authorizer_table_id,
+)
 from broadcaster.auth.tokens import Identity
-from broadcaster.exceptions import ConfigurationError
+from broadcaster.core.tables import EVERY_TABLE
+from broadcaster.exceptions import ConfigurationError, DatabaseError
+from broadcaster.postgres.queries import PostgresAuthorizerFunction
 from tests.support.pools import PoolStandIn, as_pool
 from tests.support.timeouts import within
 
@@ -75,8 +84,7 @@ def sql_authorizer(
     pool: FakePool | None, clock: FakeClock | None = None, function: str = FUNCTION
 ) -> SqlAuthorizer:
     return SqlAuthorizer(
-        lambda: as_pool(pool),
-        function,
+        PostgresAuthorizerFunction(lambda: as_pool(pool), function),
         cache_seconds=CACHE_SECONDS,
         clock=clock if clock is not None else FakeClock(),
     )
@@ -167,6 +175,33 @@ def test_claim_authorizer_reads_the_configured_claim() -> None:
     assert authorizer.allowed(who, "t1") is True
     # The default claim name means nothing once another is configured.
     assert authorizer.allowed(who, "t2") is False
+
+
+# Every table, as the authorizers spell it
+
+
+def test_every_table_is_asked_about_as_the_documented_star() -> None:
+    # docs/security.md and docs/supabase.md promise "*" to users.
+    assert EVERY_TABLE_ID == "*"
+    assert authorizer_table_id(EVERY_TABLE) == "*"
+    assert authorizer_table_id("t1") == "t1"
+
+
+@pytest.mark.parametrize("granted", ["*", ["*"]])
+def test_a_star_claim_grants_every_table(granted: Any) -> None:
+    who = identity({"table_ids": granted})
+    assert ClaimAuthorizer("table_ids").allowed(who, authorizer_table_id(EVERY_TABLE)) is True
+
+
+def test_a_list_of_tables_does_not_grant_every_table() -> None:
+    who = identity({"table_ids": ["t1", "t2"]})
+    assert ClaimAuthorizer("table_ids").allowed(who, authorizer_table_id(EVERY_TABLE)) is False
+
+
+async def test_the_sql_function_is_asked_about_every_table_as_star() -> None:
+    pool = FakePool(True)
+    assert await asked(sql_authorizer(pool), identity(), authorizer_table_id(EVERY_TABLE))
+    assert pool.calls[0][1][1] == "*"
 
 
 # SqlAuthorizer: answers
@@ -287,7 +322,8 @@ async def test_a_failing_function_denies_and_is_logged(
     assert FUNCTION in record.getMessage()
     assert "'t1'" in record.getMessage()
     assert record.exc_info is not None
-    assert record.exc_info[1] is error
+    assert isinstance(record.exc_info[1], DatabaseError)
+    assert record.exc_info[1].__cause__ is error
 
 
 async def test_a_failure_is_not_cached(caplog: pytest.LogCaptureFixture) -> None:
@@ -317,8 +353,7 @@ async def test_no_pool_denies_and_is_logged(caplog: pytest.LogCaptureFixture) ->
 async def test_the_pool_is_looked_up_at_each_question(caplog: pytest.LogCaptureFixture) -> None:
     pools: list[FakePool | None] = [None]
     authorizer = SqlAuthorizer(
-        lambda: as_pool(pools[-1]),
-        FUNCTION,
+        PostgresAuthorizerFunction(lambda: as_pool(pools[-1]), FUNCTION),
         cache_seconds=CACHE_SECONDS,
         clock=FakeClock(),
     )
@@ -438,7 +473,7 @@ async def test_the_cache_is_bounded() -> None:
 )
 def test_an_invalid_function_name_is_a_configuration_error(function: str) -> None:
     with pytest.raises(ConfigurationError, match="function name"):
-        SqlAuthorizer(lambda: None, function, cache_seconds=CACHE_SECONDS)
+        PostgresAuthorizerFunction(lambda: None, function)
 
 
 @pytest.mark.parametrize(
@@ -458,7 +493,7 @@ def test_an_invalid_function_name_is_refused_before_any_question() -> None:
         asked_pool.append(pool)
 
     with pytest.raises(ConfigurationError):
-        SqlAuthorizer(pool, "x; drop table rows", cache_seconds=CACHE_SECONDS)
+        PostgresAuthorizerFunction(pool, "x; drop table rows")
     assert asked_pool == []
 
 

@@ -718,11 +718,11 @@ async def test_a_failed_fetch_is_unauthorized_and_logged(
     verifier = jwks_verifier(fake, clock)
     token = sign(rsa_key, "RS256", kid="a")
 
-    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.tokens"):
+    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.jwks"):
         message = await refused(verifier, token)
 
     assert "could not be fetched" in message
-    [record] = [r for r in caplog.records if r.name == "broadcaster.auth.tokens"]
+    [record] = [r for r in caplog.records if r.name == "broadcaster.auth.jwks"]
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None
     assert JWKS_URL in record.getMessage()
@@ -747,11 +747,11 @@ async def test_a_failed_refresh_keeps_the_keys_fetched_before(
 
     clock.now += 61
     fake.error = OSError("the IdP is down")
-    with caplog.at_level(logging.WARNING, logger="broadcaster.auth.tokens"):
+    with caplog.at_level(logging.WARNING, logger="broadcaster.auth.jwks"):
         assert (await within(verifier.verify(token))).subject == "user-1"
 
     assert fake.calls == 2
-    [record] = [r for r in caplog.records if r.name == "broadcaster.auth.tokens"]
+    [record] = [r for r in caplog.records if r.name == "broadcaster.auth.jwks"]
     assert record.levelno == logging.WARNING
     assert record.exc_info is not None
 
@@ -767,7 +767,7 @@ async def test_an_invalid_jwks_document_is_a_failed_fetch(
     fake.body = body
     verifier = jwks_verifier(fake)
 
-    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.tokens"):
+    with caplog.at_level(logging.ERROR, logger="broadcaster.auth.jwks"):
         assert "could not be fetched" in await refused(verifier, sign(rsa_key, "RS256", kid="a"))
     assert any(r.exc_info for r in caplog.records)
 
@@ -802,7 +802,7 @@ async def test_unusable_jwks_entries_are_skipped(
     )
     verifier = jwks_verifier(fake)
 
-    with caplog.at_level(logging.WARNING, logger="broadcaster.auth.tokens"):
+    with caplog.at_level(logging.WARNING, logger="broadcaster.auth.jwks"):
         assert (await within(verifier.verify(sign(ec_key, "ES256", kid="ec")))).subject
         assert (await within(verifier.verify(sign(ed_key, "EdDSA", kid="ed")))).subject
 

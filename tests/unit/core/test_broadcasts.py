@@ -193,7 +193,7 @@ def test_module_exports() -> None:
     assert set(broadcasts.__all__) == {
         "CHANNEL",
         "MAX_PAYLOAD_BYTES",
+        "BroadcastRecipient",
         "Broadcasts",
-        "Listener",
         "encode",
     }

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from broadcaster.core.feed import Feed
-from broadcaster.core.wakeups import ANY_TABLE, decode
+from broadcaster.core.tables import EVERY_TABLE
+from broadcaster.core.wakeups import decode
 
 
 def test_a_wake_up_of_any_table_makes_the_feed_read() -> None:
-    # The read loop hands what decode() returns to Feed.wake(), whose word for
-    # every table is None: ANY_TABLE must be that word.
+    # The read loop hands what decode() returns to Feed.wake(): a wake-up of
+    # every table must be the feed's word for every table.
     feed = Feed()
     feed.wake(decode("t9"))
     assert not feed.due  # nobody reads t9
@@ -24,7 +25,7 @@ def test_a_payload_is_the_table_id_that_changed() -> None:
 
 def test_the_empty_payload_wakes_every_table() -> None:
     # A TRUNCATE, or a table_id too long for NOTIFY's 8000 bytes.
-    assert decode("") is ANY_TABLE
+    assert decode("") is EVERY_TABLE
 
 
 @pytest.mark.parametrize(
@@ -48,4 +49,4 @@ def test_any_other_payload_is_a_table_id_verbatim(table_id: str) -> None:
     decoded = decode(table_id)
 
     assert decoded == table_id
-    assert decoded is not ANY_TABLE
+    assert decoded is not EVERY_TABLE

@@ -982,7 +982,7 @@ def test_every_reply_is_valid_json_in_utf8(hub: Hub, transport: FakeTransport, t
 
 
 def run_read(feed: Feed, hub: Hub, snapshot: str, rows: list[Row] | None = None) -> None:
-    """What the poller does: plan, read (here: ``rows``), publish, then answer."""
+    """What the read loop does: plan, read (here: ``rows``), publish, then answer."""
     read = feed.plan(ORIGIN, hub.is_subscribed)
     assert read is not None
     batches, answered = feed.complete(read, ReadResult(snapshot, {}, rows or []))

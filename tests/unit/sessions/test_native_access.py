@@ -28,6 +28,7 @@ from broadcaster.auth.authorization import (
 from broadcaster.auth.tokens import Identity
 from broadcaster.core.hub import Hub
 from broadcaster.exceptions import AuthenticationError
+from broadcaster.postgres.queries import PostgresAuthorizerFunction
 from broadcaster.protocols import native as protocol
 from broadcaster.sessions.base import Limits
 from broadcaster.sessions.native import NativeSession
@@ -664,7 +665,9 @@ async def test_a_refresh_rechecks_with_the_sql_authorizer(
     hub: Hub,
 ) -> None:
     pool = FakePool(lambda claims, table_id: table_id in claims[CLAIM])
-    authorizer = SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=0.0)
+    authorizer = SqlAuthorizer(
+        PostgresAuthorizerFunction(lambda: as_pool(pool), "authorize"), cache_seconds=0.0
+    )
     session = make_session(verifier=verifier, authorizer=authorizer)
     await authenticate(session, transport, "token-abc")
     for ref, table_id in enumerate("ab"):
@@ -776,7 +779,9 @@ async def test_a_subscribe_waiting_for_the_sql_authorizer_holds_later_messages(
 ) -> None:
     pool = FakePool(lambda claims, table_id: table_id != "secret")
     gate = pool.hold()
-    authorizer = SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=10.0)
+    authorizer = SqlAuthorizer(
+        PostgresAuthorizerFunction(lambda: as_pool(pool), "authorize"), cache_seconds=10.0
+    )
     session = make_session(authorizer=authorizer)  # anonymous: the function decides
 
     send(session, {"type": "subscribe", "ref": 1, "table_id": "a"})
@@ -1183,7 +1188,9 @@ async def test_the_sql_authorizer_decides_with_the_tokens_claims(
         return claims.get("sub") == "u1" and table_id == "a"
 
     pool = FakePool(decide)
-    authorizer = SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=10.0)
+    authorizer = SqlAuthorizer(
+        PostgresAuthorizerFunction(lambda: as_pool(pool), "authorize"), cache_seconds=10.0
+    )
     session = make_session(verifier=verifier, authorizer=authorizer)
     await authenticate(session, transport, "token-ab")
 
@@ -1285,7 +1292,10 @@ async def test_close_before_the_wait_starts_leaves_nothing_behind(
                 hub,
                 joiner,
                 transport,
-                authorizer=SqlAuthorizer(lambda: as_pool(pool), "authorize", cache_seconds=10.0),
+                authorizer=SqlAuthorizer(
+                    PostgresAuthorizerFunction(lambda: as_pool(pool), "authorize"),
+                    cache_seconds=10.0,
+                ),
                 limits=Limits(),
             )
             send(session, {"type": "subscribe", "ref": 1, "table_id": "a"})
