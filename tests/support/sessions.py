@@ -90,19 +90,6 @@ class AdapterTransport(FakeTransport):
         self.resumes.append(len(self.sent))
 
 
-class FakeClock:
-    """Seconds that move only when the test says so."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, by: float) -> None:
-        self.now += by
-
-
 class FakeJoiner:
     """Records joins and cancels; the test answers joins itself."""
 

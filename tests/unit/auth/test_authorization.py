@@ -29,24 +29,12 @@ from broadcaster.auth.tokens import Identity
 from broadcaster.core.tables import EVERY_TABLE
 from broadcaster.exceptions import ConfigurationError, DatabaseError
 from broadcaster.postgres.queries import PostgresAuthorizerFunction
+from tests.support.clocks import FakeClock
 from tests.support.pools import PoolStandIn, as_pool
 from tests.support.timeouts import within
 
 FUNCTION = "broadcaster_authorize"
 CACHE_SECONDS = 10.0
-
-
-class FakeClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakePool(PoolStandIn):

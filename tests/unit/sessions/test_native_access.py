@@ -32,11 +32,11 @@ from broadcaster.postgres.queries import PostgresAuthorizerFunction
 from broadcaster.protocols import native as protocol
 from broadcaster.sessions.base import Limits
 from broadcaster.sessions.native import NativeSession
+from tests.support.clocks import FakeClock
 from tests.support.pools import PoolStandIn, as_pool
 from tests.support.sessions import (
     CLAIM,
     AdapterTransport,
-    FakeClock,
     FakeJoiner,
     FakeTransport,
     FakeVerifier,

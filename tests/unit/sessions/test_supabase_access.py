@@ -25,10 +25,10 @@ from broadcaster.exceptions import AuthenticationError
 from broadcaster.protocols import native, supabase
 from broadcaster.protocols.phoenix import Message
 from broadcaster.sessions import base
+from tests.support.clocks import FakeClock
 from tests.support.phoenix import push_frame
 from tests.support.sessions import (
     CLAIM,
-    FakeClock,
     FakeVerifier,
     SupabaseClient,
     SupabaseWorld,
