@@ -177,6 +177,14 @@ class WebSocketConnection(asyncio.Protocol):
         if runtime is None or poller is None or reader is None:
             self._refuse(handshake, http.HTTPStatus.SERVICE_UNAVAILABLE, "Starting up.\n")
             return
+        if request.headers.get_all("Sec-WebSocket-Version") != ["13"]:
+            # RFC 6455, 4.4: name the version this server speaks.
+            response = handshake.reject(
+                http.HTTPStatus.UPGRADE_REQUIRED, "Only WebSocket version 13 is supported.\n"
+            )
+            response.headers["Sec-WebSocket-Version"] = "13"
+            handshake.send_response(response)
+            return
         if url.path != NATIVE_PATH and url.path not in SUPABASE_PATHS:
             self._refuse(handshake, http.HTTPStatus.NOT_FOUND, "No WebSocket endpoint here.\n")
             return
