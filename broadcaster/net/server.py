@@ -7,6 +7,7 @@ import contextlib
 import socket
 from typing import Any
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -21,22 +22,37 @@ __all__ = ["Server"]
 class _HandshakeTimeout(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, closing connections that send no complete request.
 
-    uvicorn waits for ever for a request that never arrives or arrives a byte
-    at a time; each such connection would hold a socket (slowloris). A
-    connection whose first request has not begun within the timeout is closed.
+    uvicorn waits for ever for a request that never arrives, arrives a byte at
+    a time, or whose body does; each such connection would hold a socket
+    (slowloris). Whenever a request is owed (the connection is new, or its
+    previous response is sent) it must arrive whole, body included, within
+    the timeout, or the connection is closed. WebSocket upgrade requests that
+    RFC 6455 does not allow (section 4.1: HTTP/1.1 or later, and a GET has no
+    body) are refused here, where the request's HTTP version is still known:
+    uvicorn hands the upgrade on rewritten as HTTP/1.1.
     """
 
     handshake_timeout = 10.0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self._handshake_timer: asyncio.TimerHandle | None = self.loop.call_later(
-            self.handshake_timeout, self._handshake_expired
-        )
+        self._upgraded = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._watch_request()
+
+    def _watch_request(self) -> None:
+        """Run the timer while the client owes a request (whole), stop it otherwise."""
+        owed = self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+        if self._upgraded or not owed or self.transport.is_closing():
+            self._stop_handshake_timer()
+        elif self._handshake_timer is None:
+            self._handshake_timer = self.loop.call_later(
+                self.handshake_timeout, self._handshake_expired
+            )
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
-        if self.cycle is None and not self.transport.is_closing():
+        if not self.transport.is_closing():
             self.transport.close()
 
     def _stop_handshake_timer(self) -> None:
@@ -46,16 +62,33 @@ class _HandshakeTimeout(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.cycle is not None:
-            self._stop_handshake_timer()
+        self._watch_request()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch_request()
 
     def handle_websocket_upgrade(self, event: Any) -> None:
+        self._upgraded = True
         self._stop_handshake_timer()
+        if event.http_version < b"1.1":
+            self.send_400_response("A WebSocket upgrade needs HTTP/1.1 or later.")
+            return
+        if any(_declares_body(name, value) for name, value in self.headers):
+            # Waiting for the body would be slowloris again; websockets would
+            # drop the connection without a word.
+            self.send_400_response("A WebSocket upgrade request has no body.")
+            return
         super().handle_websocket_upgrade(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_handshake_timer()
         super().connection_lost(exc)
+
+
+def _declares_body(name: bytes, value: bytes) -> bool:
+    """Does this header (name lower-cased) announce a request body?"""
+    return name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
 
 
 class Server:

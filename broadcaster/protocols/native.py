@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from ..core.changes import Change
 from ..exceptions import ProtocolError
+from . import client_json
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -159,7 +160,7 @@ def _valid_ref(ref: object) -> bool:
 def parse_client_message(text: str) -> ClientMessage:
     """Parse one text frame from a client; raise :class:`ProtocolError` if invalid."""
     try:
-        message = json.loads(text, parse_constant=_reject_constant)
+        message = client_json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise ProtocolError(BAD_JSON, f"message is not valid JSON: {exc}") from None
     if not isinstance(message, dict):

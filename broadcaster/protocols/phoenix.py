@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..exceptions import ProtocolError
+from . import client_json
 from .native import BAD_JSON, BAD_MESSAGE
 
 __all__ = [
@@ -61,7 +62,7 @@ def _text_or_none(value: object, name: str) -> str | None:
 def decode_text(text: str, vsn: str) -> Message:
     """One client text frame; raise :class:`ProtocolError` if it is not a message."""
     try:
-        raw = json.loads(text)
+        raw = client_json.loads(text)
     except ValueError:
         raise ProtocolError(BAD_JSON, "message is not valid JSON") from None
     if vsn == VSN_2:
@@ -98,8 +99,8 @@ def decode_binary(data: bytes) -> Message:
         offset += size
     join_ref, ref, topic, event, metadata = parts
     try:
-        payload: Any = json.loads(data[offset:])
-        meta = json.loads(metadata) if metadata else {}
+        payload: Any = client_json.loads(data[offset:])
+        meta = client_json.loads(metadata) if metadata else {}
     except ValueError:
         raise ProtocolError(BAD_JSON, "broadcast payload is not valid JSON") from None
     if not isinstance(meta, dict):
