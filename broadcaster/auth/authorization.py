@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 
 from ..core.tables import EVERY_TABLE
 from ..exceptions import DatabaseError
-from .tokens import Identity
+from .identity import Identity
 
 __all__ = [
     "EVERY_TABLE_ID",

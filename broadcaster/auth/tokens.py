@@ -36,10 +36,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import jwt
 from cryptography import x509
@@ -49,6 +48,7 @@ from jwt.algorithms import HMACAlgorithm
 
 from ..exceptions import AuthenticationError, ConfigurationError
 from ..protocols.native import TOKEN_EXPIRED, UNAUTHORIZED
+from .identity import Identity
 from .jwks import JWKS, JWKSFetch, http_fetch
 from .keys import (
     ASYMMETRIC,
@@ -62,33 +62,12 @@ from .keys import (
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
-    "Identity",
     "JWKSFetch",
     "JWTVerifier",
-    "TokenVerifier",
     "read_key",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A verified token: its claims, when it expires and whom it names."""
-
-    claims: Mapping[str, Any] = field(hash=False)
-    #: Unix time (seconds) of the ``exp`` claim; None when the token has none.
-    expires_at: float | None
-    #: The ``sub`` claim; None when the token has none.
-    subject: str | None
-
-
-class TokenVerifier(Protocol):
-    """Anything that turns a bearer token into an :class:`Identity`."""
-
-    async def verify(self, token: str) -> Identity:
-        """The token's identity; raises :class:`AuthenticationError` if refused."""
-        ...
 
 
 def read_key(value: str) -> str:

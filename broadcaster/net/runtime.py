@@ -13,7 +13,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ..auth.authorization import Authorizer, ClaimAuthorizer, OpenAuthorizer, SqlAuthorizer
-from ..auth.tokens import JWTVerifier, TokenVerifier, read_key
+from ..auth.identity import TokenVerifier
+from ..auth.tokens import JWTVerifier, read_key
 from ..core.broadcasts import CHANNEL as BROADCAST_CHANNEL
 from ..core.broadcasts import Broadcasts
 from ..core.hub import Hub

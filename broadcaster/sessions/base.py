@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
-from ..auth.tokens import Identity, TokenVerifier
+from ..auth.identity import Identity, TokenVerifier
 from ..core import presence
 from ..core.broadcasts import Broadcasts
 from ..core.feed import Join

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from ..auth.authorization import Authorizer, decided
-from ..auth.tokens import TokenVerifier
+from ..auth.identity import TokenVerifier
 from ..core import broadcasts, presence
 from ..core.changes import Change
 from ..core.feed import Join, JoinResult

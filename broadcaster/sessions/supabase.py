@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..auth.authorization import EVERY_TABLE_ID, Authorizer, authorizer_table_id, decided
-from ..auth.tokens import Identity, TokenVerifier
+from ..auth.identity import Identity, TokenVerifier
 from ..core import broadcasts, presence
 from ..core.feed import Join, JoinResult
 from ..core.hub import Batch, Hub

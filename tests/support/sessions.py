@@ -21,7 +21,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from broadcaster.auth.authorization import Authorizer, OpenAuthorizer
-from broadcaster.auth.tokens import Identity
+from broadcaster.auth.identity import Identity
 from broadcaster.core import cursors
 from broadcaster.core.broadcasts import Broadcasts
 from broadcaster.core.changes import Change

@@ -1,4 +1,5 @@
-"""The sans-I/O core and wire formats load no I/O library, nor does ``import broadcaster``.
+"""What each layer may load: the core, the wire formats and ``import broadcaster`` no
+I/O library; the sessions the event loop alone.
 
 Each module is imported in a fresh interpreter (PYTHONPATH inherited), which
 then lists the I/O libraries it loaded. The modules are found with pkgutil, so
@@ -22,15 +23,16 @@ IO_MODULES = ("asyncio", "asyncpg", "starlette", "uvicorn", "jwt", "urllib.reque
 SANS_IO_PACKAGES = ("broadcaster.core", "broadcaster.protocols")
 
 
+def modules_of(package_name: str) -> list[str]:
+    package = importlib.import_module(package_name)
+    return [
+        package_name,
+        *(info.name for info in pkgutil.walk_packages(package.__path__, package_name + ".")),
+    ]
+
+
 def sans_io_modules() -> list[str]:
-    names = ["broadcaster"]
-    for package_name in SANS_IO_PACKAGES:
-        package = importlib.import_module(package_name)
-        names.append(package_name)
-        names.extend(
-            info.name for info in pkgutil.walk_packages(package.__path__, package_name + ".")
-        )
-    return names
+    return ["broadcaster", *(name for p in SANS_IO_PACKAGES for name in modules_of(p))]
 
 
 def loaded_io_modules(module: str) -> list[str]:
@@ -63,4 +65,15 @@ def test_the_check_sees_an_io_library() -> None:
 
 @pytest.mark.parametrize("module", sans_io_modules())
 def test_importing_loads_no_io_library(module: str) -> None:
+    assert loaded_io_modules(module) == []
+
+
+@pytest.mark.parametrize("module", modules_of("broadcaster.sessions"))
+def test_the_sessions_load_the_event_loop_alone(module: str) -> None:
+    """Sessions run timers and tasks, so asyncio; never the driver, the JWT library or the app."""
+    assert set(loaded_io_modules(module)) <= {"asyncio"}
+
+
+@pytest.mark.parametrize("module", ["broadcaster.auth.identity", "broadcaster.auth.authorization"])
+def test_what_the_sessions_know_of_auth_loads_no_io_library(module: str) -> None:
     assert loaded_io_modules(module) == []

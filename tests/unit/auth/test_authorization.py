@@ -25,7 +25,7 @@ from broadcaster.auth.authorization import (
     SqlAuthorizer,
     authorizer_table_id,
 )
-from broadcaster.auth.tokens import Identity
+from broadcaster.auth.identity import Identity
 from broadcaster.core.tables import EVERY_TABLE
 from broadcaster.exceptions import ConfigurationError, DatabaseError
 from broadcaster.postgres.queries import PostgresAuthorizerFunction

@@ -23,13 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from broadcaster.auth.tokens import (
-    SUPPORTED_ALGORITHMS,
-    Identity,
-    JWTVerifier,
-    TokenVerifier,
-    read_key,
-)
+from broadcaster.auth.identity import Identity, TokenVerifier
+from broadcaster.auth.tokens import SUPPORTED_ALGORITHMS, JWTVerifier, read_key
 from broadcaster.exceptions import AuthenticationError, BroadcasterError, ConfigurationError
 from tests.support.timeouts import within
 

@@ -25,7 +25,7 @@ from broadcaster.auth.authorization import (
     OpenAuthorizer,
     SqlAuthorizer,
 )
-from broadcaster.auth.tokens import Identity
+from broadcaster.auth.identity import Identity
 from broadcaster.core.hub import Hub
 from broadcaster.exceptions import AuthenticationError
 from broadcaster.postgres.queries import PostgresAuthorizerFunction

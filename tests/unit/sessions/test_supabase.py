@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from broadcaster.auth.authorization import ClaimAuthorizer
-from broadcaster.auth.tokens import Identity
+from broadcaster.auth.identity import Identity
 from broadcaster.core import broadcasts as broadcasts_module
 from broadcaster.core import presence
 from broadcaster.protocols.phoenix import VSN_1, VSN_2, Message
