@@ -21,13 +21,15 @@ from typing import Any, Final, Protocol
 
 from .topics import Topics
 
-__all__ = ["CHANNEL", "MAX_META_BYTES", "Presences", "Store", "diff", "state"]
+__all__ = ["CHANNEL", "MAX_META_BYTES", "Presences", "Store", "diff", "diffs", "state"]
 
 logger = logging.getLogger(__name__)
 
 CHANNEL: Final = "broadcaster_presence"
 # The diff travels by NOTIFY (under 8000 bytes) with its envelope.
 MAX_META_BYTES: Final = 6000
+# Postgres refuses a NOTIFY payload of 8000 bytes or more.
+_NOTIFY_BYTES: Final = 7999
 
 Entry = tuple[str, str, Any]
 """A presence: (key, ref, meta)."""
@@ -74,6 +76,20 @@ def diff(topic: str, joins: Iterable[Entry], leaves: Iterable[Entry]) -> str:
         ensure_ascii=False,
         separators=(",", ":"),
     )
+
+
+def diffs(topic: str, joins: Sequence[Entry], leaves: Sequence[Entry]) -> list[str]:
+    """The NOTIFY payloads announcing ``joins`` and ``leaves``, in order.
+
+    One diff when it fits a NOTIFY. A re-track of a large meta carries the old
+    meta as a leave beside the new one as a join, which may not fit: then the
+    joins go first and the leaves second, which Phoenix clients apply exactly
+    as one diff (they apply a diff's joins before its leaves, matched by ref).
+    """
+    whole = diff(topic, joins, leaves)
+    if len(whole.encode()) <= _NOTIFY_BYTES or not joins or not leaves:
+        return [whole]
+    return [diff(topic, joins, []), diff(topic, [], leaves)]
 
 
 class Presences:

@@ -437,11 +437,8 @@ class ChangeReader:
             leaves = (
                 [] if previous is None else [(previous[0], previous[1], json.loads(previous[2]))]
             )
-            await connection.execute(
-                "SELECT pg_notify($1, $2)",
-                PRESENCE_CHANNEL,
-                presence.diff(topic, [(key, ref, meta)], leaves),
-            )
+            for payload in presence.diffs(topic, [(key, ref, meta)], leaves):
+                await connection.execute("SELECT pg_notify($1, $2)", PRESENCE_CHANNEL, payload)
 
     @_raises_database_error
     async def untrack(self, slots: Sequence[str]) -> None:

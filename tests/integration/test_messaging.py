@@ -159,3 +159,30 @@ async def test_the_largest_meta_a_client_may_track_reaches_the_other_process(
         await exchange(a, {**track, "meta": {"blob": blob}}, "tracked", "presence_diff")
         joined = await next_of(b, "presence_diff")
         assert joined["joins"] == {"ada": {"metas": [{"blob": blob, "phx_ref": ANY}]}}
+
+
+async def test_the_largest_meta_may_be_tracked_again(servers: tuple[Server, Server]) -> None:
+    # A re-track announces the old meta leaving beside the new one joining:
+    # two of the largest metas do not fit one NOTIFY.
+    one, two = servers
+    blob = "x" * (presence.MAX_META_BYTES - len(json.dumps({"blob": ""})))
+    track = {"type": "track", "table_id": "t1", "key": "ada"}
+    async with client(one) as a, client(two) as b:
+        await a.subscribe("t1", presence=True)
+        await b.subscribe("t1", presence=True)
+        await next_of(a, "presence_state")
+        await exchange(a, {**track, "meta": {"blob": blob}}, "tracked", "presence_diff")
+        tracked: Any = await next_of(b, "presence_diff")
+        (first,) = tracked["joins"]["ada"]["metas"]
+        again = {"blob": blob[:-1] + "y"}
+        await exchange(a, {**track, "meta": again}, "tracked", "presence_diff")
+        joined = await next_of(b, "presence_diff")
+        left = await next_of(b, "presence_diff")
+        assert joined == {
+            "type": "presence_diff",
+            "table_id": "t1",
+            "joins": {"ada": {"metas": [{**again, "phx_ref": ANY}]}},
+            "leaves": {},
+        }
+        assert left["joins"] == {}
+        assert left["leaves"] == {"ada": {"metas": [{"blob": blob, "phx_ref": first["phx_ref"]}]}}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broadcaster.core import presence
-from broadcaster.core.presence import Presences, diff, state
+from broadcaster.core.presence import MAX_META_BYTES, Presences, diff, diffs, state
 
 
 class Recorder:
@@ -83,6 +83,23 @@ def test_diff_is_compact_json_in_phoenix_shape() -> None:
 
 def test_diff_with_nothing_on_one_side() -> None:
     assert json.loads(diff("t", [], [])) == {"topic": "t", "joins": {}, "leaves": {}}
+
+
+def test_a_diff_that_fits_a_notify_is_one_payload() -> None:
+    joins, leaves = [("ada", "r2", {"name": "Ada L."})], [("ada", "r1", {"name": "Ada"})]
+    assert diffs("t", joins, leaves) == [diff("t", joins, leaves)]
+
+
+def test_a_retrack_too_large_for_one_notify_sends_its_joins_then_its_leaves() -> None:
+    big = {"blob": "é" * (MAX_META_BYTES // 2 - 20)}  # MAX_META_BYTES of UTF-8, nearly
+    joins, leaves = [("ada", "r2", big)], [("ada", "r1", big)]
+    assert len(diff("t", joins, leaves).encode()) >= 8000
+    payloads = diffs("t", joins, leaves)
+    assert [json.loads(p) for p in payloads] == [
+        json.loads(diff("t", joins, [])),
+        json.loads(diff("t", [], leaves)),
+    ]
+    assert all(len(p.encode()) < 8000 for p in payloads)
 
 
 def test_notified_reaches_the_followers_of_the_topic_only() -> None:
@@ -176,5 +193,6 @@ def test_module_exports() -> None:
         "Presences",
         "Store",
         "diff",
+        "diffs",
         "state",
     }
