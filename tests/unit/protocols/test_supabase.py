@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
+from broadcaster.core.changes import Change
 from broadcaster.exceptions import FilterError
 from broadcaster.protocols import supabase
 from broadcaster.protocols.phoenix import Message
 from broadcaster.protocols.supabase import COLUMNS, Binding
-from tests.support.sessions import binding, change, row
+from tests.support.sessions import batch, binding, change, row
 
 # Binding routes and filters
 
@@ -222,3 +223,23 @@ def test_a_system_message_names_the_channel_without_its_prefix() -> None:
 )
 def test_token_expired_says_how_long_ago_in_whole_seconds(overdue: float, text: str) -> None:
     assert supabase.token_expired(overdue) == text
+
+
+def test_a_row_nested_deeper_than_the_parser_goes_is_still_delivered() -> None:
+    # Python's json parser stops at about a thousand levels; Postgres' jsonb
+    # does not. Such a column cannot be matched, but the change is not lost.
+    deep = "[" * 5_000 + "]" * 5_000
+    row_json = (
+        '{"id" : "r1", "table_id" : "t1", "data" : {"a": ' + deep + ', "s": "}]\\""}, '
+        '"enriching_columns" : [], "version" : 1, '
+        '"created_at" : "2024-04-01T09:00:00+00:00", "updated_at" : "2024-04-01T09:00:00+00:00"}'
+    )
+    every = Binding.parse(binding(None))
+    by_table = Binding.parse(binding("table_id=eq.t1"))
+    by_data = Binding.parse(binding('data=eq.{"a":1}'))
+    shape = supabase.Shape("2.0.0", "realtime:room", (every, by_table, by_data))
+
+    sent = shape(batch("t1", Change("INSERT", "t1", "r1", 1, row_json)))
+
+    assert f'"ids":[{every.id},{by_table.id}]'.encode() in sent
+    assert f'"record":{row_json}'.encode() in sent
