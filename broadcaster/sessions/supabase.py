@@ -352,7 +352,7 @@ class SupabaseSession(Session[Message]):
         channel = self._channels.get(key)
         if channel is not None:
             reason = protocol.token_expired(overdue)
-            self._end_channel(channel.topic, channel.join_ref, reason, "system")
+            self._end_channel(channel.topic, channel.join_ref, reason)
 
     async def _forbidden(
         self, identity: Identity | None, routed: Iterable[str | None]
@@ -364,11 +364,13 @@ class SupabaseSession(Session[Message]):
                 return table_id
         return None
 
-    def _end_channel(
-        self, topic: str, join_ref: str | None, reason: str, extension: str = "postgres_changes"
-    ) -> None:
-        """Tell the channel why with a ``system`` error, close it and leave it."""
-        self._send(protocol.system(topic, "error", reason, extension))
+    def _end_channel(self, topic: str, join_ref: str | None, reason: str) -> None:
+        """Tell the channel why with a ``system`` error, close it and leave it.
+
+        The error's extension is ``system``, as in Supabase's
+        ``shutdown_response``: the channel ends, not just its bindings.
+        """
+        self._send(protocol.system(topic, "error", reason, "system"))
         # Phoenix's socket closes a channel with ref and join_ref both the join's.
         self._send(Message(topic, "phx_close", {}, join_ref, join_ref))
         self._leave(topic)

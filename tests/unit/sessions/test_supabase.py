@@ -474,6 +474,8 @@ async def test_a_refused_access_token_closes_the_channel(world: SupabaseWorld) -
     system, close = client.messages
     assert system.event == "system"
     assert system.payload["status"] == "error"
+    # Supabase's shutdown_response: the channel ends, so the extension is "system".
+    assert system.payload["extension"] == "system"
     assert close == Message(TOPIC, "phx_close", {}, join_ref, join_ref)
     assert not world.hub.is_subscribed("a")
     assert client.session.tables == {}
@@ -494,6 +496,7 @@ async def test_a_fresh_access_token_that_grants_less_closes_the_channel(
     await eventually(lambda: "phx_close" in client.events(TOPIC))
     system, _ = client.on(TOPIC)
     assert system.payload["message"] == "forbidden: the new token may not read 'a'"
+    assert system.payload["extension"] == "system"
     assert not world.hub.is_subscribed("a")
     assert world.hub.is_subscribed("b")
     assert client.events(OTHER) == []
