@@ -4,6 +4,8 @@ Usage, from the repository root (with the repository's virtualenv)::
 
     .venv/bin/python bench/trigger_cost.py
     .venv/bin/python bench/trigger_cost.py --triggers old.sql --triggers triggers.sql
+    .venv/bin/python bench/trigger_cost.py --statement --triggers triggers.sql \
+        --triggers bench/log_variants/1_naive_btree.sql      # docs/design/change-log.md
 
 pgbench's commit rates move by 10% and more from one run to the next on a
 shared machine, more than most changes to a trigger. This counts instead the
@@ -21,6 +23,9 @@ What it does:
    the benchmark's writer UPDATE (``bench/run.py``), one row per transaction,
    first 200 and then 1,200 times; the difference over 1,000 is the count per
    transaction, without start-up and shutdown.
+   With ``--statement``, also one UPDATE statement of 10,000 rows (every row of
+   table ``t3``), run once and then three times: the difference over two is the
+   count per statement.
 3. Prints a table: each variant's instructions per transaction, and the rate
    it would reach, relative to the UPDATE with no trigger, if the writers were
    bound by their backend's CPU alone (they also wait on the network, the WAL
@@ -32,7 +37,9 @@ UPDATE stamping ``version``, ``changed_xid`` and ``updated_at`` itself,
 triggers disabled (not HOT, a new entry in both indexes: the floor of any
 design that stamps); and each ``--triggers`` file (default: ``triggers.sql``),
 installed over the migrated schema, with every table's promise remembered by
-the session: the steady state of a busy table. Needs valgrind.
+the session: the steady state of a busy table. A file may replace our triggers
+altogether (``bench/log_variants/*.sql`` drop them and write a change log).
+Needs valgrind.
 """
 
 from __future__ import annotations
@@ -54,12 +61,20 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS = 100_000
 TABLES = 10
 FEW, MANY = 200, 1_200
+STATEMENTS_FEW, STATEMENTS_MANY = 1, 3
 
 # bench/run.py's writer transaction, with the row's number as a parameter.
 UPDATE = (
     "PREPARE w(int) AS UPDATE rows SET data = jsonb_build_object("
     "'t', round(extract(epoch FROM clock_timestamp()) * 1000, 3), 'r', 1){stamps} "
     "WHERE id = 'r' || $1;"
+)
+# One statement writing every row of one table (ROWS / TABLES rows); ``{run}``
+# makes each run's data differ from the last, so that every row changes.
+STATEMENT = (
+    "UPDATE rows SET data = jsonb_build_object("
+    "'t', round(extract(epoch FROM clock_timestamp()) * 1000, 3), 'r', {run}){stamps} "
+    "WHERE table_id = 't3';"
 )
 STAMPS = (
     ", version = nextval('broadcaster_version_seq'), changed_xid = pg_current_xact_id(),"
@@ -133,8 +148,10 @@ class Cluster:
     def url(self) -> str:
         return f"postgresql://postgres@/postgres?host={self.directory}&port={self.port}"
 
-    def start(self, data: Path) -> None:
+    def start(self, data: Path, settings: tuple[str, ...] = ()) -> None:
+        """Start the cluster in ``data``; ``settings`` are ``name=value`` server settings."""
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=''"
+        options += "".join(f" -c {setting}" for setting in settings)
         log = str(self.directory / "server.log")
         self.run(
             [str(self.bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", log, "-w", "start"]
@@ -198,13 +215,23 @@ def with_triggers(cluster: Cluster, base: Path, variant: Variant) -> Path:
     return data
 
 
-def instructions(cluster: Cluster, data: Path, variant: Variant, writes: int) -> int:
-    """Instructions a single-user backend executes for ``writes`` transactions."""
+def single_row_writes(variant: Variant, writes: int) -> list[str]:
+    """``writes`` one-row transactions, each row written once, as the benchmark's writers do."""
+    statements = [variant.setup, UPDATE.format(stamps=variant.stamps)]
+    return statements + [f"EXECUTE w({k * 83 % ROWS});" for k in range(writes)]
+
+
+def whole_table_writes(variant: Variant, writes: int) -> list[str]:
+    """``writes`` statements (and transactions) updating every row of one table."""
+    return [variant.setup] + [
+        STATEMENT.format(run=run, stamps=variant.stamps) for run in range(1, writes + 1)
+    ]
+
+
+def instructions(cluster: Cluster, data: Path, variant: Variant, statements: list[str]) -> int:
+    """Instructions a single-user backend executes for ``statements``, each its own transaction."""
     run = cluster.directory / "run"
     cluster.copy(data, run)
-    statements = [variant.setup, UPDATE.format(stamps=variant.stamps)]
-    # One row per transaction, each written once, as the benchmark's writers do.
-    statements += [f"EXECUTE w({k * 83 % ROWS});" for k in range(writes)]
     # -j: a statement ends at a semicolon followed by an empty line.
     script = "\n\n".join(statements) + "\n\n"
     out = cluster.directory / "callgrind.out"
@@ -244,6 +271,7 @@ class Options(argparse.Namespace):
     """The command line, as ``main`` parses it."""
 
     triggers: list[Path] | None
+    statement: bool
     pg_bin: Path | None
     user: str
 
@@ -255,6 +283,11 @@ def main() -> int:
         type=Path,
         action="append",
         help="a triggers file to measure (repeatable; default: triggers.sql)",
+    )
+    parser.add_argument(
+        "--statement",
+        action="store_true",
+        help="also count one UPDATE statement of 10,000 rows",
     )
     parser.add_argument(
         "--pg-bin",
@@ -281,18 +314,37 @@ def main() -> int:
         base = prepare_base(cluster)
         version = cluster.run([str(args.pg_bin / "postgres"), "--version"]).stdout.strip()
         print(f"{version}; instructions per single-row UPDATE transaction (callgrind)\n")
-        rows = []
+        rows: list[tuple[str, float, float | None]] = []
         for variant in variants(trigger_files):
             data = with_triggers(cluster, base, variant)
-            few = instructions(cluster, data, variant, FEW)
-            many = instructions(cluster, data, variant, MANY)
-            rows.append((variant.label, (many - few) / (MANY - FEW)))
-        width = max(len(label) for label, _ in rows)
-        print(f"| {'writer':<{width}} | instructions | % of no trigger's rate |")
-        print(f"|{'-' * (width + 2)}|--------------|------------------------|")
-        baseline = rows[0][1]
-        for label, count in rows:
-            print(f"| {label:<{width}} | {count:>12,.0f} | {100 * baseline / count:>22.0f} |")
+            few = instructions(cluster, data, variant, single_row_writes(variant, FEW))
+            many = instructions(cluster, data, variant, single_row_writes(variant, MANY))
+            per_statement = None
+            if args.statement:
+                once = instructions(
+                    cluster, data, variant, whole_table_writes(variant, STATEMENTS_FEW)
+                )
+                thrice = instructions(
+                    cluster, data, variant, whole_table_writes(variant, STATEMENTS_MANY)
+                )
+                per_statement = (thrice - once) / (STATEMENTS_MANY - STATEMENTS_FEW)
+            rows.append((variant.label, (many - few) / (MANY - FEW), per_statement))
+            print(f"measured: {rows[-1]}", file=sys.stderr, flush=True)
+        width = max(len(label) for label, _, _ in rows)
+        header = f"| {'writer':<{width}} | instructions | % of no trigger's rate |"
+        rule = f"|{'-' * (width + 2)}|--------------|------------------------|"
+        if args.statement:
+            header += " 10,000-row UPDATE | x no trigger's |"
+            rule += "-------------------|----------------|"
+        print(header)
+        print(rule)
+        baseline, statement_baseline = rows[0][1], rows[0][2]
+        for label, count, per_statement in rows:
+            line = f"| {label:<{width}} | {count:>12,.0f} | {100 * baseline / count:>22.0f} |"
+            if per_statement is not None and statement_baseline:
+                ratio = per_statement / statement_baseline
+                line += f" {per_statement:>17,.0f} | {ratio:>14.2f} |"
+            print(line)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return 0

@@ -1,0 +1,41 @@
+-- 3a. As 2c, without the old image: what the old image costs.
+-- Replaces today's triggers on `rows` (stamps, tombstones) with a change log.
+DROP TRIGGER IF EXISTS broadcaster_before_write ON rows;
+DROP TRIGGER IF EXISTS broadcaster_after_delete ON rows;
+DROP TRIGGER IF EXISTS broadcaster_before_truncate ON rows;
+CREATE SEQUENCE change_log_seq;
+CREATE TABLE change_log (
+    xid xid8 NOT NULL,
+    ord bigint NOT NULL,
+    table_id text NOT NULL,
+    id text NOT NULL,
+    op "char" NOT NULL,
+    new jsonb,
+    old jsonb,
+    at timestamptz NOT NULL DEFAULT now()
+) PARTITION BY RANGE (at);
+-- Partition bounds are evaluated once, when created.
+CREATE TABLE change_log_p0 PARTITION OF change_log
+    FOR VALUES FROM (date_trunc('day', now()) - interval '1 day') TO (date_trunc('day', now()));
+CREATE TABLE change_log_p1 PARTITION OF change_log
+    FOR VALUES FROM (date_trunc('day', now())) TO (date_trunc('day', now()) + interval '1 day');
+CREATE TABLE change_log_p2 PARTITION OF change_log
+    FOR VALUES FROM (date_trunc('day', now()) + interval '1 day') TO (date_trunc('day', now()) + interval '2 days');
+CREATE FUNCTION change_log_row() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO change_log (xid, ord, table_id, id, op, new, old)
+        VALUES (pg_current_xact_id(), nextval('change_log_seq'), NEW.table_id, NEW.id, 'I', to_jsonb(NEW), NULL);
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO change_log (xid, ord, table_id, id, op, new, old)
+        VALUES (pg_current_xact_id(), nextval('change_log_seq'), NEW.table_id, NEW.id, 'U', to_jsonb(NEW), NULL);
+    ELSE
+        INSERT INTO change_log (xid, ord, table_id, id, op, new, old)
+        VALUES (pg_current_xact_id(), nextval('change_log_seq'), OLD.table_id, OLD.id, 'D', NULL, NULL);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER change_log_row AFTER INSERT OR UPDATE OR DELETE ON rows
+    FOR EACH ROW EXECUTE FUNCTION change_log_row();
