@@ -54,8 +54,6 @@ against no size limit, so without this a client could keep one message open
 for ever, a few bytes a frame.
 """
 
-CLOSE_POLICY_VIOLATION: Final = 1008
-
 # Input is fed to websockets' parser a slice at a time, and a connection hands
 # the event loop back after a turn's budget: a read of 256 KiB of empty frames
 # is 40,000 frames, half a second of work that would stall every other client.
@@ -404,7 +402,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._message_frames += 1
             if self._message_frames > MAX_FRAMES_PER_MESSAGE:
                 self._fail(
-                    CLOSE_POLICY_VIOLATION,
+                    protocol.CLOSE_POLICY_VIOLATION,
                     f"message split into more than {MAX_FRAMES_PER_MESSAGE} frames",
                 )
                 return

@@ -24,7 +24,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.sync.client import connect
 
-from broadcaster.net import websocket
 from broadcaster.net.server import Server
 from broadcaster.protocols import native
 from tests.support.server import running_server
@@ -60,7 +59,7 @@ frames = st.one_of(
 
 INPUT_CLOSES = frozenset(
     {value for name, value in vars(native).items() if name.startswith("CLOSE_")}
-    | {websocket.CLOSE_POLICY_VIOLATION, CloseCode.PROTOCOL_ERROR}
+    | {CloseCode.PROTOCOL_ERROR}
 ) - {native.CLOSE_GOING_AWAY, native.CLOSE_INTERNAL_ERROR}
 """Close codes that answer a client's input (docs/protocol.md). 1001 is the
 server shutting down and 1011 its own failure: neither answers input."""
