@@ -60,6 +60,7 @@ class Settings:
     poll_min_rate: float = 100.0
     refresh_interval: float = 30.0
     history_retention: float = 24 * 3600.0
+    max_catch_up: int = 10_000
     auth: str | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -266,6 +267,12 @@ SETTINGS: tuple[Setting, ...] = (
         "BROADCASTER_HISTORY_RETENTION",
         "Seconds the change log keeps changes (at most 104400, 29 hours); a cursor older "
         "than that gets a reset.",
+    ),
+    Setting(
+        "max_catch_up",
+        "BROADCASTER_MAX_CATCH_UP",
+        "Changes a resuming subscriber's catch-up may hold; a longer one is compacted to the "
+        "latest change of each changed row.",
     ),
     Setting(
         "auth",

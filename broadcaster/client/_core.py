@@ -61,7 +61,10 @@ def _parse_change(message: Mapping[str, Any]) -> Change:
         raise _Malformed("row.version is not an integer")
     if cursor is not None and not isinstance(cursor, str):
         raise _Malformed("cursor is not a string")
-    return Change(table_id, op, row_id, version, row, cursor)
+    old = message.get("old")
+    if old is not None and not isinstance(old, dict):
+        raise _Malformed("old is not an object")
+    return Change(table_id, op, row_id, version, row, cursor, old)
 
 
 class Core:

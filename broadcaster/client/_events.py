@@ -18,10 +18,12 @@ short by a lost connection and starts over."""
 class Change:
     """One change of one row, as the server sent it.
 
-    ``row`` is the whole row (``docs/protocol.md``); for a ``DELETE`` it may
-    hold only ``id``, ``table_id`` and ``version``. ``cursor`` is set on live
-    changes and ``None`` on catch-up (snapshot or resume) changes. A cursor
-    covers the whole batch it came with; to save a resume point, prefer
+    ``row`` is the whole row after the change (``docs/protocol.md``); for a
+    ``DELETE`` it holds only ``id``, ``table_id`` and ``version``. ``old`` is
+    the whole row before an ``UPDATE`` or ``DELETE`` (``None`` for an
+    ``INSERT``, and for rows of a snapshot). ``cursor`` is set on live changes
+    and ``None`` on catch-up (snapshot or resume) changes. A cursor covers the
+    whole batch it came with; to save a resume point, prefer
     :attr:`Subscription.cursor`, which covers exactly what was yielded.
     """
 
@@ -31,6 +33,7 @@ class Change:
     version: int
     row: dict[str, Any]
     cursor: str | None = None
+    old: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,13 +98,16 @@ class Request:
     """One part of a read: a table's changes since a snapshot, or all its rows.
 
     ``table_id`` :data:`EVERY_TABLE` reads the changes of every table but those in
-    ``exclude`` (``since`` is then always set).
+    ``exclude`` (``since`` is then always set). ``catch_up`` marks a joining
+    subscriber's catch-up, which the read may compact (the latest change of
+    each row) when it holds too many changes; a live table's read never is.
     """
 
     key: int
     table_id: str | None
     since: str | None
     exclude: tuple[str, ...] = ()
+    catch_up: bool = False
 
 
 @dataclass
@@ -236,13 +239,17 @@ class Feed:
         # A woken table that is not live yet is being joined: keep its wake-up
         # for the read after the one that makes it live.
         self._woken.difference_update(tables)
-        keys: dict[tuple[str, str | None], int] = {}
+        keys: dict[tuple[str, str | None, bool], int] = {}
 
-        def key_for(table_id: str, since: str | None) -> int:
-            request_key = keys.get((table_id, since))
+        def key_for(table_id: str, since: str | None, catch_up: bool = False) -> int:
+            # A catch-up from a live table's own snapshot is that table's live
+            # read: too recent to need compacting.
+            request_key = keys.get((table_id, since, False)) if catch_up else None
             if request_key is None:
-                request_key = keys[(table_id, since)] = len(read.requests)
-                read.requests.append(Request(request_key, table_id, since))
+                request_key = keys.get((table_id, since, catch_up))
+            if request_key is None:
+                request_key = keys[(table_id, since, catch_up)] = len(read.requests)
+                read.requests.append(Request(request_key, table_id, since, catch_up=catch_up))
             return request_key
 
         for table_id in tables:
@@ -261,7 +268,8 @@ class Feed:
                 read.live[joined] = key_for(joined, all_since)
             rows_key = None
             if joined is not EVERY_TABLE and join.wants_rows:
-                rows_key = key_for(joined, join.request_since)
+                since = join.request_since
+                rows_key = key_for(joined, since, catch_up=since is not None)
             read.joins.append((join, rows_key))
         if self._wake_all and all_since is not None:
             read.every_table = len(read.requests)

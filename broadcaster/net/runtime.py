@@ -59,7 +59,9 @@ class Runtime:
             item.split("=", 1) for item in _split(settings.publishable_keys) if "=" in item
         )
         self._connections = Connections(
-            database_url, statement_timeout=settings.keepalive_timeout * 6
+            database_url,
+            statement_timeout=settings.keepalive_timeout * 6,
+            max_catch_up=settings.max_catch_up,
         )
         self.verifier, self.authorizer = self._access(settings)
         self._tasks: list[asyncio.Task[None]] = []

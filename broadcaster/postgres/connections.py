@@ -23,11 +23,12 @@ class Connections:
     """The pool and the read session of one server process.
 
     ``statement_timeout`` (seconds) bounds every statement: a read that hangs
-    must not stall delivery for ever.
+    must not stall delivery for ever. ``max_catch_up``: see :class:`ChangeReader`.
     """
 
-    def __init__(self, dsn: str, *, statement_timeout: float) -> None:
+    def __init__(self, dsn: str, *, statement_timeout: float, max_catch_up: int) -> None:
         self._dsn = dsn
+        self._max_catch_up = max_catch_up
         self._settings: Mapping[str, str] = {
             "application_name": APPLICATION_NAME,
             "statement_timeout": str(int(statement_timeout * 1000)),
@@ -59,7 +60,7 @@ class Connections:
         # live, catch-up and snapshot reads).
         read_settings = {**self._settings, "plan_cache_mode": "force_generic_plan"}
         self._reads = ReadSession(lambda: asyncpg.connect(self._dsn, server_settings=read_settings))
-        return ChangeReader(self._pool, reads=self._reads)
+        return ChangeReader(self._pool, reads=self._reads, max_catch_up=self._max_catch_up)
 
     def authorizer_function(self, name: str) -> PostgresAuthorizerFunction:
         """The SQL authorizer function ``name``, called on the pool once it is open.

@@ -88,16 +88,24 @@ _COMMITTED_AT = f"""to_char(coalesce(
 _ENTRY = f"""SELECT 2, chk.k, c.op, c.table_id, c.id, c.seq, {_ENTRY_ROW}, c.old::text,
        {_COMMITTED_AT}
 FROM chk JOIN broadcaster_changes AS c"""
+# A table's entries since a request's snapshot (aliases chk, c).
+_SINCE = """c.table_id = chk.t AND c.xid >= pg_snapshot_xmin(chk.since)
+    AND NOT pg_visible_in_snapshot(c.xid, chk.since)"""
 
 # One statement: a request k reads table t's changes since snapshot `since`
 # (the log's entries whose transaction is not visible in it), or every row of
 # the table when `since` is null or cannot be served; a request with a null t
 # reads every table's changes but those of the tables in $6. The
 # `xid >= xmin` join condition is what lets the log's index serve the read.
+# A joining subscriber's catch-up ($7) of more than $8 changes is compacted to
+# the latest change of each row, so that a cursor days old costs no more
+# memory than a snapshot of the table (docs/guarantees.md).
 _READ = f"""
 WITH req AS (
     SELECT k, t, since::pg_snapshot AS since
     FROM unnest($1::int[], $2::text[], $3::text[]) AS u(k, t, since)
+), catch_up AS (
+    SELECT k FROM unnest($1::int[], $7::bool[]) AS u(k, catch_up) WHERE catch_up
 ), cur AS (
     SELECT pg_current_snapshot() AS s, (SELECT pruned_below FROM broadcaster_state) AS pruned_below
 ), chk AS (
@@ -106,7 +114,14 @@ WITH req AS (
             WHEN req.since IS NULL THEN NULL
             WHEN pg_snapshot_xmax(req.since) > pg_snapshot_xmax(cur.s) THEN $4::text
             WHEN pg_snapshot_xmin(req.since) < cur.pruned_below THEN $5::text
-        END AS reset
+        END AS reset,
+        -- A catch-up of more than $8 changes is compacted; counted up to $8 + 1.
+        req.k IN (SELECT k FROM catch_up) AND (
+            SELECT count(*) FROM (
+                SELECT FROM broadcaster_changes AS c, (SELECT req.t, req.since) AS chk
+                WHERE {_SINCE} LIMIT $8::int + 1
+            ) AS n
+        ) > $8::int AS compact
     FROM req, cur
 )
 SELECT 0 AS kind, NULL::int AS k, NULL::text AS op, NULL::text AS table_id,
@@ -120,9 +135,16 @@ SELECT 3, chk.k, 'INSERT', r.table_id, r.id, 0, '{{"version":0, ' || substr(to_j
 FROM chk JOIN rows AS r ON r.table_id = chk.t
 WHERE chk.since IS NULL OR chk.reset IS NOT NULL
 UNION ALL
-{_ENTRY} ON c.table_id = chk.t AND c.xid >= pg_snapshot_xmin(chk.since)
-WHERE chk.since IS NOT NULL AND chk.reset IS NULL
-  AND NOT pg_visible_in_snapshot(c.xid, chk.since)
+{_ENTRY} ON {_SINCE}
+WHERE chk.since IS NOT NULL AND chk.reset IS NULL AND NOT chk.compact
+UNION ALL
+SELECT * FROM (
+    SELECT DISTINCT ON (c.id) 2, chk.k, c.op, c.table_id, c.id, c.seq, {_ENTRY_ROW},
+           c.old::text, {_COMMITTED_AT}
+    FROM chk JOIN broadcaster_changes AS c ON {_SINCE}
+    WHERE chk.since IS NOT NULL AND chk.reset IS NULL AND chk.compact
+    ORDER BY c.id, c.seq DESC
+) AS latest
 UNION ALL
 {_ENTRY} ON chk.t IS NULL AND c.xid >= pg_snapshot_xmin(chk.since)
 WHERE chk.reset IS NULL AND c.table_id <> ALL($6::text[])
@@ -202,11 +224,15 @@ class ReadSession:
 
 class ChangeReader:
     """The server's statements. ``reads``, if given, runs :meth:`read` (connections.py
-    gives it a :class:`ReadSession` that plans it once); ``pool`` runs the rest."""
+    gives it a :class:`ReadSession` that plans it once); ``pool`` runs the rest.
+    A catch-up of more than ``max_catch_up`` changes is compacted."""
 
-    def __init__(self, pool: asyncpg.Pool, *, reads: _Fetcher | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, reads: _Fetcher | None = None, max_catch_up: int = 10_000
+    ) -> None:
         self._pool = pool
         self._reads: _Fetcher = pool if reads is None else reads
+        self._max_catch_up = max_catch_up
 
     @_raises_database_error
     async def origin(self) -> Origin:
@@ -224,7 +250,8 @@ class ChangeReader:
         )
         every = [r for r in requests if r.table_id is EVERY_TABLE]
         exclude = list(every[0].exclude) if every else []
-        records = await self._reads.fetch(_READ, *arguments, exclude)
+        catch_up = [r.catch_up for r in requests]
+        records = await self._reads.fetch(_READ, *arguments, exclude, catch_up, self._max_catch_up)
         snapshot = ""
         resets: dict[int, str] = {}
         rows: list[Row] = []

@@ -135,7 +135,7 @@ async def test_the_api_validates_and_marks_all_cells_or_none(tmp_path: Path) -> 
         db = await asyncpg.connect(demo.dsn)
         try:
             rows = await database_rows(db, TABLE)
-            assert all(enriching == [] for _, enriching, _ in rows.values())
+            assert all(enriching == [] for _, enriching in rows.values())
             # A cell asked for twice, or already being enriched, is listed once
             # (an array union), in the order first asked for.
             cells = [("demo-0003", "ceo"), ("demo-0003", "ceo"), ("demo-0003", "domain")]

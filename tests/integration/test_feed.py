@@ -191,9 +191,7 @@ async def test_a_cursor_postgres_refuses_is_reset_and_stalls_nobody(
 async def test_a_cursor_older_than_the_history_retention_is_reset(
     database_url: str, db: asyncpg.Connection
 ) -> None:
-    async with running_server(
-        database_url, refresh_interval=0.1, history_retention=0.2
-    ) as server:
+    async with running_server(database_url, refresh_interval=0.1, history_retention=0.2) as server:
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1'), ('b', 't1')")
         async with client(server) as c:
             cursor = (await c.subscribe("t1")).cursor

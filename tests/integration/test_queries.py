@@ -15,7 +15,6 @@ from broadcaster.core.tables import EVERY_TABLE
 from broadcaster.exceptions import DatabaseError
 from broadcaster.postgres.queries import ChangeReader, PostgresAuthorizerFunction, ReadSession
 from tests.support.timeouts import eventually, within
-from tests.support.view import database_rows
 
 pytestmark = pytest.mark.asyncio
 

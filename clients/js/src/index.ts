@@ -43,4 +43,4 @@ export type {
   WebSocketLike,
 } from "./types.js";
 export type { Listener, Unsubscribe } from "./emitter.js";
-export type { DeletedRow, Op, Ref, ResetReason, Row, RowData } from "./protocol.js";
+export type { DeletedRow, OldRow, Op, Ref, ResetReason, Row, RowData } from "./protocol.js";

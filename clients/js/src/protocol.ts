@@ -28,12 +28,15 @@ export interface Row<TData extends object = RowData> {
   data: TData;
   /** Keys of `data` being enriched right now. */
   enriching_columns: string[];
-  /** From one database-wide sequence; grows with every change of the row, including its deletion. */
+  /** The change's place in the change log: grows with every change of the row, including its deletion; 0 in a snapshot. */
   version: number;
-  /** UTC, ISO-8601 with microseconds and `Z`. */
+  /** ISO 8601 with microseconds and the UTC offset of the writer's session. */
   created_at: string;
   updated_at: string;
 }
+
+/** The whole row before an `UPDATE` or `DELETE`, as the change log holds it (no `version`). */
+export type OldRow<TData extends object = RowData> = Omit<Row<TData>, "version">;
 
 /** What a `DELETE` carries: the row's identity and the version of the deletion. */
 export interface DeletedRow {
@@ -59,8 +62,9 @@ export interface UnsubscribedMessage {
 }
 
 export type ChangeMessage =
-  | { type: "change"; table_id: string; op: "INSERT" | "UPDATE"; row: Row; cursor?: string }
-  | { type: "change"; table_id: string; op: "DELETE"; row: DeletedRow; cursor?: string };
+  | { type: "change"; table_id: string; op: "INSERT"; row: Row; cursor?: string }
+  | { type: "change"; table_id: string; op: "UPDATE"; row: Row; old?: OldRow; cursor?: string }
+  | { type: "change"; table_id: string; op: "DELETE"; row: DeletedRow; old?: OldRow; cursor?: string };
 
 export interface SyncedMessage {
   type: "synced";
@@ -229,6 +233,7 @@ export function toServerMessage(value: unknown): ServerMessage | "unknown" | nul
       if (!hasString(message, "table_id")) return null;
       if (message["cursor"] !== undefined && !hasString(message, "cursor")) return null;
       const op = message["op"];
+      if (message["old"] !== undefined && !isObject(message["old"])) return null;
       if (op === "DELETE") return isDeletedRow(message["row"]) ? (message as unknown as ChangeMessage) : null;
       if (op === "INSERT" || op === "UPDATE") {
         return isRow(message["row"]) ? (message as unknown as ChangeMessage) : null;

@@ -10,7 +10,7 @@
 
 import { Emitter, type Listener, type Unsubscribe } from "./emitter.js";
 import { PresenceStore } from "./presence.js";
-import type { ChangeMessage, ResetReason, Row, RowData } from "./protocol.js";
+import type { ChangeMessage, OldRow, ResetReason, Row, RowData } from "./protocol.js";
 import {
   BroadcasterError,
   type BroadcastOptions,
@@ -113,7 +113,8 @@ export class TableStore<TData extends object = RowData> {
       if (held === undefined) return; // Nothing held, nothing visible changed.
       this.byId.delete(id);
       this.touched(id, kind);
-      this.events.emit("delete", { tableId: this.tableId, id, previous: held, version, kind });
+      const old = message.old as OldRow<TData> | undefined;
+      this.events.emit("delete", { tableId: this.tableId, id, previous: held, old, version, kind });
       return;
     }
 
@@ -121,7 +122,8 @@ export class TableStore<TData extends object = RowData> {
     this.deletedVersions.delete(id);
     this.byId.set(id, row);
     this.touched(id, kind);
-    const event = { tableId: this.tableId, id, row, previous: held, op: message.op, kind };
+    const old = message.op === "UPDATE" ? (message.old as OldRow<TData> | undefined) : undefined;
+    const event = { tableId: this.tableId, id, row, previous: held, old, op: message.op, kind };
     this.events.emit(held === undefined ? "insert" : "update", event);
   }
 
@@ -190,7 +192,14 @@ export class TableStore<TData extends object = RowData> {
       if (seen.has(id)) continue;
       this.byId.delete(id);
       this.touched(id, "snapshot");
-      this.events.emit("delete", { tableId: this.tableId, id, previous, version: previous.version, kind: "snapshot" });
+      this.events.emit("delete", {
+        tableId: this.tableId,
+        id,
+        previous,
+        old: undefined,
+        version: previous.version,
+        kind: "snapshot",
+      });
     }
   }
 

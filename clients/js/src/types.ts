@@ -1,7 +1,7 @@
 /** The public types of the core client. */
 
 import type { Unsubscribe } from "./emitter.js";
-import type { Op, Ref, ResetReason, Row, RowData } from "./protocol.js";
+import type { OldRow, Op, Ref, ResetReason, Row, RowData } from "./protocol.js";
 
 /**
  * The connection's state:
@@ -116,6 +116,8 @@ export interface RowChangeEvent<TData extends object = RowData> {
   row: Row<TData>;
   /** The state it replaced; undefined for `insert`. */
   previous: Row<TData> | undefined;
+  /** The whole row before this change, from the server, for an `UPDATE`; undefined otherwise. */
+  old: OldRow<TData> | undefined;
   /** The server's op. A store `insert` may come from an `UPDATE` of a row it did not hold yet (and vice versa). */
   op: Op;
   kind: ChangeKind;
@@ -126,6 +128,8 @@ export interface RowDeleteEvent<TData extends object = RowData> {
   id: string;
   /** The state the store held until the deletion. */
   previous: Row<TData>;
+  /** The whole row the deletion removed, from the server; undefined for a row missing from a snapshot. */
+  old: OldRow<TData> | undefined;
   /** The version of the deletion. */
   version: number;
   kind: ChangeKind;

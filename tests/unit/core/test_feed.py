@@ -169,7 +169,7 @@ def test_a_cursor_join_reads_since_the_cursors_snapshot(feed: Feed) -> None:
 
     read = planned(feed)
 
-    assert read.requests == [Request(0, "t1", S2)]
+    assert read.requests == [Request(0, "t1", S2, catch_up=True)]
     assert read.joins == [(the_join, 0)]
     assert the_join.reset is None
     the_change = change("t1", "a", 9)
@@ -180,13 +180,13 @@ def test_a_cursor_join_reads_since_the_cursors_snapshot(feed: Feed) -> None:
 def test_a_cursor_join_with_snapshot_still_reads_since_the_cursor(feed: Feed) -> None:
     feed.join(join("t1", cursor(S2), snapshot=True))
 
-    assert planned(feed).requests == [Request(0, "t1", S2)]
+    assert planned(feed).requests == [Request(0, "t1", S2, catch_up=True)]
 
 
 def test_a_cursor_with_duplicate_xips_reads_since_its_snapshot(feed: Feed) -> None:
     feed.join(join("t1", cursor("10:20:12,12")))
 
-    assert planned(feed).requests == [Request(0, "t1", "10:20:12,12")]
+    assert planned(feed).requests == [Request(0, "t1", "10:20:12,12", catch_up=True)]
 
 
 @pytest.mark.parametrize(
@@ -235,7 +235,7 @@ def test_joins_of_a_table_with_the_same_since_share_one_request(feed: Feed) -> N
 
     read = planned(feed)
 
-    assert read.requests == [Request(0, "t1", S1), Request(1, "t1", None)]
+    assert read.requests == [Request(0, "t1", S1, catch_up=True), Request(1, "t1", None)]
     assert read.joins == [
         (by_cursor[0], 0),
         (by_snapshot[0], 1),
@@ -265,9 +265,9 @@ def test_joins_with_different_sinces_or_tables_do_not_share(feed: Feed) -> None:
     read = planned(feed)
 
     assert read.requests == [
-        Request(0, "t1", S1),
-        Request(1, "t1", S2),
-        Request(2, "t2", S1),
+        Request(0, "t1", S1, catch_up=True),
+        Request(1, "t1", S2, catch_up=True),
+        Request(2, "t2", S1, catch_up=True),
         Request(3, "t1", None),
         Request(4, "t2", None),
     ]
@@ -301,7 +301,7 @@ def test_a_live_table_and_a_join_from_an_older_cursor_read_separately(feed: Feed
 
     read = planned(feed)
 
-    assert read.requests == [Request(0, "t1", S2), Request(1, "t1", S1)]
+    assert read.requests == [Request(0, "t1", S2), Request(1, "t1", S1, catch_up=True)]
     assert read.live == {"t1": 0}
     assert read.joins == [(the_join, 1)]
 
@@ -532,7 +532,7 @@ def test_a_failed_read_takes_its_wake_ups_and_joins_back(feed: Feed) -> None:
     assert [j for j, _ in again.joins] == [first, second, newer]
     assert again.requests == [
         Request(0, "t1", S1),
-        Request(1, "t3", S1),
+        Request(1, "t3", S1, catch_up=True),
         Request(2, "t4", None),
         Request(3, "t1", None),
     ]
@@ -643,7 +643,7 @@ def test_a_table_with_a_join_in_the_read_stays_live(feed: Feed) -> None:
 
     read = planned(feed, nobody)
 
-    assert read.requests == [Request(0, "t1", S1)]
+    assert read.requests == [Request(0, "t1", S1, catch_up=True)]
     assert read.joins == [(the_join, 0)]
     _, answered = feed.complete(read, result(S2))
     assert answered == [(the_join, JoinResult(None, [], cursor(S2)))]
@@ -769,7 +769,7 @@ def test_a_table_joined_while_every_table_is_live_is_read_up_to_the_join(feed: F
 
     read = planned(feed, only_every_table)
 
-    assert read.requests == [Request(0, "t2", S1), Request(1, "t2", S2)]
+    assert read.requests == [Request(0, "t2", S1), Request(1, "t2", S2, catch_up=True)]
     assert read.live == {"t2": 0}
     assert read.joins == [(the_join, 1)]
     early, late = change("t2", "a", 3), change("t2", "b", 8)

@@ -196,21 +196,14 @@ export class Backend {
   /**
    * The rows of a table as the store would hold them, keyed by id.
    * @param {string} tableId
-   * @returns {Promise<Map<string, { data: unknown, enriching_columns: string[], version: number }>>}
+   * @returns {Promise<Map<string, { data: unknown, enriching_columns: string[] }>>}
    */
   async tableRows(tableId) {
-    /** @typedef {{ id: string, data: unknown, enriching_columns: string[], version: string }} DbRow */
+    /** @typedef {{ id: string, data: unknown, enriching_columns: string[] }} DbRow */
     const result = /** @type {import("pg").QueryResult<DbRow>} */ (
-      await this.query("SELECT id, data, enriching_columns, version FROM rows WHERE table_id = $1 ORDER BY id", [
-        tableId,
-      ])
+      await this.query("SELECT id, data, enriching_columns FROM rows WHERE table_id = $1 ORDER BY id", [tableId])
     );
-    return new Map(
-      result.rows.map((r) => [
-        r.id,
-        { data: r.data, enriching_columns: r.enriching_columns, version: Number(r.version) },
-      ]),
-    );
+    return new Map(result.rows.map((r) => [r.id, { data: r.data, enriching_columns: r.enriching_columns }]));
   }
 
   /** Another migrated database on the same Postgres (a foreign database for cursors). */

@@ -44,7 +44,7 @@ export function storeRows(table) {
   return new Map(
     [...table.rows()]
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-      .map((r) => [r.id, { data: r.data, enriching_columns: r.enriching_columns, version: r.version }]),
+      .map((r) => [r.id, { data: r.data, enriching_columns: r.enriching_columns }]),
   );
 }
 
