@@ -1,27 +1,23 @@
--- Triggers on `rows`: stamp every visible change, record deletions, wake the servers.
+-- Triggers on `rows`: append every committed change to the change log, wake the servers.
 --
 -- `broadcaster migrate` installs this file and reinstalls it whenever its text
 -- changes; every statement is idempotent. It needs the objects of the schema
--- migrations (rows.changed_xid, rows.inserted_xid, broadcaster_tombstones,
--- broadcaster_listeners).
+-- migrations (broadcaster_changes, broadcaster_listeners).
 --
--- How changes reach clients: the server reads them. A BEFORE trigger stamps each
--- changed row with its transaction id (changed_xid) and a fresh version; a
--- deletion leaves a tombstone. A server's read asks for rows and tombstones whose
--- transaction is not visible in a snapshot (the cursor), in a statement whose own
--- snapshot becomes the next cursor. NOTIFY only wakes the servers up, and is
--- skipped while the servers have promised to read the table anyway.
+-- How changes reach clients: the server reads them. An AFTER trigger appends
+-- each change of a row to broadcaster_changes, in the writer's transaction: its
+-- xid, an order from one sequence, the row's table and key, the operation and
+-- the row after and before the change, whole. A server's read asks for the
+-- entries whose transaction is not visible in a snapshot (the cursor), in a
+-- statement whose own snapshot becomes the next cursor. NOTIFY only wakes the
+-- servers up, and is skipped while the servers have promised to read the table
+-- anyway.
 --
 -- Payload on channel `broadcaster_changes` (decoded by broadcaster/core/wakeups.py):
 -- the table_id whose rows changed, or the empty string for "any table" (a
 -- TRUNCATE, or a table_id too long for NOTIFY's 8000 bytes). Postgres delivers
 -- identical notifications of one transaction once, so a statement touching
 -- 10,000 rows of one table sends one.
-
-CREATE SEQUENCE IF NOT EXISTS broadcaster_version_seq;
--- Versions step by 2, so that no change is ever given v + 1: that is the version
--- a read gives a re-insert that raced a deletion (broadcaster/postgres/queries.py).
-ALTER SEQUENCE broadcaster_version_seq INCREMENT BY 2;
 
 -- A writer's session remembers, for at most 100 ms, that a table's servers had
 -- promised to read it (or that none served it), so that its next writes of the
@@ -104,7 +100,7 @@ DECLARE
 BEGIN
     -- `SET broadcaster.wake = 'off'` lets a writer skip the wake-up: Postgres
     -- refuses to PREPARE (two-phase commit) a transaction that sent a NOTIFY.
-    -- Its rows are still stamped; servers find them at their next read.
+    -- Its changes are still logged; servers find them at their next read.
     IF current_setting('broadcaster.wake', true) = 'off' THEN
         RETURN;
     END IF;
@@ -143,120 +139,117 @@ BEGIN
 END
 $$;
 
--- Stamps version, timestamps and transaction ids; leaves an UPDATE that changes
--- nothing a client can see untouched, so no reader picks it up.
+-- The capture trigger of a published table. Arguments: the column holding the
+-- logical table (`table_id` for rows; '' for the table itself, named
+-- schema.table), then the primary key's columns. The key is logged as text:
+-- a single column's value, or a JSON array of several.
+--
+-- AFTER, not BEFORE: `seq` must be drawn once the row is locked and, for an
+-- INSERT, once the unique check has waited for a concurrent deletion of the
+-- same key, so that each row's entries take their order as they commit
+-- (docs/design/change-log.md). An UPDATE that changes nothing leaves no entry.
 --
 -- Every expression here is prepared afresh in each transaction, at a cost that
--- grows with the functions it calls, and only when it is first reached: so the
--- common UPDATE (its data changed) compares one column before it stamps.
-CREATE OR REPLACE FUNCTION broadcaster_before_write() RETURNS trigger
+-- grows with the functions it calls: the common case takes the first branch
+-- that applies and calls nothing it does not need.
+CREATE OR REPLACE FUNCTION broadcaster_capture() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    new_image jsonb;
+    old_image jsonb;
+    new_table text;
+    old_table text;
+    new_key text;
+    old_key text;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        NEW.version := nextval('broadcaster_version_seq');
-        NEW.changed_xid := pg_current_xact_id();
-        NEW.inserted_xid := NEW.changed_xid;
-        NEW.updated_at := now();
-        NEW.created_at := NEW.updated_at;
-        IF NOT broadcaster_promised(NEW.table_id) THEN
-            PERFORM broadcaster_wake(NEW.table_id);
+    IF TG_OP <> 'DELETE' THEN
+        IF TG_OP = 'UPDATE' AND NEW IS NOT DISTINCT FROM OLD THEN
+            RETURN NULL;
         END IF;
-        RETURN NEW;
+        new_image := to_jsonb(NEW);
+        new_table := CASE WHEN TG_ARGV[0] = '' THEN TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
+                          ELSE new_image ->> TG_ARGV[0] END;
+        new_key := CASE WHEN TG_NARGS = 2 THEN new_image ->> TG_ARGV[1]
+                        ELSE broadcaster_key(new_image, TG_ARGV) END;
     END IF;
-    IF NEW.data IS NOT DISTINCT FROM OLD.data THEN
-        IF NEW.enriching_columns IS NOT DISTINCT FROM OLD.enriching_columns
-           AND NEW.id IS NOT DISTINCT FROM OLD.id
-           AND NEW.table_id IS NOT DISTINCT FROM OLD.table_id THEN
-            NEW.version := OLD.version;
-            NEW.created_at := OLD.created_at;
-            NEW.updated_at := OLD.updated_at;
-            NEW.changed_xid := OLD.changed_xid;
-            NEW.inserted_xid := OLD.inserted_xid;
-            RETURN NEW;
-        END IF;
+    IF TG_OP <> 'INSERT' THEN
+        old_image := to_jsonb(OLD);
+        old_table := CASE WHEN TG_ARGV[0] = '' THEN TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
+                          ELSE old_image ->> TG_ARGV[0] END;
+        old_key := CASE WHEN TG_NARGS = 2 THEN old_image ->> TG_ARGV[1]
+                        ELSE broadcaster_key(old_image, TG_ARGV) END;
     END IF;
-    NEW.version := nextval('broadcaster_version_seq');
-    NEW.changed_xid := pg_current_xact_id();
-    NEW.updated_at := now();
-    NEW.created_at := OLD.created_at;
-    IF NEW.id IS DISTINCT FROM OLD.id OR NEW.table_id IS DISTINCT FROM OLD.table_id THEN
-        -- A row that changes its key or table arrives where it was not
-        -- before, and leaves a tombstone where it was. Written here, not by
-        -- an AFTER UPDATE trigger, whose WHEN clause alone cost every UPDATE
-        -- 13 us (it fetches the old row again); if the update does not
-        -- happen after all (a later trigger skips it), reads ignore a
-        -- tombstone whose row is there.
-        NEW.inserted_xid := NEW.changed_xid;
-        INSERT INTO broadcaster_tombstones (table_id, id, version, xid)
-        VALUES (OLD.table_id, OLD.id, NEW.version, NEW.changed_xid);
-        IF NEW.table_id IS DISTINCT FROM OLD.table_id THEN
-            PERFORM broadcaster_wake(OLD.table_id);
+    IF TG_OP = 'UPDATE' AND (new_table IS DISTINCT FROM old_table OR new_key IS DISTINCT FROM old_key) THEN
+        -- A row that changes its key or table leaves where it was and arrives
+        -- where it was not: subscribers of each see a DELETE and an INSERT.
+        INSERT INTO broadcaster_changes (table_id, id, op, old) VALUES (old_table, old_key, 'DELETE', old_image);
+        IF NOT broadcaster_promised(old_table) THEN
+            PERFORM broadcaster_wake(old_table);
         END IF;
+        INSERT INTO broadcaster_changes (table_id, id, op, new) VALUES (new_table, new_key, 'INSERT', new_image);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO broadcaster_changes (table_id, id, op, old) VALUES (old_table, old_key, 'DELETE', old_image);
+        new_table := old_table;
     ELSE
-        NEW.inserted_xid := OLD.inserted_xid;
+        INSERT INTO broadcaster_changes (table_id, id, op, new, old)
+        VALUES (new_table, new_key, TG_OP, new_image, old_image);
     END IF;
-    -- Waking here rather than AFTER saves a trigger call per row; if the write
-    -- does not happen after all, the wake-up finds nothing new, which is harmless.
-    -- The remembered promise is checked here, where it costs no call.
-    IF NOT broadcaster_promised(NEW.table_id) THEN
-        PERFORM broadcaster_wake(NEW.table_id);
-    END IF;
-    RETURN NEW;
-END
-$$;
-
--- Leaves a tombstone where a deleted row was.
-CREATE OR REPLACE FUNCTION broadcaster_after_remove() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO broadcaster_tombstones (table_id, id, version, xid)
-    VALUES (
-        OLD.table_id,
-        OLD.id,
-        -- A deletion gets a version of its own, newer than any state of the row
-        -- a client holds and older than a later re-insert of the same id.
-        nextval('broadcaster_version_seq'),
-        pg_current_xact_id()
-    );
-    IF NOT broadcaster_promised(OLD.table_id) THEN
-        PERFORM broadcaster_wake(OLD.table_id);
+    IF NOT broadcaster_promised(new_table) THEN
+        PERFORM broadcaster_wake(new_table);
     END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION broadcaster_before_truncate() RETURNS trigger
+-- A composite primary key as logged: the JSON array of its columns' values,
+-- from the row's image and the capture trigger's arguments after the first.
+CREATE OR REPLACE FUNCTION broadcaster_key(image jsonb, args text[]) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_agg(image -> args[i] ORDER BY i)::text FROM generate_subscripts(args, 1) AS i WHERE i > 1
+$$;
+
+-- A TRUNCATE deletes every row: each gets its DELETE, as if deleted one by one.
+-- BEFORE, with the table already locked against every other writer.
+CREATE OR REPLACE FUNCTION broadcaster_capture_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    table_expression text := CASE WHEN TG_ARGV[0] = ''
+        THEN quote_literal(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)
+        ELSE format('to_jsonb(t) ->> %L', TG_ARGV[0]) END;
+    key_expression text := CASE WHEN TG_NARGS = 2 THEN format('to_jsonb(t) ->> %L', TG_ARGV[1])
+        ELSE format('broadcaster_key(to_jsonb(t), %L::text[])', TG_ARGV) END;
 BEGIN
-    INSERT INTO broadcaster_tombstones (table_id, id, version, xid)
-    SELECT table_id, id, nextval('broadcaster_version_seq'), pg_current_xact_id() FROM rows;
+    EXECUTE format(
+        'INSERT INTO broadcaster_changes (table_id, id, op, old) SELECT %s, %s, ''DELETE'', to_jsonb(t) FROM %s AS t',
+        table_expression, key_expression, TG_RELID::regclass);
     PERFORM broadcaster_wake('');
     RETURN NULL;
 END
 $$;
 
-DROP TRIGGER IF EXISTS broadcaster_after_write ON rows;
-DROP TRIGGER IF EXISTS broadcaster_after_update ON rows;
+-- rows' own: updated_at moves when what clients see of the row changes.
+CREATE OR REPLACE FUNCTION broadcaster_rows_touch() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
 
-DROP TRIGGER IF EXISTS broadcaster_before_write ON rows;
-CREATE TRIGGER broadcaster_before_write
-    BEFORE INSERT OR UPDATE ON rows
-    FOR EACH ROW EXECUTE FUNCTION broadcaster_before_write();
+DROP TRIGGER IF EXISTS broadcaster_rows_touch ON rows;
+CREATE TRIGGER broadcaster_rows_touch
+    BEFORE UPDATE ON rows
+    FOR EACH ROW
+    WHEN (NEW.data IS DISTINCT FROM OLD.data
+          OR NEW.enriching_columns IS DISTINCT FROM OLD.enriching_columns)
+    EXECUTE FUNCTION broadcaster_rows_touch();
 
-DROP TRIGGER IF EXISTS broadcaster_after_delete ON rows;
-CREATE TRIGGER broadcaster_after_delete
-    AFTER DELETE ON rows
-    FOR EACH ROW EXECUTE FUNCTION broadcaster_after_remove();
+DROP TRIGGER IF EXISTS broadcaster_capture ON rows;
+CREATE TRIGGER broadcaster_capture
+    AFTER INSERT OR UPDATE OR DELETE ON rows
+    FOR EACH ROW EXECUTE FUNCTION broadcaster_capture('table_id', 'id');
 
--- Moves leave their tombstone from the BEFORE trigger since 0.2.
-DROP TRIGGER IF EXISTS broadcaster_after_move ON rows;
-
-DROP TRIGGER IF EXISTS broadcaster_before_truncate ON rows;
-CREATE TRIGGER broadcaster_before_truncate
+DROP TRIGGER IF EXISTS broadcaster_capture_truncate ON rows;
+CREATE TRIGGER broadcaster_capture_truncate
     BEFORE TRUNCATE ON rows
-    FOR EACH STATEMENT EXECUTE FUNCTION broadcaster_before_truncate();
-
-DROP FUNCTION IF EXISTS broadcaster_after_write();
-DROP FUNCTION IF EXISTS broadcaster_notify(text, rows);
--- The JSON shape of a row is the read's own (broadcaster/postgres/queries.py) since 0.2.
-DROP FUNCTION IF EXISTS broadcaster_row_json(rows);
+    FOR EACH STATEMENT EXECUTE FUNCTION broadcaster_capture_truncate('table_id', 'id');

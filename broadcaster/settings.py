@@ -18,6 +18,11 @@ from .exceptions import ConfigurationError
 
 __all__ = ["SETTINGS", "Setting", "Settings", "markdown_table"]
 
+# The change log is a ring of 32 hourly partitions (schema/models.py, BUCKETS):
+# a partition is emptied once its newest entry is an hour past the retention,
+# and must be empty again before the ring comes back to it.
+MAX_HISTORY_RETENTION = 29 * 3600.0
+
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _MAY_BE_ZERO = frozenset(
     {
@@ -54,7 +59,7 @@ class Settings:
     poll_interval: float = 0.005
     poll_min_rate: float = 100.0
     refresh_interval: float = 30.0
-    tombstone_retention: float = 24 * 3600.0
+    history_retention: float = 24 * 3600.0
     auth: str | None = None
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -96,6 +101,12 @@ class Settings:
                 raise ConfigurationError(f"{_named(field.name)} must be positive, not {value}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigurationError(f"{_named(field.name)} must be finite, not {value}")
+        if self.history_retention > MAX_HISTORY_RETENTION:
+            raise ConfigurationError(
+                f"{_named('history_retention')} must be at most {MAX_HISTORY_RETENTION:.0f}"
+                f" seconds (the change log's ring of hourly partitions),"
+                f" not {self.history_retention}"
+            )
         if self.max_frame_bytes < self.max_message_bytes:
             raise ConfigurationError(
                 f"{_named('max_frame_bytes')} must be at least {_named('max_message_bytes')}"
@@ -248,12 +259,13 @@ SETTINGS: tuple[Setting, ...] = (
         "refresh_interval",
         "BROADCASTER_REFRESH_INTERVAL",
         "Seconds between reads of every subscribed table, which advance idle clients' cursors; "
-        "old tombstones are pruned every ten of them.",
+        "the change log is pruned every ten of them.",
     ),
     Setting(
-        "tombstone_retention",
-        "BROADCASTER_TOMBSTONE_RETENTION",
-        "Seconds deleted rows are remembered; a cursor older than that gets a reset.",
+        "history_retention",
+        "BROADCASTER_HISTORY_RETENTION",
+        "Seconds the change log keeps changes (at most 104400, 29 hours); a cursor older "
+        "than that gets a reset.",
     ),
     Setting(
         "auth",

@@ -1,23 +1,21 @@
-"""The broadcaster's tables: ``rows``, its tombstones and its state.
+"""The broadcaster's tables: ``rows``, the change log and the state.
 
 This is the target of Alembic's autogenerate (``migrations/env.py`` loads this
 file by path: ``schema`` is not a package of the wheel).
 
 ``rows`` holds every subscribed row. A row belongs to one logical table
-(``table_id``) and carries its content in ``data``. ``version``, ``created_at``,
-``updated_at``, ``changed_xid`` and ``inserted_xid`` are maintained by the
-triggers in ``triggers.sql``; the server defaults here only cover rows written
-while those triggers are disabled.
-
-The transaction ids let the server deliver from snapshot-consistent reads:
-the rows that changed since a snapshot are those whose ``changed_xid`` that
-snapshot does not see as committed. ``broadcaster_tombstones`` records
-deletions the same way, since ``rows`` no longer holds the deleted rows, and
-``broadcaster_state`` records how far the tombstones have been pruned.
+(``table_id``) and carries its content in ``data``. The capture trigger
+(``triggers.sql``) appends each committed change of a row to
+``broadcaster_changes``, with the writer's transaction id: the server delivers
+from snapshot-consistent reads of that log, the changes whose transaction a
+snapshot (a cursor) does not see as committed. ``broadcaster_state`` records
+how far the log has been pruned.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -25,9 +23,11 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     DateTime,
-    Identity,
     Index,
+    SmallInteger,
+    Table,
     Text,
     text,
 )
@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
 
-__all__ = ["XID8", "Base", "BroadcasterState", "Row", "Tombstone"]
+__all__ = ["BUCKETS", "XID8", "Base", "BroadcasterState", "Row", "changes", "include_name"]
 
 
 class XID8(UserDefinedType[int]):
@@ -62,9 +62,8 @@ class Base(DeclarativeBase):
 
 class Row(Base):
     __tablename__ = "rows"
-    # Every lookup by table_id can use this index's leading column, so rows
-    # has no index on table_id alone: one index fewer to update per write.
-    __table_args__ = (Index("rows_table_id_changed_xid_idx", "table_id", "changed_xid"),)
+    # Snapshot loads read one table_id's rows.
+    __table_args__ = (Index("rows_table_id_idx", "table_id"),)
 
     id: Mapped[str] = mapped_column(
         Text, primary_key=True, server_default=text("gen_random_uuid()::text")
@@ -76,53 +75,62 @@ class Row(Base):
     enriching_columns: Mapped[list[str]] = mapped_column(
         ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")
     )
-    # The sequence is created by triggers.sql and by migration 0001.
-    version: Mapped[int | None] = mapped_column(
-        BigInteger, server_default=text("nextval('broadcaster_version_seq')")
-    )
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=text("now()")
     )
+    # Moved by a trigger (triggers.sql) when data or enriching_columns change.
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=text("now()")
     )
-    # The transaction that last changed the row in a way clients see, and the
-    # one that inserted it. NULL: the row predates migration 0002 (or was
-    # written with the triggers disabled) and is older than any client's state.
-    changed_xid: Mapped[int | None] = mapped_column(XID8)
-    inserted_xid: Mapped[int | None] = mapped_column(XID8)
 
 
-class Tombstone(Base):
-    """A deleted row, kept so that a snapshot-consistent read can report the deletion.
+BUCKETS = 32
+"""Hourly buckets of the change log's ring: the retention is at most ``BUCKETS - 3`` hours."""
 
-    A row id may be deleted, re-inserted and deleted again, so (table_id, id)
-    is not unique.
+# One committed change of a published row, appended by the capture trigger
+# (triggers.sql). A ring of BUCKETS list partitions, each an hour of writing
+# transactions (by their start): the server prunes a bucket whole, by TRUNCATE,
+# once its newest entry is older than the retention, which never locks the
+# parent table writers insert through. `seq`, drawn by the AFTER trigger from
+# one sequence, orders each row's changes as they committed. No primary key:
+# the log only ever gets INSERTs and TRUNCATEs, which logical replication
+# publishes without a replica identity.
+changes = Table(
+    "broadcaster_changes",
+    Base.metadata,
+    Column(
+        "bucket",
+        SmallInteger,
+        nullable=False,
+        server_default=text(f"((date_part('epoch'::text, now()))::bigint / 3600 % {BUCKETS})"),
+    ),
+    Column("xid", XID8, nullable=False, server_default=text("pg_current_xact_id()")),
+    Column(
+        "seq", BigInteger, nullable=False, server_default=text("nextval('broadcaster_change_seq')")
+    ),
+    # The writing transaction's start: the commit timestamp clients see
+    # unless Postgres tracks commit timestamps.
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # The logical table (rows.table_id for rows) and the row's primary key as text.
+    Column("table_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("op", Text, nullable=False),
+    # to_jsonb() of the row after the change (INSERT, UPDATE) and before it (UPDATE, DELETE).
+    Column("new", JSONB),
+    Column("old", JSONB),
+    Index("broadcaster_changes_xid_idx", "xid"),
+    postgresql_partition_by="LIST (bucket)",
+)
+
+_PARTITION = re.compile(r"broadcaster_changes_[0-9]+(_xid_idx)?")
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Leave the change log's partitions and their indexes out of Alembic's comparisons.
+
+    They are created by revision 0007 from :data:`BUCKETS`, not modelled one by one.
     """
-
-    __tablename__ = "broadcaster_tombstones"
-    __table_args__ = (
-        Index("broadcaster_tombstones_table_id_xid_idx", "table_id", "xid"),
-        # Pruning deletes by age.
-        Index("broadcaster_tombstones_deleted_at_idx", "deleted_at"),
-        # The newest tombstone of a row id: the version of a re-insert that
-        # raced its deletion (broadcaster/postgres/queries.py).
-        Index("broadcaster_tombstones_table_id_id_idx", "table_id", "id", "version"),
-    )
-
-    table_id: Mapped[str] = mapped_column(Text, nullable=False)
-    id: Mapped[str] = mapped_column(Text, nullable=False)
-    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    # The deleting transaction.
-    xid: Mapped[int] = mapped_column(XID8, nullable=False)
-    deleted_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=text("now()")
-    )
-    # A surrogate key only: without a primary key (or another replica
-    # identity) Postgres refuses the pruning DELETEs on a database that
-    # publishes all its tables for logical replication. It comes last so
-    # that an INSERT listing values in column order need not mention it.
-    tombstone_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    return name is None or not _PARTITION.fullmatch(name)
 
 
 class BroadcasterState(Base):
@@ -133,8 +141,8 @@ class BroadcasterState(Base):
 
     # Always true, and the primary key: the table cannot hold a second row.
     singleton: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
-    # Tombstones of transactions below this one may have been pruned: a client
-    # whose state is older cannot be told about every deletion it missed.
+    # Changes of transactions below this one may have been pruned: a client
+    # whose state is older cannot be told about every change it missed.
     pruned_below: Mapped[int] = mapped_column(
         XID8, nullable=False, server_default=text("'1'::xid8")
     )

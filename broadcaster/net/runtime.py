@@ -111,7 +111,7 @@ class Runtime:
             self.hub,
             self.reader,
             refresh_interval=settings.refresh_interval,
-            tombstone_retention=settings.tombstone_retention,
+            history_retention=settings.history_retention,
             retry_max_delay=settings.reconnect_max_delay,
             read_delay=settings.read_delay,
             process=self.broadcasts.process,

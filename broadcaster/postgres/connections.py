@@ -32,9 +32,12 @@ class Connections:
             "application_name": APPLICATION_NAME,
             "statement_timeout": str(int(statement_timeout * 1000)),
             # Reads take a millisecond; compiling one (when the planner's
-            # estimate passes jit_above_cost, as the read's per-row tombstone
-            # lookup makes it do) takes 30.
+            # estimate passes jit_above_cost, as a read over the change log's
+            # partitions may) takes 30.
             "jit": "off",
+            # Rows of a snapshot load are written as JSON by the read, in its
+            # session's time zone.
+            "TimeZone": "UTC",
         }
         self._pool: asyncpg.Pool | None = None
         self._reads: ReadSession | None = None

@@ -3,7 +3,7 @@
 :func:`migrate` runs the Alembic migrations of ``schema/migrations`` up to head,
 then installs ``triggers.sql`` if the installed copy differs from this
 package's. The installed copy is identified by the sha256 of its text, kept in
-the comment of the trigger function ``broadcaster_before_write()``; the file and
+the comment of the trigger function ``broadcaster_capture()``; the file and
 the comment are written in one transaction, so the comment never names a copy
 that is not installed.
 
@@ -52,7 +52,7 @@ _ALEMBIC_LOCK = threading.Lock()
 # xid8 and pg_current_xact_id(), which the schema and triggers use, appeared in 13.
 _MINIMUM_SERVER_VERSION_NUM = 130000
 
-_TRIGGERS_FUNCTION = "broadcaster_before_write()"
+_TRIGGERS_FUNCTION = "broadcaster_capture()"
 _TRIGGERS_COMMENT_PREFIX = "broadcaster triggers sha256:"
 
 

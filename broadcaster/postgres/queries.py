@@ -70,101 +70,30 @@ def _raises_database_error(
     return wrapper
 
 
-# What a read returns for a tombstone (alias b), shared by both statements below.
-_TOMBSTONE = """SELECT 2, chk.k, 'DELETE', b.table_id, b.id, b.version,
-       json_build_object('id', b.id, 'table_id', b.table_id, 'version', b.version)::text
-"""
-# A tombstone whose row is back where it was is older than the row: a re-insert
-# or a move back (the row is read too), or a move a later trigger cancelled
-# after the BEFORE trigger had written its tombstone (triggers.sql).
-_ROW_GONE = (
-    "NOT EXISTS (SELECT FROM rows AS live WHERE live.id = b.id AND live.table_id = b.table_id)"
-)
-
-# The version a row is read with. The BEFORE trigger draws a row's version
-# before the unique check, and that check waits for a concurrent deletion of
-# the same id: a re-insert that raced a deletion holds a version older than the
-# deletion's tombstone, and a client ordering by version would drop it. Such a
-# row is read with the tombstone's version + 1, which no change is ever given
-# (the sequence steps by 2, see triggers.sql): newer than the deletion, older
-# than any later change of the row, drawn once the deletion had committed. Only
-# a row whose last writer inserted it (or moved it in) can have raced, so only
-# those cost a lookup.
-_READ_VERSION = """CASE WHEN r.inserted_xid IS NOT DISTINCT FROM r.changed_xid
-            THEN greatest(r.version, (SELECT max(b.version) + 1 FROM broadcaster_tombstones AS b
-                                      WHERE b.table_id = r.table_id AND b.id = r.id))
-            ELSE r.version END"""
-
-# A row as clients see it (changes.py: spliced into messages unparsed).
-# Timestamps are UTC ISO-8601 so they do not depend on the session's TimeZone.
-# Concatenated rather than json_build_object, which looks up how to encode
-# each argument's type at every row: a third less of Postgres' CPU per row
-# read, and compact (json_build_object writes "key" : value, ...).
+# A change-log entry (alias c) as clients see it (changes.py: spliced into
+# messages unparsed): the row after the change, with the entry's seq as its
+# version; for a DELETE, the row's identity. Concatenated rather than built
+# as jsonb, which would parse and re-encode every image.
+_ENTRY_ROW = """CASE WHEN c.op = 'DELETE'
+            THEN '{"id":' || to_json(c.id) || ',"table_id":' || to_json(c.table_id)
+                 || ',"version":' || c.seq || '}'
+            ELSE '{"version":' || c.seq || ', ' || substr(c.new::text, 2) END"""
+# When the change committed, where Postgres tracks it (track_commit_timestamp);
+# else when its transaction started.
 _UTC_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
-_ROW_JSON = f"""'{{"id":' || to_json(r.id) || ',"table_id":' || to_json(r.table_id)
-       || ',"data":' || r.data || ',"enriching_columns":' || to_json(r.enriching_columns)
-       || ',"version":' || coalesce(r.read_version::text, 'null')
-       || ',"created_at":"' || to_char(r.created_at AT TIME ZONE 'UTC', {_UTC_ISO})
-       || '","updated_at":"' || to_char(r.updated_at AT TIME ZONE 'UTC', {_UTC_ISO})
-       || '"}}'"""
+_COMMITTED_AT = f"""to_char(coalesce(
+            CASE WHEN current_setting('track_commit_timestamp') = 'on'
+                 THEN pg_xact_commit_timestamp(xid(c.xid)) END,
+            c.at) AT TIME ZONE 'UTC', {_UTC_ISO})"""
+_ENTRY = f"""SELECT 2, chk.k, c.op, c.table_id, c.id, c.seq, {_ENTRY_ROW}, c.old::text,
+       {_COMMITTED_AT}
+FROM chk JOIN broadcaster_changes AS c"""
 
-
-def _rows(op: str, source: str) -> str:
-    """A branch returning the rows that ``source`` (FROM chk, rows AS r ... WHERE) selects.
-
-    OFFSET 0 keeps the subquery apart, so each row's read version (and its
-    lookup) is computed once, not once per use.
-    """
-    return f"""SELECT 3, r.k, {op}, r.table_id, r.id, r.read_version,
-       {_ROW_JSON}
-FROM (
-    SELECT chk.k, chk.since, r.id, r.table_id, r.data, r.enriching_columns, r.created_at,
-           r.updated_at, r.inserted_xid, {_READ_VERSION} AS read_version
-    {source}
-    OFFSET 0
-) AS r
-"""
-
-
-# A row changed since the request's snapshot: new to it, or changed.
-_CHANGED_OP = """CASE WHEN r.inserted_xid IS NOT NULL
-                 AND NOT pg_visible_in_snapshot(r.inserted_xid, r.since)
-            THEN 'INSERT' ELSE 'UPDATE' END"""
-_EVERY_ROW = _rows(
-    "'INSERT'",
-    """FROM chk JOIN rows AS r ON r.table_id = chk.t
-    WHERE chk.since IS NULL OR chk.reset IS NOT NULL""",
-)
-_CHANGED_ROWS = _rows(
-    _CHANGED_OP,
-    """FROM chk JOIN rows AS r
-      ON r.table_id = chk.t AND r.changed_xid >= pg_snapshot_xmin(chk.since)
-    WHERE chk.since IS NOT NULL AND chk.reset IS NULL
-      AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)""",
-)
-# Each table_id's rows through the index, as a lateral subquery the planner may
-# not flatten: as a join, it hashed the table_ids against a scan of all of
-# `rows` (66 ms at 100,000 rows, against 7).
-_CHANGED_ROWS_EVERY_TABLE = _rows(
-    _CHANGED_OP,
-    """FROM chk
-    JOIN tids ON chk.t IS NULL AND tids.t IS NOT NULL AND tids.t <> ALL($6::text[])
-    CROSS JOIN LATERAL (
-        SELECT * FROM rows
-        WHERE rows.table_id = tids.t AND rows.changed_xid >= pg_snapshot_xmin(chk.since)
-        OFFSET 0
-    ) AS r
-    WHERE chk.reset IS NULL AND NOT pg_visible_in_snapshot(r.changed_xid, chk.since)""",
-)
-
-# One statement: a request k reads table t since snapshot `since` (rows and
-# tombstones whose transaction is not visible in it), or every row when `since`
-# is null or cannot be served. Every row and rows since a cursor are separate
-# branches: a single condition OR-ing them keeps the planner from the
-# (table_id, changed_xid) index and scans the whole table on every read. The
-# `changed_xid >= xmin` join condition is what lets the index serve a catch-up;
-# rows written before the triggers were installed have a null changed_xid and
-# only come with every row.
+# One statement: a request k reads table t's changes since snapshot `since`
+# (the log's entries whose transaction is not visible in it), or every row of
+# the table when `since` is null or cannot be served; a request with a null t
+# reads every table's changes but those of the tables in $6. The
+# `xid >= xmin` join condition is what lets the log's index serve the read.
 _READ = f"""
 WITH req AS (
     SELECT k, t, since::pg_snapshot AS since
@@ -181,65 +110,45 @@ WITH req AS (
     FROM req, cur
 )
 SELECT 0 AS kind, NULL::int AS k, NULL::text AS op, NULL::text AS table_id,
-       NULL::text AS id, NULL::bigint AS version, (SELECT s::text FROM cur) AS body
+       NULL::text AS id, NULL::bigint AS version, (SELECT s::text FROM cur) AS body,
+       NULL::text AS old, NULL::text AS committed_at
 UNION ALL
-SELECT 1, chk.k, NULL, NULL, NULL, NULL, chk.reset FROM chk WHERE chk.reset IS NOT NULL
+SELECT 1, chk.k, NULL, NULL, NULL, NULL, chk.reset, NULL, NULL FROM chk WHERE chk.reset IS NOT NULL
 UNION ALL
-{_TOMBSTONE}FROM chk JOIN broadcaster_tombstones AS b ON b.table_id = chk.t
+SELECT 3, chk.k, 'INSERT', r.table_id, r.id, 0, '{{"version":0, ' || substr(to_jsonb(r)::text, 2),
+       NULL, NULL
+FROM chk JOIN rows AS r ON r.table_id = chk.t
+WHERE chk.since IS NULL OR chk.reset IS NOT NULL
+UNION ALL
+{_ENTRY} ON c.table_id = chk.t AND c.xid >= pg_snapshot_xmin(chk.since)
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL
-  AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
-  AND {_ROW_GONE}
+  AND NOT pg_visible_in_snapshot(c.xid, chk.since)
 UNION ALL
-{_EVERY_ROW}UNION ALL
-{_CHANGED_ROWS}"""
-
-# The same, with requests for every table (a null table_id) but those excluded
-# ($6). Only used when a read has one: the table_ids are walked through the
-# (table_id, changed_xid) index (a loose index scan, one probe per table_id), so
-# writers pay for no index on changed_xid alone.
-_READ_EVERY = (
-    _READ.replace(
-        "WITH req AS",
-        """WITH RECURSIVE tids AS (
-    SELECT min(table_id) AS t FROM rows
-    UNION ALL
-    SELECT (SELECT min(r.table_id) FROM rows AS r WHERE r.table_id > tids.t)
-    FROM tids WHERE tids.t IS NOT NULL
-), req AS""",
-        1,
-    )
-    + f"""UNION ALL
-{_TOMBSTONE}FROM chk JOIN broadcaster_tombstones AS b ON chk.t IS NULL
-WHERE chk.reset IS NULL AND b.table_id <> ALL($6::text[])
-  AND b.xid >= pg_snapshot_xmin(chk.since) AND NOT pg_visible_in_snapshot(b.xid, chk.since)
-  AND {_ROW_GONE}
-UNION ALL
-{_CHANGED_ROWS_EVERY_TABLE}"""
-)
+{_ENTRY} ON chk.t IS NULL AND c.xid >= pg_snapshot_xmin(chk.since)
+WHERE chk.reset IS NULL AND c.table_id <> ALL($6::text[])
+  AND NOT pg_visible_in_snapshot(c.xid, chk.since)
+"""
 
 _ORIGIN = """
 SELECT (SELECT system_identifier FROM pg_control_system()),
        (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
-# Tombstones older than the retention go; pruned_below moves past the newest
-# one removed, so a cursor that had not seen it is refused (history_pruned).
-_PRUNE = """
-WITH gone AS (
-    DELETE FROM broadcaster_tombstones
-    WHERE deleted_at < now() - make_interval(secs => $1)
-    RETURNING xid
-), newest AS (
-    SELECT max(xid::text::numeric) AS xid FROM gone
-)
-UPDATE broadcaster_state
-SET pruned_below = greatest(pruned_below, ((SELECT xid FROM newest) + 1)::text::xid8)
-WHERE (SELECT xid FROM newest) IS NOT NULL
-RETURNING (SELECT count(*) FROM gone)
+# The change log's partitions, each with its newest entry (by xid) and when
+# that entry's transaction started, through each partition's index.
+_PARTITIONS = """
+SELECT p.inhrelid::regclass::text
+FROM pg_inherits AS p
+WHERE p.inhparent = 'broadcaster_changes'::regclass
+ORDER BY 1
 """
 
 # Prunes from several server processes must not race; the loser skips its turn.
 _PRUNE_LOCK = 0x62726F61_64636173  # "broadcas"
+
+# How long a prune waits for a partition's lock: a reader or a writer's
+# transaction in it delays the prune to a later turn, never the other way.
+_PRUNE_LOCK_TIMEOUT = "100ms"
 
 
 # Seconds a stopping server waits for Postgres to acknowledge closing a session.
@@ -314,30 +223,70 @@ class ChangeReader:
             PRUNED,
         )
         every = [r for r in requests if r.table_id is EVERY_TABLE]
-        if every:
-            records = await self._reads.fetch(_READ_EVERY, *arguments, list(every[0].exclude))
-        else:
-            records = await self._reads.fetch(_READ, *arguments)
+        exclude = list(every[0].exclude) if every else []
+        records = await self._reads.fetch(_READ, *arguments, exclude)
         snapshot = ""
         resets: dict[int, str] = {}
         rows: list[Row] = []
-        for kind, key, op, table_id, row_id, version, body in records:
+        for kind, key, op, table_id, row_id, version, body, old, committed_at in records:
             if kind == 0:
                 snapshot = body
             elif kind == 1:
                 resets[key] = body
             else:
-                rows.append(Row(key, Change(op, table_id, row_id, version, body)))
+                change = Change(op, table_id, row_id, version, body, old, committed_at)
+                rows.append(Row(key, change))
         return ReadResult(snapshot, resets, rows)
 
     @_raises_database_error
     async def prune(self, retention: float) -> int:
-        """Delete tombstones older than ``retention`` seconds; return how many."""
-        async with self._pool.acquire() as connection, connection.transaction():
-            if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", _PRUNE_LOCK):
-                return 0
-            removed = await connection.fetchval(_PRUNE, retention)
-        return int(removed or 0)
+        """Empty the change log's partitions whose entries are all older than ``retention``
+        seconds; return how many.
+
+        A partition holds an hour of writing transactions (by their start), so
+        it goes once its newest entry is an hour older than the retention. In
+        the transaction that empties it, ``pruned_below`` moves past its
+        newest xid: a read locks the partitions before it takes its snapshot,
+        so it sees both or neither, and a cursor that had not seen those
+        changes is refused (``history_pruned``).
+        """
+        emptied = 0
+        async with self._pool.acquire() as connection:
+            for (partition,) in await connection.fetch(_PARTITIONS):
+                async with connection.transaction():
+                    if not await connection.fetchval(
+                        "SELECT pg_try_advisory_xact_lock($1)", _PRUNE_LOCK
+                    ):
+                        return emptied
+                    emptied += await self._empty_if_old(connection, partition, retention)
+        return emptied
+
+    @staticmethod
+    async def _empty_if_old(connection: Any, partition: str, retention: float) -> int:
+        # The partition's name comes from the catalog (regclass output, quoted
+        # as needed); it cannot be a bind parameter.
+        newest = f"SELECT xid::text, at < now() - make_interval(secs => $1 + 3600) FROM {partition}"
+        newest += " ORDER BY xid DESC LIMIT 1"
+        found = await connection.fetchrow(newest, retention)
+        if found is None or not found[1]:
+            return 0
+        try:
+            async with connection.transaction():  # a savepoint, for the timeout's error
+                await connection.execute(f"SET LOCAL lock_timeout = '{_PRUNE_LOCK_TIMEOUT}'")
+                await connection.execute(f"LOCK TABLE {partition} IN ACCESS EXCLUSIVE MODE")
+        except asyncpg.LockNotAvailableError:
+            return 0
+        # Again under the lock: a writer may have just started this hour of the ring.
+        found = await connection.fetchrow(newest, retention)
+        if found is None or not found[1]:
+            return 0
+        await connection.execute(
+            "UPDATE broadcaster_state"
+            " SET pruned_below = greatest(pruned_below, ($1::numeric + 1)::text::xid8)",
+            found[0],
+        )
+        await connection.execute(f"TRUNCATE {partition}")
+        return 1
 
     @_raises_database_error
     async def register(

@@ -5,8 +5,8 @@ The I/O around :class:`~broadcaster.core.feed.Feed` and
 serves (with the promises that let writers skip their NOTIFY), reads promised
 tables every poll interval, runs one read at a time through
 :class:`~broadcaster.postgres.queries.ChangeReader`, publishes live batches to the hub
-and answers joins, retries a failed read with capped backoff, and prunes old
-tombstones. It is *caught up* once a read of every live table has
+and answers joins, retries a failed read with capped backoff, and prunes the
+change log. It is *caught up* once a read of every live table has
 finished after the current LISTEN session started: a change committed while
 no LISTEN session was up raised no wake-up, but that read finds it.
 """
@@ -46,7 +46,7 @@ class ReadLoop:
         reader: ChangeReader,
         *,
         refresh_interval: float,
-        tombstone_retention: float,
+        history_retention: float,
         retry_max_delay: float,
         read_delay: float = 0.0,
         process: str = "",
@@ -60,7 +60,7 @@ class ReadLoop:
         self._reader = reader
         self._feed = Feed()
         self._refresh_interval = refresh_interval
-        self._tombstone_retention = tombstone_retention
+        self._history_retention = history_retention
         self._retry_max_delay = retry_max_delay
         self._read_delay = read_delay
         self._process = process
@@ -263,7 +263,7 @@ class ReadLoop:
 
     async def _refresh(self) -> None:
         # Advances every live table's cursor even when nothing changes, so an
-        # idle subscriber's resume point stays younger than the tombstone
+        # idle subscriber's resume point stays younger than the history
         # retention; it also bounds the delay of any change whose wake-up was lost.
         self._feed.refresh()
         self._wakeup.set()
@@ -277,6 +277,6 @@ class ReadLoop:
             self._wakeup.set()
 
     async def _prune(self) -> None:
-        removed = await self._reader.prune(self._tombstone_retention)
+        removed = await self._reader.prune(self._history_retention)
         if removed:
-            logger.info("read loop: pruned %d tombstones", removed)
+            logger.info("read loop: emptied %d partitions of the change log", removed)

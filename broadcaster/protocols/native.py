@@ -304,7 +304,8 @@ def encode_changes(changes: Sequence[Change], cursor: str | None = None) -> list
             head = heads[change.table_id] = (
                 f'{{"type":"change","table_id":{_json(change.table_id)},"op":"'
             )
-        messages.append(f'{head}{change.op}","row":{change.row_json}{tail}'.encode())
+        old = "" if change.old_json is None else f',"old":{change.old_json}'
+        messages.append(f'{head}{change.op}","row":{change.row_json}{old}{tail}'.encode())
     return messages
 
 

@@ -123,7 +123,7 @@ class Binding:
         return cls(binding_id, event, tables, filters)
 
     def matches(self, change: Change, row: Mapping[str, Any]) -> bool:
-        """Does ``change`` (``row``: its record, or for a DELETE its old key) fire this binding?"""
+        """Does ``change`` (``row``: its record, or for a DELETE the old row) fire this binding?"""
         if self.event not in ("*", change.op):
             return False
         if self.tables is not None and change.table_id not in self.tables:
@@ -167,24 +167,25 @@ def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:
 
 
 def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
-    row = _row(change.row_json)
-    if change.op == "DELETE":
-        committed = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        old_record = compact_json(
-            {"id": change.id, "table_id": change.table_id, "version": change.version}
-        )
-        data = (
-            f'{_DATA_HEAD}"commit_timestamp":"{committed}","type":"DELETE",'
-            f'"columns":{_COLUMNS_JSON},"old_record":{old_record},"errors":null}}'
-        )
-        return change, row, data
-    committed, op = compact_json(row.get("updated_at")), compact_json(change.op)
-    data = (
-        f'{_DATA_HEAD}"commit_timestamp":{committed},"type":{op},'
-        f'"columns":{_COLUMNS_JSON},"record":{change.row_json},"errors":null'
+    # Filters see the row a change leaves, or for a DELETE the row it removed.
+    row = _row(
+        change.row_json if change.old_json is None or change.op != "DELETE" else change.old_json
     )
-    if change.op == "UPDATE":
-        data += f',"old_record":{compact_json({"id": change.id, "table_id": change.table_id})}'
+    committed = compact_json(
+        change.committed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    )
+    head = (
+        f'{_DATA_HEAD}"commit_timestamp":{committed},"type":"{change.op}",'
+        f'"columns":{_COLUMNS_JSON},'
+    )
+    old_record = change.old_json
+    if change.op == "DELETE":
+        if old_record is None:
+            old_record = change.row_json  # the row's identity
+        return change, row, f'{head}"old_record":{old_record},"errors":null}}'
+    data = f'{head}"record":{change.row_json},"errors":null'
+    if change.op == "UPDATE" and old_record is not None:
+        data += f',"old_record":{old_record}'
     return change, row, data + "}"
 
 

@@ -61,9 +61,11 @@ def database_url() -> str:
 
 
 def do_run_migrations(connection: Connection) -> None:
+    models = load_models()
     context.configure(
         connection=connection,
-        target_metadata=load_models().Base.metadata,
+        target_metadata=models.Base.metadata,
+        include_name=models.include_name,
         # Revisions may commit part-way (CREATE INDEX CONCURRENTLY needs an
         # autocommit block), so each one gets a transaction of its own.
         transaction_per_migration=True,

@@ -1,16 +1,18 @@
-"""triggers.sql on a migrated database: stamps, tombstones and wake-ups.
+"""triggers.sql on a migrated database: the change log and wake-ups.
 
 Writes go through one connection; the wake-ups are read with a LISTEN on
-another, and the stamps straight from the table.
+another, and the log straight from its table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -76,21 +78,21 @@ async def remembered(db: asyncpg.Connection, table_id: str) -> datetime | None:
     return until
 
 
-async def stamps(db: asyncpg.Connection, row_id: str) -> asyncpg.Record:
-    record = await db.fetchrow(
-        "SELECT version, changed_xid::text::bigint AS changed, inserted_xid::text::bigint AS "
-        "inserted, created_at, updated_at FROM rows WHERE id = $1",
-        row_id,
-    )
-    assert record is not None
-    return record
-
-
-async def tombstones(db: asyncpg.Connection) -> list[tuple[str, str, int]]:
+async def entries(db: asyncpg.Connection) -> list[tuple[str, str, str, Any, Any]]:
+    """The change log in order: (op, table_id, id, new image, old image)."""
     records = await db.fetch(
-        "SELECT table_id, id, version FROM broadcaster_tombstones ORDER BY version"
+        "SELECT op, table_id, id, new, old FROM broadcaster_changes ORDER BY seq"
     )
-    return [(r["table_id"], r["id"], r["version"]) for r in records]
+    return [
+        (
+            r["op"],
+            r["table_id"],
+            r["id"],
+            json.loads(r["new"] or "null"),
+            json.loads(r["old"] or "null"),
+        )
+        for r in records
+    ]
 
 
 async def test_a_write_wakes_its_table_once_per_transaction(
@@ -107,92 +109,107 @@ async def test_a_write_wakes_its_table_once_per_transaction(
     assert sorted(await sent_since(db, wakeups)) == ["t1", "t2"]
 
 
-async def test_insert_and_update_stamp_version_and_transaction(db: asyncpg.Connection) -> None:
+async def test_every_change_is_logged_with_the_row_after_and_before_it(
+    db: asyncpg.Connection,
+) -> None:
     await db.execute("INSERT INTO rows (id, table_id) VALUES ('r', 't1')")
-    inserted = await stamps(db, "r")
-    assert inserted["changed"] == inserted["inserted"]
-    assert inserted["created_at"] == inserted["updated_at"]
+    async with db.transaction():
+        await db.execute("UPDATE rows SET data = '{\"n\": 1}' WHERE id = 'r'")
+        await db.execute("UPDATE rows SET data = '{\"n\": 2}' WHERE id = 'r'")
+    await db.execute("DELETE FROM rows WHERE id = 'r'")
+    logged = await entries(db)
+    assert [(op, t, i) for op, t, i, _, _ in logged] == [
+        ("INSERT", "t1", "r"),
+        ("UPDATE", "t1", "r"),
+        ("UPDATE", "t1", "r"),
+        ("DELETE", "t1", "r"),
+    ]
+    images = [(new and new["data"], old and old["data"]) for _, _, _, new, old in logged]
+    assert images == [({}, None), ({"n": 1}, {}), ({"n": 2}, {"n": 1}), (None, {"n": 2})]
+    # Whole rows, every column.
+    assert (
+        set(logged[1][3])
+        == set(logged[1][4])
+        == {"id", "table_id", "data", "enriching_columns", "created_at", "updated_at"}
+    )
+
+
+async def test_entries_take_the_writers_transaction_and_its_order(db: asyncpg.Connection) -> None:
+    async with db.transaction():
+        xid = await db.fetchval("SELECT pg_current_xact_id()::text")
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1'), ('b', 't1')")
+    records = await db.fetch("SELECT xid::text, seq FROM broadcaster_changes ORDER BY seq")
+    assert [r["xid"] for r in records] == [xid, xid]
+    assert records[0]["seq"] < records[1]["seq"]
+
+
+async def test_updated_at_moves_with_what_clients_see(db: asyncpg.Connection) -> None:
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('r', 't1')")
+    created, updated = await db.fetchrow("SELECT created_at, updated_at FROM rows")
     await db.execute("UPDATE rows SET enriching_columns = '{a}' WHERE id = 'r'")
-    updated = await stamps(db, "r")
-    assert updated["version"] > inserted["version"]
-    assert updated["changed"] > inserted["changed"]
-    assert updated["inserted"] == inserted["inserted"]
-    assert updated["created_at"] == inserted["created_at"]
-    assert updated["updated_at"] > inserted["updated_at"]
+    again = await db.fetchrow("SELECT created_at, updated_at FROM rows")
+    assert again["created_at"] == created
+    assert again["updated_at"] > updated
 
 
-async def test_an_update_that_changes_nothing_visible_stamps_nothing_and_wakes_nobody(
+async def test_an_update_that_changes_nothing_logs_nothing_and_wakes_nobody(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     await db.execute("INSERT INTO rows (id, table_id, data) VALUES ('r', 't1', '{\"a\": 1}')")
-    before = await stamps(db, "r")
+    before = await entries(db)
     await sent_since(db, wakeups)
     await db.execute("UPDATE rows SET data = '{\"a\": 1}', enriching_columns = '{}' WHERE id = 'r'")
-    assert await stamps(db, "r") == before
+    assert await entries(db) == before
     assert await sent_since(db, wakeups) == []
 
 
-async def test_a_writer_cannot_set_the_stamps(db: asyncpg.Connection) -> None:
-    past = datetime(2000, 1, 1, tzinfo=UTC)
-    await db.execute(
-        "INSERT INTO rows (id, table_id, version, created_at, updated_at, changed_xid, "
-        "inserted_xid) VALUES ('r', 't1', 999999, $1, $1, '5', '5')",
-        past,
-    )
-    row = await stamps(db, "r")
-    assert row["version"] != 999999
-    assert row["created_at"] > past
-    assert row["changed"] != 5
-    await db.execute(
-        "UPDATE rows SET data = '{\"b\": 2}', version = 1, created_at = $1, changed_xid = '5' "
-        "WHERE id = 'r'",
-        past,
-    )
-    again = await stamps(db, "r")
-    assert again["version"] > row["version"]
-    assert again["created_at"] == row["created_at"]
-    assert again["changed"] > row["changed"]
+async def test_a_rolled_back_savepoint_leaves_no_entry(db: asyncpg.Connection) -> None:
+    async with db.transaction():
+        await db.execute("INSERT INTO rows (id, table_id) VALUES ('kept', 't1')")
+        with contextlib.suppress(asyncpg.RaiseError):
+            async with db.transaction():
+                await db.execute("INSERT INTO rows (id, table_id) VALUES ('undone', 't1')")
+                await db.execute("DO $$ BEGIN RAISE 'undo'; END $$")
+    assert [i for _, _, i, _, _ in await entries(db)] == ["kept"]
 
 
-async def test_delete_leaves_a_tombstone_with_a_version_of_its_own(
+async def test_delete_logs_the_whole_row_and_wakes_its_table(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
-    await db.execute("INSERT INTO rows (id, table_id) VALUES ('r', 't1')")
-    version = (await stamps(db, "r"))["version"]
+    await db.execute("INSERT INTO rows (id, table_id, data) VALUES ('r', 't1', '{\"k\": 1}')")
     await sent_since(db, wakeups)
     await db.execute("DELETE FROM rows WHERE id = 'r'")
     assert await sent_since(db, wakeups) == ["t1"]
-    ((table_id, row_id, deleted),) = await tombstones(db)
-    assert (table_id, row_id) == ("t1", "r")
-    assert deleted > version
-    await db.execute("INSERT INTO rows (id, table_id) VALUES ('r', 't1')")
-    assert (await stamps(db, "r"))["version"] > deleted
+    op, table_id, row_id, new, old = (await entries(db))[-1]
+    assert (op, table_id, row_id, new) == ("DELETE", "t1", "r", None)
+    assert old["data"] == {"k": 1}
 
 
 @pytest.mark.parametrize("column", ["table_id", "id"])
-async def test_moving_a_row_leaves_a_tombstone_and_reinserts_it(
+async def test_moving_a_row_logs_a_delete_where_it_was_and_an_insert_where_it_is(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str], column: str
 ) -> None:
     await db.execute("INSERT INTO rows (id, table_id) VALUES ('r', 'A')")
-    before = await stamps(db, "r")
     await sent_since(db, wakeups)
     await db.execute(f"UPDATE rows SET {column} = 'B' WHERE id = 'r'")
-    new_id = "B" if column == "id" else "r"
-    after = await stamps(db, new_id)
-    assert after["inserted"] == after["changed"] > before["inserted"]
-    assert await tombstones(db) == [("A", "r", after["version"])]
+    new_id, new_table = ("B", "A") if column == "id" else ("r", "B")
+    assert [(op, t, i) for op, t, i, _, _ in (await entries(db))[1:]] == [
+        ("DELETE", "A", "r"),
+        ("INSERT", new_table, new_id),
+    ]
     woken = await sent_since(db, wakeups)
     assert set(woken) == ({"A", "B"} if column == "table_id" else {"A"})
 
 
-async def test_truncate_leaves_tombstones_and_wakes_every_table(
+async def test_truncate_logs_a_delete_of_every_row_and_wakes_every_table(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1'), ('b', 't2')")
     await sent_since(db, wakeups)
     await db.execute("TRUNCATE rows")
     assert await sent_since(db, wakeups) == [""]
-    assert {(t, i) for t, i, _ in await tombstones(db)} == {("t1", "a"), ("t2", "b")}
+    deleted = {(t, i, old["id"]) for op, t, i, _, old in await entries(db) if op == "DELETE"}
+    assert deleted == {("t1", "a", "a"), ("t2", "b", "b")}
 
 
 async def test_large_rows_and_long_table_ids_never_fail_the_writer(
@@ -205,7 +222,7 @@ async def test_large_rows_and_long_table_ids_never_fail_the_writer(
     assert await sent_since(db, wakeups) == ["t1", ""]
 
 
-async def test_a_writer_may_turn_wake_ups_off_and_still_gets_stamped(
+async def test_a_writer_may_turn_wake_ups_off_and_still_gets_logged(
     db: asyncpg.Connection, wakeups: asyncio.Queue[str]
 ) -> None:
     """For two-phase commit: Postgres refuses to PREPARE a transaction that sent a NOTIFY."""
@@ -214,7 +231,7 @@ async def test_a_writer_may_turn_wake_ups_off_and_still_gets_stamped(
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('quiet', 't1')")
         await db.execute("TRUNCATE rows")
     assert await sent_since(db, wakeups) == []
-    assert await tombstones(db) != []
+    assert [op for op, *_ in await entries(db)] == ["INSERT", "DELETE"]
 
 
 async def test_a_writer_skips_the_wake_up_while_every_server_promised_to_read(

@@ -283,6 +283,7 @@ class FakeStore:
 # The Supabase protocol
 
 UPDATED_AT = "2024-05-01T10:00:00.123456+00:00"
+COMMITTED_AT = "2024-05-01T10:00:00.234567Z"
 
 
 def binding(filter: str | None, event: str | None = "*", **extra: Any) -> dict[str, Any]:
@@ -306,12 +307,21 @@ def row(table_id: str, row_id: str, version: int) -> dict[str, Any]:
     }
 
 
+def old_row(table_id: str, row_id: str, version: int) -> dict[str, Any]:
+    """The row before the change of ``version``, as the change log holds it (no version)."""
+    old = row(table_id, row_id, version - 1)
+    del old["version"]
+    return old
+
+
 def change(op: str, table_id: str, row_id: str, version: int) -> Change:
+    """A change as a read of the change log returns it."""
     if op == "DELETE":
         body: dict[str, Any] = {"id": row_id, "table_id": table_id, "version": version}
     else:
         body = row(table_id, row_id, version)
-    return Change(op, table_id, row_id, version, json.dumps(body))
+    old = None if op == "INSERT" else json.dumps(old_row(table_id, row_id, version))
+    return Change(op, table_id, row_id, version, json.dumps(body), old, COMMITTED_AT)
 
 
 def batch(table_id: str, *changes: Change) -> Batch:

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.support.timeouts import within
 
 # What is compared: the fields a client cares about, by row id.
-Rows = dict[str, tuple[Any, list[str], int]]
+Rows = dict[str, tuple[Any, list[str]]]
 
 
 @dataclass
@@ -54,31 +54,17 @@ class TableView:
 
     def snapshot(self) -> Rows:
         return {
-            row_id: (row["data"], row["enriching_columns"], row["version"])
-            for row_id, row in self.rows.items()
+            row_id: (row["data"], row["enriching_columns"]) for row_id, row in self.rows.items()
         }
-
-
-# The version a client is given: the stored one, but for a re-insert that raced
-# a deletion (its latest change an insert, stored older than the deletion's
-# tombstone), the deletion's version + 1 (docs/guarantees.md).
-_CLIENT_VERSION = """CASE WHEN r.inserted_xid IS NOT DISTINCT FROM r.changed_xid
-    THEN greatest(r.version, (SELECT max(b.version) + 1 FROM broadcaster_tombstones AS b
-                              WHERE b.table_id = r.table_id AND b.id = r.id))
-    ELSE r.version END"""
 
 
 async def database_rows(db: asyncpg.Connection | asyncpg.Pool, table_id: str) -> Rows:
     """The rows of ``table_id`` as a client that has every change holds them."""
     records = await db.fetch(
-        f"SELECT r.id, r.data, r.enriching_columns, {_CLIENT_VERSION} AS version"
-        " FROM rows AS r WHERE r.table_id = $1",
+        "SELECT r.id, r.data, r.enriching_columns FROM rows AS r WHERE r.table_id = $1",
         table_id,
     )
-    return {
-        r["id"]: (json.loads(r["data"]), list(r["enriching_columns"]), r["version"])
-        for r in records
-    }
+    return {r["id"]: (json.loads(r["data"]), list(r["enriching_columns"])) for r in records}
 
 
 class ResumingClient:

@@ -1,0 +1,156 @@
+"""The change log: every committed change of a row, appended by a trigger.
+
+Creates ``broadcaster_changes``, a ring of hourly list partitions with a btree
+on ``xid`` in each, and the sequence ``broadcaster_change_seq``; swaps the
+stamping triggers on ``rows`` for an AFTER trigger that appends to the log;
+drops what the stamps needed: ``rows.version``, ``changed_xid``,
+``inserted_xid`` (and the index on them), ``broadcaster_tombstones`` and
+``broadcaster_version_seq``.
+
+The swap and the drops run in this revision's transaction, under an ACCESS
+EXCLUSIVE lock on ``rows`` taken with a short ``lock_timeout`` and retried:
+writers of ``rows`` wait for at most that long at a time, and no write falls
+between the old triggers and the new one. The capture function installed here
+is this revision's own minimal copy; ``triggers.sql``, which ``migrate`` installs
+next, replaces it with the current one (which also wakes the servers).
+
+Cursors issued before this revision name changes that only the stamps
+recorded: ``broadcaster_state.pruned_below`` moves past this transaction, so
+they get ``reset`` (``history_pruned``) and every row, once. Servers of the
+previous release fail their reads from here on (the columns they read are
+gone) until they are upgraded; their clients resume on upgraded ones.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.exc import DBAPIError
+
+revision: str = "0007"
+down_revision: str | tuple[str, ...] | None = "0006"
+branch_labels: str | tuple[str, ...] | None = None
+depends_on: str | tuple[str, ...] | None = None
+
+logger = logging.getLogger("broadcaster.migrations")
+
+# As in schema/models.py at this revision.
+BUCKETS = 32
+LOCK_TIMEOUT = "500ms"
+LOCK_ATTEMPTS = 40
+
+CREATE_LOG = (
+    f"""
+CREATE SEQUENCE broadcaster_change_seq;
+CREATE TABLE broadcaster_changes (
+    bucket smallint NOT NULL
+        DEFAULT (date_part('epoch', now())::bigint / 3600 % {BUCKETS}),
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    seq bigint NOT NULL DEFAULT nextval('broadcaster_change_seq'),
+    at timestamptz NOT NULL DEFAULT now(),
+    table_id text NOT NULL,
+    id text NOT NULL,
+    op text NOT NULL,
+    new jsonb,
+    old jsonb
+) PARTITION BY LIST (bucket);
+ALTER SEQUENCE broadcaster_change_seq OWNED BY broadcaster_changes.seq;
+"""
+    + "".join(
+        f"CREATE TABLE broadcaster_changes_{b} PARTITION OF broadcaster_changes"
+        f" FOR VALUES IN ({b});\n"
+        for b in range(BUCKETS)
+    )
+    + "CREATE INDEX broadcaster_changes_xid_idx ON broadcaster_changes (xid)"
+)
+
+# This revision's capture: every change of rows as one entry, nothing else.
+CAPTURE_FUNCTION = """
+CREATE FUNCTION broadcaster_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO broadcaster_changes (table_id, id, op, new)
+        VALUES (NEW.table_id, NEW.id, 'INSERT', to_jsonb(NEW));
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO broadcaster_changes (table_id, id, op, old)
+        VALUES (OLD.table_id, OLD.id, 'DELETE', to_jsonb(OLD));
+    ELSIF NEW IS DISTINCT FROM OLD THEN
+        INSERT INTO broadcaster_changes (table_id, id, op, new, old)
+        VALUES (NEW.table_id, NEW.id, 'UPDATE', to_jsonb(NEW), to_jsonb(OLD));
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+CAPTURE_TRIGGER = """
+CREATE TRIGGER broadcaster_capture AFTER INSERT OR UPDATE OR DELETE ON rows
+    FOR EACH ROW EXECUTE FUNCTION broadcaster_capture('table_id', 'id')
+"""
+
+SWAP = """
+DROP TRIGGER IF EXISTS broadcaster_before_write ON rows;
+DROP TRIGGER IF EXISTS broadcaster_after_delete ON rows;
+DROP TRIGGER IF EXISTS broadcaster_before_truncate ON rows;
+DROP FUNCTION IF EXISTS broadcaster_before_write();
+DROP FUNCTION IF EXISTS broadcaster_after_remove();
+DROP FUNCTION IF EXISTS broadcaster_before_truncate();
+ALTER TABLE rows DROP COLUMN IF EXISTS version, DROP COLUMN IF EXISTS changed_xid,
+    DROP COLUMN IF EXISTS inserted_xid;
+DROP TABLE IF EXISTS broadcaster_tombstones;
+DROP SEQUENCE IF EXISTS broadcaster_version_seq;
+UPDATE broadcaster_state
+SET pruned_below = greatest(pruned_below, (pg_current_xact_id()::text::numeric + 1)::text::xid8)
+"""
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if bind.execute(sa.text("SELECT to_regclass('broadcaster_changes')")).scalar() is not None:
+        return
+    # One statement at a time: asyncpg prepares each, and refuses several at once.
+    for statement in [*_statements(CREATE_LOG), *_statements(SWAP)]:
+        op.execute(statement)
+        if statement.startswith("CREATE INDEX"):
+            _lock_rows()
+    op.execute(CAPTURE_FUNCTION)
+    op.execute(CAPTURE_TRIGGER)
+
+
+def _statements(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";\n") if statement.strip()]
+
+
+def _lock_rows() -> None:
+    """ACCESS EXCLUSIVE on rows, waiting at most LOCK_TIMEOUT at a time.
+
+    A lock request that waits makes every later writer of ``rows`` queue behind
+    it: a short timeout bounds that, and the request is retried until the
+    writers' own transactions leave a gap.
+    """
+    bind = op.get_bind()
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        savepoint = bind.begin_nested()
+        try:
+            bind.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            bind.execute(sa.text("LOCK TABLE rows IN ACCESS EXCLUSIVE MODE"))
+        except DBAPIError as exc:
+            savepoint.rollback()
+            if "lock timeout" not in str(exc) or attempt == LOCK_ATTEMPTS:
+                raise
+            logger.info("rows is busy; retrying its lock (attempt %d)", attempt)
+            time.sleep(0.1 * attempt)
+        else:
+            savepoint.commit()
+            bind.execute(sa.text("SET LOCAL lock_timeout = 0"))
+            return
+
+
+def downgrade() -> None:
+    raise NotImplementedError("broadcaster migrations are not reversible")
