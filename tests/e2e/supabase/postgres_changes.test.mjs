@@ -115,11 +115,9 @@ test("an UPDATE-only binding gets only updates; another table's channel gets not
   assert.equal((await subscribe(other))[0], "SUBSCRIBED");
 
   await db.query("INSERT INTO rows (id, table_id) VALUES ('u', 'u1')");
-  // A row's states read together arrive as one (its latest): let the insert
-  // be delivered before the update commits.
-  const [inserted] = await everything.next(1, "the insert");
-  assert.equal(inserted.eventType, "INSERT");
   await db.query(`UPDATE rows SET data = '{"n": 1}' WHERE id = 'u'`);
+  const [inserted, updated] = await everything.next(2, "the insert and the update");
+  assert.deepEqual([inserted.eventType, updated.eventType], ["INSERT", "UPDATE"]);
   const [update] = await updates.next(1, "the update");
   assert.equal(update.eventType, "UPDATE");
   assert.deepEqual(update.new.data, { n: 1 });
@@ -170,9 +168,12 @@ test("a binding filtered on another column gets the matching rows of every table
   await db.query("DELETE FROM rows WHERE id IN ('f2', 'f3')");
   const [, , , deleted] = await byId.next(4, "the delete of f3");
   assert.deepEqual([deleted.eventType, deleted.old.id], ["DELETE", "f3"]);
+  // A DELETE's filters see the whole old row: f2's data was {n: 2}.
+  const [, , deletedData] = await byData.next(3, "the delete of f2");
+  assert.deepEqual([deletedData.eventType, deletedData.old.id], ["DELETE", "f2"]);
   assert.equal(byId.seen.length, 4);
   assert.equal(both.seen.length, 1);
-  assert.equal(byData.seen.length, 2);
+  assert.equal(byData.seen.length, 3);
 });
 
 test("a binding the server cannot serve is refused with the reason", async () => {
@@ -207,8 +208,7 @@ test("the seed's useTableRealtime shape works unchanged", async () => {
     );
   assert.equal((await subscribe(channel))[0], "SUBSCRIBED");
   await db.query("INSERT INTO rows (id, table_id, enriching_columns) VALUES ('s1', $1, '{ceo}')", [tableId]);
-  // The server sends each row's latest state when it reads: wait for the
-  // spinner state before the value, as a user would see them.
+  // Every state arrives: the spinner state, then the value, as a user sees them.
   await seen.next(1);
   assert.deepEqual(rows.get("s1").enriching_columns, ["ceo"]);
   await db.query(
@@ -223,7 +223,7 @@ test("the seed's useTableRealtime shape works unchanged", async () => {
 // writes to a row, with no wait between them, reach the app as four events, each
 // with the row as that write left it and, for UPDATE and DELETE, the whole old row.
 
-// A row's image as the table holds it: what each write RETURNING gives.
+// A row's image as the table holds it: what each write's RETURNING gives.
 const IMAGE = `json_build_object('id', id, 'table_id', table_id, 'data', data,
   'enriching_columns', enriching_columns, 'created_at', created_at,
   'updated_at', updated_at) AS image`;
@@ -348,7 +348,7 @@ for (const vsn of ["2.0.0", "1.0.0"]) {
           id,
         );
       }
-      // The UPDATE-only binding, on the same messages, got both UPDATEs of each row and nothing else.
+      // The UPDATE-only binding got both UPDATEs of each row and nothing else.
       await updates.next(2 * count, "both UPDATEs of each row");
       assert.equal(updates.seen.length, 2 * count);
       for (const id of ids) {
