@@ -115,11 +115,9 @@ test("an UPDATE-only binding gets only updates; another table's channel gets not
   assert.equal((await subscribe(other))[0], "SUBSCRIBED");
 
   await db.query("INSERT INTO rows (id, table_id) VALUES ('u', 'u1')");
-  // A row's states read together arrive as one (its latest): let the insert
-  // be delivered before the update commits.
-  const [inserted] = await everything.next(1, "the insert");
-  assert.equal(inserted.eventType, "INSERT");
   await db.query(`UPDATE rows SET data = '{"n": 1}' WHERE id = 'u'`);
+  const [inserted, updated] = await everything.next(2, "the insert and the update");
+  assert.deepEqual([inserted.eventType, updated.eventType], ["INSERT", "UPDATE"]);
   const [update] = await updates.next(1, "the update");
   assert.equal(update.eventType, "UPDATE");
   assert.deepEqual(update.new.data, { n: 1 });
@@ -170,9 +168,12 @@ test("a binding filtered on another column gets the matching rows of every table
   await db.query("DELETE FROM rows WHERE id IN ('f2', 'f3')");
   const [, , , deleted] = await byId.next(4, "the delete of f3");
   assert.deepEqual([deleted.eventType, deleted.old.id], ["DELETE", "f3"]);
+  // A DELETE's filters see the whole old row: f2's data was {n: 2}.
+  const [, , deletedData] = await byData.next(3, "the delete of f2");
+  assert.deepEqual([deletedData.eventType, deletedData.old.id], ["DELETE", "f2"]);
   assert.equal(byId.seen.length, 4);
   assert.equal(both.seen.length, 1);
-  assert.equal(byData.seen.length, 2);
+  assert.equal(byData.seen.length, 3);
 });
 
 test("a binding the server cannot serve is refused with the reason", async () => {
@@ -207,8 +208,7 @@ test("the seed's useTableRealtime shape works unchanged", async () => {
     );
   assert.equal((await subscribe(channel))[0], "SUBSCRIBED");
   await db.query("INSERT INTO rows (id, table_id, enriching_columns) VALUES ('s1', $1, '{ceo}')", [tableId]);
-  // The server sends each row's latest state when it reads: wait for the
-  // spinner state before the value, as a user would see them.
+  // Every state arrives: the spinner state, then the value, as a user sees them.
   await seen.next(1);
   assert.deepEqual(rows.get("s1").enriching_columns, ["ceo"]);
   await db.query(
@@ -218,3 +218,150 @@ test("the seed's useTableRealtime shape works unchanged", async () => {
   assert.deepEqual(rows.get("s1").data, { ceo: "Grace" });
   assert.deepEqual(rows.get("s1").enriching_columns, []);
 });
+
+// Every committed change is its own event (issue 20): four back-to-back autocommit
+// writes to a row, with no wait between them, reach the app as four events, each
+// with the row as that write left it and, for UPDATE and DELETE, the whole old row.
+
+// A row's image as the table holds it: what each write's RETURNING gives.
+const IMAGE = `json_build_object('id', id, 'table_id', table_id, 'data', data,
+  'enriching_columns', enriching_columns, 'created_at', created_at,
+  'updated_at', updated_at) AS image`;
+// The four writes, in order, and the event each must become.
+const WRITES = [
+  [
+    "INSERT",
+    `INSERT INTO rows (id, table_id, data, enriching_columns)
+     VALUES ($1, $2, '{"step": 1}', '{email}') RETURNING ${IMAGE}`,
+  ],
+  [
+    "UPDATE",
+    `UPDATE rows SET data = '{"step": 2}' WHERE id = $1 AND table_id = $2 RETURNING ${IMAGE}`,
+  ],
+  [
+    "UPDATE",
+    `UPDATE rows SET data = '{"step": 3}', enriching_columns = '{}'
+     WHERE id = $1 AND table_id = $2 RETURNING ${IMAGE}`,
+  ],
+  ["DELETE", `DELETE FROM rows WHERE id = $1 AND table_id = $2 RETURNING ${IMAGE}`],
+];
+
+// The four writes to each of `ids`, interleaved (every row's INSERT, then every
+// row's first UPDATE, ...), each its own transaction, none waiting for an event.
+// Resolves with each row's images, in the order of its writes.
+async function fourWrites(table, ids) {
+  const images = new Map(ids.map((id) => [id, []]));
+  for (const [, sql] of WRITES) {
+    for (const id of ids) {
+      const { rows } = await db.query(sql, [id, table]);
+      images.get(id).push(instants(rows[0].image));
+    }
+  }
+  return images;
+}
+
+// A timestamp's instant in microseconds since the epoch, however it is spelled
+// (the server may write Z where Postgres writes +00:00); Date keeps only milliseconds.
+function micros(text) {
+  const [, seconds, fraction = "", zone] = /^(.*:\d\d)(?:\.(\d+))?(Z|[+-][\d:]+)$/.exec(text);
+  return Date.parse(seconds + zone) * 1000 + Number(fraction.padEnd(6, "0"));
+}
+
+// `row` with its timestamps as instants (a missing one stays missing).
+function instants(row) {
+  const timestamps = ["created_at", "updated_at"];
+  return Object.fromEntries(
+    Object.entries(row).map(([column, value]) => [
+      column,
+      timestamps.includes(column) && value ? micros(value) : value,
+    ]),
+  );
+}
+
+// The table's columns of `record` (a record may carry more: its version).
+function asWritten(record, image) {
+  return instants(Object.fromEntries(Object.keys(image).map((column) => [column, record[column]])));
+}
+
+// `events` (one row's, in arrival order) are the four writes that left `images`.
+function assertFourEvents(events, images, id) {
+  assert.deepEqual(
+    events.map((p) => p.eventType),
+    WRITES.map(([op]) => op),
+    `row ${id}: one event per write, in commit order`,
+  );
+  const [inserted, first, second, deleted] = events;
+  for (const [index, event] of [inserted, first, second].entries()) {
+    assert.deepEqual(asWritten(event.new, images[index]), images[index], `row ${id}: the record`);
+    assert.equal(typeof event.new.version, "number");
+  }
+  assert.deepEqual(inserted.old, {});
+  for (const [index, update] of [first, second].entries()) {
+    // The whole old row: as the previous write left it.
+    const before = images[index];
+    assert.deepEqual(asWritten(update.old, before), before, `row ${id}: an UPDATE's old row`);
+  }
+  assert.deepEqual(deleted.new, {});
+  assert.deepEqual(asWritten(deleted.old, images[3]), images[3], `row ${id}: the DELETE's old row`);
+  const committed = events.map((p) => micros(p.commit_timestamp));
+  assert.ok(
+    committed.every((at, index) => index === 0 || at >= committed[index - 1]),
+    `row ${id}: commit timestamps in commit order: ${events.map((p) => p.commit_timestamp)}`,
+  );
+}
+
+for (const vsn of ["2.0.0", "1.0.0"]) {
+  for (const count of [1, 3]) {
+    test(`vsn ${vsn}: four back-to-back writes to ${count} row(s) arrive as four events each`, async () => {
+      const table = `four-${vsn}-${count}`;
+      const ids = Array.from({ length: count }, (_, index) => `${table}-r${index}`);
+      const everything = collector();
+      const updates = collector();
+      const filter = `table_id=eq.${table}`;
+      const channel = supabase({ vsn })
+        .channel(`rows:${table}`)
+        .on(
+          "postgres_changes",
+          { event: "*", schema: "public", table: "rows", filter },
+          (payload) => everything.push(payload),
+        )
+        .on(
+          "postgres_changes",
+          { event: "UPDATE", schema: "public", table: "rows", filter },
+          (payload) => updates.push(payload),
+        );
+      const [status, error] = await subscribe(channel);
+      assert.equal(status, "SUBSCRIBED", String(error));
+
+      const images = await fourWrites(table, ids);
+      const rowOf = (p) => (p.eventType === "DELETE" ? p.old.id : p.new.id);
+      await everything.next(4 * count, `four events for each of ${ids}`).catch((timeout) => {
+        const got = everything.seen.map(
+          (p) => `${p.eventType} ${rowOf(p)} ${JSON.stringify(p.new.data)}`,
+        );
+        throw new Error(`${timeout.message}; got ${got.length}: ${got.join("; ")}`);
+      });
+      for (const id of ids) {
+        assertFourEvents(
+          everything.seen.filter((p) => rowOf(p) === id),
+          images.get(id),
+          id,
+        );
+      }
+      // The UPDATE-only binding got both UPDATEs of each row and nothing else.
+      await updates.next(2 * count, "both UPDATEs of each row");
+      assert.equal(updates.seen.length, 2 * count);
+      for (const id of ids) {
+        const mine = updates.seen.filter((p) => p.new.id === id);
+        assert.deepEqual(
+          mine.map((p) => [p.eventType, p.new.data]),
+          [
+            ["UPDATE", { step: 2 }],
+            ["UPDATE", { step: 3 }],
+          ],
+        );
+      }
+      assert.equal(everything.seen.length, 4 * count);
+    });
+  }
+}
