@@ -27,6 +27,8 @@ from .phoenix import Message, compact_json
 
 __all__ = [
     "COLUMNS",
+    "MAX_RECORD_BYTES",
+    "PAYLOAD_TOO_LARGE",
     "SCHEMA",
     "TABLE",
     "TOO_MANY_CHANNELS",
@@ -50,6 +52,13 @@ COLUMNS: Final = [
     {"name": "updated_at", "type": "timestamptz"},
 ]
 _EVENTS: Final = {"*", "INSERT", "UPDATE", "DELETE"}
+# Supabase's cap on a change (realtime.apply_rls, max_record_bytes): past it,
+# record and old_record keep only the values of at most 64 bytes, and errors
+# says why. Its clients rely on it: the official Python client refuses frames
+# over 1 MiB and drops the connection.
+MAX_RECORD_BYTES: Final = 1024 * 1024
+MAX_VALUE_BYTES_WHEN_TOO_LARGE: Final = 64
+PAYLOAD_TOO_LARGE: Final = "Error 413: Payload Too Large"
 # Supabase's answers to a client past a limit, word for word.
 TOO_MANY_MESSAGES: Final = "Too many messages per second"
 TOO_MANY_JOINS: Final = "ClientJoinRateLimitReached: Too many joins per second"
@@ -168,9 +177,8 @@ def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:
 
 def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
     # Filters see the row a change leaves, or for a DELETE the row it removed.
-    row = _row(
-        change.row_json if change.old_json is None or change.op != "DELETE" else change.old_json
-    )
+    deleted = change.op == "DELETE"
+    row = _row(change.old_json if deleted and change.old_json is not None else change.row_json)
     committed = compact_json(
         change.committed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     )
@@ -178,15 +186,42 @@ def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
         f'{_DATA_HEAD}"commit_timestamp":{committed},"type":"{change.op}",'
         f'"columns":{_COLUMNS_JSON},'
     )
-    old_record = change.old_json
-    if change.op == "DELETE":
-        if old_record is None:
-            old_record = change.row_json  # the row's identity
-        return change, row, f'{head}"old_record":{old_record},"errors":null}}'
-    data = f'{head}"record":{change.row_json},"errors":null'
-    if change.op == "UPDATE" and old_record is not None:
-        data += f',"old_record":{old_record}'
-    return change, row, data + "}"
+    # A DELETE's record is the row's identity only: old_record is the row.
+    record = None if deleted else change.row_json
+    old_record = change.row_json if deleted and change.old_json is None else change.old_json
+    if change.op == "INSERT":
+        old_record = None
+    errors = "null"
+    if _too_large(record, old_record):
+        record = None if record is None else _small_values(record)
+        old_record = None if old_record is None else _small_values(old_record)
+        errors = compact_json([PAYLOAD_TOO_LARGE])
+    data = head
+    if record is not None:
+        data += f'"record":{record},'
+    if old_record is not None:
+        data += f'"old_record":{old_record},'
+    return change, row, f'{data}"errors":{errors}}}'
+
+
+def _too_large(*images: str | None) -> bool:
+    texts = [image for image in images if image is not None]
+    characters = sum(map(len, texts))
+    # A character is one to four bytes in UTF-8: encode only when that decides.
+    if characters * 4 <= MAX_RECORD_BYTES:
+        return False
+    return characters > MAX_RECORD_BYTES or sum(len(t.encode()) for t in texts) > MAX_RECORD_BYTES
+
+
+def _small_values(image: str) -> str:
+    """The image with only its values of at most 64 bytes, as Supabase cuts a large change."""
+    return compact_json(
+        {
+            key: value
+            for key, value in _row(image).items()
+            if len(compact_json(value).encode()) <= MAX_VALUE_BYTES_WHEN_TOO_LARGE
+        }
+    )
 
 
 _DATA_HEAD: Final = f'{{"schema":{compact_json(SCHEMA)},"table":{compact_json(TABLE)},'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -243,3 +244,35 @@ def test_a_row_nested_deeper_than_the_parser_goes_is_still_delivered() -> None:
 
     assert f'"ids":[{every.id},{by_table.id}]'.encode() in sent
     assert f'"record":{row_json}'.encode() in sent
+
+
+def data_of(sent: bytes) -> dict[str, Any]:
+    """The ``data`` of the one ``postgres_changes`` message in ``sent`` (vsn 2.0.0 frames)."""
+    start = sent.index(b"[")
+    message = json.loads(sent[start:])
+    data: dict[str, Any] = message[4]["data"]
+    return data
+
+
+@pytest.mark.parametrize("op", ["INSERT", "UPDATE", "DELETE"])
+def test_a_change_past_a_mebibyte_keeps_its_small_values_as_supabase_does(op: str) -> None:
+    large = {**row("t1", "r1", 2), "data": {"s": "x" * 600_000}}
+    old = {**large, "enriching_columns": ["email"]}
+    del old["version"]
+    row_json = json.dumps({"id": "r1", "table_id": "t1", "version": 2} if op == "DELETE" else large)
+    the_change = Change(op, "t1", "r1", 2, row_json, None if op == "INSERT" else json.dumps(old))
+    shape = supabase.Shape("2.0.0", "realtime:room", (Binding.parse(binding("data=neq.{}")),))
+
+    data = data_of(shape(batch("t1", the_change)))
+
+    if op == "INSERT":
+        # One image of 600 KB fits: nothing is cut.
+        assert (data["record"], data["errors"]) == (large, None)
+    elif op == "DELETE":
+        assert (data["old_record"], data["errors"]) == (old, None)
+        assert "record" not in data
+    else:
+        # Both images, 1.2 MB: only their values of at most 64 bytes are left.
+        assert data["errors"] == [supabase.PAYLOAD_TOO_LARGE]
+        assert data["record"] == {key: value for key, value in large.items() if key != "data"}
+        assert data["old_record"] == {key: value for key, value in old.items() if key != "data"}
