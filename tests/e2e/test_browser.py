@@ -143,7 +143,7 @@ def rectangle(rows: range, columns: list[str]) -> list[tuple[str, str]]:
 def expected_cells(rows: Rows, columns: list[str]) -> Cells:
     """What the page must show for the database's rows (docs: static/app.js)."""
     cells: Cells = {}
-    for row_id, (data, enriching, _) in rows.items():
+    for row_id, (data, enriching) in rows.items():
         for column in columns:
             value = data.get(column)
             if column in enriching:

@@ -145,11 +145,12 @@ async def test_entries_take_the_writers_transaction_and_its_order(db: asyncpg.Co
 
 async def test_updated_at_moves_with_what_clients_see(db: asyncpg.Connection) -> None:
     await db.execute("INSERT INTO rows (id, table_id) VALUES ('r', 't1')")
-    created, updated = await db.fetchrow("SELECT created_at, updated_at FROM rows")
+    timestamps = "SELECT array[created_at, updated_at] FROM rows"
+    created, updated = await db.fetchval(timestamps)
     await db.execute("UPDATE rows SET enriching_columns = '{a}' WHERE id = 'r'")
-    again = await db.fetchrow("SELECT created_at, updated_at FROM rows")
-    assert again["created_at"] == created
-    assert again["updated_at"] > updated
+    created_again, updated_again = await db.fetchval(timestamps)
+    assert created_again == created
+    assert updated_again > updated
 
 
 async def test_an_update_that_changes_nothing_logs_nothing_and_wakes_nobody(

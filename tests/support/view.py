@@ -2,8 +2,11 @@
 
 A :class:`TableView` applies messages as docs/guarantees.md tells clients to: a
 change whose version is not newer than what the view holds for that id is
-dropped; a ``reset`` empties the table. A :class:`ResumingClient` keeps views
-of several tables across disconnects by resubscribing with its cursors.
+dropped; a ``reset`` empties the table. It also checks that no event was
+missed: each change it takes must start from what it holds (an UPDATE's or
+DELETE's ``old`` row is the row held, an INSERT finds none). A
+:class:`ResumingClient` keeps views of several tables across disconnects by
+resubscribing with its cursors.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class TableView:
     cursor: str | None = None
     received: int = 0
     resets: list[str] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
+    """Changes that did not start from the row held: an event was missed."""
 
     def apply(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -44,6 +49,7 @@ class TableView:
             self.received += 1
             row = message["row"]
             if row["version"] > self.versions.get(row["id"], -1):
+                self._check_continuity(message)
                 self.versions[row["id"]] = row["version"]
                 if message["op"] == "DELETE":
                     self.rows.pop(row["id"], None)
@@ -52,10 +58,23 @@ class TableView:
         if "cursor" in message:
             self.cursor = message["cursor"]
 
+    def _check_continuity(self, message: dict[str, Any]) -> None:
+        held = self.rows.get(message["row"]["id"])
+        old = message.get("old")
+        if message["op"] == "INSERT":
+            if held is not None:
+                self.gaps.append(f"INSERT of {message['row']['id']} onto a held row")
+        elif old is not None and (
+            held is None or (old["data"], old["enriching_columns"]) != _fields(held)
+        ):
+            self.gaps.append(f"{message['op']} of {old} onto {held}")
+
     def snapshot(self) -> Rows:
-        return {
-            row_id: (row["data"], row["enriching_columns"]) for row_id, row in self.rows.items()
-        }
+        return {row_id: _fields(row) for row_id, row in self.rows.items()}
+
+
+def _fields(row: dict[str, Any]) -> tuple[Any, list[str]]:
+    return row["data"], row["enriching_columns"]
 
 
 async def database_rows(db: asyncpg.Connection | asyncpg.Pool, table_id: str) -> Rows:
@@ -134,6 +153,8 @@ class ResumingClient:
                     if view.snapshot() != await database_rows(db, table_id)
                 ]
                 if not mismatched:
+                    gaps = {t: v.gaps[:3] for t, v in self.views.items() if v.gaps}
+                    assert not gaps, f"events were missed: {gaps}"
                     return
                 await asyncio.sleep(0.1)
 

@@ -166,6 +166,7 @@ test("a snapshot inserts rows in the order received and announces them once per 
     id: "b",
     row: row("b", 2, { n: 2 }),
     previous: undefined,
+    old: undefined,
     op: "INSERT",
     kind: "snapshot",
   });
@@ -214,6 +215,22 @@ test("a newer version updates the row in place; an equal or older one is a re-se
   assert.equal(update.op, "UPDATE");
 });
 
+test("the server's old row reaches the update and delete events", () => {
+  const store = syncedStore(row("a", 5, { v: "five" }));
+  const events = record(store);
+  const { version: _, ...before } = row("a", 5, { v: "five" });
+
+  const row7 = row("a", 7, { v: "seven" });
+  store.applyChange({ type: "change", table_id: "t1", op: "UPDATE", row: row7, old: before, cursor: "c1" });
+  const deleted = { id: "a", table_id: "t1", version: 8 };
+  const old7 = { ...before, data: { v: "seven" } };
+  store.applyChange({ type: "change", table_id: "t1", op: "DELETE", row: deleted, old: old7, cursor: "c2" });
+  store.flush();
+
+  assert.deepEqual(payload(events, 0, "update").old, before);
+  assert.deepEqual(payload(events, 1, "delete").old?.data, { v: "seven" });
+});
+
 test("the server's op does not decide the event: an UPDATE of an unknown row is an insert", () => {
   const store = syncedStore();
   const events = record(store);
@@ -237,6 +254,7 @@ test("a delete drops the row and remembers its version against older re-sends", 
     tableId: "t1",
     id: "a",
     previous: row("a", 1),
+    old: undefined,
     version: 4,
     kind: "live",
   });
@@ -392,6 +410,7 @@ test("a snapshot into a store holding rows drops the rows it did not send", () =
     tableId: "t1",
     id: "b",
     previous: row("b", 2),
+    old: undefined,
     version: 2,
     kind: "snapshot",
   });
