@@ -202,10 +202,13 @@ END
 $$;
 
 -- A composite primary key as logged: the JSON array of its columns' values,
--- from the row's image and the capture trigger's arguments after the first.
+-- from the row's image and the capture trigger's arguments after the first
+-- (TG_ARGV counts from 0, an array literal from 1: skip whichever comes first).
 CREATE OR REPLACE FUNCTION broadcaster_key(image jsonb, args text[]) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT jsonb_agg(image -> args[i] ORDER BY i)::text FROM generate_subscripts(args, 1) AS i WHERE i > 1
+    SELECT jsonb_agg(image -> args[i] ORDER BY i)::text
+    FROM generate_subscripts(args, 1) AS i
+    WHERE i > array_lower(args, 1)
 $$;
 
 -- A TRUNCATE deletes every row: each gets its DELETE, as if deleted one by one.

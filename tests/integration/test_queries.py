@@ -240,3 +240,54 @@ async def test_every_table_is_registered_as_the_empty_table_id(pool: asyncpg.Poo
 
     await within(reader.unregister("p1", [EVERY_TABLE]))
     assert [r[0] for r in await pool.fetch(registered)] == ["t1"]
+
+
+async def test_a_long_catch_up_is_compacted_and_a_live_read_never_is(pool: asyncpg.Pool) -> None:
+    reader = ChangeReader(pool, max_catch_up=5)
+    await pool.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't'), ('b', 't'), ('c', 't')")
+    since = (await reader.read([])).snapshot
+    for n in range(1, 4):
+        await pool.execute("UPDATE rows SET data = jsonb_build_object('n', $1::int)", n)
+    await pool.execute("DELETE FROM rows WHERE id = 'c'")
+
+    live = (await reader.read([Request(0, "t", since)])).rows
+    compacted = (await reader.read([Request(0, "t", since, catch_up=True)])).rows
+
+    assert len(live) == 10  # three updates of three rows, one deletion
+    latest = {
+        row.change.id: (row.change.op, json.loads(row.change.row_json).get("data"))
+        for row in compacted
+    }
+    assert len(compacted) == 3
+    assert latest == {"a": ("UPDATE", {"n": 3}), "b": ("UPDATE", {"n": 3}), "c": ("DELETE", None)}
+    # The latest change of a row, whole: its old row is the one before it.
+    old = {row.change.id: json.loads(row.change.old_json or "{}")["data"] for row in compacted}
+    assert old == {"a": {"n": 2}, "b": {"n": 2}, "c": {"n": 3}}
+    # At most max_catch_up changes: every one.
+    short = ChangeReader(pool, max_catch_up=10)
+    assert len((await short.read([Request(0, "t", since, catch_up=True)])).rows) == 10
+
+
+async def test_pruning_empties_partitions_past_the_retention_and_refuses_older_cursors(
+    pool: asyncpg.Pool,
+) -> None:
+    reader = ChangeReader(pool)
+    old_cursor = (await reader.read([])).snapshot
+    await pool.execute("INSERT INTO rows (id, table_id) VALUES ('old', 't')")
+    # As if written 90 minutes ago, in another partition of the ring.
+    await pool.execute(
+        "UPDATE broadcaster_changes SET at = now() - interval '90 minutes',"
+        " bucket = (bucket + 1) % (SELECT count(*) FROM pg_inherits"
+        "  WHERE inhparent = 'broadcaster_changes'::regclass)"
+    )
+    recent_cursor = (await reader.read([])).snapshot
+    await pool.execute("INSERT INTO rows (id, table_id) VALUES ('new', 't')")
+
+    assert await reader.prune(3600) == 0  # not yet an hour past the retention
+    assert await reader.prune(60) == 1
+
+    assert await pool.fetchval("SELECT array_agg(id) FROM broadcaster_changes") == ["new"]
+    refused = await reader.read([Request(0, "t", old_cursor)])
+    assert refused.resets == {0: "history_pruned"}
+    served = await reader.read([Request(0, "t", recent_cursor)])
+    assert (served.resets, [row.change.id for row in served.rows]) == ({}, ["new"])

@@ -450,3 +450,34 @@ async def test_a_notified_table_id_holding_the_separator_covers_no_other(
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('s', 'a\x1fb')")
         await db.execute("INSERT INTO rows (id, table_id) VALUES ('s2', 'b\x1fa')")
     assert sorted(await sent_since(db, wakeups)) == sorted(["a", "b", "a\x1fb", "b\x1fa"])
+
+
+async def test_the_capture_trigger_serves_any_table_with_any_primary_key(
+    db: asyncpg.Connection,
+) -> None:
+    """The log's identity is designed for any table: the table's own name, a composite key."""
+    await db.execute("CREATE TABLE things (a int, b text, note text, PRIMARY KEY (a, b))")
+    await db.execute(
+        "CREATE TRIGGER capture AFTER INSERT OR UPDATE OR DELETE ON things"
+        " FOR EACH ROW EXECUTE FUNCTION broadcaster_capture('', 'a', 'b')"
+    )
+    await db.execute(
+        "CREATE TRIGGER capture_truncate BEFORE TRUNCATE ON things"
+        " FOR EACH STATEMENT EXECUTE FUNCTION broadcaster_capture_truncate('', 'a', 'b')"
+    )
+    await db.execute("INSERT INTO things VALUES (1, 'x', 'first'), (2, 'y', 'second')")
+    await db.execute("UPDATE things SET note = 'changed' WHERE a = 1")
+    await db.execute("TRUNCATE things")
+    logged = [
+        (op, t, i, new and new["note"], old and old["note"])
+        for op, t, i, new, old in await entries(db)
+    ]
+    assert logged[:3] == [
+        ("INSERT", "public.things", '[1, "x"]', "first", None),
+        ("INSERT", "public.things", '[2, "y"]', "second", None),
+        ("UPDATE", "public.things", '[1, "x"]', "changed", "first"),
+    ]
+    assert sorted(logged[3:]) == [
+        ("DELETE", "public.things", '[1, "x"]', None, "changed"),
+        ("DELETE", "public.things", '[2, "y"]', None, "second"),
+    ]
