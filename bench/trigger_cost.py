@@ -32,13 +32,13 @@ What it does:
    and each other, so pgbench shows smaller gaps).
 
 The variants: the UPDATE with no trigger (triggers disabled); with an empty
-PL/pgSQL row trigger in place of ours (the cost of calling one); the same
-UPDATE stamping ``version``, ``changed_xid`` and ``updated_at`` itself,
-triggers disabled (not HOT, a new entry in both indexes: the floor of any
-design that stamps); and each ``--triggers`` file (default: ``triggers.sql``),
+PL/pgSQL row trigger in place of ours (the cost of calling one); and each
+``--triggers`` file (default: ``triggers.sql``),
 installed over the migrated schema, with every table's promise remembered by
 the session: the steady state of a busy table. A file may replace our triggers
-altogether (``bench/log_variants/*.sql`` drop them and write a change log).
+altogether. (``bench/log_variants/*.sql``, the design study of
+``docs/design/change-log.md``, were written for the schema before the change
+log, revision 0005; run them from a checkout of that release.)
 Needs valgrind.
 """
 
@@ -66,24 +66,21 @@ STATEMENTS_FEW, STATEMENTS_MANY = 1, 3
 # bench/run.py's writer transaction, with the row's number as a parameter.
 UPDATE = (
     "PREPARE w(int) AS UPDATE rows SET data = jsonb_build_object("
-    "'t', round(extract(epoch FROM clock_timestamp()) * 1000, 3), 'r', 1){stamps} "
+    "'t', round(extract(epoch FROM clock_timestamp()) * 1000, 3), 'r', 1) "
     "WHERE id = 'r' || $1;"
 )
 # One statement writing every row of one table (ROWS / TABLES rows); ``{run}``
 # makes each run's data differ from the last, so that every row changes.
 STATEMENT = (
     "UPDATE rows SET data = jsonb_build_object("
-    "'t', round(extract(epoch FROM clock_timestamp()) * 1000, 3), 'r', {run}){stamps} "
+    "'t', round(extract(epoch FROM clock_timestamp()) * 1000, 3), 'r', {run}) "
     "WHERE table_id = 't3';"
-)
-STAMPS = (
-    ", version = nextval('broadcaster_version_seq'), changed_xid = pg_current_xact_id(),"
-    " updated_at = now()"
 )
 # Replaces ours in the run's copy of the cluster: what calling any trigger costs.
 EMPTY_TRIGGER = (
-    "CREATE OR REPLACE FUNCTION broadcaster_before_write() RETURNS trigger"
-    " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;"
+    "CREATE OR REPLACE FUNCTION broadcaster_capture() RETURNS trigger"
+    " LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;"
+    " ALTER TABLE rows DISABLE TRIGGER broadcaster_rows_touch;"
 )
 REMEMBER_EVERY_TABLE = (
     "SELECT broadcaster_remember('t' || k, now() + interval '1 day')"
@@ -96,7 +93,6 @@ class Variant:
     label: str
     setup: str
     """Statements run before the writes, in the writes' session."""
-    stamps: str = ""
     triggers: Path | None = None
 
 
@@ -105,7 +101,6 @@ def variants(trigger_files: list[Path]) -> list[Variant]:
     return [
         Variant("no trigger", disabled),
         Variant("an empty PL/pgSQL row trigger", EMPTY_TRIGGER),
-        Variant("stamped by the UPDATE itself, no trigger", disabled, stamps=STAMPS),
         *(
             Variant(f"{path.name}, every table remembered", REMEMBER_EVERY_TABLE, triggers=path)
             for path in trigger_files
@@ -185,7 +180,7 @@ def prepare_base(cluster: Cluster) -> Path:
         asyncio.run(
             execute(
                 cluster.url(),
-                # A bulk load needs no wake-ups; rows are stamped anyway.
+                # A bulk load needs no wake-ups; its changes are logged anyway.
                 "SET broadcaster.wake = 'off'",
                 "INSERT INTO rows (id, table_id, data) SELECT 'r' || k, 't' || (k % "
                 f"{TABLES}), '{{}}' FROM generate_series(0, {ROWS - 1}) AS k",
@@ -217,15 +212,13 @@ def with_triggers(cluster: Cluster, base: Path, variant: Variant) -> Path:
 
 def single_row_writes(variant: Variant, writes: int) -> list[str]:
     """``writes`` one-row transactions, each row written once, as the benchmark's writers do."""
-    statements = [variant.setup, UPDATE.format(stamps=variant.stamps)]
+    statements = [variant.setup, UPDATE]
     return statements + [f"EXECUTE w({k * 83 % ROWS});" for k in range(writes)]
 
 
 def whole_table_writes(variant: Variant, writes: int) -> list[str]:
     """``writes`` statements (and transactions) updating every row of one table."""
-    return [variant.setup] + [
-        STATEMENT.format(run=run, stamps=variant.stamps) for run in range(1, writes + 1)
-    ]
+    return [variant.setup] + [STATEMENT.format(run=run) for run in range(1, writes + 1)]
 
 
 def instructions(cluster: Cluster, data: Path, variant: Variant, statements: list[str]) -> int:
