@@ -38,7 +38,8 @@
  *     "type":"subscribed", and each frame is one change.
  * A sampled connection also records, for every change after ready, its arrival
  * time minus the number after "t": (the commit time the writers stamp in
- * row.data.t, epoch milliseconds): the commit-to-client latency.
+ * row.data.t, epoch milliseconds): the commit-to-client latency. A change that
+ * carries the old row as well has two; the newer is the change's own.
  *
  * One thread, one level-triggered epoll loop over stdin and every socket: a
  * command runs when its line is complete, and a connect answers only once all
@@ -755,10 +756,15 @@ static void add_sample(double ms)
     g.lat[g.nlat++] = ms;
 }
 
-/* Every "t": in the payload is one change's commit stamp (row.data.t). */
-static void sample(const char *p, size_t n, double now)
+/*
+ * The newest number after a "t": in one change's text, into *newest: its
+ * commit stamp (row.data.t). An UPDATE or DELETE may also carry the whole old
+ * row, whose stamp is an earlier write's, older than the change's own.
+ */
+static bool newest_stamp(const char *p, size_t n, double *newest)
 {
     const char *end = p + n, *hit;
+    bool found = false;
     while ((hit = memmem(p, (size_t)(end - p), STAMP, sizeof STAMP - 1))) {
         p = hit + sizeof STAMP - 1;
         while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
@@ -770,8 +776,33 @@ static void sample(const char *p, size_t n, double now)
         text[len] = '\0';
         char *e;
         double t = strtod(text, &e);
-        if (e != text) /* null or anything else that is not a number: no sample */
+        if (e != text && (!found || t > *newest)) { /* null, or not a number: no stamp */
+            *newest = t;
+            found = true;
+        }
+    }
+    return found;
+}
+
+/*
+ * One latency sample per change in a frame: each change starts at `marker`,
+ * the text the frame's changes are counted by (NULL: the frame is one change).
+ */
+static void sample(const char *p, size_t n, const char *marker, size_t len, double now)
+{
+    const char *end = p + n;
+    if (marker) {
+        p = memmem(p, n, marker, len);
+        if (!p)
+            return;
+    }
+    while (p < end) {
+        const char *next = marker ? memmem(p + len, (size_t)(end - p) - len, marker, len) : NULL;
+        const char *stop = next ? next : end;
+        double t;
+        if (newest_stamp(p, (size_t)(stop - p), &t))
             add_sample(now - t);
+        p = stop;
     }
 }
 
@@ -779,13 +810,13 @@ static void sample(const char *p, size_t n, double now)
 static void on_data(struct conn *c, const char *p, size_t n, double now)
 {
     if (c->state == READY) {
+        /* Each change message is one event: a frame of ours may hold several. */
+        const char *marker = c->phoenix ? PHX_CHANGE : c->ours ? CHANGE : NULL;
+        size_t len = c->phoenix ? sizeof PHX_CHANGE - 1 : sizeof CHANGE - 1;
         c->frames++;
-        if (c->phoenix)
-            c->received += count(p, n, PHX_CHANGE, sizeof PHX_CHANGE - 1);
-        else
-            c->received += c->ours ? count(p, n, CHANGE, sizeof CHANGE - 1) : 1;
+        c->received += marker ? count(p, n, marker, len) : 1;
         if (c->sampled)
-            sample(p, n, now);
+            sample(p, n, marker, len, now);
     } else if (c->phoenix) {
         if (memmem(p, n, PHX_SUBSCRIBED, sizeof PHX_SUBSCRIBED - 1))
             conn_ready(c);
