@@ -25,18 +25,17 @@ from typing import Any, TypeVar, cast
 
 import asyncpg
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from broadcaster.exceptions import MigrationError
 from broadcaster.postgres.migrate import MigrationReport, migrate
-from broadcaster.postgres.resources import migrations_dir, schema_dir, triggers_sql
+from broadcaster.postgres.resources import schema_dir, triggers_sql
 from tests.support.database import with_database
+from tests.support.migrations import RELEASE_0X, upgrade_to, upgrade_to_release_0x
 from tests.support.timeouts import seconds, within
 from tests.support.wakeups import listening
 
@@ -109,7 +108,6 @@ TOMBSTONE_INDEXES = {
     "broadcaster_tombstones_table_id_id_idx": "CREATE INDEX broadcaster_tombstones_table_id_id_idx"
     " ON public.broadcaster_tombstones USING btree (table_id, id, version)",
 }
-RELEASE_0X = "0005"
 # The change log's partitions, as revision 0007 creates them.
 BUCKETS = 32
 HEAD = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
@@ -242,29 +240,6 @@ async def wakes_up(url: str, db: asyncpg.Connection, statement: str) -> None:
     async with listening(url) as payloads:
         await db.execute(statement)
         await within(payloads.get())
-
-
-def upgrade_to(url: str, revision: str) -> list[str]:
-    """Apply the migrations up to ``revision`` only, as an older release did; no triggers.
-
-    Returns the revisions applied, as :class:`MigrationReport` lists them.
-    """
-    applied: list[str] = []
-
-    def record(*, step: MigrationInfo, **_: Any) -> None:
-        if step.is_upgrade and not step.is_stamp:
-            applied.extend(step.up_revision_ids)
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
-    config.attributes["dsn"] = url
-    config.attributes["on_version_apply"] = record
-    command.upgrade(config, revision)
-    return applied
-
-
-def upgrade_to_release_0x(url: str) -> list[str]:
-    return upgrade_to(url, RELEASE_0X)
 
 
 async def migrate_beside_open_writer(
