@@ -8,9 +8,9 @@ drops what the stamps needed: ``rows.version``, ``changed_xid``,
 ``broadcaster_version_seq``.
 
 The swap and the drops run in this revision's transaction, under an ACCESS
-EXCLUSIVE lock on ``rows`` taken with a short ``lock_timeout`` and retried:
-writers of ``rows`` wait for at most that long at a time, and no write falls
-between the old triggers and the new one. The capture function installed here
+EXCLUSIVE lock on ``rows`` and the tombstones taken with a short
+``lock_timeout`` and retried: writers of ``rows`` wait for at most that long at
+a time, and no write falls between the old triggers and the new one. The capture function installed here
 is this revision's own minimal copy; ``triggers.sql``, which ``migrate`` installs
 next, replaces it with the current one (which also wakes the servers).
 
@@ -128,23 +128,29 @@ def _statements(script: str) -> list[str]:
 
 
 def _lock_rows() -> None:
-    """ACCESS EXCLUSIVE on rows, waiting at most LOCK_TIMEOUT at a time.
+    """ACCESS EXCLUSIVE on rows and the tombstones, waiting at most LOCK_TIMEOUT at a time.
 
     A lock request that waits makes every later writer of ``rows`` queue behind
     it: a short timeout bounds that, and the request is retried until the
-    writers' own transactions leave a gap.
+    writers' own transactions leave a gap. The tombstones are locked in the
+    same request: a server of the previous release prunes them in a
+    transaction that holds no lock on ``rows``, and dropping them once ``rows``
+    is locked would wait for that transaction with every writer queued behind.
     """
     bind = op.get_bind()
+    tables = "rows"
+    if bind.execute(sa.text("SELECT to_regclass('broadcaster_tombstones')")).scalar() is not None:
+        tables += ", broadcaster_tombstones"
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         savepoint = bind.begin_nested()
         try:
             bind.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            bind.execute(sa.text("LOCK TABLE rows IN ACCESS EXCLUSIVE MODE"))
+            bind.execute(sa.text(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
         except DBAPIError as exc:
             savepoint.rollback()
             if "lock timeout" not in str(exc) or attempt == LOCK_ATTEMPTS:
                 raise
-            logger.info("rows is busy; retrying its lock (attempt %d)", attempt)
+            logger.info("%s busy; retrying the lock (attempt %d)", tables, attempt)
             time.sleep(0.1 * attempt)
         else:
             savepoint.commit()
