@@ -12,12 +12,10 @@ moment, and a cursor issued before the upgrade gets ``reset``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -34,8 +32,9 @@ from tests.support.migrations import (
     upgrade_to,
     upgrade_to_release_0x,
 )
-from tests.support.timeouts import eventually, seconds, within
+from tests.support.timeouts import seconds, within
 from tests.support.wakeups import listening
+from tests.support.writers import MOMENT, writing, written_after
 
 UPGRADE = MigrationReport(applied_revisions=["0006", "0007"], triggers_installed=True)
 # What a client sees of a row, in both designs.
@@ -43,9 +42,6 @@ VISIBLE = "id, table_id, data, enriching_columns, created_at, updated_at"
 # The rows the fixture writes, and those it then deletes (leaving tombstones).
 WRITTEN = 200
 DELETED = 20
-# The longest a writer of rows may wait on the upgrade, in test units: a
-# moment, as the upgrade's locks wait at most LOCK_TIMEOUT at a time.
-MOMENT = 2.0
 
 
 def change_log_revision() -> Any:
@@ -164,74 +160,6 @@ async def test_the_capture_trigger_logs_every_change_after_the_upgrade(
     assert json.loads(updated["old"]) == updated_before
     assert json.loads(deleted["old"]) == deleted_before
     assert deleted["new"] is None
-
-
-@dataclass
-class Writer:
-    """Writes ``rows`` steadily, one single-row UPDATE per transaction, timing each."""
-
-    url: str
-    ids: list[str]
-    # When each write started (perf_counter) and how long it took.
-    writes: list[tuple[float, float]] = field(default_factory=list)
-    # The data each row was last given.
-    last: dict[str, int] = field(default_factory=dict)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(self) -> None:
-        conn = await asyncpg.connect(self.url)
-        try:
-            n = 0
-            while not self.stop.is_set():
-                n += 1
-                row_id = self.ids[n % len(self.ids)]
-                started = time.perf_counter()
-                # Bounded, so that a writer blocked for good fails the test rather than hangs it.
-                await within(
-                    conn.execute(
-                        "UPDATE rows SET data = jsonb_build_object('n', $1::int) WHERE id = $2",
-                        n,
-                        row_id,
-                    ),
-                    units=30,
-                )
-                self.writes.append((started, time.perf_counter() - started))
-                self.last[row_id] = n
-                # Steady, not flat out: the machine's two cores are shared with the upgrade.
-                await asyncio.sleep(seconds(0.005))
-        finally:
-            await conn.close()
-
-    def longest_wait(self, since: float = 0.0) -> float:
-        return max(took for started, took in self.writes if started >= since)
-
-    def count(self, since: float = 0.0) -> int:
-        return sum(1 for started, _ in self.writes if started >= since)
-
-
-@contextlib.asynccontextmanager
-async def writing(url: str, *id_sets: list[str]) -> AsyncIterator[list[Writer]]:
-    """A writer of each set of rows at work, each in its own connection, while open.
-
-    Yields once every writer has committed a write; stops them on leaving, and
-    raises what any of them raised.
-    """
-    writers = [Writer(url, ids) for ids in id_sets]
-    tasks = [asyncio.create_task(writer.run()) for writer in writers]
-    try:
-        await eventually(
-            lambda: all(writer.writes for writer in writers) or any(t.done() for t in tasks)
-        )
-        yield writers
-    finally:
-        for writer in writers:
-            writer.stop.set()
-        await within(asyncio.gather(*tasks), units=30)
-
-
-async def written_after(writers: list[Writer], moment: float, count: int = 3) -> None:
-    """Wait until each writer has committed ``count`` writes started after ``moment``."""
-    await eventually(lambda: all(writer.count(moment) >= count for writer in writers))
 
 
 async def test_writers_never_fail_nor_wait_during_the_upgrade(
