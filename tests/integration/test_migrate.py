@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +39,7 @@ from tests.support.database import with_database
 from tests.support.migrations import RELEASE_0X, upgrade_to, upgrade_to_release_0x
 from tests.support.timeouts import seconds, within
 from tests.support.wakeups import listening
+from tests.support.writers import MOMENT, writing, written_after
 
 T = TypeVar("T")
 
@@ -642,14 +644,24 @@ async def test_current_schema_does_not_block_writers(database_url: str) -> None:
 
 
 async def test_reinstalling_triggers_waits_for_writers(database_url: str) -> None:
-    """The counterpart of the test above: it would notice a migrate() that waits."""
+    """The counterpart of the test above: it would notice a migrate() that waits.
+
+    It waits a little at a time: meanwhile, other writers of rows never wait
+    for more than a moment behind its lock request.
+    """
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("COMMENT ON FUNCTION broadcaster_capture() IS NULL")
+        await conn.execute("INSERT INTO rows (id, table_id) VALUES ('x1', 't2'), ('x2', 't2')")
     finally:
         await conn.close()
 
-    assert await migrate_beside_open_writer(database_url, wait_units=2, run=migrate) is None
+    async with writing(database_url, ["x1", "x2"]) as writers:
+        report = await migrate_beside_open_writer(database_url, wait_units=3 * MOMENT, run=migrate)
+        await written_after(writers, time.perf_counter())
+
+    assert report is None
+    assert max(writer.longest_wait() for writer in writers) < seconds(MOMENT)
 
 
 @pytest.mark.parametrize(
