@@ -623,6 +623,36 @@ async def test_adopting_a_complete_table_does_not_block_writers(
     assert applied == HEAD[: HEAD.index(RELEASE_0X) + 1]
 
 
+async def test_readopting_the_change_log_drops_what_the_stamping_revisions_add_back(
+    database_url: str,
+) -> None:
+    """A database at head that lost alembic_version.
+
+    0001 to 0005 adopt it as the stamping design (adding its columns and
+    tombstones back, which rewrites rows), and 0007 drops them again, keeping
+    the log, the rows and the installed triggers.
+    """
+    db = await asyncpg.connect(database_url)
+    try:
+        await db.execute("DROP TABLE alembic_version")
+        await db.execute("""INSERT INTO rows (id, table_id, data) VALUES ('a', 't1', '{"n": 1}')""")
+        before = await db.fetch("SELECT * FROM rows")
+        entries = await logged(db)
+
+        assert await run_migrate(database_url) == MigrationReport(
+            applied_revisions=HEAD, triggers_installed=False
+        )
+
+        await assert_head_objects(db)
+        assert await db.fetch("SELECT * FROM rows") == before
+        assert await logged(db) == entries
+        assert await triggers_comment(db) == expected_comment()
+        await wakes_up(database_url, db, """UPDATE rows SET data = '{"n": 2}' WHERE id = 'a'""")
+        assert await logged(db) == [*entries, ("t1", "a", "UPDATE")]
+    finally:
+        await db.close()
+
+
 async def test_adopting_complete_changefeed_objects_does_not_block_writers(
     empty_database_url: str, db: asyncpg.Connection
 ) -> None:
@@ -635,6 +665,21 @@ async def test_adopting_complete_changefeed_objects_does_not_block_writers(
     )
 
     assert applied == ["0002", "0003", "0004", "0005"]
+
+
+async def test_readopting_the_change_log_objects_does_not_block_writers(
+    database_url: str,
+) -> None:
+    """0006 and 0007 on a database that has all their objects only read the catalog."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"UPDATE alembic_version SET version_num = '{RELEASE_0X}'")
+    finally:
+        await conn.close()
+
+    report = await migrate_beside_open_writer(database_url, wait_units=15, run=migrate)
+
+    assert report == MigrationReport(applied_revisions=["0006", "0007"], triggers_installed=False)
 
 
 async def test_current_schema_does_not_block_writers(database_url: str) -> None:

@@ -10,9 +10,15 @@ drops what the stamps needed: ``rows.version``, ``changed_xid``,
 The swap and the drops run in this revision's transaction, under an ACCESS
 EXCLUSIVE lock on ``rows`` and the tombstones taken with a short
 ``lock_timeout`` and retried: writers of ``rows`` wait for at most that long at
-a time, and no write falls between the old triggers and the new one. The capture function installed here
-is this revision's own minimal copy; ``triggers.sql``, which ``migrate`` installs
-next, replaces it with the current one (which also wakes the servers).
+a time, and no write falls between the old triggers and the new one. The
+capture function installed here is this revision's own minimal copy;
+``triggers.sql``, which ``migrate`` installs next, replaces it with the current
+one (which also wakes the servers).
+
+A database of the change log that lost ``alembic_version`` has the log already,
+and the stamping objects that revisions 0001 to 0005 added back when they
+adopted it: those are dropped again, and the installed capture function kept.
+Where nothing of the stamps is left, this revision takes no lock.
 
 Cursors issued before this revision name changes that only the stamps
 recorded: ``broadcaster_state.pruned_below`` moves past this transaction, so
@@ -110,16 +116,35 @@ SET pruned_below = greatest(pruned_below, (pg_current_xact_id()::text::numeric +
 """
 
 
+# Whether rows still has what the stamps needed, or lacks its capture trigger.
+# A database of the change log whose alembic_version was lost has both the log
+# and the stamping objects: revisions 0001 to 0005 adopted it as theirs.
+NEEDS_SWAP = """
+SELECT EXISTS (
+        SELECT FROM pg_attribute WHERE attrelid = 'rows'::regclass AND NOT attisdropped
+        AND attname IN ('version', 'changed_xid', 'inserted_xid'))
+    OR to_regclass('broadcaster_tombstones') IS NOT NULL
+    OR to_regclass('broadcaster_version_seq') IS NOT NULL
+    OR NOT EXISTS (
+        SELECT FROM pg_trigger WHERE tgrelid = 'rows'::regclass AND tgname = 'broadcaster_capture')
+"""
+
+
 def upgrade() -> None:
     bind = op.get_bind()
-    if bind.execute(sa.text("SELECT to_regclass('broadcaster_changes')")).scalar() is not None:
+    if bind.execute(sa.text("SELECT to_regclass('broadcaster_changes')")).scalar() is None:
+        # One statement at a time: asyncpg prepares each, and refuses several at once.
+        for statement in _statements(CREATE_LOG):
+            op.execute(statement)
+    if not bind.execute(sa.text(NEEDS_SWAP)).scalar():
         return
-    # One statement at a time: asyncpg prepares each, and refuses several at once.
-    for statement in [*_statements(CREATE_LOG), *_statements(SWAP)]:
+    _lock_rows()
+    for statement in _statements(SWAP):
         op.execute(statement)
-        if statement.startswith("CREATE INDEX"):
-            _lock_rows()
-    op.execute(CAPTURE_FUNCTION)
+    # Kept where it exists: triggers.sql's own, which its comment names as installed.
+    if bind.execute(sa.text("SELECT to_regprocedure('broadcaster_capture()')")).scalar() is None:
+        op.execute(CAPTURE_FUNCTION)
+    op.execute("DROP TRIGGER IF EXISTS broadcaster_capture ON rows")
     op.execute(CAPTURE_TRIGGER)
 
 
