@@ -42,6 +42,7 @@ VISIBLE = "id, table_id, data, enriching_columns, created_at, updated_at"
 # The rows the fixture writes, and those it then deletes (leaving tombstones).
 WRITTEN = 200
 DELETED = 20
+BULK = 100_000
 
 
 def change_log_revision() -> Any:
@@ -165,7 +166,13 @@ async def test_the_capture_trigger_logs_every_change_after_the_upgrade(
 async def test_writers_never_fail_nor_wait_during_the_upgrade(
     release_0x_url: str, db: asyncpg.Connection
 ) -> None:
-    async with writing(release_0x_url, ["r1", "r3", "r5"], ["r7", "r9"], ["r11"]) as writers:
+    # Enough rows for 0006's index to take a while to build.
+    await db.execute(
+        "INSERT INTO rows (id, table_id) SELECT 'bulk' || i, 'bulk'"
+        f" FROM generate_series(1, {BULK}) AS i"
+    )
+
+    async with writing(release_0x_url, ["r1", "r3", "r5"], ["r7", "r9"], []) as writers:
         started = time.perf_counter()
         report = await within(asyncio.to_thread(migrate, release_0x_url), units=60)
         ended = time.perf_counter()
@@ -178,6 +185,10 @@ async def test_writers_never_fail_nor_wait_during_the_upgrade(
     assert longest < seconds(MOMENT)
     assert seconds(MOMENT) < lock_retry_budget() / 10
     # No write was lost, and those after the upgrade were logged.
+    churn = writers[-1]
+    assert await db.fetchval(
+        "SELECT count(*) FROM broadcaster_changes WHERE table_id = 'churn'"
+    ) >= churn.count(ended)
     for writer in writers:
         for row_id, n in writer.last.items():
             assert await db.fetchval("SELECT data->>'n' FROM rows WHERE id = $1", row_id) == str(n)

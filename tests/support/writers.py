@@ -20,9 +20,10 @@ MOMENT = 1.0
 
 @dataclass
 class Writer:
-    """Writes ``rows`` steadily, one single-row UPDATE per transaction, timing each."""
+    """Writes ``rows`` steadily, one single-row statement per transaction, timing each."""
 
     url: str
+    # The rows it updates in turn; none: it inserts a row and deletes it, in turn.
     ids: list[str]
     # When each write started (perf_counter) and how long it took.
     writes: list[tuple[float, float]] = field(default_factory=list)
@@ -36,19 +37,25 @@ class Writer:
             n = 0
             while not self.stop.is_set():
                 n += 1
-                row_id = self.ids[n % len(self.ids)]
+                if self.ids:
+                    row_id = self.ids[n % len(self.ids)]
+                    statement = (
+                        "UPDATE rows SET data = jsonb_build_object('n', $1::int) WHERE id = $2"
+                    )
+                else:
+                    row_id = f"churn-{id(self)}-{n // 2}"
+                    statement = (
+                        "INSERT INTO rows (id, table_id, data)"
+                        " VALUES ($2, 'churn', jsonb_build_object('n', $1::int))"
+                        if n % 2
+                        else "DELETE FROM rows WHERE id = $2 AND $1::int IS NOT NULL"
+                    )
                 started = time.perf_counter()
                 # Bounded, so that a writer blocked for good fails the test rather than hangs it.
-                await within(
-                    conn.execute(
-                        "UPDATE rows SET data = jsonb_build_object('n', $1::int) WHERE id = $2",
-                        n,
-                        row_id,
-                    ),
-                    units=30,
-                )
+                await within(conn.execute(statement, n, row_id), units=30)
                 self.writes.append((started, time.perf_counter() - started))
-                self.last[row_id] = n
+                if self.ids:
+                    self.last[row_id] = n
                 # Steady, not flat out: the machine's two cores are shared with the migration.
                 await asyncio.sleep(seconds(0.005))
         finally:
