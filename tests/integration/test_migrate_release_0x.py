@@ -42,6 +42,7 @@ VISIBLE = "id, table_id, data, enriching_columns, created_at, updated_at"
 # The rows the fixture writes, and those it then deletes (leaving tombstones).
 WRITTEN = 200
 DELETED = 20
+# Rows added for the test of writers, so that 0006 has an index to build.
 BULK = 100_000
 
 
@@ -125,6 +126,12 @@ async def test_migrate_upgrades_in_place_keeping_every_row(
         == 0
     )
     assert await db.fetchval("SELECT count(*) FROM broadcaster_changes") == 0
+    assert {
+        name
+        for (name,) in await db.fetch(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'rows'::regclass AND NOT tgisinternal"
+        )
+    } == {"broadcaster_rows_touch", "broadcaster_capture", "broadcaster_capture_truncate"}
 
 
 async def test_the_capture_trigger_logs_every_change_after_the_upgrade(
