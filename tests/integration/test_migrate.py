@@ -76,7 +76,7 @@ CHANGE_INDEXES = {
     "broadcaster_changes_xid_idx": "CREATE INDEX broadcaster_changes_xid_idx"
     " ON ONLY public.broadcaster_changes USING btree (xid)",
 }
-STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8"}
+STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8", "logged_since": "xid8"}
 # The stamping design's objects, which revision 0007 drops.
 STAMPING_SEQUENCE = "broadcaster_version_seq"
 # The schema of release 0.x (revision 0005), which revisions 0006 and 0007 replace.
@@ -86,6 +86,7 @@ RELEASE_0X_COLUMNS = {
     "changed_xid": "xid8",
     "inserted_xid": "xid8",
 }
+RELEASE_0X_STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8"}
 RELEASE_0X_INDEXES = {
     "rows_pkey": INDEXES["rows_pkey"],
     "rows_table_id_changed_xid_idx": "CREATE INDEX rows_table_id_changed_xid_idx"
@@ -207,7 +208,7 @@ async def assert_release_0x_objects(db: asyncpg.Connection) -> None:
     assert await indexes(db) == RELEASE_0X_INDEXES
     assert await columns(db, "broadcaster_tombstones") == TOMBSTONE_COLUMNS
     assert await indexes(db, "broadcaster_tombstones") == TOMBSTONE_INDEXES
-    assert await columns(db, "broadcaster_state") == STATE_COLUMNS
+    assert await columns(db, "broadcaster_state") == RELEASE_0X_STATE_COLUMNS
     assert [tuple(r) for r in await db.fetch("SELECT * FROM broadcaster_state")] == [(True, 1)]
     assert set(RELEASE_0X_INDEXES) | set(TOMBSTONE_INDEXES) <= await valid_indexes(db)
     assert await exists(db, STAMPING_SEQUENCE)

@@ -246,29 +246,46 @@ async def test_an_open_transaction_delays_the_swap_not_the_writers(
     assert max(writer.longest_wait() for writer in writers) < seconds(MOMENT)
 
 
+@pytest.mark.parametrize("older_transaction", [False, True], ids=["alone", "beside-an-older-one"])
 async def test_a_cursor_issued_before_the_upgrade_gets_reset_history_pruned(
-    release_0x_url: str, db: asyncpg.Connection
+    release_0x_url: str, db: asyncpg.Connection, older_transaction: bool
 ) -> None:
-    async with asyncpg.create_pool(release_0x_url, min_size=1, max_size=2) as pool:
-        reader = ChangeReader(pool)
-        origin = await reader.origin()
-        # As release 0.1.0's read gave it: the snapshot of a statement, with the origin.
-        cursor = encode(origin, await db.fetchval("SELECT pg_current_snapshot()::text"))
-        await db.execute("""UPDATE rows SET data = '{"n": -1}' WHERE id = 'r1'""")
+    """Once: the cursor of the read that reset it goes on as usual.
 
-        await within(asyncio.to_thread(migrate, release_0x_url), units=30)
+    Even while a transaction that began before the upgrade (here writing
+    another table) is still open, which keeps every snapshot's xmin below the
+    upgrade's xid.
+    """
+    await db.execute("CREATE TABLE elsewhere (n int)")
+    other = await asyncpg.connect(release_0x_url)
+    transaction = other.transaction()
+    try:
+        if older_transaction:
+            await transaction.start()
+            await other.execute("INSERT INTO elsewhere VALUES (1)")
+        async with asyncpg.create_pool(release_0x_url, min_size=1, max_size=2) as pool:
+            reader = ChangeReader(pool)
+            origin = await reader.origin()
+            # As release 0.1.0's read gave it: the snapshot of a statement, with the origin.
+            cursor = encode(origin, await db.fetchval("SELECT pg_current_snapshot()::text"))
+            await db.execute("""UPDATE rows SET data = '{"n": -1}' WHERE id = 'r1'""")
 
-        since = decode(cursor, origin).text
-        result = await reader.read([Request(0, "t1", since), Request(1, EVERY_TABLE, since)])
-        assert result.resets == {0: PRUNED, 1: PRUNED}
-        # What a reset comes with: every row of the table, once, as it is.
-        assert sorted((row.key, row.change.op, row.change.id) for row in result.rows) == sorted(
-            (0, "INSERT", row_id)
-            for (row_id,) in await db.fetch("SELECT id FROM rows WHERE table_id = 't1'")
-        )
+            await within(asyncio.to_thread(migrate, release_0x_url), units=30)
 
-        # The cursor of that read goes on as usual.
-        await db.execute("""UPDATE rows SET data = '{"n": -2}' WHERE id = 'r1'""")
-        again = await reader.read([Request(0, "t1", result.snapshot)])
-        assert again.resets == {}
-        assert [(row.change.op, row.change.id) for row in again.rows] == [("UPDATE", "r1")]
+            since = decode(cursor, origin).text
+            result = await reader.read([Request(0, "t1", since), Request(1, EVERY_TABLE, since)])
+            assert result.resets == {0: PRUNED, 1: PRUNED}
+            # What a reset comes with: every row of the table, once, as it is.
+            assert sorted((row.key, row.change.op, row.change.id) for row in result.rows) == sorted(
+                (0, "INSERT", row_id)
+                for (row_id,) in await db.fetch("SELECT id FROM rows WHERE table_id = 't1'")
+            )
+
+            await db.execute("""UPDATE rows SET data = '{"n": -2}' WHERE id = 'r1'""")
+            again = await reader.read([Request(0, "t1", result.snapshot)])
+            assert again.resets == {}
+            assert [(row.change.op, row.change.id) for row in again.rows] == [("UPDATE", "r1")]
+    finally:
+        if older_transaction:
+            await transaction.rollback()
+        await other.close()

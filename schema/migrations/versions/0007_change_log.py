@@ -1,14 +1,15 @@
 """The change log: every committed change of a row, appended by a trigger.
 
 Creates ``broadcaster_changes``, a ring of hourly list partitions with a btree
-on ``xid`` in each, and the sequence ``broadcaster_change_seq``; swaps the
+on ``xid`` in each, the sequence ``broadcaster_change_seq`` and
+``broadcaster_state.logged_since``; swaps the
 stamping triggers on ``rows`` for an AFTER trigger that appends to the log;
 drops what the stamps needed: ``rows.version``, ``changed_xid``,
 ``inserted_xid`` (and the index on them), ``broadcaster_tombstones`` and
 ``broadcaster_version_seq``.
 
 The swap and the drops run in this revision's transaction, under an ACCESS
-EXCLUSIVE lock on ``rows`` and the tombstones taken with a short
+EXCLUSIVE lock on ``rows``, the tombstones and the state taken with a short
 ``lock_timeout`` and retried: writers of ``rows`` wait for at most that long at
 a time, and no write falls between the old triggers and the new one. The
 capture function installed here is this revision's own minimal copy;
@@ -21,8 +22,12 @@ adopted it: those are dropped again, and the installed capture function kept.
 Where nothing of the stamps is left, this revision takes no lock.
 
 Cursors issued before this revision name changes that only the stamps
-recorded: ``broadcaster_state.pruned_below`` moves past this transaction, so
-they get ``reset`` (``history_pruned``) and every row, once. Servers of the
+recorded: ``broadcaster_state.logged_since`` records this transaction, and a
+cursor that does not see it committed gets ``reset`` (``history_pruned``) and
+every row, once. Not ``pruned_below``, which reads compare with a cursor's
+xmin: moved past this transaction, it would also refuse every cursor issued
+after it for as long as any transaction that began before it stays open,
+anywhere in the cluster, each read resetting again. Servers of the
 previous release fail their reads from here on (the columns they read are
 gone) until they are upgraded; their clients resume on upgraded ones.
 
@@ -111,8 +116,8 @@ ALTER TABLE rows DROP COLUMN IF EXISTS version, DROP COLUMN IF EXISTS changed_xi
     DROP COLUMN IF EXISTS inserted_xid;
 DROP TABLE IF EXISTS broadcaster_tombstones;
 DROP SEQUENCE IF EXISTS broadcaster_version_seq;
-UPDATE broadcaster_state
-SET pruned_below = greatest(pruned_below, (pg_current_xact_id()::text::numeric + 1)::text::xid8)
+ALTER TABLE broadcaster_state ADD COLUMN IF NOT EXISTS logged_since xid8 NOT NULL DEFAULT '1';
+UPDATE broadcaster_state SET logged_since = pg_current_xact_id()
 """
 
 
@@ -153,17 +158,18 @@ def _statements(script: str) -> list[str]:
 
 
 def _lock_rows() -> None:
-    """ACCESS EXCLUSIVE on rows and the tombstones, waiting at most LOCK_TIMEOUT at a time.
+    """ACCESS EXCLUSIVE on what the swap alters, waiting at most LOCK_TIMEOUT at a time.
 
     A lock request that waits makes every later writer of ``rows`` queue behind
     it: a short timeout bounds that, and the request is retried until the
-    writers' own transactions leave a gap. The tombstones are locked in the
-    same request: a server of the previous release prunes them in a
-    transaction that holds no lock on ``rows``, and dropping them once ``rows``
-    is locked would wait for that transaction with every writer queued behind.
+    writers' own transactions leave a gap. The tombstones and the state are
+    locked in the same request: a server of the previous release prunes the
+    tombstones in a transaction that holds no lock on ``rows``, and its reads
+    lock the state and rows one after the other; waiting for either once
+    ``rows`` is locked would queue every writer behind that wait.
     """
     bind = op.get_bind()
-    tables = "rows"
+    tables = "rows, broadcaster_state"
     if bind.execute(sa.text("SELECT to_regclass('broadcaster_tombstones')")).scalar() is not None:
         tables += ", broadcaster_tombstones"
     for attempt in range(1, LOCK_ATTEMPTS + 1):
