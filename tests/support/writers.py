@@ -15,7 +15,7 @@ from tests.support.timeouts import eventually, seconds, within
 # The longest a writer of rows may wait on a migration, in test units: its lock
 # requests wait at most 500 ms at a time (revision 0007's LOCK_TIMEOUT, the
 # triggers' install in broadcaster/postgres/migrate.py).
-MOMENT = 1.0
+MOMENT = 1.5
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Writer:
                         "UPDATE rows SET data = jsonb_build_object('n', $1::int) WHERE id = $2"
                     )
                 else:
-                    row_id = f"churn-{id(self)}-{n // 2}"
+                    row_id = f"churn-{id(self)}-{(n + 1) // 2}"
                     statement = (
                         "INSERT INTO rows (id, table_id, data)"
                         " VALUES ($2, 'churn', jsonb_build_object('n', $1::int))"
