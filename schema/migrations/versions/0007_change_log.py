@@ -2,11 +2,10 @@
 
 Creates ``broadcaster_changes``, a ring of hourly list partitions with a btree
 on ``xid`` in each, the sequence ``broadcaster_change_seq`` and
-``broadcaster_state.logged_since``; swaps the
-stamping triggers on ``rows`` for an AFTER trigger that appends to the log;
-drops what the stamps needed: ``rows.version``, ``changed_xid``,
-``inserted_xid`` (and the index on them), ``broadcaster_tombstones`` and
-``broadcaster_version_seq``.
+``broadcaster_state.logged_since``; swaps the stamping triggers on ``rows`` for
+an AFTER trigger that appends to the log; drops what the stamps needed:
+``rows.version``, ``changed_xid``, ``inserted_xid`` (and the index on them),
+``broadcaster_tombstones`` and ``broadcaster_version_seq``.
 
 The swap and the drops run in this revision's transaction, under an ACCESS
 EXCLUSIVE lock on ``rows``, the tombstones and the state taken with a short
@@ -143,7 +142,7 @@ def upgrade() -> None:
             op.execute(statement)
     if not bind.execute(sa.text(NEEDS_SWAP)).scalar():
         return
-    _lock_rows()
+    _lock_for_the_swap()
     for statement in _statements(SWAP):
         op.execute(statement)
     # Kept where it exists: triggers.sql's own, which its comment names as installed.
@@ -157,7 +156,7 @@ def _statements(script: str) -> list[str]:
     return [statement.strip() for statement in script.split(";\n") if statement.strip()]
 
 
-def _lock_rows() -> None:
+def _lock_for_the_swap() -> None:
     """ACCESS EXCLUSIVE on what the swap alters, waiting at most LOCK_TIMEOUT at a time.
 
     A lock request that waits makes every later writer of ``rows`` queue behind
