@@ -1,11 +1,11 @@
 """``broadcaster.postgres.migrate.migrate()`` against real databases.
 
 Covers a fresh database, a second run, upgrading a database of revision 0001
-(and of release 0.x, revision 0005: test_migrate_release_0x.py),
-adopting a ``rows`` table that predates the broadcaster (and objects of later
-revisions that already exist), reinstalling changed triggers, concurrent runs,
-the minimum Postgres version, and the property servers rely on to migrate at
-every start: on a current schema it never waits for a writer of ``rows``.
+(that of release 0.1.0, revision 0005, has test_migrate_release_0x.py), adopting
+a ``rows`` table that predates the broadcaster (and objects of later revisions
+that already exist), reinstalling changed triggers, concurrent runs, the
+minimum Postgres version, and the property servers rely on to migrate at every
+start: on a current schema it never waits for a writer of ``rows``.
 
 What the triggers do with the tables is test_triggers.py's subject; here they
 only need to be installed and to fire.
