@@ -146,6 +146,11 @@ class BroadcasterState(Base):
     pruned_below: Mapped[int] = mapped_column(
         XID8, nullable=False, server_default=text("'1'::xid8")
     )
+    # The transaction that started the change log (revision 0007): a cursor
+    # that does not see it committed predates the log, and is refused too.
+    logged_since: Mapped[int] = mapped_column(
+        XID8, nullable=False, server_default=text("'1'::xid8")
+    )
 
 
 class Presence(Base):

@@ -5,7 +5,9 @@ then installs ``triggers.sql`` if the installed copy differs from this
 package's. The installed copy is identified by the sha256 of its text, kept in
 the comment of the trigger function ``broadcaster_capture()``; the file and
 the comment are written in one transaction, so the comment never names a copy
-that is not installed.
+that is not installed. Installing it waits for the writers' open transactions
+on ``rows`` at most 500 ms at a time, retried, so that writers are not queued
+behind it for longer.
 
 On a database that is already current, :func:`migrate` only reads
 (``alembic_version`` and that comment), so servers may run it at every start
@@ -54,6 +56,12 @@ _MINIMUM_SERVER_VERSION_NUM = 130000
 
 _TRIGGERS_FUNCTION = "broadcaster_capture()"
 _TRIGGERS_COMMENT_PREFIX = "broadcaster triggers sha256:"
+# triggers.sql replaces the triggers on rows, which takes an ACCESS EXCLUSIVE
+# lock: a request waiting for a writer's open transaction would queue every
+# later writer of rows behind it. Each attempt waits at most this long, and the
+# install is retried until the writers leave a gap (as revision 0007 does).
+_TRIGGERS_LOCK_TIMEOUT = "500ms"
+_TRIGGERS_LOCK_ATTEMPTS = 40
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,17 @@ async def _install_triggers(conn: asyncpg.Connection, triggers: str) -> bool:
         logger.info("triggers.sql is current (sha256 %s)", digest)
         return False
     logger.info("installing triggers.sql (sha256 %s; installed: %s)", digest, installed or "none")
-    async with conn.transaction():
-        await conn.execute(triggers)
-        await conn.execute(f"COMMENT ON FUNCTION {_TRIGGERS_FUNCTION} IS '{comment}'")
+    for attempt in range(1, _TRIGGERS_LOCK_ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{_TRIGGERS_LOCK_TIMEOUT}'")
+                await conn.execute(triggers)
+                await conn.execute(f"COMMENT ON FUNCTION {_TRIGGERS_FUNCTION} IS '{comment}'")
+        except asyncpg.LockNotAvailableError:
+            if attempt == _TRIGGERS_LOCK_ATTEMPTS:
+                raise
+            logger.info("rows is busy; retrying the install of triggers.sql (attempt %d)", attempt)
+            await asyncio.sleep(0.1 * attempt)
+        else:
+            break
     return True

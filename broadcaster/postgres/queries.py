@@ -107,13 +107,16 @@ WITH req AS (
 ), catch_up AS (
     SELECT k FROM unnest($1::int[], $7::bool[]) AS u(k, catch_up) WHERE catch_up
 ), cur AS (
-    SELECT pg_current_snapshot() AS s, (SELECT pruned_below FROM broadcaster_state) AS pruned_below
+    SELECT pg_current_snapshot() AS s, (SELECT pruned_below FROM broadcaster_state) AS pruned_below,
+        (SELECT logged_since FROM broadcaster_state) AS logged_since
 ), chk AS (
     SELECT req.k, req.t, req.since,
         CASE
             WHEN req.since IS NULL THEN NULL
             WHEN pg_snapshot_xmax(req.since) > pg_snapshot_xmax(cur.s) THEN $4::text
             WHEN pg_snapshot_xmin(req.since) < cur.pruned_below THEN $5::text
+            -- A cursor from before the change log (schema revision 0007).
+            WHEN NOT pg_visible_in_snapshot(cur.logged_since, req.since) THEN $5::text
         END AS reset,
         -- A catch-up of more than $8 changes is compacted; counted up to $8 + 1.
         req.k IN (SELECT k FROM catch_up) AND (

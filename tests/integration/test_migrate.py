@@ -1,10 +1,11 @@
 """``broadcaster.postgres.migrate.migrate()`` against real databases.
 
-Covers a fresh database, a second run, upgrading a database of revision 0001,
-adopting a ``rows`` table that predates the broadcaster (and objects of later
-revisions that already exist), reinstalling changed triggers, concurrent runs,
-the minimum Postgres version, and the property servers rely on to migrate at
-every start: on a current schema it never waits for a writer of ``rows``.
+Covers a fresh database, a second run, upgrading a database of revision 0001
+(that of release 0.1.0, revision 0005, has test_migrate_release_0x.py), adopting
+a ``rows`` table that predates the broadcaster (and objects of later revisions
+that already exist), reinstalling changed triggers, concurrent runs, the
+minimum Postgres version, and the property servers rely on to migrate at every
+start: on a current schema it never waits for a writer of ``rows``.
 
 What the triggers do with the tables is test_triggers.py's subject; here they
 only need to be installed and to fire.
@@ -17,16 +18,15 @@ import hashlib
 import importlib.util
 import json
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -34,30 +34,61 @@ from sqlalchemy.pool import NullPool
 
 from broadcaster.exceptions import MigrationError
 from broadcaster.postgres.migrate import MigrationReport, migrate
-from broadcaster.postgres.resources import migrations_dir, schema_dir, triggers_sql
+from broadcaster.postgres.resources import schema_dir, triggers_sql
 from tests.support.database import with_database
+from tests.support.migrations import RELEASE_0X, upgrade_to, upgrade_to_release_0x
 from tests.support.timeouts import seconds, within
 from tests.support.wakeups import listening
+from tests.support.writers import MOMENT, writing, written_after
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRIGGERS = {
-    "broadcaster_before_write",
-    "broadcaster_after_delete",
-    "broadcaster_before_truncate",
+    "broadcaster_rows_touch",
+    "broadcaster_capture",
+    "broadcaster_capture_truncate",
 }
 COLUMNS = {
     "id": "text",
     "table_id": "text",
     "data": "jsonb",
     "enriching_columns": "text[]",
-    "version": "bigint",
     "created_at": "timestamp with time zone",
     "updated_at": "timestamp with time zone",
-    "changed_xid": "xid8",
-    "inserted_xid": "xid8",
 }
 INDEXES = {
     "rows_pkey": "CREATE UNIQUE INDEX rows_pkey ON public.rows USING btree (id)",
+    "rows_table_id_idx": "CREATE INDEX rows_table_id_idx ON public.rows USING btree (table_id)",
+}
+CHANGE_COLUMNS = {
+    "bucket": "smallint",
+    "xid": "xid8",
+    "seq": "bigint",
+    "at": "timestamp with time zone",
+    "table_id": "text",
+    "id": "text",
+    "op": "text",
+    "new": "jsonb",
+    "old": "jsonb",
+}
+CHANGE_INDEXES = {
+    "broadcaster_changes_xid_idx": "CREATE INDEX broadcaster_changes_xid_idx"
+    " ON ONLY public.broadcaster_changes USING btree (xid)",
+}
+STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8", "logged_since": "xid8"}
+# The stamping design's objects, which revision 0007 drops.
+STAMPING_SEQUENCE = "broadcaster_version_seq"
+# The schema of release 0.x (revision 0005), which revisions 0006 and 0007 replace.
+RELEASE_0X_COLUMNS = {
+    **COLUMNS,
+    "version": "bigint",
+    "changed_xid": "xid8",
+    "inserted_xid": "xid8",
+}
+RELEASE_0X_STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8"}
+RELEASE_0X_INDEXES = {
+    "rows_pkey": INDEXES["rows_pkey"],
     "rows_table_id_changed_xid_idx": "CREATE INDEX rows_table_id_changed_xid_idx"
     " ON public.rows USING btree (table_id, changed_xid)",
 }
@@ -80,8 +111,9 @@ TOMBSTONE_INDEXES = {
     "broadcaster_tombstones_table_id_id_idx": "CREATE INDEX broadcaster_tombstones_table_id_id_idx"
     " ON public.broadcaster_tombstones USING btree (table_id, id, version)",
 }
-STATE_COLUMNS = {"singleton": "boolean", "pruned_below": "xid8"}
-HEAD = ["0001", "0002", "0003", "0004", "0005"]
+# The change log's partitions, as revision 0007 creates them.
+BUCKETS = 32
+HEAD = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
 FRESH = MigrationReport(applied_revisions=HEAD, triggers_installed=True)
 CURRENT = MigrationReport(applied_revisions=[], triggers_installed=False)
 # Waits for a line on stdin once imported, so that the runs start together.
@@ -131,20 +163,55 @@ async def relations(db: asyncpg.Connection) -> dict[str, int]:
     """Name to oid of each table, index and sequence; a rebuilt one has a new oid."""
     records = await db.fetch(
         "SELECT relname, oid FROM pg_class"
-        " WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'i', 'S')"
+        " WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'i', 'I', 'S')"
     )
     return {name: oid for name, oid in records}
 
 
-async def assert_changefeed_objects(db: asyncpg.Connection) -> None:
-    """The objects of revision 0002 are all there, with the single state row."""
+async def exists(db: asyncpg.Connection, relation: str) -> bool:
+    return bool(await db.fetchval("SELECT to_regclass($1) IS NOT NULL", relation))
+
+
+async def partitions(db: asyncpg.Connection, parent: str) -> dict[str, str | None]:
+    """Name of each partition of ``parent`` to its bound (or, for an index, None)."""
+    records = await db.fetch(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits AS i"
+        " JOIN pg_class AS c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass",
+        parent,
+    )
+    return {name: bound for name, bound in records}
+
+
+async def assert_head_objects(db: asyncpg.Connection) -> None:
+    """The objects of the head revision are all there, and the stamping design's are gone."""
     assert await columns(db) == COLUMNS
     assert await indexes(db) == INDEXES
+    assert await columns(db, "broadcaster_changes") == CHANGE_COLUMNS
+    assert await indexes(db, "broadcaster_changes") == CHANGE_INDEXES
+    assert await partitions(db, "broadcaster_changes") == {
+        f"broadcaster_changes_{bucket}": f"FOR VALUES IN ('{bucket}')" for bucket in range(BUCKETS)
+    }
+    assert set(await partitions(db, "broadcaster_changes_xid_idx")) == {
+        f"broadcaster_changes_{bucket}_xid_idx" for bucket in range(BUCKETS)
+    }
+    assert await exists(db, "broadcaster_change_seq")
+    assert await columns(db, "broadcaster_state") == STATE_COLUMNS
+    assert await db.fetchval("SELECT count(*) FROM broadcaster_state WHERE singleton") == 1
+    assert set(INDEXES) | set(CHANGE_INDEXES) <= await valid_indexes(db)
+    assert not await exists(db, "broadcaster_tombstones")
+    assert not await exists(db, STAMPING_SEQUENCE)
+
+
+async def assert_release_0x_objects(db: asyncpg.Connection) -> None:
+    """The objects of revision 0005 (release 0.x) are all there, with the single state row."""
+    assert await columns(db) == RELEASE_0X_COLUMNS
+    assert await indexes(db) == RELEASE_0X_INDEXES
     assert await columns(db, "broadcaster_tombstones") == TOMBSTONE_COLUMNS
     assert await indexes(db, "broadcaster_tombstones") == TOMBSTONE_INDEXES
-    assert await columns(db, "broadcaster_state") == STATE_COLUMNS
+    assert await columns(db, "broadcaster_state") == RELEASE_0X_STATE_COLUMNS
     assert [tuple(r) for r in await db.fetch("SELECT * FROM broadcaster_state")] == [(True, 1)]
-    assert set(INDEXES) | set(TOMBSTONE_INDEXES) <= await valid_indexes(db)
+    assert set(RELEASE_0X_INDEXES) | set(TOMBSTONE_INDEXES) <= await valid_indexes(db)
+    assert await exists(db, STAMPING_SEQUENCE)
 
 
 async def triggers(db: asyncpg.Connection) -> dict[str, int]:
@@ -157,7 +224,7 @@ async def triggers(db: asyncpg.Connection) -> dict[str, int]:
 
 async def triggers_comment(db: asyncpg.Connection) -> str | None:
     comment: str | None = await db.fetchval(
-        "SELECT obj_description(to_regprocedure('broadcaster_before_write()'), 'pg_proc')"
+        "SELECT obj_description(to_regprocedure('broadcaster_capture()'), 'pg_proc')"
     )
     return comment
 
@@ -178,20 +245,14 @@ async def wakes_up(url: str, db: asyncpg.Connection, statement: str) -> None:
         await within(payloads.get())
 
 
-def upgrade_to(url: str, revision: str) -> None:
-    """Apply the migrations up to ``revision`` only, as an older release did; no triggers."""
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
-    config.attributes["dsn"] = url
-    command.upgrade(config, revision)
+async def migrate_beside_open_writer(
+    url: str, wait_units: float, run: Callable[[str], T]
+) -> T | None:
+    """Run ``run`` (migrate, or a release's upgrade) while a writer holds a row of ``rows`` locked.
 
-
-async def migrate_beside_open_writer(url: str, wait_units: float) -> MigrationReport | None:
-    """Run migrate() while a writer's transaction holds a row of ``rows`` locked.
-
-    Returns the report if migrate() finished within ``wait_units`` while that
+    Returns what it returned if it finished within ``wait_units`` while that
     transaction was still open, None if it was still waiting. The writer then
-    commits and migrate() is awaited either way, so no thread outlives the test.
+    commits and ``run`` is awaited either way, so no thread outlives the test.
     """
     writer = await asyncpg.connect(url)
     try:
@@ -204,15 +265,21 @@ async def migrate_beside_open_writer(url: str, wait_units: float) -> MigrationRe
         )
         assert "RowExclusiveLock" in {record["mode"] for record in held}
 
-        migration = asyncio.ensure_future(asyncio.to_thread(migrate, url))
+        migration = asyncio.ensure_future(asyncio.to_thread(run, url))
         try:
             done, _ = await asyncio.wait({migration}, timeout=seconds(wait_units))
         finally:
             await transaction.commit()
-            report = await within(migration, units=30)
+            result = await within(migration, units=30)
     finally:
         await writer.close()
-    return report if migration in done else None
+    return result if migration in done else None
+
+
+async def logged(db: asyncpg.Connection) -> list[tuple[str, str, str]]:
+    """(table_id, id, op) of each entry of the change log, in order."""
+    records = await db.fetch("SELECT table_id, id, op FROM broadcaster_changes ORDER BY seq")
+    return [(table_id, id_, op) for table_id, id_, op in records]
 
 
 def load_models() -> ModuleType:
@@ -234,9 +301,8 @@ async def test_empty_database_gets_tables_indexes_sequence_and_triggers(
 ) -> None:
     assert await run_migrate(empty_database_url) == FRESH
 
-    # rows_table_id_idx, which 0001 created, is gone: 0002 replaced it.
-    await assert_changefeed_objects(db)
-    assert await db.fetchval("SELECT to_regclass('broadcaster_version_seq') IS NOT NULL")
+    # 0001 to 0005 built the stamping design, 0006 and 0007 replaced it.
+    await assert_head_objects(db)
     assert set(await triggers(db)) == TRIGGERS
     assert await triggers_comment(db) == expected_comment()
     assert await db.fetchval("SELECT version_num FROM alembic_version") == HEAD[-1]
@@ -264,11 +330,11 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
     )
 
     def differences(connection: Connection) -> list[Any]:
+        models = load_models()
+        # As env.py configures it: the log's partitions are not modelled one by one.
+        context = MigrationContext.configure(connection, opts={"include_name": models.include_name})
         # Typed Any by alembic, documented as a list of differences.
-        return cast(
-            "list[Any]",
-            compare_metadata(MigrationContext.configure(connection), load_models().Base.metadata),
-        )
+        return cast("list[Any]", compare_metadata(context, models.Base.metadata))
 
     try:
         async with engine.connect() as connection:
@@ -291,7 +357,7 @@ async def test_second_run_changes_nothing(empty_database_url: str, db: asyncpg.C
 async def test_upgrades_a_database_of_revision_0001(
     empty_database_url: str, db: asyncpg.Connection
 ) -> None:
-    """The upgrade of every existing deployment: its rows keep their data, with NULL xids."""
+    """The upgrade of the oldest deployments: their rows keep their data, and are logged."""
     await within(asyncio.to_thread(upgrade_to, empty_database_url, "0001"), units=30)
     await db.execute(
         """INSERT INTO rows (id, table_id, data) VALUES ('a', 't1', '{"n": 1}'),"""
@@ -301,17 +367,17 @@ async def test_upgrades_a_database_of_revision_0001(
     assert "rows_table_id_idx" in await indexes(db)
 
     assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=True
+        applied_revisions=HEAD[1:], triggers_installed=True
     )
 
-    await assert_changefeed_objects(db)
+    await assert_head_objects(db)
     after = await db.fetch("SELECT * FROM rows ORDER BY id")
     assert [dict(record) for record in after] == [
-        {**dict(record), "changed_xid": None, "inserted_xid": None} for record in before
+        {name: value for name, value in record.items() if name != "version"} for record in before
     ]
+    assert await logged(db) == []
     await wakes_up(empty_database_url, db, """UPDATE rows SET data = '{"n": 3}' WHERE id = 'a'""")
-    assert await db.fetchval("SELECT changed_xid IS NOT NULL FROM rows WHERE id = 'a'")
-    assert await db.fetchval("SELECT changed_xid IS NULL FROM rows WHERE id = 'b'")
+    assert await logged(db) == [("t1", "a", "UPDATE")]
 
 
 async def test_adopts_a_table_with_some_columns(
@@ -328,27 +394,23 @@ async def test_adopts_a_table_with_some_columns(
 
     assert await run_migrate(empty_database_url) == FRESH
 
-    await assert_changefeed_objects(db)
+    await assert_head_objects(db)
     assert await db.fetch("SELECT id, table_id, data FROM rows ORDER BY id") == before
     adopted = await db.fetch("SELECT * FROM rows")
-    versions = {record["version"] for record in adopted}
-    assert None not in versions
-    assert len(versions) == len(adopted)
     assert all(record["enriching_columns"] == [] for record in adopted)
     assert all(record["created_at"] == record["updated_at"] for record in adopted)
-    # The rows predate the tracking of transactions.
-    assert {(record["changed_xid"], record["inserted_xid"]) for record in adopted} == {(None, None)}
+    # The rows predate the log: adopting them logs nothing.
+    assert await logged(db) == []
 
     await wakes_up(empty_database_url, db, """UPDATE rows SET data = '{"n": 3}' WHERE id = 'a'""")
     updated = await db.fetchrow("SELECT * FROM rows WHERE id = 'a'")
     assert updated is not None
-    assert updated["version"] > max(versions)
     assert updated["created_at"] < updated["updated_at"]
-    assert updated["changed_xid"] is not None
     await wakes_up(empty_database_url, db, "INSERT INTO rows (table_id) VALUES ('t3')")
     inserted = await db.fetchrow("SELECT * FROM rows WHERE table_id = 't3'")
     assert inserted is not None
     assert len(inserted["id"]) == 36
+    assert await logged(db) == [("t1", "a", "UPDATE"), ("t3", inserted["id"], "INSERT")]
 
 
 async def test_adopts_a_table_without_key_or_table_id(
@@ -359,22 +421,19 @@ async def test_adopts_a_table_without_key_or_table_id(
 
     assert await run_migrate(empty_database_url) == FRESH
 
+    # 0001 adopted version as the stamping design's column, which 0007 dropped.
     assert await columns(db) == COLUMNS
     assert "UNIQUE INDEX rows_pkey" in (await indexes(db))["rows_pkey"]
     adopted = await db.fetch("SELECT * FROM rows ORDER BY data->>'n'")
     assert [json.loads(record["data"]) for record in adopted] == [{"n": 1}, {"n": 2}]
     assert {record["table_id"] for record in adopted} == {"default"}
     assert len({record["id"] for record in adopted}) == 2
-    assert adopted[0]["version"] == 41
-    assert adopted[1]["version"] > 41
     # The adoption default is for rows that predate the column, not for new ones.
     with pytest.raises(asyncpg.NotNullViolationError):
         await db.execute("INSERT INTO rows (data) VALUES ('{}')")
 
     await wakes_up(empty_database_url, db, "INSERT INTO rows (table_id) VALUES ('t1')")
-    assert (
-        await db.fetchval("SELECT version FROM rows WHERE table_id = 't1'") > adopted[1]["version"]
-    )
+    assert [op for table_id, _, op in await logged(db) if table_id == "t1"] == ["INSERT"]
 
 
 async def test_adoption_replaces_an_index_left_invalid(
@@ -388,8 +447,9 @@ async def test_adoption_replaces_an_index_left_invalid(
 
     assert await run_migrate(empty_database_url) == FRESH
 
-    # 0001 replaced it, and 0002 dropped the replacement in favour of its own.
-    await assert_changefeed_objects(db)
+    # 0001 replaced it, 0002 dropped the replacement in favour of its own, and
+    # 0006 built it again for 0007 to drop that one.
+    await assert_head_objects(db)
 
 
 async def leave_invalid_index(db: asyncpg.Connection, name: str, on: str) -> None:
@@ -401,6 +461,7 @@ async def leave_invalid_index(db: asyncpg.Connection, name: str, on: str) -> Non
 async def test_replaces_a_changed_xid_index_left_invalid(
     empty_database_url: str, db: asyncpg.Connection
 ) -> None:
+    """0002 on a database whose concurrent build of its index failed; 0007 drops the index."""
     await within(asyncio.to_thread(upgrade_to, empty_database_url, "0001"), units=30)
     await db.execute("ALTER TABLE rows ADD COLUMN changed_xid xid8")
     await db.execute(
@@ -408,11 +469,13 @@ async def test_replaces_a_changed_xid_index_left_invalid(
     )
     await leave_invalid_index(db, "rows_table_id_changed_xid_idx", "rows (table_id, changed_xid)")
 
-    assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=True
-    )
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, RELEASE_0X), units=30)
 
-    await assert_changefeed_objects(db)
+    await assert_release_0x_objects(db)
+    assert await run_migrate(empty_database_url) == MigrationReport(
+        applied_revisions=["0006", "0007"], triggers_installed=True
+    )
+    await assert_head_objects(db)
 
 
 async def test_replaces_a_tombstones_by_id_index_left_invalid(
@@ -430,11 +493,29 @@ async def test_replaces_a_tombstones_by_id_index_left_invalid(
         "broadcaster_tombstones (table_id, id, version)",
     )
 
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, "0005"), units=30)
+
+    await assert_release_0x_objects(db)
     assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0005"], triggers_installed=True
+        applied_revisions=["0006", "0007"], triggers_installed=True
+    )
+    await assert_head_objects(db)
+
+
+async def test_replaces_a_table_id_index_left_invalid(
+    empty_database_url: str, db: asyncpg.Connection
+) -> None:
+    """0006 on a database of release 0.x whose concurrent build of its index failed."""
+    await within(asyncio.to_thread(upgrade_to_release_0x, empty_database_url), units=30)
+    await db.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't1'), ('b', 't1')")
+    await leave_invalid_index(db, "rows_table_id_idx", "rows (table_id)")
+
+    assert await run_migrate(empty_database_url) == MigrationReport(
+        applied_revisions=["0006", "0007"], triggers_installed=True
     )
 
-    await assert_changefeed_objects(db)
+    await assert_head_objects(db)
+    assert await db.fetchval("SELECT count(*) FROM rows") == 2
 
 
 async def test_adopts_changefeed_objects_that_exist(
@@ -460,11 +541,9 @@ async def test_adopts_changefeed_objects_that_exist(
     )
     tombstones = await db.fetch("SELECT * FROM broadcaster_tombstones")
 
-    assert await run_migrate(empty_database_url) == MigrationReport(
-        applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=True
-    )
+    await within(asyncio.to_thread(upgrade_to, empty_database_url, RELEASE_0X), units=30)
 
-    await assert_changefeed_objects(db)
+    await assert_release_0x_objects(db)
     assert await db.fetch("SELECT * FROM broadcaster_tombstones") == tombstones
     xids = await db.fetchrow("SELECT changed_xid, inserted_xid FROM rows")
     assert xids is not None
@@ -473,6 +552,12 @@ async def test_adopts_changefeed_objects_that_exist(
     await db.execute(
         "INSERT INTO broadcaster_tombstones (table_id, id, version, xid) VALUES ('t1', 'x', 4, '8')"
     )
+    # And on to the change log, which needs none of them: the row stays.
+    assert await run_migrate(empty_database_url) == MigrationReport(
+        applied_revisions=["0006", "0007"], triggers_installed=True
+    )
+    await assert_head_objects(db)
+    assert [tuple(r) for r in await db.fetch("SELECT id, table_id FROM rows")] == [("a", "t1")]
 
 
 async def test_refuses_a_changefeed_table_with_an_incompatible_column(
@@ -523,59 +608,122 @@ async def test_refuses_a_table_with_an_incompatible_column(
 
 
 async def test_adopting_a_complete_table_does_not_block_writers(
+    empty_database_url: str, db: asyncpg.Connection
+) -> None:
+    """0001 to 0005 on a database that has all their objects only read the catalog.
+
+    At the revision that made them (the stamping design): 0007 drops some of them.
+    """
+    await within(asyncio.to_thread(upgrade_to_release_0x, empty_database_url), units=30)
+    await db.execute("DROP TABLE alembic_version")
+
+    applied = await migrate_beside_open_writer(
+        empty_database_url, wait_units=15, run=upgrade_to_release_0x
+    )
+
+    assert applied == HEAD[: HEAD.index(RELEASE_0X) + 1]
+
+
+async def test_readopting_the_change_log_drops_what_the_stamping_revisions_add_back(
     database_url: str,
 ) -> None:
-    conn = await asyncpg.connect(database_url)
+    """A database at head that lost alembic_version.
+
+    0001 to 0005 adopt it as the stamping design (adding its columns and
+    tombstones back, which rewrites rows), and 0007 drops them again, keeping
+    the log, the rows and the installed triggers.
+    """
+    # Written in a session of its own: this one's write would remember for a
+    # moment that no server serves t1, and skip the wake-up awaited below.
+    writer = await asyncpg.connect(database_url)
     try:
-        await conn.execute("DROP TABLE alembic_version")
+        await writer.execute(
+            """INSERT INTO rows (id, table_id, data) VALUES ('a', 't1', '{"n": 1}')"""
+        )
     finally:
-        await conn.close()
+        await writer.close()
+    db = await asyncpg.connect(database_url)
+    try:
+        await db.execute("DROP TABLE alembic_version")
+        before = await db.fetch("SELECT * FROM rows")
+        entries = await logged(db)
 
-    report = await migrate_beside_open_writer(database_url, wait_units=15)
+        assert await run_migrate(database_url) == MigrationReport(
+            applied_revisions=HEAD, triggers_installed=False
+        )
 
-    assert report == MigrationReport(applied_revisions=HEAD, triggers_installed=False)
+        await assert_head_objects(db)
+        assert await db.fetch("SELECT * FROM rows") == before
+        assert await logged(db) == entries
+        assert await triggers_comment(db) == expected_comment()
+        await wakes_up(database_url, db, """UPDATE rows SET data = '{"n": 2}' WHERE id = 'a'""")
+        assert await logged(db) == [*entries, ("t1", "a", "UPDATE")]
+    finally:
+        await db.close()
 
 
 async def test_adopting_complete_changefeed_objects_does_not_block_writers(
-    database_url: str,
+    empty_database_url: str, db: asyncpg.Connection
 ) -> None:
     """0002 on a database that has all its objects only reads the catalog."""
+    await within(asyncio.to_thread(upgrade_to_release_0x, empty_database_url), units=30)
+    await db.execute("UPDATE alembic_version SET version_num = '0001'")
+
+    applied = await migrate_beside_open_writer(
+        empty_database_url, wait_units=15, run=upgrade_to_release_0x
+    )
+
+    assert applied == ["0002", "0003", "0004", "0005"]
+
+
+async def test_readopting_the_change_log_objects_does_not_block_writers(
+    database_url: str,
+) -> None:
+    """0006 and 0007 on a database that has all their objects only read the catalog."""
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("UPDATE alembic_version SET version_num = '0001'")
+        await conn.execute(f"UPDATE alembic_version SET version_num = '{RELEASE_0X}'")
     finally:
         await conn.close()
 
-    report = await migrate_beside_open_writer(database_url, wait_units=15)
+    report = await migrate_beside_open_writer(database_url, wait_units=15, run=migrate)
 
-    assert report == MigrationReport(
-        applied_revisions=["0002", "0003", "0004", "0005"], triggers_installed=False
-    )
+    assert report == MigrationReport(applied_revisions=["0006", "0007"], triggers_installed=False)
 
 
 async def test_current_schema_does_not_block_writers(database_url: str) -> None:
-    report = await migrate_beside_open_writer(database_url, wait_units=15)
+    report = await migrate_beside_open_writer(database_url, wait_units=15, run=migrate)
 
     assert report == CURRENT
 
 
 async def test_reinstalling_triggers_waits_for_writers(database_url: str) -> None:
-    """The counterpart of the test above: it would notice a migrate() that waits."""
+    """The counterpart of the test above: it would notice a migrate() that waits.
+
+    It waits a little at a time: meanwhile, other writers of rows never wait
+    for more than a moment behind its lock request.
+    """
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("COMMENT ON FUNCTION broadcaster_before_write() IS NULL")
+        await conn.execute("COMMENT ON FUNCTION broadcaster_capture() IS NULL")
+        await conn.execute("INSERT INTO rows (id, table_id) VALUES ('x1', 't2'), ('x2', 't2')")
     finally:
         await conn.close()
 
-    assert await migrate_beside_open_writer(database_url, wait_units=2) is None
+    async with writing(database_url, ["x1", "x2"]) as writers:
+        report = await migrate_beside_open_writer(database_url, wait_units=3 * MOMENT, run=migrate)
+        await written_after(writers, time.perf_counter())
+
+    assert report is None
+    assert max(writer.longest_wait() for writer in writers) < seconds(MOMENT)
 
 
 @pytest.mark.parametrize(
     "tampering",
     [
-        "COMMENT ON FUNCTION broadcaster_before_write() IS 'broadcaster triggers sha256:0000'",
-        "COMMENT ON FUNCTION broadcaster_before_write() IS NULL",
-        "DROP FUNCTION broadcaster_before_write() CASCADE",
+        "COMMENT ON FUNCTION broadcaster_capture() IS 'broadcaster triggers sha256:0000'",
+        "COMMENT ON FUNCTION broadcaster_capture() IS NULL",
+        "DROP FUNCTION broadcaster_capture() CASCADE",
     ],
     ids=["stale-hash", "no-hash", "dropped"],
 )
