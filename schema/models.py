@@ -78,7 +78,7 @@ class Row(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=text("now()")
     )
-    # Moved by a trigger (triggers.sql) when data or enriching_columns change.
+    # The writer's to move: the change log says when each change committed.
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=text("now()")
     )

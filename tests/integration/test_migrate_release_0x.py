@@ -131,7 +131,7 @@ async def test_migrate_upgrades_in_place_keeping_every_row(
         for (name,) in await db.fetch(
             "SELECT tgname FROM pg_trigger WHERE tgrelid = 'rows'::regclass AND NOT tgisinternal"
         )
-    } == {"broadcaster_rows_touch", "broadcaster_capture", "broadcaster_capture_truncate"}
+    } == {"broadcaster_capture", "broadcaster_capture_truncate"}
 
 
 async def test_the_capture_trigger_logs_every_change_after_the_upgrade(
