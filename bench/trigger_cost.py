@@ -80,7 +80,9 @@ STATEMENT = (
 EMPTY_TRIGGER = (
     "CREATE OR REPLACE FUNCTION broadcaster_capture() RETURNS trigger"
     " LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;"
-    " ALTER TABLE rows DISABLE TRIGGER broadcaster_rows_touch;"
+    " ALTER TABLE rows DISABLE TRIGGER broadcaster_capture;"
+    " CREATE OR REPLACE TRIGGER broadcaster_empty AFTER INSERT OR UPDATE OR DELETE ON rows"
+    " FOR EACH ROW EXECUTE FUNCTION broadcaster_capture();"
 )
 REMEMBER_EVERY_TABLE = (
     "SELECT broadcaster_remember('t' || k, now() + interval '1 day')"

@@ -62,15 +62,15 @@ async def test_insert_update_delete_arrive_with_every_field(
         assert update["op"] == "UPDATE"
         assert update["row"]["enriching_columns"] == ["a", "b"]
         assert update["row"]["version"] > row["version"]
-        assert update["row"]["updated_at"] > row["updated_at"]
-        assert update["row"]["created_at"] == row["created_at"]
+        assert update["old"] == {k: v for k, v in row.items() if k != "version"}
 
         await db.execute("DELETE FROM rows WHERE id = 'r1'")
         (delete,) = await c.changes(1)
         assert delete["op"] == "DELETE"
-        assert delete["row"]["id"] == "r1"
-        assert delete["row"]["table_id"] == "t1"
+        assert delete["row"] == {"id": "r1", "table_id": "t1", "version": delete["row"]["version"]}
         assert delete["row"]["version"] > update["row"]["version"]
+        assert delete["old"] == {k: v for k, v in update["row"].items() if k != "version"}
+        assert "old" not in insert
 
 
 async def test_a_transaction_of_many_rows_arrives_in_order(
