@@ -88,6 +88,21 @@ _COMMITTED_AT = f"""to_char(coalesce(
 _ENTRY = f"""SELECT 2, chk.k, c.op, c.table_id, c.id, c.seq, {_ENTRY_ROW}, c.old::text,
        {_COMMITTED_AT}
 FROM chk JOIN broadcaster_changes AS c"""
+# The same, from one scan of the log since the oldest snapshot the requests
+# read from, rather than one scan per request (each of every partition's
+# index): OFFSET 0 keeps the planner from folding it into a nested loop over
+# the requests. A live read of 10 tables took 20 to 25% less time.
+_ENTRY_LIVE = _ENTRY.replace(
+    "JOIN broadcaster_changes AS c",
+    """JOIN (
+    SELECT * FROM broadcaster_changes
+    WHERE xid >= (
+        SELECT min(pg_snapshot_xmin(since)) FROM chk
+        WHERE since IS NOT NULL AND reset IS NULL AND NOT compact
+    )
+    OFFSET 0
+) AS c""",
+)
 # A table's entries since a request's snapshot (aliases chk, c).
 _SINCE = """c.table_id = chk.t AND c.xid >= pg_snapshot_xmin(chk.since)
     AND NOT pg_visible_in_snapshot(c.xid, chk.since)"""
@@ -138,7 +153,7 @@ SELECT 3, chk.k, 'INSERT', r.table_id, r.id, 0, '{{"version":0, ' || substr(to_j
 FROM chk JOIN rows AS r ON r.table_id = chk.t
 WHERE chk.since IS NULL OR chk.reset IS NOT NULL
 UNION ALL
-{_ENTRY} ON {_SINCE}
+{_ENTRY_LIVE} ON {_SINCE}
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL AND NOT chk.compact
 UNION ALL
 SELECT * FROM (
