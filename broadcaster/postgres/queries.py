@@ -157,11 +157,11 @@ UNION ALL
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL AND NOT chk.compact
 UNION ALL
 SELECT * FROM (
-    SELECT DISTINCT ON (c.id) 2, chk.k, c.op, c.table_id, c.id, c.seq, {_ENTRY_ROW},
+    SELECT DISTINCT ON (chk.k, c.id) 2, chk.k, c.op, c.table_id, c.id, c.seq, {_ENTRY_ROW},
            c.old::text, {_COMMITTED_AT}
     FROM chk JOIN broadcaster_changes AS c ON {_SINCE}
     WHERE chk.since IS NOT NULL AND chk.reset IS NULL AND chk.compact
-    ORDER BY c.id, c.seq DESC
+    ORDER BY chk.k, c.id, c.seq DESC
 ) AS latest
 UNION ALL
 {_ENTRY} ON chk.t IS NULL AND c.xid >= pg_snapshot_xmin(chk.since)

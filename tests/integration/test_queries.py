@@ -291,3 +291,22 @@ async def test_pruning_empties_partitions_past_the_retention_and_refuses_older_c
     assert refused.resets == {0: "history_pruned"}
     served = await reader.read([Request(0, "t", recent_cursor)])
     assert (served.resets, [row.change.id for row in served.rows]) == ({}, ["new"])
+
+
+async def test_compacted_catch_ups_of_two_tables_keep_each_tables_latest_change(
+    pool: asyncpg.Pool,
+) -> None:
+    """A row moved between tables has entries under one id in both: each request keeps its own."""
+    reader = ChangeReader(pool, max_catch_up=1)
+    await pool.execute("INSERT INTO rows (id, table_id) VALUES ('a', 't'), ('b', 't')")
+    since = (await reader.read([])).snapshot
+    await pool.execute("UPDATE rows SET data = '{\"n\": 1}'")
+    await pool.execute("UPDATE rows SET table_id = 'u' WHERE id = 'a'")
+    await pool.execute("UPDATE rows SET data = '{\"n\": 2}' WHERE id = 'a'")
+
+    result = await reader.read(
+        [Request(0, "t", since, catch_up=True), Request(1, "u", since, catch_up=True)]
+    )
+
+    latest = {(row.key, row.change.id): row.change.op for row in result.rows}
+    assert latest == {(0, "a"): "DELETE", (0, "b"): "UPDATE", (1, "a"): "UPDATE"}
