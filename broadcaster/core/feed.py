@@ -244,9 +244,9 @@ class Feed:
         def key_for(table_id: str, since: str | None, catch_up: bool = False) -> int:
             # A catch-up from a live table's own snapshot is that table's live
             # read: too recent to need compacting.
-            request_key = keys.get((table_id, since, False)) if catch_up else None
-            if request_key is None:
-                request_key = keys.get((table_id, since, catch_up))
+            request_key = keys.get((table_id, since, False))
+            if request_key is None and catch_up:
+                request_key = keys.get((table_id, since, True))
             if request_key is None:
                 request_key = keys[(table_id, since, catch_up)] = len(read.requests)
                 read.requests.append(Request(request_key, table_id, since, catch_up=catch_up))

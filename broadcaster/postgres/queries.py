@@ -174,8 +174,7 @@ SELECT (SELECT system_identifier FROM pg_control_system()),
        (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
-# The change log's partitions, each with its newest entry (by xid) and when
-# that entry's transaction started, through each partition's index.
+# The change log's partitions, by name (quoted as needed).
 _PARTITIONS = """
 SELECT p.inhrelid::regclass::text
 FROM pg_inherits AS p

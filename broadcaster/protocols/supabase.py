@@ -177,8 +177,16 @@ def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:
 
 def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
     # Filters see the row a change leaves, or for a DELETE the row it removed.
-    deleted = change.op == "DELETE"
-    row = _row(change.old_json if deleted and change.old_json is not None else change.row_json)
+    record: str | None
+    old_record: str | None
+    if change.op == "DELETE":
+        # Its record is the row's identity only: old_record is the row it
+        # removed (its identity, for a change read without one).
+        record, old_record = None, change.old_json or change.row_json
+        row = _row(old_record)
+    else:
+        record, old_record = change.row_json, change.old_json
+        row = _row(record)
     committed = compact_json(
         change.committed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     )
@@ -186,11 +194,6 @@ def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
         f'{_DATA_HEAD}"commit_timestamp":{committed},"type":"{change.op}",'
         f'"columns":{_COLUMNS_JSON},'
     )
-    # A DELETE's record is the row's identity only: old_record is the row.
-    record = None if deleted else change.row_json
-    old_record = change.row_json if deleted and change.old_json is None else change.old_json
-    if change.op == "INSERT":
-        old_record = None
     errors = "null"
     if _too_large(record, old_record):
         record = None if record is None else _small_values(record)
