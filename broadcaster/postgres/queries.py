@@ -71,13 +71,12 @@ def _raises_database_error(
 
 
 # A change-log entry (alias c) as clients see it (changes.py: spliced into
-# messages unparsed): the row after the change, with the entry's seq as its
-# version; for a DELETE, the row's identity. Concatenated rather than built
-# as jsonb, which would parse and re-encode every image.
+# messages unparsed): the row after the change as logged; for a DELETE, the
+# row's identity. Concatenated rather than built as jsonb, which would parse
+# and re-encode it.
 _ENTRY_ROW = """CASE WHEN c.op = 'DELETE'
-            THEN '{"id":' || to_json(c.id) || ',"table_id":' || to_json(c.table_id)
-                 || ',"version":' || c.seq || '}'
-            ELSE '{"version":' || c.seq || ', ' || substr(c.new::text, 2) END"""
+            THEN '{"id":' || to_json(c.id) || ',"table_id":' || to_json(c.table_id) || '}'
+            ELSE c.new::text END"""
 # When the change committed, where Postgres tracks it (track_commit_timestamp);
 # else when its transaction started.
 _UTC_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
@@ -148,7 +147,7 @@ SELECT 0 AS kind, NULL::int AS k, NULL::text AS op, NULL::text AS table_id,
 UNION ALL
 SELECT 1, chk.k, NULL, NULL, NULL, NULL, chk.reset, NULL, NULL FROM chk WHERE chk.reset IS NOT NULL
 UNION ALL
-SELECT 3, chk.k, 'INSERT', r.table_id, r.id, 0, '{{"version":0, ' || substr(to_jsonb(r)::text, 2),
+SELECT 3, chk.k, 'INSERT', r.table_id, r.id, 0, to_jsonb(r)::text,
        NULL, NULL
 FROM chk JOIN rows AS r ON r.table_id = chk.t
 WHERE chk.since IS NULL OR chk.reset IS NOT NULL

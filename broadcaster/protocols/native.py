@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..core.changes import Change
+from ..core.changes import Change, with_version
 from ..exceptions import ProtocolError
 from . import client_json
 
@@ -305,7 +305,8 @@ def encode_changes(changes: Sequence[Change], cursor: str | None = None) -> list
                 f'{{"type":"change","table_id":{_json(change.table_id)},"op":"'
             )
         old = "" if change.old_json is None else f',"old":{change.old_json}'
-        messages.append(f'{head}{change.op}","row":{change.row_json}{old}{tail}'.encode())
+        row = with_version(change.row_json, change.version)
+        messages.append(f'{head}{change.op}","row":{row}{old}{tail}'.encode())
     return messages
 
 

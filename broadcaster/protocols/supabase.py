@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from ..core.changes import Change
+from ..core.changes import Change, with_version
 from ..core.hub import Batch
 from ..exceptions import FilterError
 from . import phoenix
@@ -182,10 +182,11 @@ def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
     if change.op == "DELETE":
         # Its record is the row's identity only: old_record is the row it
         # removed (its identity, for a change read without one).
-        record, old_record = None, change.old_json or change.row_json
+        record = None
+        old_record = change.old_json or with_version(change.row_json, change.version)
         row = _row(old_record)
     else:
-        record, old_record = change.row_json, change.old_json
+        record, old_record = with_version(change.row_json, change.version), change.old_json
         row = _row(record)
     committed = compact_json(
         change.committed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

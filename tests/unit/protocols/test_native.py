@@ -347,13 +347,21 @@ def test_encode_error_escapes_its_message() -> None:
 ROW = '{"id" : "r1",  "data" : {"b": 1, "a": 2.50}, "table_id" : "t1"}'
 
 
-def test_encode_change_splices_the_row_verbatim() -> None:
+def test_encode_change_splices_the_row_verbatim_with_its_version_last() -> None:
     encoded = encode_change(Change("UPDATE", "t1", "r1", 42, ROW))
 
     assert encoded == (
-        b'{"type":"change","table_id":"t1","op":"UPDATE","row":' + ROW.encode() + b"}"
+        b'{"type":"change","table_id":"t1","op":"UPDATE","row":'
+        + ROW[:-1].encode()
+        + b',"version":42}}'
     )
-    assert strict_json(encoded)["row"] == json.loads(ROW)
+    assert strict_json(encoded)["row"] == {**json.loads(ROW), "version": 42}
+
+
+def test_encode_change_gives_version_to_an_empty_row() -> None:
+    encoded = encode_change(Change("DELETE", "t1", "r1", 7, "{}"))
+
+    assert strict_json(encoded)["row"] == {"version": 7}
 
 
 @pytest.mark.parametrize("table_id", ['a"b', "a\\b", "line\nbreak", "tablé", "</script>"], ids=repr)
@@ -364,14 +372,16 @@ def test_encode_change_escapes_the_table_id(table_id: str) -> None:
         "type": "change",
         "table_id": table_id,
         "op": "INSERT",
-        "row": {"id": "r1"},
+        "row": {"id": "r1", "version": 1},
     }
 
 
 def test_encode_change_of_a_non_ascii_row_is_utf8() -> None:
     row = '{"id":"r1","data":"é😀"}'
 
-    assert encode_change(Change("INSERT", "t1", "r1", 1, row)).endswith(row.encode() + b"}")
+    encoded = encode_change(Change("INSERT", "t1", "r1", 1, row))
+
+    assert encoded.endswith(row[:-1].encode() + b',"version":1}}')
 
 
 def test_encode_change_with_a_cursor_appends_it() -> None:
@@ -379,8 +389,8 @@ def test_encode_change_with_a_cursor_appends_it() -> None:
 
     assert encoded == (
         b'{"type":"change","table_id":"t1","op":"UPDATE","row":'
-        + ROW.encode()
-        + b',"cursor":"'
+        + ROW[:-1].encode()
+        + b',"version":42},"cursor":"'
         + CURSOR.encode()
         + b'"}'
     )
@@ -388,7 +398,7 @@ def test_encode_change_with_a_cursor_appends_it() -> None:
         "type": "change",
         "table_id": "t1",
         "op": "UPDATE",
-        "row": json.loads(ROW),
+        "row": {**json.loads(ROW), "version": 42},
         "cursor": CURSOR,
     }
 

@@ -232,7 +232,7 @@ def test_a_row_nested_deeper_than_the_parser_goes_is_still_delivered() -> None:
     deep = "[" * 5_000 + "]" * 5_000
     row_json = (
         '{"id" : "r1", "table_id" : "t1", "data" : {"a": ' + deep + ', "s": "}]\\""}, '
-        '"enriching_columns" : [], "version" : 1, '
+        '"enriching_columns" : [], '
         '"created_at" : "2024-04-01T09:00:00+00:00", "updated_at" : "2024-04-01T09:00:00+00:00"}'
     )
     every = Binding.parse(binding(None))
@@ -243,7 +243,7 @@ def test_a_row_nested_deeper_than_the_parser_goes_is_still_delivered() -> None:
     sent = shape(batch("t1", Change("INSERT", "t1", "r1", 1, row_json)))
 
     assert f'"ids":[{every.id},{by_table.id}]'.encode() in sent
-    assert f'"record":{row_json}'.encode() in sent
+    assert f'"record":{row_json[:-1]},"version":1}}'.encode() in sent
 
 
 def data_of(sent: bytes) -> dict[str, Any]:

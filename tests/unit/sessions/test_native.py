@@ -96,7 +96,7 @@ def live_change(the_change: Change, cursor: str = CURSOR) -> dict[str, Any]:
         "type": "change",
         "table_id": the_change.table_id,
         "op": the_change.op,
-        "row": json.loads(the_change.row_json),
+        "row": {**json.loads(the_change.row_json), "version": the_change.version},
         "cursor": cursor,
     }
 
