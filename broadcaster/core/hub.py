@@ -15,7 +15,7 @@ what happens to a client that cannot keep up).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from .changes import Change
@@ -36,9 +36,11 @@ class Batch:
     client that got only part of the batch. A batch with no changes only
     advances the cursor. ``reset`` is set when the table's history could not be
     read from ``since``: ``changes`` then hold every row of the table.
+    ``checks`` holds what Postgres decided for subscribers' filters on a
+    published table: for each filter's key, whether each change passed it.
     """
 
-    __slots__ = ("_memo", "changes", "cursor", "reset", "since", "table_id")
+    __slots__ = ("_memo", "changes", "checks", "cursor", "reset", "since", "table_id")
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class Batch:
         self.cursor = cursor
         self.since = since
         self.reset = reset
+        self.checks: Mapping[Hashable, Sequence[bool]] = {}
         self._memo: dict[object, Any] = {}
 
     def memo(self, key: object, build: Callable[[Batch], T]) -> T:

@@ -16,11 +16,14 @@ __all__ = ["Column", "PublishedTable"]
 
 @dataclass(frozen=True)
 class Column:
-    """A column: its name and its type as Postgres spells it (``format_type``: ``bigint``,
-    ``timestamp with time zone``, ``text[]``, ``public.mood``)."""
+    """A column: its name, its type as Postgres spells it in a cast (``format_type``:
+    ``bigint``, ``timestamp with time zone``, ``text[]``, ``public.mood``) and the
+    type's own name (``pg_type.typname``: ``int8``, ``timestamptz``, ``_text``),
+    which Supabase's ``columns`` send and supabase-js converts values by."""
 
     name: str
     type: str
+    type_name: str
 
 
 @dataclass(frozen=True)

@@ -17,22 +17,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 import asyncpg
 
 from ..core.backoff import Backoff
 from ..core.cursors import Origin
 from ..core.feed import Feed, Join, Read
+from ..core.filter_checks import FilterChecks, Pending
 from ..core.hub import Hub
 from ..core.promises import Promises
+from ..core.published import PublishedTable
 from ..core.tables import EVERY_TABLE, ordered
 from ..core.wakeups import decode
 from ..core.writes import Writes
 from ..exceptions import DatabaseError
 from .queries import ChangeReader
 
-__all__ = ["ReadLoop"]
+__all__ = ["CheckFilters", "ReadLoop"]
+
+CheckFilters = Callable[
+    [PublishedTable, Sequence[str], Sequence[str]], Awaitable[Sequence[Sequence[bool]]]
+]
+"""Whether each image (a row's JSON) of a published table passes each filter, asked of
+Postgres in one statement (``broadcaster/postgres/filtering.py``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +62,12 @@ class ReadLoop:
         poll_window: float = 0.0,
         poll_min_rate: float = 0.0,
         writes: Writes | None = None,
+        filter_checks: FilterChecks | None = None,
+        check_filters: CheckFilters | None = None,
     ) -> None:
         self._hub = hub
+        self._filter_checks = FilterChecks() if filter_checks is None else filter_checks
+        self._check_filters = check_filters
         self._writes = Writes() if writes is None else writes
         self._reader = reader
         self._feed = Feed()
@@ -219,6 +231,8 @@ class ReadLoop:
         issued_at = time.monotonic()
         try:
             result = await self._reader.read(read.requests)
+            pending = self._filter_checks.pending(row.change for row in result.rows)
+            decided = await self._decide(pending)
         except DatabaseError as exc:
             if not isinstance(exc.__cause__, asyncpg.DataError) or not any(
                 join.since is not None for join, _ in read.joins
@@ -235,6 +249,7 @@ class ReadLoop:
             self._feed.failed(read)
             raise
         batches, answered = self._feed.complete(read, result)
+        FilterChecks.attach(batches, pending, decided)
         changed = {batch.table_id: len(batch.changes) for batch in batches if batch.changes}
         self._observe(result.snapshot, issued_at, set(read.live), changed.keys(), changes=changed)
         # One write per client for every batch this read brings it. A join's
@@ -252,6 +267,19 @@ class ReadLoop:
             self._caught_up_session = session
             self.status = "caught up"
             logger.info("read loop: caught up (%d live tables)", self._feed.live_tables)
+
+    async def _decide(self, pending: list[Pending]) -> dict[tuple[str, int], Sequence[bool]]:
+        """Postgres' answers to the subscribers' filters on the read's changes: one
+        statement per table that has any."""
+        decided: dict[tuple[str, int], Sequence[bool]] = {}
+        if self._check_filters is None:
+            return decided
+        for work in pending:
+            passed = await self._check_filters(
+                work.table, [check.filter for check in work.checks], work.images
+            )
+            decided.update(FilterChecks.decided(work, passed))
+        return decided
 
     async def _timer(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:

@@ -10,15 +10,18 @@ once per batch, whatever the shape. The texts Supabase's own server sends
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from ..core.changes import Change, with_version
 from ..core.hub import Batch
+from ..core.published import PublishedTable
 from ..exceptions import FilterError
 from . import phoenix
 from .filters import RowFilter, parse_filters
@@ -65,6 +68,10 @@ TOO_MANY_JOINS: Final = "ClientJoinRateLimitReached: Too many joins per second"
 TOO_MANY_CHANNELS: Final = "ChannelRateLimitReached: Too many channels"
 
 
+Checks: TypeAlias = Callable[[Hashable], bool]
+"""Whether a change passed the filter Postgres checked under a key (:attr:`Binding.check`)."""
+
+
 def token_expired(overdue: float) -> str:
     """What Supabase tells a channel whose token expired ``overdue`` seconds ago."""
     return f"Token has expired {max(0, int(overdue))} seconds ago"
@@ -90,13 +97,26 @@ def system(topic: str, status: str, text: str, extension: str = "postgres_change
 
 @dataclass(frozen=True)
 class Binding:
-    """One ``postgres_changes`` entry of a join, with the id the client matches on."""
+    """One ``postgres_changes`` entry of a join, with the id the client matches on.
+
+    A binding on ``public.rows`` routes by its ``table_id`` filters and checks
+    the others here. A binding on another table names it in ``relation``
+    until the session :meth:`resolve` s it to the published table; its filter
+    (``filter``, unparsed) is then checked by Postgres, once per read for
+    every subscriber with the same filter on that table, and the result is
+    found in the batch under ``check``.
+    """
 
     id: int
     event: str
     tables: tuple[str, ...] | None
     """The table_ids it routes to; ``None``: every table."""
     filters: tuple[RowFilter, ...] = ()
+    relation: tuple[str, str] | None = None
+    """``(schema, table)`` of a binding on a table other than ``public.rows``."""
+    filter: str = ""
+    published: PublishedTable | None = None
+    check: Hashable | None = None
 
     @classmethod
     def parse(cls, entry: object) -> Binding:
@@ -105,18 +125,26 @@ class Binding:
         event = entry.get("event", "*")
         if not isinstance(event, str) or event not in _EVENTS:
             raise FilterError(f"event must be one of *, INSERT, UPDATE, DELETE, not {event!r}")
-        if entry.get("schema", SCHEMA) != SCHEMA or entry.get("table") != TABLE:
+        schema, table = entry.get("schema", SCHEMA), entry.get("table")
+        if not isinstance(schema, str) or not isinstance(table, str) or not schema or not table:
             raise FilterError(
-                f"only {SCHEMA}.{TABLE} is published here, not "
-                f"{entry.get('schema')}.{entry.get('table')}"
+                "schema and table must be names, such as schema: 'public', table: 'messages'"
+            )
+        if "*" in (schema, table):
+            raise FilterError(
+                f"{schema}.{table}: wildcards are not served yet; bind each table by its name"
             )
         text = entry.get("filter")
-        if text is None or text == "":
-            filters: tuple[RowFilter, ...] = ()
-        elif isinstance(text, str):
-            filters = parse_filters(text)
-        else:
-            raise FilterError("filter must be a string such as table_id=eq.X")
+        if text is not None and not isinstance(text, str):
+            raise FilterError("filter must be a string such as id=eq.5")
+        # Deterministic, so every client with the same bindings gets the same
+        # ids (as Supabase's hash of the parameters); never 0, which the client
+        # treats as unset.
+        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        binding_id = zlib.crc32(canonical.encode()) & 0x7FFFFFFF or 1
+        if (schema, table) != (SCHEMA, TABLE):
+            return cls(binding_id, event, None, relation=(schema, table), filter=text or "")
+        filters = parse_filters(text) if text else ()
         tables: tuple[str, ...] | None = None
         for row_filter in filters:
             routes = row_filter.tables
@@ -124,19 +152,27 @@ class Binding:
                 tables = routes if tables is None else tuple(t for t in tables if t in routes)
         if tables == ():
             raise FilterError(f"filter {text!r} matches no table_id")
-        # Deterministic, so every client with the same bindings gets the same
-        # ids (as Supabase's hash of the parameters); never 0, which the client
-        # treats as unset.
-        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
-        binding_id = zlib.crc32(canonical.encode()) & 0x7FFFFFFF or 1
         return cls(binding_id, event, tables, filters)
 
-    def matches(self, change: Change, row: Mapping[str, Any]) -> bool:
-        """Does ``change`` (``row``: its record, or for a DELETE the old row) fire this binding?"""
-        if self.event not in ("*", change.op):
+    def resolve(self, published: PublishedTable, check: Hashable | None) -> Binding:
+        """This binding on ``published``, the table its ``relation`` names; ``check``:
+        where a batch holds its filter's results (``None``: it has no filter)."""
+        return dataclasses.replace(
+            self, tables=(published.table_id,), published=published, check=check
+        )
+
+    def matches(self, change: Change, row: Mapping[str, Any], passed: Checks | None = None) -> bool:
+        """Does ``change`` (``row``: its record, or for a DELETE the old row) fire this binding?
+
+        ``passed(check)`` tells whether the change passed a filter Postgres
+        checked; without it, such a filter is not passed.
+        """
+        if self.event not in ("*", change.op) or (self.relation and not self.published):
             return False
         if self.tables is not None and change.table_id not in self.tables:
             return False
+        if self.check is not None:
+            return passed is not None and passed(self.check)
         return all(row_filter.matches(row) for row_filter in self.filters)
 
 
@@ -153,10 +189,20 @@ class Shape:
 
     def __call__(self, batch: Batch) -> bytes:
         """The ``postgres_changes`` messages of ``batch``, as text frames."""
+        table = next(
+            (b.published for b in self.bindings if b.tables == (batch.table_id,) and b.published),
+            None,
+        )
+        checks = batch.checks
         frames = []
         head = tail = ""
-        for change, row, data in batch.memo("supabase.changes", _changes):
-            ids = [b.id for b in self.bindings if b.matches(change, row)]
+        changes = batch.memo(("supabase.changes", table), functools.partial(_changes, table))
+        for index, (change, row, data) in enumerate(changes):
+            ids = [
+                b.id
+                for b in self.bindings
+                if b.matches(change, row, lambda check: _passed(checks, check, index))  # noqa: B023
+            ]
             if not ids:
                 continue
             if not head:
@@ -166,35 +212,49 @@ class Shape:
         return b"".join(frames)
 
 
-def _changes(batch: Batch) -> list[tuple[Change, dict[str, Any], str]]:
+def _passed(checks: Mapping[Hashable, Sequence[bool]], check: Hashable, index: int) -> bool:
+    # A check added after the read asked Postgres has no answer for it: the
+    # channel holding it was not live yet (docs/supabase.md).
+    found = checks.get(check)
+    return found is not None and found[index]
+
+
+def _changes(
+    table: PublishedTable | None, batch: Batch
+) -> list[tuple[Change, dict[str, Any], str]]:
     """Each change, its row (for the bindings' filters) and its ``data`` as JSON.
 
-    Built once per batch and shared by every Supabase client it goes to. The
-    record is the row's JSON as the read returned it, spliced in unparsed.
+    Built once per batch and table and shared by every Supabase client it goes
+    to. The record is the row's JSON as the read returned it, spliced in
+    unparsed: for ``public.rows`` (``table`` None) with its ``version``, for a
+    published table as the table has it.
     """
-    return [_change(change) for change in batch.changes]
+    return [_change(change, table) for change in batch.changes]
 
 
-def _change(change: Change) -> tuple[Change, dict[str, Any], str]:
+def _change(change: Change, table: PublishedTable | None) -> tuple[Change, dict[str, Any], str]:
     # Filters see the row a change leaves, or for a DELETE the row it removed.
     record: str | None
     old_record: str | None
+    if table is None:
+        new = with_version(change.row_json, change.version)
+        identity = new
+        data_head, columns = _DATA_HEAD, _COLUMNS_JSON
+    else:
+        new = identity = change.row_json
+        data_head, columns = _data_head(table.schema, table.name), _columns_json(table)
     if change.op == "DELETE":
         # Its record is the row's identity only: old_record is the row it
         # removed (its identity, for a change read without one).
-        record = None
-        old_record = change.old_json or with_version(change.row_json, change.version)
+        record, old_record = None, change.old_json or identity
         row = _row(old_record)
     else:
-        record, old_record = with_version(change.row_json, change.version), change.old_json
+        record, old_record = new, change.old_json
         row = _row(record)
     committed = compact_json(
         change.committed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     )
-    head = (
-        f'{_DATA_HEAD}"commit_timestamp":{committed},"type":"{change.op}",'
-        f'"columns":{_COLUMNS_JSON},'
-    )
+    head = f'{data_head}"commit_timestamp":{committed},"type":"{change.op}","columns":{columns},'
     errors = "null"
     if _too_large(record, old_record):
         record = None if record is None else _small_values(record)
@@ -228,7 +288,19 @@ def _small_values(image: str) -> str:
     )
 
 
-_DATA_HEAD: Final = f'{{"schema":{compact_json(SCHEMA)},"table":{compact_json(TABLE)},'
+def _data_head(schema: str, table: str) -> str:
+    return f'{{"schema":{compact_json(schema)},"table":{compact_json(table)},'
+
+
+@functools.lru_cache(maxsize=256)
+def _columns_json(table: PublishedTable) -> str:
+    """The table's ``columns`` as Supabase sends them: each name and its type's name
+    (``int8``, ``timestamptz``, ``_text`` for an array), which supabase-js converts
+    values by."""
+    return compact_json([{"name": c.name, "type": c.type_name} for c in table.columns])
+
+
+_DATA_HEAD: Final = _data_head(SCHEMA, TABLE)
 _COLUMNS_JSON: Final = compact_json(COLUMNS)
 
 

@@ -29,13 +29,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..auth.authorization import EVERY_TABLE_ID, Authorizer, authorizer_table_id, decided
 from ..auth.identity import Identity, TokenVerifier
 from ..core import broadcasts, presence
 from ..core.feed import Join, JoinResult
+from ..core.filter_checks import FilterCheck, FilterChecks
 from ..core.hub import Batch, Hub
+from ..core.published import PublishedTable
 from ..core.tables import EVERY_TABLE
 from ..exceptions import AuthenticationError, DatabaseError, FilterError, ProtocolError
 from ..protocols import native, phoenix
@@ -45,9 +47,40 @@ from ..protocols.phoenix import Message
 from ..protocols.supabase import Binding, Shape
 from .base import Continuation, Joiner, Limits, Messaging, Session, Transport
 
-__all__ = ["SupabaseSession"]
+__all__ = ["NO_PUBLISHED_TABLES", "PublishedTables", "SupabaseSession"]
 
 logger = logging.getLogger(__name__)
+
+
+class PublishedTables(Protocol):
+    """The tables published besides ``rows``, and the filters Postgres checks on them."""
+
+    checks: FilterChecks
+
+    async def lookup(self, schema: str, name: str) -> PublishedTable | None:
+        """The published table ``schema.name``; None if it is not published.
+        Raises DatabaseError."""
+        ...
+
+    async def validate(self, table: PublishedTable, filter: str) -> None:
+        """Raise FilterError, saying why, if Postgres cannot check ``filter`` on ``table``."""
+        ...
+
+
+class _NoPublishedTables:
+    """Where only ``rows`` is served."""
+
+    def __init__(self) -> None:
+        self.checks = FilterChecks()
+
+    async def lookup(self, schema: str, name: str) -> PublishedTable | None:
+        return None
+
+    async def validate(self, table: PublishedTable, filter: str) -> None:
+        raise FilterError(f"filters on {table.table_id} are not served here")
+
+
+NO_PUBLISHED_TABLES: PublishedTables = _NoPublishedTables()
 
 
 @dataclass(eq=False)
@@ -65,6 +98,13 @@ class _Channel:
     live: bool = False
     pending: set[str | None] = field(default_factory=set)
     reply: Callable[[], None] | None = None
+    waits: set[Join] = field(default_factory=set)
+    """Reads it waits for to go live on a table live already (see _wait_for_read)."""
+
+    @property
+    def checks(self) -> list[FilterCheck]:
+        """Its bindings' filters that Postgres checks."""
+        return [b.check for b in self.bindings if isinstance(b.check, FilterCheck)]
 
 
 class SupabaseSession(Session[Message]):
@@ -91,6 +131,7 @@ class SupabaseSession(Session[Message]):
         messaging: Messaging,
         limits: Limits,
         publishable_keys: Mapping[str, str] | None = None,
+        published: PublishedTables | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -108,6 +149,7 @@ class SupabaseSession(Session[Message]):
         self._authorizer = authorizer
         self._apikey = apikey
         self._publishable_keys = publishable_keys or {}
+        self._published = NO_PUBLISHED_TABLES if published is None else published
         self._channels: dict[str, _Channel] = {}
         # table_id (EVERY_TABLE: every table) -> its pending Join, or None once live.
         self.tables: dict[str | None, Join | None] = {}
@@ -211,6 +253,16 @@ class SupabaseSession(Session[Message]):
             identity = await self._verify(token if isinstance(token, str) else None)
         except AuthenticationError as exc:
             return self._refuse(message, f"{exc.code}: {exc.message}")
+        try:
+            bindings = [await self._resolve(binding) for binding in bindings]
+        except FilterError as exc:
+            self._send(protocol.system(topic, "error", str(exc)))
+            return self._reject(message, str(exc))
+        except DatabaseError:
+            logger.warning("could not look up a channel's tables", exc_info=True)
+            return self._reject(message, "the database could not be reached: join again")
+        if self.closed:
+            return None
         tables = frozenset(t for binding in bindings for t in (binding.tables or (EVERY_TABLE,)))
         forbidden = await self._forbidden(identity, tables)
         if forbidden == EVERY_TABLE_ID:
@@ -259,13 +311,48 @@ class SupabaseSession(Session[Message]):
                 self._send(protocol.system(topic, "ok", "Subscribed to PostgreSQL"))
 
         channel.reply = reply
+        for check in channel.checks:
+            self._published.checks.add(check)
         for routed in tables:
             if routed not in self.tables:
                 self._join_table(routed)
             if self.tables.get(routed) is not None:
                 channel.pending.add(routed)
+            elif routed is not EVERY_TABLE and any(
+                c.table.table_id == routed for c in channel.checks
+            ):
+                # Live already, but the reads so far did not ask Postgres about
+                # this channel's filters: it goes live with the next read, which does.
+                self._wait_for_read(channel, routed)
         self._maybe_live(channel)
         return None
+
+    async def _resolve(self, binding: Binding) -> Binding:
+        """``binding`` on the published table it names, its filter checked by Postgres."""
+        if binding.relation is None:
+            return binding
+        schema, name = binding.relation
+        table = await self._published.lookup(schema, name)
+        if table is None:
+            raise FilterError(
+                f"{schema}.{name} is not published here: publish it with "
+                f"`broadcaster publish {schema}.{name}`"
+            )
+        if not binding.filter:
+            return binding.resolve(table, None)
+        await self._published.validate(table, binding.filter)
+        return binding.resolve(table, FilterCheck(table, binding.filter))
+
+    def _wait_for_read(self, channel: _Channel, table_id: str) -> None:
+        def read(result: JoinResult) -> None:
+            channel.waits.discard(wait)
+            channel.pending.discard(table_id)
+            self._maybe_live(channel)
+
+        wait = Join(table_id, read)
+        channel.waits.add(wait)
+        channel.pending.add(table_id)
+        self._joiner.join(wait)
 
     def _join_table(self, table_id: str | None) -> None:
         def joined(result: JoinResult) -> None:
@@ -290,6 +377,10 @@ class SupabaseSession(Session[Message]):
         if channel is None:
             return
         self._forget_deadline(topic)
+        for check in channel.checks:
+            self._published.checks.remove(check)
+        for wait in channel.waits:
+            self._joiner.cancel(wait)
         self._messaging.broadcasts.stop(topic, self)
         self._messaging.presences.stop(topic, self)
         if channel.tracked:

@@ -27,9 +27,11 @@ from broadcaster.core.broadcasts import Broadcasts
 from broadcaster.core.changes import Change
 from broadcaster.core.cursors import Origin
 from broadcaster.core.feed import Join, JoinResult
+from broadcaster.core.filter_checks import FilterChecks
 from broadcaster.core.hub import Batch, Hub
 from broadcaster.core.presence import Presences
-from broadcaster.exceptions import AuthenticationError, DatabaseError
+from broadcaster.core.published import Column, PublishedTable
+from broadcaster.exceptions import AuthenticationError, DatabaseError, FilterError
 from broadcaster.protocols import native as protocol
 from broadcaster.protocols.phoenix import VSN_2, Message
 from broadcaster.sessions.base import Limits, Messaging, Session
@@ -428,6 +430,33 @@ class SupabaseClient:
         self.transport.sent.clear()
 
 
+class FakePublishedTables:
+    """Published tables by (schema, name); a filter is refused if it holds ``refused``."""
+
+    def __init__(self, *tables: PublishedTable, refused: str = "nope") -> None:
+        self.tables = {(table.schema, table.name): table for table in tables}
+        self.checks = FilterChecks()
+        self.refused = refused
+        self.lookups = 0
+
+    async def lookup(self, schema: str, name: str) -> PublishedTable | None:
+        self.lookups += 1
+        return self.tables.get((schema, name))
+
+    async def validate(self, table: PublishedTable, filter: str) -> None:
+        if self.refused in filter:
+            raise FilterError(f"filter {filter!r} on {table.table_id}: refused")
+
+
+MESSAGES = PublishedTable(
+    "public",
+    "messages",
+    (Column("id", "bigint", "int8"), Column("room_id", "bigint", "int8")),
+    ("id",),
+)
+"""A published table for session tests."""
+
+
 class SupabaseWorld:
     """What the Supabase sessions of one server process share."""
 
@@ -437,6 +466,7 @@ class SupabaseWorld:
         self.broadcasts = Broadcasts()
         self.presences = Presences()
         self.store = FakeStore()
+        self.published = FakePublishedTables(MESSAGES)
         self.sessions: list[SupabaseSession] = []
 
     def connect(
@@ -471,6 +501,7 @@ class SupabaseWorld:
             messaging=Messaging(self.broadcasts, self.presences, self.store),
             limits=Limits(**options),
             publishable_keys=publishable_keys,
+            published=self.published,
             clock=clock,
             wall_clock=wall_clock,
         )

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from broadcaster.core.changes import Change
+from broadcaster.core.published import Column, PublishedTable
 from broadcaster.exceptions import FilterError
 from broadcaster.protocols import supabase
 from broadcaster.protocols.phoenix import Message
@@ -111,17 +112,80 @@ def test_binding_refuses_an_event_that_is_not_a_string(event: Any) -> None:
 @pytest.mark.parametrize(
     "entry",
     [
-        {"schema": "private", "table": "rows", "filter": "table_id=eq.a"},
         {"schema": None, "table": "rows", "filter": "table_id=eq.a"},
-        {"schema": "public", "table": "messages", "filter": "table_id=eq.a"},
         {"schema": "public", "filter": "table_id=eq.a"},
-        {"schema": "public", "table": "*", "filter": "table_id=eq.a"},
+        {"schema": "public", "table": ""},
+        {"schema": "public", "table": "rows", "filter": 5},
     ],
 )
-def test_binding_refuses_other_schemas_and_tables(entry: dict[str, Any]) -> None:
-    with pytest.raises(FilterError) as caught:
+def test_binding_refuses_a_binding_without_names(entry: dict[str, Any]) -> None:
+    with pytest.raises(FilterError):
         Binding.parse(entry)
-    assert "only public.rows" in str(caught.value)
+
+
+@pytest.mark.parametrize(("schema", "table"), [("public", "*"), ("*", "rows"), ("*", "*")])
+def test_binding_refuses_wildcards_with_the_reason(schema: str, table: str) -> None:
+    with pytest.raises(FilterError) as caught:
+        Binding.parse({"schema": schema, "table": table})
+    assert "wildcards are not served yet" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"schema": "private", "table": "rows", "filter": "table_id=eq.a"},
+        {"schema": "public", "table": "messages", "filter": "room_id=eq.5"},
+        {"table": "messages"},
+    ],
+)
+def test_a_binding_on_another_table_names_it_until_resolved(entry: dict[str, Any]) -> None:
+    parsed = Binding.parse(entry)
+
+    assert parsed.relation == (entry.get("schema", "public"), entry["table"])
+    assert parsed.filter == entry.get("filter", "")
+    assert parsed.published is None
+    assert not parsed.matches(change("INSERT", "t1", "r1", 1), row("t1", "r1", 1))
+
+
+def test_a_resolved_binding_routes_to_its_table_and_takes_postgres_decision() -> None:
+    table = PublishedTable(
+        "public",
+        "messages",
+        (Column("id", "bigint", "int8"), Column("room_id", "bigint", "int8")),
+        ("id",),
+    )
+    resolved = Binding.parse({"table": "messages", "filter": "room_id=eq.5"}).resolve(
+        table, "room 5"
+    )
+    inserted = Change("INSERT", "public.messages", "1", 3, '{"id": 1, "room_id": 5}')
+
+    assert resolved.tables == ("public.messages",)
+    assert resolved.matches(inserted, {}, lambda check: check == "room 5")
+    assert not resolved.matches(inserted, {}, lambda check: False)
+    assert not resolved.matches(inserted, {})
+    assert not resolved.matches(inserted._replace(table_id="t1"), {}, lambda check: True)
+
+
+def test_a_published_table_change_carries_its_record_and_columns_as_the_table_has_them() -> None:
+    table = PublishedTable(
+        "public",
+        "messages",
+        (Column("id", "bigint", "int8"), Column("tags", "text[]", "_text")),
+        ("id",),
+    )
+    resolved = Binding.parse({"table": "messages"}).resolve(table, None)
+    shape = supabase.Shape("2.0.0", "realtime:room", (resolved,))
+    updated = Change(
+        "UPDATE", "public.messages", "1", 9, '{"id": 1, "tags": ["a"]}', '{"id": 1, "tags": []}'
+    )
+
+    data = data_of(shape(batch("public.messages", updated)))
+
+    assert data["schema"] == "public"
+    assert data["table"] == "messages"
+    assert data["columns"] == [{"name": "id", "type": "int8"}, {"name": "tags", "type": "_text"}]
+    assert data["record"] == {"id": 1, "tags": ["a"]}
+    assert data["old_record"] == {"id": 1, "tags": []}
 
 
 @pytest.mark.parametrize("filter", [None, ""])

@@ -21,6 +21,7 @@ from broadcaster.auth.authorization import ClaimAuthorizer
 from broadcaster.auth.identity import Identity
 from broadcaster.core import broadcasts as broadcasts_module
 from broadcaster.core import presence
+from broadcaster.core.changes import Change
 from broadcaster.protocols.phoenix import VSN_1, VSN_2, Message
 from broadcaster.protocols.supabase import COLUMNS, Binding
 from broadcaster.sessions import base
@@ -1167,3 +1168,102 @@ async def test_close_cancels_channel_tasks_and_sends_nothing(world: SupabaseWorl
     await within(cancelled.wait())
     await asyncio.sleep(0)
     assert client.messages == []
+
+
+# Published tables
+
+
+def on_messages(filter: str | None = None, event: str = "*") -> dict[str, Any]:
+    entry: dict[str, Any] = {"event": event, "schema": "public", "table": "messages"}
+    if filter is not None:
+        entry["filter"] = filter
+    return entry
+
+
+def message_change(op: str, version: int, room_id: int) -> Change:
+    row = json.dumps({"id": version, "room_id": room_id})
+    return Change(op, "public.messages", str(version), version, row, None)
+
+
+async def test_a_binding_on_a_published_table_joins_it_and_gets_its_changes_whole(
+    world: SupabaseWorld,
+) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [on_messages()])
+    client.clear()
+
+    world.hub.publish(batch("public.messages", message_change("INSERT", 4, 5)))
+
+    await eventually(lambda: "postgres_changes" in client.events())
+    [pushed] = [m for m in client.messages if m.event == "postgres_changes"]
+    data = pushed.payload["data"]
+    assert (data["schema"], data["table"], data["type"]) == ("public", "messages", "INSERT")
+    assert data["record"] == {"id": 4, "room_id": 5}
+    assert data["columns"] == [{"name": "id", "type": "int8"}, {"name": "room_id", "type": "int8"}]
+
+
+async def test_a_table_that_is_not_published_is_refused_with_how_to_publish_it(
+    world: SupabaseWorld,
+) -> None:
+    client = world.connect()
+    ref = client.join(TOPIC, [{"schema": "public", "table": "todos"}])
+    reply = await client.wait_reply(ref)
+
+    assert reply.payload["status"] == "error"
+    assert "broadcaster publish public.todos" in reply.payload["response"]["reason"]
+    assert world.joiner.joins == []
+
+
+async def test_a_filter_postgres_refuses_is_refused_at_join(world: SupabaseWorld) -> None:
+    client = world.connect()
+    ref = client.join(TOPIC, [on_messages("room_id=eq.nope")])
+    reply = await client.wait_reply(ref)
+
+    assert reply.payload["status"] == "error"
+    assert "refused" in reply.payload["response"]["reason"]
+    assert world.published.checks.on("public.messages") == ()
+
+
+async def test_a_filtered_binding_delivers_what_postgres_passed(world: SupabaseWorld) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [on_messages("room_id=eq.5")])
+    [check] = world.published.checks.on("public.messages")
+    client.clear()
+    passed, failed = message_change("INSERT", 4, 5), message_change("INSERT", 6, 7)
+    delivered = batch("public.messages", passed, failed)
+    delivered.checks = {check: [True, False]}
+
+    world.hub.publish(delivered)
+
+    await eventually(lambda: "postgres_changes" in client.events())
+    pushes = [m for m in client.messages if m.event == "postgres_changes"]
+    assert [m.payload["data"]["record"]["id"] for m in pushes] == [4]
+
+
+async def test_a_filtered_channel_on_a_live_table_waits_for_a_read_that_checks_it(
+    world: SupabaseWorld,
+) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [on_messages()])
+
+    ref = client.join(OTHER, [on_messages("room_id=eq.5")])
+    await eventually(lambda: len(world.joiner.pending) == 1)
+    assert client.reply(ref) is None
+    world.joiner.answer_all()
+
+    reply = await client.wait_reply(ref)
+    assert reply.payload["status"] == "ok"
+
+
+async def test_leaving_releases_the_channel_checks(world: SupabaseWorld) -> None:
+    client = world.connect()
+    other = world.connect()
+    await world.live(client, TOPIC, [on_messages("room_id=eq.5")])
+    await world.live(other, TOPIC, [on_messages("room_id=eq.5")])
+    [check] = world.published.checks.on("public.messages")
+
+    client.push(TOPIC, "phx_leave", {})
+    assert world.published.checks.on("public.messages") == (check,)
+
+    other.session.close()
+    await eventually(lambda: world.published.checks.on("public.messages") == ())
