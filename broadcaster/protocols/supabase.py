@@ -101,10 +101,11 @@ class Binding:
 
     A binding on ``public.rows`` routes by its ``table_id`` filters and checks
     the others here. A binding on another table names it in ``relation``
-    until the session :meth:`resolve` s it to the published table; its filter
-    (``filter``, unparsed) is then checked by Postgres, once per read for
-    every subscriber with the same filter on that table, and the result is
-    found in the batch under ``check``.
+    (``*`` for every published table of the schema, or of every schema)
+    until the session :meth:`resolve` s it to the published tables; its
+    filter (``filter``, unparsed) is then checked by Postgres, once per read
+    for every subscriber with the same filter on that table, and the result
+    is found in the batch under ``check``.
     """
 
     id: int
@@ -115,7 +116,7 @@ class Binding:
     relation: tuple[str, str] | None = None
     """``(schema, table)`` of a binding on a table other than ``public.rows``."""
     filter: str = ""
-    published: PublishedTable | None = None
+    published: tuple[PublishedTable, ...] | None = None
     check: Hashable | None = None
 
     @classmethod
@@ -130,13 +131,15 @@ class Binding:
             raise FilterError(
                 "schema and table must be names, such as schema: 'public', table: 'messages'"
             )
-        if "*" in (schema, table):
-            raise FilterError(
-                f"{schema}.{table}: wildcards are not served yet; bind each table by its name"
-            )
         text = entry.get("filter")
         if text is not None and not isinstance(text, str):
             raise FilterError("filter must be a string such as id=eq.5")
+        if text and "*" in (schema, table):
+            raise FilterError(
+                f"a filter needs one table, not {schema}.{table}: bind the table by its name"
+            )
+        if schema == "*" and table != "*":
+            raise FilterError(f"*.{table}: name the table's schema, or bind *.* for every table")
         # Deterministic, so every client with the same bindings gets the same
         # ids (as Supabase's hash of the parameters); never 0, which the client
         # treats as unset.
@@ -154,11 +157,14 @@ class Binding:
             raise FilterError(f"filter {text!r} matches no table_id")
         return cls(binding_id, event, tables, filters)
 
-    def resolve(self, published: PublishedTable, check: Hashable | None) -> Binding:
-        """This binding on ``published``, the table its ``relation`` names; ``check``:
+    def resolve(self, published: Sequence[PublishedTable], check: Hashable | None) -> Binding:
+        """This binding on ``published``, the tables its ``relation`` names; ``check``:
         where a batch holds its filter's results (``None``: it has no filter)."""
         return dataclasses.replace(
-            self, tables=(published.table_id,), published=published, check=check
+            self,
+            tables=tuple(table.table_id for table in published),
+            published=tuple(published),
+            check=check,
         )
 
     def matches(self, change: Change, row: Mapping[str, Any], passed: Checks | None = None) -> bool:
@@ -167,7 +173,7 @@ class Binding:
         ``passed(check)`` tells whether the change passed a filter Postgres
         checked; without it, such a filter is not passed.
         """
-        if self.event not in ("*", change.op) or (self.relation and not self.published):
+        if self.event not in ("*", change.op) or (self.relation and self.published is None):
             return False
         if self.tables is not None and change.table_id not in self.tables:
             return False
@@ -190,7 +196,7 @@ class Shape:
     def __call__(self, batch: Batch) -> bytes:
         """The ``postgres_changes`` messages of ``batch``, as text frames."""
         table = next(
-            (b.published for b in self.bindings if b.tables == (batch.table_id,) and b.published),
+            (t for b in self.bindings for t in b.published or () if t.table_id == batch.table_id),
             None,
         )
         checks = batch.checks

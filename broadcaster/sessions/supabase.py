@@ -62,6 +62,11 @@ class PublishedTables(Protocol):
         Raises DatabaseError."""
         ...
 
+    async def listed(self, schema: str | None) -> list[PublishedTable]:
+        """The tables published in ``schema`` (None: in every schema), ``rows`` aside.
+        Raises DatabaseError."""
+        ...
+
     async def validate(self, table: PublishedTable, filter: str) -> None:
         """Raise FilterError, saying why, if Postgres cannot check ``filter`` on ``table``."""
         ...
@@ -75,6 +80,9 @@ class _NoPublishedTables:
 
     async def lookup(self, schema: str, name: str) -> PublishedTable | None:
         return None
+
+    async def listed(self, schema: str | None) -> list[PublishedTable]:
+        return []
 
     async def validate(self, table: PublishedTable, filter: str) -> None:
         raise FilterError(f"filters on {table.table_id} are not served here")
@@ -328,10 +336,14 @@ class SupabaseSession(Session[Message]):
         return None
 
     async def _resolve(self, binding: Binding) -> Binding:
-        """``binding`` on the published table it names, its filter checked by Postgres."""
+        """``binding`` on the published tables it names, its filter checked by Postgres."""
         if binding.relation is None:
             return binding
         schema, name = binding.relation
+        if name == "*":
+            # The tables published when the channel joins (docs/supabase.md).
+            listed = await self._published.listed(None if schema == "*" else schema)
+            return binding.resolve(listed, None)
         table = await self._published.lookup(schema, name)
         if table is None:
             raise FilterError(
@@ -339,9 +351,9 @@ class SupabaseSession(Session[Message]):
                 f"`broadcaster publish {schema}.{name}`"
             )
         if not binding.filter:
-            return binding.resolve(table, None)
+            return binding.resolve([table], None)
         await self._published.validate(table, binding.filter)
-        return binding.resolve(table, FilterCheck(table, binding.filter))
+        return binding.resolve([table], FilterCheck(table, binding.filter))
 
     def _wait_for_read(self, channel: _Channel, table_id: str) -> None:
         def read(result: JoinResult) -> None:

@@ -443,6 +443,9 @@ class FakePublishedTables:
         self.lookups += 1
         return self.tables.get((schema, name))
 
+    async def listed(self, schema: str | None) -> list[PublishedTable]:
+        return [t for t in self.tables.values() if schema in (None, t.schema)]
+
     async def validate(self, table: PublishedTable, filter: str) -> None:
         if self.refused in filter:
             raise FilterError(f"filter {filter!r} on {table.table_id}: refused")

@@ -123,11 +123,27 @@ def test_binding_refuses_a_binding_without_names(entry: dict[str, Any]) -> None:
         Binding.parse(entry)
 
 
-@pytest.mark.parametrize(("schema", "table"), [("public", "*"), ("*", "rows"), ("*", "*")])
-def test_binding_refuses_wildcards_with_the_reason(schema: str, table: str) -> None:
+@pytest.mark.parametrize(("schema", "table"), [("public", "*"), ("*", "*")])
+def test_a_wildcard_binding_names_its_tables_until_resolved(schema: str, table: str) -> None:
+    parsed = Binding.parse({"schema": schema, "table": table})
+
+    assert parsed.relation == (schema, table)
+    assert parsed.published is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ({"schema": "public", "table": "*", "filter": "id=eq.1"}, "a filter needs one table"),
+        ({"schema": "*", "table": "rows"}, "name the table's schema"),
+    ],
+)
+def test_binding_refuses_wildcards_it_cannot_serve_with_the_reason(
+    entry: dict[str, Any], reason: str
+) -> None:
     with pytest.raises(FilterError) as caught:
-        Binding.parse({"schema": schema, "table": table})
-    assert "wildcards are not served yet" in str(caught.value)
+        Binding.parse(entry)
+    assert reason in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +171,7 @@ def test_a_resolved_binding_routes_to_its_table_and_takes_postgres_decision() ->
         ("id",),
     )
     resolved = Binding.parse({"table": "messages", "filter": "room_id=eq.5"}).resolve(
-        table, "room 5"
+        [table], "room 5"
     )
     inserted = Change("INSERT", "public.messages", "1", 3, '{"id": 1, "room_id": 5}')
 
@@ -173,7 +189,7 @@ def test_a_published_table_change_carries_its_record_and_columns_as_the_table_ha
         (Column("id", "bigint", "int8"), Column("tags", "text[]", "_text")),
         ("id",),
     )
-    resolved = Binding.parse({"table": "messages"}).resolve(table, None)
+    resolved = Binding.parse({"table": "messages"}).resolve([table], None)
     shape = supabase.Shape("2.0.0", "realtime:room", (resolved,))
     updated = Change(
         "UPDATE", "public.messages", "1", 9, '{"id": 1, "tags": ["a"]}', '{"id": 1, "tags": []}'

@@ -1267,3 +1267,14 @@ async def test_leaving_releases_the_channel_checks(world: SupabaseWorld) -> None
 
     other.session.close()
     await eventually(lambda: world.published.checks.on("public.messages") == ())
+
+
+async def test_a_wildcard_binding_joins_the_tables_published_when_it_joins(
+    world: SupabaseWorld,
+) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [{"event": "*", "schema": "public", "table": "*"}])
+
+    assert set(client.session.tables) == {"public.messages"}
+    world.hub.publish(batch("public.messages", message_change("INSERT", 4, 5)))
+    await eventually(lambda: "postgres_changes" in client.events())
