@@ -83,10 +83,14 @@ class RowSecurity:
         """The indices of ``keys`` whose rows of ``table`` ``viewer`` may see now.
 
         One statement, none for no keys. Keys are as the capture trigger logs
-        them (:func:`broadcaster.core.visibility.plan`).
+        them (:func:`broadcaster.core.visibility.plan`). Raises
+        :class:`ValueError` for a table without a key, or whose key is not
+        among its columns: such a table cannot be published.
         """
         if not keys:
             return set()
+        if not table.key:
+            raise ValueError(f"{table.table_id} has no primary key: its rows cannot be checked")
         types = []
         for name in table.key:
             column = table.column(name)

@@ -424,3 +424,16 @@ async def test_the_function_refuses_the_role_none(
         await superuser.fetchval(
             "SELECT broadcaster_visible($1, $2, $3::text[], $4::text[], $5, $6, $7::text[])", *args
         )
+
+
+async def test_a_table_without_a_key_cannot_be_checked(
+    roles: Roles, login: asyncpg.Connection
+) -> None:
+    checks = RowSecurity()
+    alice = roles.viewer(roles.authenticated, sub=ALICE)
+    keyless = PublishedTable("public", "notes", NOTES.columns, (), row_security=True)
+    with pytest.raises(ValueError, match="no primary key"):
+        await checks.visible(login, keyless, alice, KEYS)
+    unknown = PublishedTable("public", "notes", NOTES.columns, ("nope",), row_security=True)
+    with pytest.raises(ValueError, match="nope"):
+        await checks.visible(login, unknown, alice, KEYS)
