@@ -257,6 +257,59 @@ LANGUAGE sql IMMUTABLE AS $$
     WHERE i > array_lower(args, 1)
 $$;
 
+-- Row-level security, checked as a subscriber (broadcaster/postgres/visibility.py):
+-- which of `keys` (a key column's value as text, or the JSON array of a
+-- composite key's values, as logged) name a row of the table that
+-- `viewer_role`, with `claims` in `request.jwt.claims`, may select now. Returns
+-- their indices, from 0. SECURITY INVOKER: it can switch only to the roles the
+-- caller's session may SET ROLE to. The role, the claims and row_security are
+-- set for this call alone: put back before it returns, and undone with the
+-- transaction when it fails, which ends with the statement in autocommit.
+-- A key is cast to its column's type (`key_types`, format_type names), so
+-- that the comparison is the column's own and its index serves it.
+CREATE OR REPLACE FUNCTION broadcaster_visible(
+    table_schema text, table_name text, key_columns text[], key_types text[],
+    viewer_role text, claims text, keys text[]
+) RETURNS int[]
+LANGUAGE plpgsql SECURITY INVOKER AS $$
+DECLARE
+    previous_role text := current_setting('role');
+    previous_claims text := coalesce(current_setting('request.jwt.claims', true), '');
+    previous_row_security text := current_setting('row_security');
+    key_matches text;
+    visible int[];
+BEGIN
+    -- Postgres reads the role "none" as the session's own: checked as it, a
+    -- subscriber would see what the server's login sees.
+    IF viewer_role = 'none' THEN
+        RAISE EXCEPTION 'rows cannot be checked as role "none", which is the session''s own role'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Types resolved as the caller, before the switch.
+    IF cardinality(key_columns) = 1 THEN
+        key_matches := format('t.%I = k.key::%s', key_columns[1], key_types[1]::regtype);
+    ELSE
+        SELECT string_agg(format('t.%I = (k.key::jsonb ->> %s)::%s', c, i - 1, ty::regtype),
+                          ' AND ' ORDER BY i)
+        INTO key_matches
+        FROM unnest(key_columns, key_types) WITH ORDINALITY AS u(c, ty, i);
+    END IF;
+    -- row_security off would make the SELECT fail rather than filter.
+    PERFORM set_config('role', viewer_role, true),
+            set_config('request.jwt.claims', claims, true),
+            set_config('row_security', 'on', true);
+    EXECUTE format(
+        'SELECT array_agg(k.i - 1) FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)'
+        ' WHERE EXISTS (SELECT FROM %I.%I AS t WHERE %s)',
+        table_schema, table_name, key_matches)
+    INTO visible USING keys;
+    PERFORM set_config('role', previous_role, true),
+            set_config('request.jwt.claims', previous_claims, true),
+            set_config('row_security', previous_row_security, true);
+    RETURN coalesce(visible, '{}');
+END
+$$;
+
 -- A TRUNCATE deletes every row: each gets its DELETE, as if deleted one by one.
 -- BEFORE, with the table already locked against every other writer.
 CREATE OR REPLACE FUNCTION broadcaster_capture_truncate() RETURNS trigger

@@ -21,6 +21,7 @@ from typing import Any, Final, TypeAlias
 
 from ..core.changes import Change, with_version
 from ..core.hub import Batch
+from ..core.members import members
 from ..core.published import PublishedTable
 from ..exceptions import FilterError
 from . import phoenix
@@ -310,9 +311,6 @@ _DATA_HEAD: Final = _data_head(SCHEMA, TABLE)
 _COLUMNS_JSON: Final = compact_json(COLUMNS)
 
 
-_DECODER: Final = json.JSONDecoder()
-
-
 def _row(row_json: str) -> dict[str, Any]:
     """The row Postgres wrote as JSON, for the bindings' filters.
 
@@ -324,48 +322,12 @@ def _row(row_json: str) -> dict[str, Any]:
     try:
         row: dict[str, Any] = json.loads(row_json)
     except RecursionError:
-        return _shallow_object(row_json)
+        return {name: _value(value) for name, _, value in members(row_json)}
     return row
 
 
-def _shallow_object(text: str) -> dict[str, Any]:
-    """The members of the JSON object ``text``; a value nested too deep is None."""
-    row: dict[str, Any] = {}
-    at = _skip_space(text, text.index("{") + 1)
-    while text[at] != "}":
-        key, at = _DECODER.raw_decode(text, at)
-        at = _skip_space(text, text.index(":", at) + 1)
-        end = _value_end(text, at)
-        try:
-            row[key] = json.loads(text[at:end])
-        except RecursionError:
-            row[key] = None
-        at = _skip_space(text, end)
-        if text[at] == ",":
-            at = _skip_space(text, at + 1)
-    return row
-
-
-def _skip_space(text: str, at: int) -> int:
-    while text[at] in " \t\n\r":
-        at += 1
-    return at
-
-
-def _value_end(text: str, at: int) -> int:
-    """Where the JSON value starting at ``at`` ends, found without recursion."""
-    if text[at] not in "[{":
-        return _DECODER.raw_decode(text, at)[1]
-    depth = 0
-    while True:
-        char = text[at]
-        if char == '"':
-            at = _DECODER.raw_decode(text, at)[1]
-            continue
-        if char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-            if depth == 0:
-                return at + 1
-        at += 1
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return None
