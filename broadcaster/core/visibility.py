@@ -7,7 +7,7 @@ token's ``role`` claim names, with its claims in the setting
 read). Subscribers whose role and claims are the same see the same rows, so
 they are grouped into one :class:`Viewer` and checked once per read
 (:func:`by_viewer`); :func:`plan` says which changes of a read need the check
-and :meth:`Checks.delivered` which of them a viewer gets.
+and :meth:`KeyPlan.delivered` which of them a viewer gets.
 
 As on Supabase, a DELETE is not checked (its row is gone, so no policy can
 be asked), and its old row is cut to the primary key on a table with
@@ -29,7 +29,7 @@ from .published import PublishedTable
 
 __all__ = [
     "ROLE_CLAIM",
-    "Checks",
+    "KeyPlan",
     "Viewer",
     "by_viewer",
     "checked",
@@ -85,8 +85,8 @@ def viewer(claims: Mapping[str, Any]) -> Viewer | None:
         # ASCII: a lone surrogate (which JSON's \u escapes can spell) stays an
         # escape, which Postgres refuses in the check, rather than text no
         # driver can encode. NaN and Infinity are not JSON to Postgres either.
-        text = json.dumps(claims, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (UnicodeEncodeError, ValueError):
+        text = json.dumps(dict(claims), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (UnicodeEncodeError, ValueError, TypeError):
         return None
     return Viewer(role, text)
 
@@ -114,7 +114,7 @@ def checked(table: PublishedTable, op: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Checks:
+class KeyPlan:
     """The keys a read's changes need checked, and which change needs which.
 
     ``keys`` are distinct, in the order of the changes that first name them;
@@ -130,7 +130,7 @@ class Checks:
         return [slot is None or slot in visible for slot in self.slots]
 
 
-def plan(table: PublishedTable, changes: Sequence[Change]) -> Checks:
+def plan(table: PublishedTable, changes: Sequence[Change]) -> KeyPlan:
     """Which of ``changes`` (all of ``table``) need a check, and of which keys.
 
     A change's key is its ``id``: the key column's value as text, or for a
@@ -145,7 +145,7 @@ def plan(table: PublishedTable, changes: Sequence[Change]) -> Checks:
             slots.append(keys.setdefault(change.id, len(keys)))
         else:
             slots.append(None)
-    return Checks(tuple(keys), tuple(slots))
+    return KeyPlan(tuple(keys), tuple(slots))
 
 
 def visible_columns(table: PublishedTable, op: str, selectable: Collection[str]) -> frozenset[str]:

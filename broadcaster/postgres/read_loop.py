@@ -21,26 +21,32 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 import asyncpg
 
+from ..core import visibility
 from ..core.backoff import Backoff
+from ..core.checks import HeldChecks, Pending
 from ..core.cursors import Origin
 from ..core.feed import Feed, Join, Read
-from ..core.filter_checks import FilterChecks, Pending
 from ..core.hub import Hub
 from ..core.promises import Promises
 from ..core.published import PublishedTable
 from ..core.tables import EVERY_TABLE, ordered
+from ..core.visibility import Viewer
 from ..core.wakeups import decode
 from ..core.writes import Writes
 from ..exceptions import DatabaseError
 from .queries import ChangeReader
 
-__all__ = ["CheckFilters", "ReadLoop"]
+__all__ = ["CheckFilters", "CheckRows", "ReadLoop"]
 
 CheckFilters = Callable[
     [PublishedTable, Sequence[str], Sequence[str]], Awaitable[Sequence[Sequence[bool]]]
 ]
 """Whether each image (a row's JSON) of a published table passes each filter, asked of
 Postgres in one statement (``broadcaster/postgres/filtering.py``)."""
+
+CheckRows = Callable[[PublishedTable, Viewer, Sequence[str]], Awaitable[Collection[int]]]
+"""The indices of the keys whose rows of a published table a viewer may see now, asked
+of Postgres in one statement (``broadcaster/postgres/visibility.py``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +68,14 @@ class ReadLoop:
         poll_window: float = 0.0,
         poll_min_rate: float = 0.0,
         writes: Writes | None = None,
-        filter_checks: FilterChecks | None = None,
+        held_checks: HeldChecks | None = None,
         check_filters: CheckFilters | None = None,
+        check_rows: CheckRows | None = None,
     ) -> None:
         self._hub = hub
-        self._filter_checks = FilterChecks() if filter_checks is None else filter_checks
+        self._held_checks = HeldChecks() if held_checks is None else held_checks
         self._check_filters = check_filters
+        self._check_rows = check_rows
         self._writes = Writes() if writes is None else writes
         self._reader = reader
         self._feed = Feed()
@@ -231,8 +239,8 @@ class ReadLoop:
         issued_at = time.monotonic()
         try:
             result = await self._reader.read(read.requests)
-            pending = self._filter_checks.pending(row.change for row in result.rows)
-            decided = await self._decide(pending)
+            pending = self._held_checks.pending(row.change for row in result.rows)
+            await self._decide(pending)
         except DatabaseError as exc:
             if not isinstance(exc.__cause__, asyncpg.DataError) or not any(
                 join.since is not None for join, _ in read.joins
@@ -249,7 +257,8 @@ class ReadLoop:
             self._feed.failed(read)
             raise
         batches, answered = self._feed.complete(read, result)
-        FilterChecks.attach(batches, pending, decided)
+        for work in pending:
+            work.attach(batches)
         changed = {batch.table_id: len(batch.changes) for batch in batches if batch.changes}
         self._observe(result.snapshot, issued_at, set(read.live), changed.keys(), changes=changed)
         # One write per client for every batch this read brings it. A join's
@@ -268,18 +277,22 @@ class ReadLoop:
             self.status = "caught up"
             logger.info("read loop: caught up (%d live tables)", self._feed.live_tables)
 
-    async def _decide(self, pending: list[Pending]) -> dict[tuple[str, int], Sequence[bool]]:
-        """Postgres' answers to the subscribers' filters on the read's changes: one
-        statement per table that has any."""
-        decided: dict[tuple[str, int], Sequence[bool]] = {}
-        if self._check_filters is None:
-            return decided
+    async def _decide(self, pending: list[Pending]) -> None:
+        """Postgres' answers to the checks subscribers hold on the read's changes: one
+        statement per table for its filters, one per viewer of a table with
+        row-level security."""
         for work in pending:
-            passed = await self._check_filters(
-                work.table, [check.filter for check in work.checks], work.images
-            )
-            decided.update(FilterChecks.decided(work, passed))
-        return decided
+            if work.filters and self._check_filters is not None:
+                work.answer_filters(
+                    await self._check_filters(
+                        work.table, [check.filter for check in work.filters], work.images
+                    )
+                )
+            if work.rows and self._check_rows is not None:
+                keys = visibility.plan(work.table, work.changes)
+                for check in work.rows:
+                    visible = await self._check_rows(work.table, check.viewer, keys.keys)
+                    work.answer(check, keys.delivered(visible))
 
     async def _timer(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:

@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
 from ..core.changes import Change, with_version
+from ..core.checks import RowCheck, passed
 from ..core.hub import Batch
-from ..core.members import members
+from ..core.members import members, only_members
 from ..core.published import PublishedTable
+from ..core.visibility import visible_columns
 from ..exceptions import FilterError
 from . import phoenix
 from .filters import RowFilter, parse_filters
@@ -188,11 +190,20 @@ class Shape:
     """What decides the messages a batch brings a channel: channels of the same
     shape (each tab open on one sheet) share them. A key of :meth:`Batch.memo`
     (bindings hash: their filters' values are canonical tuples) and the
-    function that builds them."""
+    function that builds them.
+
+    ``row_checks`` are the channel's viewer's checks on tables with
+    row-level security, the current one of a table first (after a token
+    refresh, the one it replaces follows until reads answer the new one).
+    ``selectable`` holds, for each published table, the columns the viewer's
+    role may select: the records and ``columns`` it gets.
+    """
 
     vsn: str
     topic: str
     bindings: tuple[Binding, ...]
+    row_checks: tuple[RowCheck, ...] = ()
+    selectable: tuple[tuple[str, frozenset[str]], ...] = ()
 
     def __call__(self, batch: Batch) -> bytes:
         """The ``postgres_changes`` messages of ``batch``, as text frames."""
@@ -200,15 +211,22 @@ class Shape:
             (t for b in self.bindings for t in b.published or () if t.table_id == batch.table_id),
             None,
         )
+        row_checks = [c for c in self.row_checks if c.table.table_id == batch.table_id]
+        selectable = next((s for t, s in self.selectable if t == batch.table_id), None)
         checks = batch.checks
         frames = []
         head = tail = ""
-        changes = batch.memo(("supabase.changes", table), functools.partial(_changes, table))
+        changes = batch.memo(
+            ("supabase.changes", table, selectable),
+            functools.partial(_changes, table, selectable),
+        )
         for index, (change, row, data) in enumerate(changes):
+            if row_checks and not _visible(checks, row_checks, index):
+                continue
             ids = [
                 b.id
                 for b in self.bindings
-                if b.matches(change, row, lambda check: _passed(checks, check, index))  # noqa: B023
+                if b.matches(change, row, lambda check: passed(checks, check, index))  # noqa: B023
             ]
             if not ids:
                 continue
@@ -219,44 +237,59 @@ class Shape:
         return b"".join(frames)
 
 
-def _passed(checks: Mapping[Hashable, Sequence[bool]], check: Hashable, index: int) -> bool:
-    # A check added after the read asked Postgres has no answer for it: the
-    # channel holding it was not live yet (docs/supabase.md).
-    found = checks.get(check)
-    return found is not None and found[index]
+def _visible(
+    checks: Mapping[Hashable, Sequence[bool]], row_checks: Sequence[RowCheck], index: int
+) -> bool:
+    # The first check a read answered decides: the current viewer's, or
+    # until reads answer it, the one it replaces.
+    for check in row_checks:
+        found = checks.get(check)
+        if found is not None:
+            return found[index]
+    return False
 
 
 def _changes(
-    table: PublishedTable | None, batch: Batch
+    table: PublishedTable | None, selectable: frozenset[str] | None, batch: Batch
 ) -> list[tuple[Change, dict[str, Any], str]]:
     """Each change, its row (for the bindings' filters) and its ``data`` as JSON.
 
-    Built once per batch and table and shared by every Supabase client it goes
-    to. The record is the row's JSON as the read returned it, spliced in
-    unparsed: for ``public.rows`` (``table`` None) with its ``version``, for a
-    published table as the table has it.
+    Built once per batch, table and selectable columns, and shared by every
+    Supabase client it goes to. The record is the row's JSON as the read
+    returned it, spliced in unparsed: for ``public.rows`` (``table`` None)
+    with its ``version``, for a published table as the table has it, with
+    only the columns the viewer's role may select (``selectable``; None: no
+    viewer, every column).
     """
-    return [_change(change, table) for change in batch.changes]
+    return [_change(change, table, selectable) for change in batch.changes]
 
 
-def _change(change: Change, table: PublishedTable | None) -> tuple[Change, dict[str, Any], str]:
+def _change(
+    change: Change, table: PublishedTable | None, selectable: frozenset[str] | None
+) -> tuple[Change, dict[str, Any], str]:
     # Filters see the row a change leaves, or for a DELETE the row it removed.
     record: str | None
     old_record: str | None
     if table is None:
         new = with_version(change.row_json, change.version)
-        identity = new
+        identity, old = new, change.old_json
         data_head, columns = _DATA_HEAD, _COLUMNS_JSON
     else:
         new = identity = change.row_json
-        data_head, columns = _data_head(table.schema, table.name), _columns_json(table)
+        old = change.old_json
+        data_head = _data_head(table.schema, table.name)
+        columns = _columns_json(table, selectable)
+        names = _record_columns(table, change.op, selectable)
+        if names is not None:
+            new = only_members(new, names)
+            old = None if old is None else only_members(old, names)
     if change.op == "DELETE":
         # Its record is the row's identity only: old_record is the row it
         # removed (its identity, for a change read without one).
-        record, old_record = None, change.old_json or identity
+        record, old_record = None, old or identity
         row = _row(old_record)
     else:
-        record, old_record = new, change.old_json
+        record, old_record = new, old
         row = _row(record)
     committed = compact_json(
         change.committed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -273,6 +306,17 @@ def _change(change: Change, table: PublishedTable | None) -> tuple[Change, dict[
     if old_record is not None:
         data += f'"old_record":{old_record},'
     return change, row, f'{data}"errors":{errors}}}'
+
+
+def _record_columns(
+    table: PublishedTable, op: str, selectable: frozenset[str] | None
+) -> frozenset[str] | None:
+    """The columns of a change's images a subscriber gets; None: all of them."""
+    if selectable is None:
+        if table.row_security and op == "DELETE":
+            return frozenset(table.key)
+        return None
+    return visible_columns(table, op, selectable)
 
 
 def _too_large(*images: str | None) -> bool:
@@ -300,11 +344,17 @@ def _data_head(schema: str, table: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _columns_json(table: PublishedTable) -> str:
+def _columns_json(table: PublishedTable, selectable: frozenset[str] | None) -> str:
     """The table's ``columns`` as Supabase sends them: each name and its type's name
     (``int8``, ``timestamptz``, ``_text`` for an array), which supabase-js converts
-    values by."""
-    return compact_json([{"name": c.name, "type": c.type_name} for c in table.columns])
+    values by; only those in ``selectable``, if given."""
+    return compact_json(
+        [
+            {"name": c.name, "type": c.type_name}
+            for c in table.columns
+            if selectable is None or c.name in selectable
+        ]
+    )
 
 
 _DATA_HEAD: Final = _data_head(SCHEMA, TABLE)

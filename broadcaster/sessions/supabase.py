@@ -24,6 +24,7 @@ with the reason. See ``docs/supabase.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,9 +34,9 @@ from typing import Any, Protocol
 
 from ..auth.authorization import EVERY_TABLE_ID, Authorizer, authorizer_table_id, decided
 from ..auth.identity import Identity, TokenVerifier
-from ..core import broadcasts, presence
+from ..core import broadcasts, presence, visibility
+from ..core.checks import Check, FilterCheck, HeldChecks, RowCheck
 from ..core.feed import Join, JoinResult
-from ..core.filter_checks import FilterCheck, FilterChecks
 from ..core.hub import Batch, Hub
 from ..core.published import PublishedTable
 from ..core.tables import EVERY_TABLE
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 class PublishedTables(Protocol):
     """The tables published besides ``rows``, and the filters Postgres checks on them."""
 
-    checks: FilterChecks
+    checks: HeldChecks
 
     async def lookup(self, schema: str, name: str) -> PublishedTable | None:
         """The published table ``schema.name``; None if it is not published.
@@ -71,12 +72,17 @@ class PublishedTables(Protocol):
         """Raise FilterError, saying why, if Postgres cannot check ``filter`` on ``table``."""
         ...
 
+    async def selectable(self, table: PublishedTable, role: str) -> frozenset[str] | None:
+        """The columns of ``table`` that ``role`` may select; None if there is no such
+        role. Raises DatabaseError."""
+        ...
+
 
 class _NoPublishedTables:
     """Where only ``rows`` is served."""
 
     def __init__(self) -> None:
-        self.checks = FilterChecks()
+        self.checks = HeldChecks()
 
     async def lookup(self, schema: str, name: str) -> PublishedTable | None:
         return None
@@ -87,8 +93,19 @@ class _NoPublishedTables:
     async def validate(self, table: PublishedTable, filter: str) -> None:
         raise FilterError(f"filters on {table.table_id} are not served here")
 
+    async def selectable(self, table: PublishedTable, role: str) -> frozenset[str] | None:
+        return None
+
 
 NO_PUBLISHED_TABLES: PublishedTables = _NoPublishedTables()
+
+
+@dataclass(frozen=True)
+class _Viewing:
+    """What a channel's token may see of its published tables."""
+
+    row_checks: tuple[RowCheck, ...]
+    selectable: tuple[tuple[str, frozenset[str]], ...]
 
 
 @dataclass(eq=False)
@@ -108,11 +125,24 @@ class _Channel:
     reply: Callable[[], None] | None = None
     waits: set[Join] = field(default_factory=set)
     """Reads it waits for to go live on a table live already (see _wait_for_read)."""
+    row_checks: list[RowCheck] = field(default_factory=list)
+    """Its viewer's checks on the tables with row-level security it binds."""
+    retiring: list[RowCheck] = field(default_factory=list)
+    """The checks of its previous token's viewer, until reads answer the new ones."""
+    selectable: tuple[tuple[str, frozenset[str]], ...] = ()
 
     @property
-    def checks(self) -> list[FilterCheck]:
-        """Its bindings' filters that Postgres checks."""
-        return [b.check for b in self.bindings if isinstance(b.check, FilterCheck)]
+    def checks(self) -> list[Check]:
+        """What Postgres checks for it: its bindings' filters, its viewer's rows."""
+        filters = [b.check for b in self.bindings if isinstance(b.check, FilterCheck)]
+        return [*filters, *self.row_checks, *self.retiring]
+
+    def reshape(self) -> None:
+        self.shape = dataclasses.replace(
+            self.shape,
+            row_checks=(*self.row_checks, *self.retiring),
+            selectable=self.selectable,
+        )
 
 
 class SupabaseSession(Session[Message]):
@@ -269,6 +299,14 @@ class SupabaseSession(Session[Message]):
         except DatabaseError:
             logger.warning("could not look up a channel's tables", exc_info=True)
             return self._reject(message, "the database could not be reached: join again")
+        try:
+            viewing = await self._viewing(identity, bindings)
+        except FilterError as exc:
+            self._send(protocol.system(topic, "error", str(exc)))
+            return self._refuse(message, str(exc))
+        except DatabaseError:
+            logger.warning("could not look up a role's columns", exc_info=True)
+            return self._reject(message, "the database could not be reached: join again")
         if self.closed:
             return None
         tables = frozenset(t for binding in bindings for t in (binding.tables or (EVERY_TABLE,)))
@@ -297,7 +335,9 @@ class SupabaseSession(Session[Message]):
             message.join_ref,
             bindings,
             tables,
-            Shape(self._vsn, topic, tuple(bindings)),
+            Shape(self._vsn, topic, tuple(bindings), viewing.row_checks, viewing.selectable),
+            row_checks=list(viewing.row_checks),
+            selectable=viewing.selectable,
             broadcast_self=broadcast.get("self") is True,
             broadcast_ack=broadcast.get("ack") is True,
             # Like Supabase: without a key of its own, a connection is one presence.
@@ -354,6 +394,43 @@ class SupabaseSession(Session[Message]):
             return binding.resolve([table], None)
         await self._published.validate(table, binding.filter)
         return binding.resolve([table], FilterCheck(table, binding.filter))
+
+    async def _viewing(self, identity: Identity | None, bindings: list[Binding]) -> _Viewing:
+        """What ``identity`` may see of the published tables ``bindings`` resolved to:
+        raises FilterError, saying why, when it may see none of a table."""
+        tables = {t.table_id: t for b in bindings for t in b.published or ()}
+        if not tables:
+            return _Viewing((), ())
+        viewer = visibility.viewer(identity.claims) if identity is not None else None
+        row_checks: list[RowCheck] = []
+        selectable: list[tuple[str, frozenset[str]]] = []
+        for table_id, table in sorted(tables.items()):
+            if viewer is None:
+                if table.row_security:
+                    raise FilterError(
+                        f"{table_id} has row-level security: join with a token whose "
+                        "role claim names the Postgres role to check its rows as"
+                    )
+                continue
+            columns = await self._published.selectable(table, viewer.role)
+            if columns is None:
+                if table.row_security:
+                    raise FilterError(
+                        f"{table_id} has row-level security and role {viewer.role!r} does not "
+                        f"exist in Postgres: CREATE ROLE {viewer.role} NOLOGIN, and grant it"
+                    )
+                # No such role to ask about columns: the table has no policies to
+                # apply either, and a Supabase app's anon role need not exist here.
+                continue
+            if not columns:
+                raise FilterError(
+                    f"role {viewer.role!r} may not select any column of {table_id}: "
+                    f"GRANT SELECT ON {table_id} TO {viewer.role}"
+                )
+            selectable.append((table_id, columns))
+            if table.row_security:
+                row_checks.append(RowCheck(table, viewer))
+        return _Viewing(tuple(row_checks), tuple(selectable))
 
     def _wait_for_read(self, channel: _Channel, table_id: str) -> None:
         def read(result: JoinResult) -> None:
@@ -442,11 +519,52 @@ class SupabaseSession(Session[Message]):
                 message.join_ref,
                 f"forbidden: the new token may not read {forbidden!r}",
             )
+        if channel is not None and self._channels.get(channel.topic) is channel:
+            try:
+                viewing = await self._viewing(identity, channel.bindings)
+            except FilterError as exc:
+                return self._end_channel(message.topic, message.join_ref, str(exc))
+            except DatabaseError:
+                logger.warning("could not look up a role's columns", exc_info=True)
+                return self._end_channel(
+                    message.topic, message.join_ref, "the database could not be reached: join again"
+                )
+            if self._channels.get(channel.topic) is not channel:
+                return None
+            self._view_as(channel, viewing)
         self.identity = identity
         if channel is not None and self._channels.get(channel.topic) is channel:
             # As Supabase: the channel now lasts as long as this token.
             self._expire_at(channel.topic, identity.expires_at if identity is not None else None)
         return None
+
+    def _view_as(self, channel: _Channel, viewing: _Viewing) -> None:
+        """The channel's rows checked as a new token's viewer from the next read on."""
+        new = [check for check in viewing.row_checks if check not in channel.row_checks]
+        for check in new:
+            self._published.checks.add(check)
+        if new:
+            # Until a read answers the new checks, the previous ones decide.
+            channel.retiring.extend(c for c in channel.row_checks if c not in viewing.row_checks)
+        channel.row_checks = list(viewing.row_checks)
+        channel.selectable = viewing.selectable
+        channel.reshape()
+
+    def _retire(self, channel: _Channel, batch: Batch) -> None:
+        """Forget the previous viewer's checks of ``batch``'s table once it answers the new."""
+        answered = [
+            c
+            for c in channel.row_checks
+            if c.table.table_id == batch.table_id and c in batch.checks
+        ]
+        if not answered:
+            return
+        retired = [c for c in channel.retiring if c.table.table_id == batch.table_id]
+        for check in retired:
+            channel.retiring.remove(check)
+            self._published.checks.remove(check)
+        if retired:
+            channel.reshape()
 
     def _auth_timed_out(self) -> None:
         self._transport.close(native.CLOSE_UNAUTHORIZED, "authentication timeout")
@@ -567,6 +685,8 @@ class SupabaseSession(Session[Message]):
             frames = batch.memo(channel.shape, channel.shape)
             if frames:
                 self._transport.send(frames)
+            if channel.retiring:
+                self._retire(channel, batch)
 
     def _refuse(self, message: Message, reason: str) -> None:
         """Answer ``message`` with an error: it could not be served."""

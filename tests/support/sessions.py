@@ -25,9 +25,9 @@ from broadcaster.auth.identity import Identity
 from broadcaster.core import cursors
 from broadcaster.core.broadcasts import Broadcasts
 from broadcaster.core.changes import Change
+from broadcaster.core.checks import HeldChecks
 from broadcaster.core.cursors import Origin
 from broadcaster.core.feed import Join, JoinResult
-from broadcaster.core.filter_checks import FilterChecks
 from broadcaster.core.hub import Batch, Hub
 from broadcaster.core.presence import Presences
 from broadcaster.core.published import Column, PublishedTable
@@ -435,9 +435,11 @@ class FakePublishedTables:
 
     def __init__(self, *tables: PublishedTable, refused: str = "nope") -> None:
         self.tables = {(table.schema, table.name): table for table in tables}
-        self.checks = FilterChecks()
+        self.checks = HeldChecks()
         self.refused = refused
         self.lookups = 0
+        self.roles: dict[str, dict[str, frozenset[str]]] = {}
+        """Roles that exist -> the columns they may select, by table_id (default: all)."""
 
     async def lookup(self, schema: str, name: str) -> PublishedTable | None:
         self.lookups += 1
@@ -445,6 +447,11 @@ class FakePublishedTables:
 
     async def listed(self, schema: str | None) -> list[PublishedTable]:
         return [t for t in self.tables.values() if schema in (None, t.schema)]
+
+    async def selectable(self, table: PublishedTable, role: str) -> frozenset[str] | None:
+        if role not in self.roles:
+            return None
+        return self.roles[role].get(table.table_id, frozenset(c.name for c in table.columns))
 
     async def validate(self, table: PublishedTable, filter: str) -> None:
         if self.refused in filter:

@@ -11,7 +11,7 @@ from broadcaster.core.changes import Change
 from broadcaster.core.members import only_members
 from broadcaster.core.published import Column, PublishedTable
 from broadcaster.core.visibility import (
-    Checks,
+    KeyPlan,
     Viewer,
     by_viewer,
     checked,
@@ -153,7 +153,7 @@ def test_a_plan_checks_each_key_once_in_order() -> None:
         change("DELETE", "5"),
     ]
     checks = plan(NOTES, changes)
-    assert checks == Checks(("5", "3"), (0, 1, None, 0, None))
+    assert checks == KeyPlan(("5", "3"), (0, 1, None, 0, None))
 
 
 def test_a_viewer_gets_the_unchecked_changes_and_those_of_the_rows_it_sees() -> None:
@@ -173,7 +173,7 @@ def test_a_viewer_gets_the_unchecked_changes_and_those_of_the_rows_it_sees() -> 
 
 def test_a_table_without_row_security_needs_no_check() -> None:
     checks = plan(OPEN, [change("INSERT", "5"), change("UPDATE", "3")])
-    assert checks == Checks((), (None, None))
+    assert checks == KeyPlan((), (None, None))
     assert checks.delivered(set()) == [True, True]
 
 
@@ -183,11 +183,11 @@ def test_a_composite_key_is_checked_as_logged() -> None:
         Change("UPDATE", PAIRS.table_id, '[1, "x"]', 2, "{}"),
         Change("INSERT", PAIRS.table_id, '[2, "x"]', 3, "{}"),
     ]
-    assert plan(PAIRS, changes) == Checks(('[1, "x"]', '[2, "x"]'), (0, 0, 1))
+    assert plan(PAIRS, changes) == KeyPlan(('[1, "x"]', '[2, "x"]'), (0, 0, 1))
 
 
 def test_an_empty_read_plans_nothing() -> None:
-    assert plan(NOTES, []) == Checks((), ())
+    assert plan(NOTES, []) == KeyPlan((), ())
 
 
 # Columns

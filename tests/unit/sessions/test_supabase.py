@@ -22,6 +22,8 @@ from broadcaster.auth.identity import Identity
 from broadcaster.core import broadcasts as broadcasts_module
 from broadcaster.core import presence
 from broadcaster.core.changes import Change
+from broadcaster.core.checks import RowCheck
+from broadcaster.core.published import Column, PublishedTable
 from broadcaster.protocols.phoenix import VSN_1, VSN_2, Message
 from broadcaster.protocols.supabase import COLUMNS, Binding
 from broadcaster.sessions import base
@@ -1278,3 +1280,121 @@ async def test_a_wildcard_binding_joins_the_tables_published_when_it_joins(
     assert set(client.session.tables) == {"public.messages"}
     world.hub.publish(batch("public.messages", message_change("INSERT", 4, 5)))
     await eventually(lambda: "postgres_changes" in client.events())
+
+
+# Row-level security
+
+NOTES = PublishedTable(
+    "public",
+    "notes",
+    (
+        Column("id", "bigint", "int8"),
+        Column("owner", "text", "text"),
+        Column("secret", "text", "text"),
+    ),
+    ("id",),
+    row_security=True,
+)
+
+
+def note(op: str, version: int) -> Change:
+    row = json.dumps({"id": version, "owner": "ada", "secret": "s"})
+    old = None if op == "INSERT" else row
+    return Change(op, "public.notes", str(version), version, row if op != "DELETE" else "{}", old)
+
+
+def secured_world(world: SupabaseWorld) -> FakeVerifier:
+    world.published.tables[("public", "notes")] = NOTES
+    world.published.roles["authenticated"] = {}
+    return FakeVerifier(
+        {
+            "ada": identity(role="authenticated", sub="ada"),
+            "ada again": identity(role="authenticated", sub="ada", iat=2),
+            "ghost": identity(role="ghost", sub="g"),
+            "norole": identity(sub="n"),
+        }
+    )
+
+
+def on_notes() -> list[dict[str, Any]]:
+    return [{"event": "*", "schema": "public", "table": "notes"}]
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("norole", "join with a token whose role claim names the Postgres role"),
+        ("ghost", "role 'ghost' does not exist in Postgres"),
+    ],
+)
+async def test_a_table_with_row_security_needs_a_role_to_check_rows_as(
+    world: SupabaseWorld, token: str, reason: str
+) -> None:
+    client = world.connect(verifier=secured_world(world))
+    ref = client.join(TOPIC, on_notes(), access_token=token)
+    reply = await client.wait_reply(ref)
+
+    assert reply.payload["status"] == "error"
+    assert reason in reply.payload["response"]["reason"]
+
+
+async def test_a_viewer_gets_only_the_rows_postgres_let_it_see(world: SupabaseWorld) -> None:
+    client = world.connect(verifier=secured_world(world))
+    await world.live(client, TOPIC, on_notes(), access_token="ada")
+    [check] = world.published.checks.on("public.notes")
+    assert isinstance(check, RowCheck)
+    assert check.viewer.role == "authenticated"
+    client.clear()
+    delivered = batch("public.notes", note("INSERT", 1), note("UPDATE", 2), note("DELETE", 3))
+    delivered.checks = {check: [False, True, True]}
+
+    world.hub.publish(delivered)
+
+    await eventually(lambda: len(client.events()) == 2)
+    updated, deleted = (m.payload["data"] for m in client.messages)
+    assert updated["record"]["id"] == 2
+    # As on Supabase: a DELETE of a table with row security shows only the key.
+    assert deleted["old_record"] == {"id": 3}
+
+
+async def test_a_viewer_gets_only_the_columns_its_role_may_select(world: SupabaseWorld) -> None:
+    client = world.connect(verifier=secured_world(world))
+    world.published.roles["authenticated"] = {"public.notes": frozenset({"id", "owner"})}
+    await world.live(client, TOPIC, on_notes(), access_token="ada")
+    [check] = world.published.checks.on("public.notes")
+    client.clear()
+    delivered = batch("public.notes", note("INSERT", 1))
+    delivered.checks = {check: [True]}
+
+    world.hub.publish(delivered)
+
+    await eventually(lambda: "postgres_changes" in client.events())
+    data = client.messages[0].payload["data"]
+    assert data["record"] == {"id": 1, "owner": "ada"}
+    assert [c["name"] for c in data["columns"]] == ["id", "owner"]
+
+
+async def test_a_refreshed_token_is_checked_as_itself_once_a_read_answers_it(
+    world: SupabaseWorld,
+) -> None:
+    client = world.connect(verifier=secured_world(world))
+    await world.live(client, TOPIC, on_notes(), access_token="ada")
+    [before] = world.published.checks.on("public.notes")
+
+    client.push(TOPIC, "access_token", {"access_token": "ada again"})
+    await eventually(lambda: len(world.published.checks.on("public.notes")) == 2)
+    after = next(c for c in world.published.checks.on("public.notes") if c != before)
+    client.clear()
+    # A read that asked only about the previous token still decides.
+    old_read = batch("public.notes", note("INSERT", 1))
+    old_read.checks = {before: [True]}
+    world.hub.publish(old_read)
+    await eventually(lambda: len(client.events()) == 1)
+
+    new_read = batch("public.notes", note("INSERT", 2), note("INSERT", 3))
+    new_read.checks = {before: [True, True], after: [False, True]}
+    world.hub.publish(new_read)
+
+    await eventually(lambda: len(client.events()) == 2)
+    assert client.messages[1].payload["data"]["record"]["id"] == 3
+    assert world.published.checks.on("public.notes") == (after,)
