@@ -44,6 +44,7 @@ from ..exceptions import FilterError
 from .filter_syntax import Clause
 
 __all__ = [
+    "ALWAYS",
     "Evaluation",
     "Validation",
     "array_literal",
@@ -219,10 +220,12 @@ class Evaluation:
 
     ``sql`` takes the images (JSON objects, as ``to_jsonb(row)`` writes them)
     as ``$1`` (``text[]``) and ``args`` after them; it returns a row
-    ``(j, i)`` for each distinct set ``j`` true of image ``i`` (from 1).
+    ``(j, i)`` for each distinct set ``j`` true of image ``i`` (from 1); it
+    is empty when no set has a clause, and nothing need run.
     ``sets`` maps each filter set given, in order, to its ``j`` (or
     :data:`ALWAYS`). The text depends only on the table and on the sets'
-    columns, operators and negations, never on their values, so that one
+    columns, operators, negations and ``is`` values, never on their other
+    values nor on how many sets share a shape, so that one
     prepared statement serves as subscribers come and go.
     """
 
