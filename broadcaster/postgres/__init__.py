@@ -1,4 +1,4 @@
-"""The adapters to Postgres: the LISTEN connection, the read loop, the SQL, migrations.
+"""The adapters to Postgres: the LISTEN connection, the read loop, the SQL, filters, migrations.
 
 The driver's errors stop here: a statement or a connection that fails reaches
 the rest of the package as one of its own exceptions, with the driver's as its

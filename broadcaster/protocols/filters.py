@@ -1,24 +1,27 @@
 """Evaluate Supabase ``postgres_changes`` filters on ``public.rows`` rows, sans-I/O.
 
-A supabase-js binding carries at most one PostgREST-style filter,
-``column=op.value`` (``filter: 'id=eq.r1'``). This module parses it into a
-:class:`RowFilter` and evaluates it on a row as clients see it (a JSON object
-with the keys id, table_id, data, enriching_columns, version, created_at and
-updated_at). It does no I/O and imports neither asyncpg nor starlette, so the
-session code and the tests can use it alike.
+A supabase-js binding carries a PostgREST-style filter, ``column=op.value``
+(``filter: 'id=eq.r1'``), or several joined by commas. This module reads it
+with the grammar of :mod:`.filter_syntax` into :class:`RowFilter` values and
+evaluates them in Python on a row as clients see it (a JSON object with the
+keys id, table_id, data, enriching_columns, version, created_at and
+updated_at): no round trip to Postgres, and ``table_id`` filters route. It
+does no I/O and imports neither asyncpg nor starlette, so the session code and
+the tests can use it alike.
 
 Semantics:
 
 * Operators ``eq, neq, lt, lte, gt, gte, in`` on ``id``, ``table_id`` (text),
   ``version`` (int8) and ``created_at``, ``updated_at`` (timestamptz); the
   value is everything after the operator's dot (``id=eq.a.b`` means ``a.b``).
+  The grammar's other operators and ``not.`` are refused here.
 * ``data`` (jsonb) takes ``eq, neq, in`` with JSON values, compared as jsonb
   compares them (key order and ``1`` against ``1.0`` do not matter, ``true`` is
   not ``1``); ``enriching_columns`` (text[]) takes ``eq, neq, lt, lte, gt,
   gte`` with a Postgres array literal (``{a,"b c"}``), compared element by
   element and then by length, as Postgres compares arrays.
-  ``in.(a,"b,c")`` lists values; a double-quoted value may hold commas, ``\\"``
-  and ``\\\\``; whitespace around a value is dropped, as in a Postgres array.
+  ``in.(a,"b,c")`` lists up to 100 values, quoted as :mod:`.filter_syntax`
+  says.
 * Filter values are converted to the column's type when parsed, so a bad value
   is refused at subscribe time, never silently unmatched later.
 * Text compares by code point, which is what Postgres's C collation does
@@ -42,6 +45,7 @@ from decimal import Decimal
 from typing import Any, Final, TypeAlias
 
 from ..exceptions import FilterError
+from . import filter_syntax
 
 __all__ = ["RowFilter", "Value", "parse_filters"]
 
@@ -110,30 +114,26 @@ class RowFilter:
     @classmethod
     def parse(cls, text: str) -> RowFilter:
         """The filter ``text`` names, with its values converted to the column's type."""
-        column, equals, rest = text.partition("=")
-        op, dot, raw = rest.partition(".")
-        if not equals or not dot or not column or not op:
-            raise FilterError(
-                f"filter {text!r} is not of the form column=operator.value, such as id=eq.r1"
-            )
+        return cls.from_clause(filter_syntax.parse_clause(text, _OPERATORS, negatable=False))
+
+    @classmethod
+    def from_clause(cls, clause: filter_syntax.Clause) -> RowFilter:
+        """``clause`` (read with this module's operators), its values as the column's type."""
+        text, column, op = clause.text, clause.column, clause.operator
         kind = _COLUMNS.get(column)
         if kind is None:
             raise FilterError(
                 f"filter {text!r} names unknown column {column!r}: filter on {_FILTERABLE_LIST}"
             )
-        if op not in _OPERATORS:
-            raise FilterError(
-                f"filter {text!r} uses unsupported operator {op!r}: "
-                "use eq, neq, lt, lte, gt, gte or in"
-            )
-        if op in _REFUSED_OPERATORS.get(kind or "", ()):
+        if op in _REFUSED_OPERATORS.get(kind, ()):
             allowed = ", ".join(o for o in _OPERATORS if o not in _REFUSED_OPERATORS[kind])
             raise FilterError(f"filter {text!r} uses {op} on {column} ({kind}): use {allowed}")
-        raws = _parse_list(text, raw) if op == "in" else (raw,)
         # An empty table_id names no table, so routing by it could only be a mistake.
-        if column == "table_id" and op in ("eq", "in") and "" in raws:
+        if column == "table_id" and op in ("eq", "in") and "" in clause.values:
             raise FilterError(f"filter {text!r} names an empty table_id: give the table's id")
-        return cls(column, op, tuple(_convert(text, column, kind, value) for value in raws))
+        return cls(
+            column, op, tuple(_convert(text, column, kind, value) for value in clause.values)
+        )
 
     @property
     def tables(self) -> tuple[str, ...] | None:
@@ -156,96 +156,14 @@ class RowFilter:
 def parse_filters(text: str) -> tuple[RowFilter, ...]:
     """Every filter of ``text``: Supabase Realtime joins several with commas, all must match.
 
-    A comma inside parentheses (an ``in`` list), braces or brackets (an array,
-    JSON), double quotes, or escaped as ``\\,`` belongs to a value, as in
-    Supabase's parser (which knows only the first and the last).
+    Split as :func:`.filter_syntax.split` splits (commas inside brackets,
+    quotes or escaped as ``\\,`` belong to a value); an empty or blank
+    ``text`` has none.
     """
-    parts: list[str] = []
-    current: list[str] = []
-    depth = 0
-    quoted = False
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\" and text[index + 1 : index + 2] == ",":
-            current.append(",")
-            index += 2
-            continue
-        if char == '"':
-            quoted = not quoted
-        elif not quoted and char in "([{":
-            depth += 1
-        elif not quoted and char in ")]}":
-            depth = max(0, depth - 1)
-        if char == "," and depth == 0 and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        index += 1
-    parts.append("".join(current))
-    return tuple(RowFilter.parse(part) for part in parts)
-
-
-def _parse_list(text: str, raw: str) -> tuple[str, ...]:
-    """The values of ``(a,"b,c")``: PostgREST's quoting, Postgres array whitespace rules."""
-    if len(raw) < 2 or raw[0] != "(" or raw[-1] != ")":
-        raise FilterError(
-            f"filter {text!r} must list its values in parentheses, such as id=in.(a,b)"
-        )
-    inner = raw[1:-1]
-    if not inner.strip():
-        raise FilterError(f"filter {text!r} has an empty in list: give at least one value")
-    values: list[str] = []
-    i, end = 0, len(inner)
-    while True:
-        while i < end and inner[i].isspace():
-            i += 1
-        if i < end and inner[i] == '"':
-            i += 1
-            chars: list[str] = []
-            while True:
-                if i >= end:
-                    raise FilterError(
-                        f'filter {text!r} has an unterminated quoted value: close it with "'
-                    )
-                char = inner[i]
-                if char == '"':
-                    i += 1
-                    break
-                if char == "\\" and i + 1 < end:
-                    # PostgREST and Postgres arrays both take the next character as is.
-                    i += 1
-                    char = inner[i]
-                chars.append(char)
-                i += 1
-            while i < end and inner[i].isspace():
-                i += 1
-            if i < end and inner[i] != ",":
-                raise FilterError(
-                    f"filter {text!r} has text after a quoted value: "
-                    "quote the whole value or separate values with commas"
-                )
-            values.append("".join(chars))
-        else:
-            comma = inner.find(",", i)
-            stop = end if comma == -1 else comma
-            value = inner[i:stop].strip()
-            if not value:
-                raise FilterError(
-                    f"filter {text!r} has an empty value in its in list: "
-                    'remove it, or write "" to match an empty string'
-                )
-            if '"' in value:
-                raise FilterError(
-                    f"filter {text!r} has a quote inside an unquoted value: "
-                    'quote the whole value and escape the quote as \\"'
-                )
-            values.append(value)
-            i = stop
-        if i >= end:
-            return tuple(values)
-        i += 1  # the comma
+    return tuple(
+        RowFilter.from_clause(clause)
+        for clause in filter_syntax.parse(text, _OPERATORS, negatable=False)
+    )
 
 
 def _convert(text: str, column: str, kind: str, raw: str) -> Value:

@@ -521,3 +521,38 @@ def test_a_row_offset_east_of_utc_still_compares_as_an_instant() -> None:
 
     assert stored.endswith("+14:00")
     assert RowFilter.parse("created_at=eq." + T0).matches(row(created_at=stored))
+
+
+# The grammar shared with published tables (filter_syntax): what rows refuse or accept.
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "id=ilike.r%",
+        "id=match.^r",
+        "id=imatch.^R",
+        "id=isdistinct.r1",
+        "version=is.null",
+        "id=not.in.(r1)",
+    ],
+)
+def test_operators_of_published_tables_are_refused_on_rows(text: str) -> None:
+    assert "use eq, neq, lt, lte, gt, gte or in" in refused(text)
+
+
+def test_an_in_list_on_rows_takes_at_most_100_values() -> None:
+    values = ",".join(f"r{n}" for n in range(100))
+
+    assert len(RowFilter.parse(f"id=in.({values})").values) == 100
+    assert "lists more than 100 values" in refused(f"id=in.({values},r100)")
+
+
+def test_a_blank_filter_is_no_filter_and_spaces_after_commas_are_dropped() -> None:
+    assert parse_filters("  ") == ()
+    assert parse_filters("table_id=eq.t1, id=eq.r1") == (
+        RowFilter("table_id", "eq", ("t1",)),
+        RowFilter("id", "eq", ("r1",)),
+    )
+    with pytest.raises(FilterError, match="has an empty condition"):
+        parse_filters("table_id=eq.t1,")
