@@ -23,6 +23,7 @@ from ..core.presence import Presences
 from ..core.writes import Writes
 from ..exceptions import ConfigurationError, DatabaseError
 from ..postgres.connections import Connections
+from ..postgres.directory import Directory
 from ..postgres.listener import CHANNEL as CHANGES_CHANNEL
 from ..postgres.listener import Listener
 from ..postgres.queries import ChangeReader
@@ -68,6 +69,7 @@ class Runtime:
         self.reader: ChangeReader | None = None
         self.messaging: Messaging | None = None
         self.read_loop: ReadLoop | None = None
+        self.directory: Directory | None = None
         self.listener: Listener | None = None
         self._crashed: str | None = None
 
@@ -109,6 +111,7 @@ class Runtime:
         settings = self.settings
         self.reader = await self._connections.open()
         self.messaging = Messaging(self.broadcasts, self.presences, self.reader)
+        self.directory = self._connections.directory()
         self.read_loop = ReadLoop(
             self.hub,
             self.reader,
@@ -121,6 +124,9 @@ class Runtime:
             poll_window=settings.poll_window,
             poll_min_rate=settings.poll_min_rate,
             writes=self.writes,
+            held_checks=self.directory.checks,
+            check_filters=self.directory.check_filters,
+            check_rows=self.directory.check_rows,
         )
         self.listener = Listener(
             self.database_url,

@@ -376,6 +376,7 @@ class WebSocketConnection(asyncio.Protocol):
                 messaging=messaging,
                 limits=runtime.limits,
                 publishable_keys=runtime.publishable_keys,
+                published=runtime.directory,
             )
             logger.debug("%s connected to %s (vsn %s)", self._peer, url.path, vsn)
             return

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import asyncpg
 
+from .directory import Directory
 from .queries import ChangeReader, PostgresAuthorizerFunction, ReadSession
 
 __all__ = ["APPLICATION_NAME", "Connections"]
@@ -70,6 +71,12 @@ class Connections:
         }
         self._reads = ReadSession(lambda: asyncpg.connect(self._dsn, server_settings=read_settings))
         return ChangeReader(self._pool, reads=self._reads, max_catch_up=self._max_catch_up)
+
+    def directory(self) -> Directory:
+        """The published tables and their checks, looked up on the pool (call after :meth:`open`)."""
+        if self._pool is None:
+            raise RuntimeError("Connections.directory() before open()")
+        return Directory(self._pool)
 
     def authorizer_function(self, name: str) -> PostgresAuthorizerFunction:
         """The SQL authorizer function ``name``, called on the pool once it is open.

@@ -35,6 +35,7 @@ __all__ = [
     "ChangeReader",
     "PostgresAuthorizerFunction",
     "ReadSession",
+    "raises_database_error",
 ]
 
 DRIVER_ERRORS = (
@@ -55,7 +56,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _raises_database_error(
+def raises_database_error(
     method: Callable[_P, Awaitable[_T]],
 ) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """``method``, raising :class:`DatabaseError` from the driver's errors."""
@@ -250,12 +251,12 @@ class ChangeReader:
         self._reads: _Fetcher = pool if reads is None else reads
         self._max_catch_up = max_catch_up
 
-    @_raises_database_error
+    @raises_database_error
     async def origin(self) -> Origin:
         ((system_identifier, database_oid),) = await self._pool.fetch(_ORIGIN)
         return Origin(int(system_identifier), int(database_oid))
 
-    @_raises_database_error
+    @raises_database_error
     async def read(self, requests: Sequence[Request]) -> ReadResult:
         arguments = (
             [r.key for r in requests],
@@ -281,7 +282,7 @@ class ChangeReader:
                 rows.append(Row(key, change))
         return ReadResult(snapshot, resets, rows)
 
-    @_raises_database_error
+    @raises_database_error
     async def prune(self, retention: float) -> int:
         """Empty the change log's partitions whose entries are all older than ``retention``
         seconds; return how many.
@@ -331,7 +332,7 @@ class ChangeReader:
         await connection.execute(f"TRUNCATE {partition}")
         return 1
 
-    @_raises_database_error
+    @raises_database_error
     async def register(
         self,
         process: str,
@@ -354,7 +355,7 @@ class ChangeReader:
             window,
         )
 
-    @_raises_database_error
+    @raises_database_error
     async def horizon(self) -> tuple[int, str]:
         """A fresh xid, above every xid assigned before it, and a snapshot (see core/promises.py).
 
@@ -367,7 +368,7 @@ class ChangeReader:
         )
         return int(xid), str(snapshot)
 
-    @_raises_database_error
+    @raises_database_error
     async def unregister(self, process: str, tables: Sequence[str | None]) -> None:
         await self._pool.execute(
             "DELETE FROM broadcaster_listeners WHERE process = $1 AND table_id = ANY($2::text[])",
@@ -375,7 +376,7 @@ class ChangeReader:
             [to_database(t) for t in tables],
         )
 
-    @_raises_database_error
+    @raises_database_error
     async def keep_listening(self, process: str, stale_after: float) -> int:
         """Prove ``process`` alive; remove the registrations of processes that stopped doing so.
 
@@ -393,12 +394,12 @@ class ChangeReader:
             )
         return int(status.split()[-1])
 
-    @_raises_database_error
+    @raises_database_error
     async def broadcast(self, payload: str) -> None:
         """NOTIFY one broadcast to every server process (see core/broadcasts.py)."""
         await self._pool.execute("SELECT pg_notify($1, $2)", BROADCAST_CHANNEL, payload)
 
-    @_raises_database_error
+    @raises_database_error
     async def track(self, topic: str, key: str, slot: str, process: str, meta: Any) -> None:
         """Upsert the presence of ``slot`` and announce it, the previous one as a leave.
 
@@ -432,7 +433,7 @@ class ChangeReader:
             for payload in presence.diffs(topic, [(key, ref, meta)], leaves):
                 await connection.execute("SELECT pg_notify($1, $2)", PRESENCE_CHANNEL, payload)
 
-    @_raises_database_error
+    @raises_database_error
     async def untrack(self, slots: Sequence[str]) -> None:
         """Remove presences and announce them."""
         async with self._pool.acquire() as connection, connection.transaction():
@@ -443,7 +444,7 @@ class ChangeReader:
             )
             await self._announce_leaves(connection, gone)
 
-    @_raises_database_error
+    @raises_database_error
     async def presence_state(self, topic: str) -> list[tuple[str, str, Any]]:
         records = await self._pool.fetch(
             "SELECT key, phx_ref, meta::text FROM broadcaster_presence"
@@ -452,7 +453,7 @@ class ChangeReader:
         )
         return [(r[0], r[1], json.loads(r[2])) for r in records]
 
-    @_raises_database_error
+    @raises_database_error
     async def keep_presence(self, process: str, stale_after: float) -> None:
         """Prove this process alive; remove (and announce) the presences of dead ones."""
         async with self._pool.acquire() as connection, connection.transaction():
@@ -478,7 +479,7 @@ class ChangeReader:
                 presence.diff(topic, [], [(key, ref, json.loads(meta))]),
             )
 
-    @_raises_database_error
+    @raises_database_error
     async def notification_queue_usage(self) -> float:
         return float(await self._pool.fetchval("SELECT pg_notification_queue_usage()"))
 
@@ -504,7 +505,7 @@ class PostgresAuthorizerFunction:
         # The name is validated above; it cannot be a bind parameter.
         self._query = f"SELECT {name}($1::jsonb, $2::text)"
 
-    @_raises_database_error
+    @raises_database_error
     async def allows(self, claims: str, table_id: str) -> bool:
         """Does the function answer true for ``claims`` (a JSON object) and ``table_id``?"""
         pool = self._pool()

@@ -26,7 +26,7 @@ import asyncpg
 
 from ..core.published import PublishedTable
 from ..core.visibility import Viewer
-from .queries import _raises_database_error
+from .queries import raises_database_error
 
 __all__ = ["RowSecurity", "Statements"]
 
@@ -76,7 +76,7 @@ class RowSecurity:
     def __init__(self) -> None:
         self._logged: set[tuple[str, str, str]] = set()
 
-    @_raises_database_error
+    @raises_database_error
     async def visible(
         self, connection: Statements, table: PublishedTable, viewer: Viewer, keys: Sequence[str]
     ) -> set[int]:
@@ -115,7 +115,7 @@ class RowSecurity:
             return set()
         return set(indices)
 
-    @_raises_database_error
+    @raises_database_error
     async def selectable_columns(
         self, connection: Statements, table: PublishedTable, role: str
     ) -> frozenset[str]:
