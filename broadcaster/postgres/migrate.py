@@ -2,12 +2,9 @@
 
 :func:`migrate` runs the Alembic migrations of ``schema/migrations`` up to head,
 then installs ``triggers.sql`` if the installed copy differs from this
-package's. The installed copy is identified by the sha256 of its text, kept in
-the comment of the trigger function ``broadcaster_capture()``; the file and
-the comment are written in one transaction, so the comment never names a copy
-that is not installed. Installing it waits for the writers' open transactions
-on ``rows`` at most 500 ms at a time, retried, so that writers are not queued
-behind it for longer.
+package's (:mod:`broadcaster.postgres.triggers`). Installing it waits for the
+writers' open transactions on ``rows`` at most 500 ms at a time, retried, so
+that writers are not queued behind it for longer.
 
 On a database that is already current, :func:`migrate` only reads
 (``alembic_version`` and that comment), so servers may run it at every start
@@ -22,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -36,6 +32,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationInfo
 
 from ..exceptions import BroadcasterError, MigrationError
+from . import triggers as installed_triggers
 from .resources import migrations_dir, triggers_sql
 
 __all__ = ["MigrationReport", "migrate"]
@@ -53,15 +50,6 @@ _ALEMBIC_LOCK = threading.Lock()
 
 # xid8 and pg_current_xact_id(), which the schema and triggers use, appeared in 13.
 _MINIMUM_SERVER_VERSION_NUM = 130000
-
-_TRIGGERS_FUNCTION = "broadcaster_capture()"
-_TRIGGERS_COMMENT_PREFIX = "broadcaster triggers sha256:"
-# triggers.sql replaces the triggers on rows, which takes an ACCESS EXCLUSIVE
-# lock: a request waiting for a writer's open transaction would queue every
-# later writer of rows behind it. Each attempt waits at most this long, and the
-# install is retried until the writers leave a gap (as revision 0007 does).
-_TRIGGERS_LOCK_TIMEOUT = "500ms"
-_TRIGGERS_LOCK_ATTEMPTS = 40
 
 
 @dataclass(frozen=True)
@@ -110,7 +98,7 @@ async def _migrate(dsn: str, script_location: Path, triggers: str) -> MigrationR
         with _step("running the Alembic migrations"):
             applied = await asyncio.to_thread(_upgrade, dsn, script_location)
         with _step("installing triggers.sql"):
-            installed = await _install_triggers(conn, triggers)
+            installed = await installed_triggers.install(conn, triggers)
     finally:
         # Ending the session releases the advisory lock.
         await conn.close()
@@ -173,29 +161,3 @@ def _upgrade(dsn: str, script_location: Path) -> list[str]:
     else:
         logger.info("schema is current")
     return applied
-
-
-async def _install_triggers(conn: asyncpg.Connection, triggers: str) -> bool:
-    digest = hashlib.sha256(triggers.encode()).hexdigest()
-    comment = _TRIGGERS_COMMENT_PREFIX + digest
-    installed = await conn.fetchval(
-        "SELECT obj_description(to_regprocedure($1), 'pg_proc')", _TRIGGERS_FUNCTION
-    )
-    if installed == comment:
-        logger.info("triggers.sql is current (sha256 %s)", digest)
-        return False
-    logger.info("installing triggers.sql (sha256 %s; installed: %s)", digest, installed or "none")
-    for attempt in range(1, _TRIGGERS_LOCK_ATTEMPTS + 1):
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{_TRIGGERS_LOCK_TIMEOUT}'")
-                await conn.execute(triggers)
-                await conn.execute(f"COMMENT ON FUNCTION {_TRIGGERS_FUNCTION} IS '{comment}'")
-        except asyncpg.LockNotAvailableError:
-            if attempt == _TRIGGERS_LOCK_ATTEMPTS:
-                raise
-            logger.info("rows is busy; retrying the install of triggers.sql (attempt %d)", attempt)
-            await asyncio.sleep(0.1 * attempt)
-        else:
-            break
-    return True

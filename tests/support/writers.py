@@ -12,9 +12,9 @@ import asyncpg
 
 from tests.support.timeouts import eventually, seconds, within
 
-# The longest a writer of rows may wait on a migration, in test units: its lock
-# requests wait at most 500 ms at a time (revision 0007's LOCK_TIMEOUT, the
-# triggers' install in broadcaster/postgres/migrate.py).
+# The longest a writer may wait on a migration or a publish, in test units: their
+# lock requests wait at most 500 ms at a time (revision 0007's LOCK_TIMEOUT,
+# broadcaster/postgres/locking.py's).
 MOMENT = 1.5
 
 
