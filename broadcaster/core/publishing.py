@@ -415,7 +415,7 @@ def _is_current(relation: Relation) -> bool:
 def _drops(relation: Relation) -> tuple[str, ...]:
     """Statements dropping those of the two triggers ``relation`` has that are ours."""
     return tuple(
-        f"DROP TRIGGER {name} ON {relation.sql_name}"
+        f"DROP TRIGGER IF EXISTS {name} ON {relation.sql_name}"
         for name, trigger in (
             (CAPTURE_TRIGGER, relation.capture),
             (TRUNCATE_TRIGGER, relation.truncate_capture),

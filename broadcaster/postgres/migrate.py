@@ -4,7 +4,9 @@
 then installs ``triggers.sql`` if the installed copy differs from this
 package's (:mod:`broadcaster.postgres.triggers`). Installing it waits for the
 writers' open transactions on ``rows`` at most 500 ms at a time, retried, so
-that writers are not queued behind it for longer.
+that writers are not queued behind it for longer. Then it publishes the
+tables it is given (``BROADCASTER_PUBLISH``) as ``broadcaster publish`` does
+(:mod:`broadcaster.postgres.publishing`); it never unpublishes one.
 
 On a database that is already current, :func:`migrate` only reads
 (``alembic_version`` and that comment), so servers may run it at every start
@@ -21,8 +23,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationInfo
 
-from ..exceptions import BroadcasterError, MigrationError
+from ..exceptions import BroadcasterError, DatabaseError, MigrationError
+from . import publishing
 from . import triggers as installed_triggers
 from .resources import migrations_dir, triggers_sql
 
@@ -60,17 +63,21 @@ class MigrationReport:
     applied_revisions: list[str]
     #: Whether ``triggers.sql`` was (re)installed.
     triggers_installed: bool
+    #: The tables this run published, or published again (their key changed), as ``schema.table``.
+    published: list[str] = field(default_factory=list)
 
 
-def migrate(database_url: str) -> MigrationReport:
-    """Upgrade the database at ``database_url`` to head and install changed triggers.
+def migrate(database_url: str, *, publish: Sequence[str] = ()) -> MigrationReport:
+    """Upgrade the database at ``database_url`` to head, install changed triggers, publish tables.
 
-    ``database_url`` is any libpq-style URL that asyncpg accepts. This runs an
-    event loop of its own: from async code, call it with
-    ``await asyncio.to_thread(migrate, url)``.
+    ``database_url`` is any libpq-style URL that asyncpg accepts. ``publish``
+    names tables to publish, as ``broadcaster publish`` takes them (those
+    published already are left as they are). This runs an event loop of its
+    own: from async code, call it with ``await asyncio.to_thread(migrate, url)``.
 
-    Raises :class:`MigrationError` when a step fails or the server is older
-    than Postgres 13, and
+    Raises :class:`MigrationError` when a step fails, when a table of
+    ``publish`` cannot be published (once every other one is), or when the
+    server is older than Postgres 13, and
     :class:`ConfigurationError` when ``schema/`` or ``triggers.sql`` cannot be found.
     """
     try:
@@ -84,10 +91,12 @@ def migrate(database_url: str) -> MigrationReport:
         )
     script_location = migrations_dir()
     triggers = triggers_sql()
-    return asyncio.run(_migrate(database_url, script_location, triggers))
+    return asyncio.run(_migrate(database_url, script_location, triggers, publish))
 
 
-async def _migrate(dsn: str, script_location: Path, triggers: str) -> MigrationReport:
+async def _migrate(
+    dsn: str, script_location: Path, triggers: str, publish: Sequence[str]
+) -> MigrationReport:
     with _step("connecting to the database"):
         conn = await asyncpg.connect(dsn)
     try:
@@ -99,16 +108,29 @@ async def _migrate(dsn: str, script_location: Path, triggers: str) -> MigrationR
             applied = await asyncio.to_thread(_upgrade, dsn, script_location)
         with _step("installing triggers.sql"):
             installed = await installed_triggers.install(conn, triggers)
+        with _step("publishing the tables of BROADCASTER_PUBLISH"):
+            outcomes = [await publishing.publish(conn, name) for name in publish]
     finally:
         # Ending the session releases the advisory lock.
         await conn.close()
-    return MigrationReport(applied_revisions=applied, triggers_installed=installed)
+    refusals = [outcome.message for outcome in outcomes if outcome.refused]
+    if refusals:
+        raise MigrationError(
+            "cannot publish every table of BROADCASTER_PUBLISH: " + "; ".join(refusals)
+        )
+    return MigrationReport(
+        applied_revisions=applied,
+        triggers_installed=installed,
+        published=[outcome.table for outcome in outcomes if outcome.changed],
+    )
 
 
 @contextlib.contextmanager
 def _step(description: str) -> Iterator[None]:
     try:
         yield
+    except DatabaseError as exc:
+        raise MigrationError(f"migration failed while {description}: {exc}") from exc
     except BroadcasterError:
         raise
     except Exception as exc:

@@ -128,8 +128,8 @@ def test_a_changed_key_recreates_the_triggers() -> None:
     assert plan.outcome.action is Action.REPUBLISHED
     assert "key: id, name" in plan.outcome.message
     assert plan.statements[:2] == (
-        "DROP TRIGGER broadcaster_capture ON public.items",
-        "DROP TRIGGER broadcaster_capture_truncate ON public.items",
+        "DROP TRIGGER IF EXISTS broadcaster_capture ON public.items",
+        "DROP TRIGGER IF EXISTS broadcaster_capture_truncate ON public.items",
     )
     assert "broadcaster_capture('', 'id', 'name')" in plan.statements[2]
 
@@ -140,7 +140,7 @@ def test_a_missing_truncate_trigger_is_recreated() -> None:
     plan = plan_publish("items", half)
 
     assert plan.outcome.action is Action.REPUBLISHED
-    assert plan.statements[0] == "DROP TRIGGER broadcaster_capture ON public.items"
+    assert plan.statements[0] == "DROP TRIGGER IF EXISTS broadcaster_capture ON public.items"
     assert len(plan.statements) == 3
 
 
@@ -274,8 +274,8 @@ def test_unpublishing_drops_both_triggers_and_is_idempotent() -> None:
         "public.items: unpublished (the changes logged so far stay in the log until pruned)"
     )
     assert plan.statements == (
-        "DROP TRIGGER broadcaster_capture ON public.items",
-        "DROP TRIGGER broadcaster_capture_truncate ON public.items",
+        "DROP TRIGGER IF EXISTS broadcaster_capture ON public.items",
+        "DROP TRIGGER IF EXISTS broadcaster_capture_truncate ON public.items",
     )
 
     plan = plan_unpublish("items", ITEMS)
