@@ -34,7 +34,7 @@ from ..core.publishing import (
 )
 from .errors import database_errors
 
-__all__ = ["published_table", "published_tables", "relation"]
+__all__ = ["published_table", "published_table_at", "published_tables", "relation"]
 
 # $1 and $2: the names of the capture and truncate triggers. {where} picks the
 # relations, by $3.
@@ -86,9 +86,12 @@ WHERE {where}
 """
 
 _BY_NAME = _RELATIONS.format(where="c.oid = to_regclass($3)")
+_AT = _RELATIONS.format(where="n.nspname = $3 AND c.relname = $4")
+# $3: the schema, or NULL for every schema.
 _PUBLISHED = _RELATIONS.format(
     where="""c.oid IN (SELECT t.tgrelid FROM pg_trigger AS t
                        WHERE t.tgname = $1 AND t.tgparentid = 0)
+  AND ($3::text IS NULL OR n.nspname = $3)
 ORDER BY n.nspname, c.relname"""
 )
 
@@ -119,10 +122,37 @@ async def published_table(connection: asyncpg.Connection, name: str) -> Publishe
     return found.table
 
 
-async def published_tables(connection: asyncpg.Connection) -> list[Publication]:
-    """Every published table, ``rows`` included, by schema and name."""
+async def published_table_at(
+    connection: asyncpg.Connection, schema: str, name: str
+) -> PublishedTable | None:
+    """The table whose changes are logged under the table_id ``schema.name``, ``rows`` aside.
+
+    ``schema`` and ``name`` as stored: nothing is folded or looked up in
+    ``search_path``. None when there is no such table, or it is not published
+    under that table_id: ``rows`` (each row under its own table_id), or a
+    partitioned table renamed since it was published (still logged under its
+    old name until it is published again).
+    """
     with database_errors():
-        records = await connection.fetch(_PUBLISHED, CAPTURE_TRIGGER, TRUNCATE_TRIGGER)
+        record = await connection.fetchrow(_AT, CAPTURE_TRIGGER, TRUNCATE_TRIGGER, schema, name)
+    if record is None:
+        return None
+    found = publication(_relation(record))
+    if found is None or found.table_id != f"{schema}.{name}":
+        return None
+    return found.table
+
+
+async def published_tables(
+    connection: asyncpg.Connection, schema: str | None = None
+) -> list[Publication]:
+    """Every published table, ``rows`` included, by schema and name; only ``schema``'s if given.
+
+    Those whose :attr:`~broadcaster.core.publishing.Publication.table_id` is
+    not None are the ones a client subscribes to by ``schema.table``.
+    """
+    with database_errors():
+        records = await connection.fetch(_PUBLISHED, CAPTURE_TRIGGER, TRUNCATE_TRIGGER, schema)
     publications = (publication(_relation(record)) for record in records)
     return [found for found in publications if found is not None]
 

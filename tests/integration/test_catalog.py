@@ -169,6 +169,32 @@ async def test_published_tables_are_those_with_the_capture_trigger(db: asyncpg.C
     assert rows.key == ("id",)
 
 
+async def test_published_tables_are_looked_up_by_their_table_id(db: asyncpg.Connection) -> None:
+    await db.execute('CREATE SCHEMA "App"')
+    await db.execute('CREATE TABLE "App"."My Items" (id int PRIMARY KEY)')
+    await db.execute("CREATE TABLE plain (id int PRIMARY KEY)")
+    await db.execute("CREATE TABLE m (id int, r text, PRIMARY KEY (id, r)) PARTITION BY LIST (r)")
+    await publish_by_hand(db, '"App"."My Items"', "", "id")
+    await publish_by_hand(db, "m", "=public.m", "id", "r")
+
+    found = await catalog.published_table_at(db, "App", "My Items")
+    assert found is not None
+    assert found.table_id == "App.My Items"
+    assert await catalog.published_table_at(db, "app", "my items") is None
+    assert await catalog.published_table_at(db, "public", "plain") is None
+    assert await catalog.published_table_at(db, "public", "nosuch") is None
+    # rows' changes are each logged under the row's table_id, never public.rows.
+    assert await catalog.published_table_at(db, "public", "rows") is None
+    assert await catalog.published_table_at(db, "public", "m") is not None
+    # Renamed, a partitioned table is still logged under its old name.
+    await db.execute("ALTER TABLE m RENAME TO m2")
+    assert await catalog.published_table_at(db, "public", "m2") is None
+
+    in_app = await catalog.published_tables(db, "App")
+    assert [p.table.table_id for p in in_app] == ["App.My Items"]
+    assert await catalog.published_tables(db, "nosuch") == []
+
+
 async def test_a_failing_connection_raises_database_error(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     await conn.close()
@@ -177,3 +203,5 @@ async def test_a_failing_connection_raises_database_error(database_url: str) -> 
         await catalog.relation(conn, "rows")
     with pytest.raises(DatabaseError):
         await catalog.published_tables(conn)
+    with pytest.raises(DatabaseError):
+        await catalog.published_table_at(conn, "public", "rows")
