@@ -109,7 +109,13 @@ async def _migrate(
         with _step("installing triggers.sql"):
             installed = await installed_triggers.install(conn, triggers)
         with _step("publishing the tables of BROADCASTER_PUBLISH"):
-            outcomes = [await publishing.publish(conn, name) for name in publish]
+            outcomes = []
+            for name in publish:
+                outcome = await publishing.publish(conn, name)
+                logger.log(
+                    logging.WARNING if outcome.refused else logging.INFO, "%s", outcome.message
+                )
+                outcomes.append(outcome)
     finally:
         # Ending the session releases the advisory lock.
         await conn.close()

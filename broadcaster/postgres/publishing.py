@@ -20,7 +20,6 @@ network fails.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import asyncpg
@@ -32,8 +31,6 @@ from .errors import database_errors
 from .resources import triggers_sql
 
 __all__ = ["publish", "unpublish"]
-
-logger = logging.getLogger(__name__)
 
 # Two publishers of one table: the second's CREATE TRIGGER waits for the
 # first's lock, then finds the trigger there. Planning again sees it.
@@ -95,6 +92,4 @@ async def _run(
                     f" attempts of {locking.LOCK_TIMEOUT}: try again, or end the long"
                     " transaction that holds it (pg_stat_activity, pg_locks)",
                 )
-            if outcome.changed:
-                logger.info("%s", outcome.message)
             return outcome
