@@ -25,6 +25,7 @@ from collections.abc import Callable
 import asyncpg
 
 from ..core.publishing import Action, Outcome, Plan, Relation, plan_publish, plan_unpublish
+from ..exceptions import DatabaseError
 from . import catalog, locking
 from . import triggers as installed_triggers
 from .errors import database_errors
@@ -77,11 +78,15 @@ async def _run(
                     raise
                 race += 1
                 continue
-            except asyncpg.InsufficientPrivilegeError as exc:
+            except (asyncpg.InsufficientPrivilegeError, DatabaseError) as exc:
+                # The catalog's reads raise DatabaseError: for a schema the role may not use.
+                denied = exc.__cause__ if isinstance(exc, DatabaseError) else exc
+                if not isinstance(denied, asyncpg.InsufficientPrivilegeError):
+                    raise
                 return Outcome(
                     name,
                     Action.REFUSED,
-                    f"{name}: {exc}: publishing and unpublishing a table take its owner's"
+                    f"{name}: {denied}: publishing and unpublishing a table take its owner's"
                     " rights (connect as its owner, or as a member of its owning role)",
                 )
             except asyncpg.LockNotAvailableError:

@@ -276,6 +276,10 @@ async def test_publishing_needs_this_releases_triggers(db: asyncpg.Connection) -
 async def test_publishing_needs_the_tables_owner(database_url: str, db: asyncpg.Connection) -> None:
     role = "bt_role_" + uuid.uuid4().hex[:12]
     await db.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    await db.execute("CREATE SCHEMA private")
+    await db.execute("CREATE TABLE private.items (id int PRIMARY KEY)")
+    await db.execute("CREATE TABLE pub (id int PRIMARY KEY)")
+    await publish(db, "pub")
     await db.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'secret'")
     try:
         parts = urlsplit(database_url)
@@ -283,16 +287,24 @@ async def test_publishing_needs_the_tables_owner(database_url: str, db: asyncpg.
         other = await asyncpg.connect(urlunsplit(parts._replace(netloc=netloc)))
         try:
             outcome = await publish(other, "items")
+            hidden = await publish(other, "private.items")
+            not_published = await unpublish(other, "items")
+            unpublished = await unpublish(other, "pub")
         finally:
             await other.close()
     finally:
         await db.execute(f"DROP ROLE {role}")
 
-    assert outcome.refused
-    assert outcome.message == (
-        "items: permission denied for table items: publishing and unpublishing a table take"
-        " its owner's rights (connect as its owner, or as a member of its owning role)"
+    advice = (
+        ": publishing and unpublishing a table take its owner's rights (connect as its owner,"
+        " or as a member of its owning role)"
     )
+    assert outcome.refused
+    assert outcome.message == "items: permission denied for table items" + advice
+    assert hidden.message == "private.items: permission denied for schema private" + advice
+    assert unpublished.message == "pub: must be owner of relation pub" + advice
+    # Nothing to drop is no refusal, whoever asks.
+    assert not_published.action is Action.NOT_PUBLISHED
 
 
 async def test_publishing_waits_for_writers_a_moment_at_a_time(database_url: str) -> None:
