@@ -2,7 +2,11 @@
 --
 -- `broadcaster migrate` installs this file and reinstalls it whenever its text
 -- changes; every statement is idempotent. It needs the objects of the schema
--- migrations (broadcaster_changes, broadcaster_listeners).
+-- migrations (broadcaster_changes, broadcaster_listeners). `broadcaster publish`
+-- puts the same capture on any table: triggers of its own that call
+-- broadcaster_capture() and broadcaster_capture_truncate() (docs/publishing.md).
+-- So this file never drops those functions nor changes their signature: CREATE
+-- OR REPLACE keeps the published tables' triggers, a DROP would take them along.
 --
 -- How changes reach clients: the server reads them. An AFTER trigger appends
 -- each change of a row to broadcaster_changes, in the writer's transaction: its
@@ -139,10 +143,14 @@ BEGIN
 END
 $$;
 
--- The capture trigger of any table (rows has its own, below). Arguments: the column holding the
--- logical table (`table_id` for rows; '' for the table itself, named
--- schema.table), then the primary key's columns. The key is logged as text:
--- a single column's value, or a JSON array of several.
+-- The capture trigger of any table (rows has its own, below). Arguments: where
+-- the table_id comes from, then the primary key's columns. The first is '' for
+-- the table itself, named schema.table; '=' followed by the table_id to log
+-- (a partitioned table's triggers fire on each partition, under the
+-- partition's name: `broadcaster publish` gives them the root's); otherwise
+-- the column holding the logical table (`table_id` for rows), which cannot
+-- be one whose name starts with '='. The key is logged as text: a single
+-- column's value, or a JSON array of several.
 --
 -- AFTER, not BEFORE: `seq` must be drawn once the row is locked and, for an
 -- INSERT, once the unique check has waited for a concurrent deletion of the
@@ -168,6 +176,7 @@ BEGIN
         END IF;
         new_image := to_jsonb(NEW);
         new_table := CASE WHEN TG_ARGV[0] = '' THEN TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
+                          WHEN starts_with(TG_ARGV[0], '=') THEN substr(TG_ARGV[0], 2)
                           ELSE new_image ->> TG_ARGV[0] END;
         new_key := CASE WHEN TG_NARGS = 2 THEN new_image ->> TG_ARGV[1]
                         ELSE broadcaster_key(new_image, TG_ARGV) END;
@@ -175,6 +184,7 @@ BEGIN
     IF TG_OP <> 'INSERT' THEN
         old_image := to_jsonb(OLD);
         old_table := CASE WHEN TG_ARGV[0] = '' THEN TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME
+                          WHEN starts_with(TG_ARGV[0], '=') THEN substr(TG_ARGV[0], 2)
                           ELSE old_image ->> TG_ARGV[0] END;
         old_key := CASE WHEN TG_NARGS = 2 THEN old_image ->> TG_ARGV[1]
                         ELSE broadcaster_key(old_image, TG_ARGV) END;
@@ -311,12 +321,16 @@ END
 $$;
 
 -- A TRUNCATE deletes every row: each gets its DELETE, as if deleted one by one.
--- BEFORE, with the table already locked against every other writer.
+-- BEFORE, with the table already locked against every other writer. Same
+-- arguments as broadcaster_capture(). A statement trigger of a partitioned
+-- table fires for a TRUNCATE of the table (every partition's rows), not of
+-- one partition alone.
 CREATE OR REPLACE FUNCTION broadcaster_capture_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     table_expression text := CASE WHEN TG_ARGV[0] = ''
         THEN quote_literal(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)
+        WHEN starts_with(TG_ARGV[0], '=') THEN quote_literal(substr(TG_ARGV[0], 2))
         ELSE format('to_jsonb(t) ->> %L', TG_ARGV[0]) END;
     key_expression text := CASE WHEN TG_NARGS = 2 THEN format('to_jsonb(t) ->> %L', TG_ARGV[1])
         ELSE format('broadcaster_key(to_jsonb(t), %L::text[])', TG_ARGV) END;

@@ -1,4 +1,4 @@
-"""The ``broadcaster`` command: ``serve``, ``migrate`` and ``demo``."""
+"""The ``broadcaster`` command: ``serve``, ``migrate``, ``publish``, ``unpublish`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
 _port = _bounded_int(0, 65535)
 _rows = _bounded_int(1, 100_000)
 
+_TABLE_HELP = (
+    "a table: schema.table, or a table of search_path; double-quote a name with capitals "
+    """or spaces ('"App"."Order Items"')"""
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -83,8 +88,9 @@ def _parser() -> argparse.ArgumentParser:
         "migrate",
         help="apply the schema and triggers to DATABASE_URL",
         description=(
-            "Apply the migrations and install triggers.sql. Idempotent: on a current "
-            "schema it changes nothing and takes no lock that blocks writers."
+            "Apply the migrations and install triggers.sql, then publish the tables of "
+            "BROADCASTER_PUBLISH (comma-separated; it never unpublishes). Idempotent: on a "
+            "current schema it changes nothing and takes no lock that blocks writers."
         ),
     )
     migrate.add_argument(
@@ -92,6 +98,34 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Postgres to migrate [env DATABASE_URL]",
     )
+
+    publish = commands.add_parser(
+        "publish",
+        help="log the changes of tables of yours, to serve them like rows",
+        description=(
+            "Add the capture triggers to each TABLE, whose changes are then logged under the "
+            "table_id schema.table, its primary key as id. Idempotent; any table with a "
+            "primary key (composite ones included), partitioned ones too; its columns are "
+            "not altered, and its writers wait at most half a second at a time for the "
+            "triggers' lock. Run it as the table's owner. See docs/publishing.md."
+        ),
+    )
+    publish.add_argument("tables", nargs="*", metavar="TABLE", help=_TABLE_HELP)
+    publish.add_argument(
+        "--list", action="store_true", help="list the published tables instead, rows included"
+    )
+    publish.add_argument("--database-url", default=None, help="Postgres [env DATABASE_URL]")
+
+    unpublish = commands.add_parser(
+        "unpublish",
+        help="stop logging the changes of tables",
+        description=(
+            "Drop the capture triggers of each TABLE: its changes are no longer logged; those "
+            "logged already stay until the log is pruned. rows cannot be unpublished."
+        ),
+    )
+    unpublish.add_argument("tables", nargs="+", metavar="TABLE", help=_TABLE_HELP)
+    unpublish.add_argument("--database-url", default=None, help="Postgres [env DATABASE_URL]")
 
     demo = commands.add_parser(
         "demo",
@@ -149,7 +183,7 @@ def _serve(options: argparse.Namespace) -> int:
             )
         embedded = EmbeddedPostgres(Path(settings.data_dir) / "pgdata")
         database_url = embedded.start()
-        migrate(database_url)
+        migrate(database_url, publish=settings.tables_to_publish)
         print(f"broadcaster: embedded Postgres ready: {database_url}", flush=True)
         print(f"broadcaster:   write rows with: {embedded.psql} '{database_url}'", flush=True)
 
@@ -182,17 +216,68 @@ def _serve(options: argparse.Namespace) -> int:
     return 0
 
 
+def _database_url(options: argparse.Namespace) -> str | None:
+    database_url: str | None = options.database_url or os.environ.get("DATABASE_URL")
+    if not database_url:
+        print(
+            f"broadcaster {options.command}: set DATABASE_URL or pass --database-url",
+            file=sys.stderr,
+        )
+    return database_url
+
+
 def _migrate(options: argparse.Namespace) -> int:
     from .postgres.migrate import migrate
 
     _configure_logging("info")
-    database_url = options.database_url or os.environ.get("DATABASE_URL")
+    database_url = _database_url(options)
     if not database_url:
-        print("broadcaster migrate: set DATABASE_URL or pass --database-url", file=sys.stderr)
         return 2
-    report = migrate(database_url)
+    # Only the settings migrate uses: the server's others are not its concern.
+    publish = next(setting for setting in SETTINGS if setting.name == "publish")
+    raw = os.environ.get(publish.env)
+    settings = Settings.load({publish.env: raw} if raw else {})
+    report = migrate(database_url, publish=settings.tables_to_publish)
     print(f"broadcaster: {report}", flush=True)
     return 0
+
+
+def _publish(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if options.command == "publish" and options.list == bool(options.tables):
+        parser.error("publish: name the tables to publish, or pass --list alone")
+    _configure_logging("info")
+    database_url = _database_url(options)
+    if not database_url:
+        return 2
+    return asyncio.run(_publish_in(database_url, options))
+
+
+async def _publish_in(database_url: str, options: argparse.Namespace) -> int:
+    import asyncpg
+
+    from .postgres import catalog, publishing
+    from .postgres.errors import database_errors
+
+    with database_errors():
+        connection = await asyncpg.connect(database_url)
+    try:
+        if options.command == "publish" and options.list:
+            for publication in await catalog.published_tables(connection):
+                print(publication.describe(), flush=True)
+            return 0
+        run = publishing.publish if options.command == "publish" else publishing.unpublish
+        refused = False
+        for name in options.tables:
+            outcome = await run(connection, name)
+            if outcome.refused:
+                refused = True
+                print(f"broadcaster {options.command}: {outcome.message}", file=sys.stderr)
+            else:
+                print(outcome.message, flush=True)
+        return 1 if refused else 0
+    finally:
+        with database_errors():
+            await connection.close()
 
 
 # The demo's launcher lives beside the example, in a clone of the repository:
@@ -221,12 +306,15 @@ def _demo(options: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = _parser().parse_args(argv)
+    parser = _parser()
+    options = parser.parse_args(argv)
     try:
         if options.command == "serve":
             return _serve(options)
         if options.command == "demo":
             return _demo(options)
+        if options.command in ("publish", "unpublish"):
+            return _publish(options, parser)
         return _migrate(options)
     except BroadcasterError as exc:
         print(f"broadcaster {options.command}: {exc}", file=sys.stderr)

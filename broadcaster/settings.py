@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .core.publishing import table_names
 from .exceptions import ConfigurationError
 
 __all__ = ["SETTINGS", "Setting", "Settings", "markdown_table"]
@@ -46,6 +47,7 @@ class Settings:
     workers: int = 1
     log_level: str = "info"
     data_dir: str = ".broadcaster"
+    publish: str | None = None
     max_message_bytes: int = 64 * 1024
     max_frame_bytes: int = 1024 * 1024
     max_subscriptions: int = 100
@@ -108,10 +110,20 @@ class Settings:
                 f" seconds (the change log's ring of hourly partitions),"
                 f" not {self.history_retention}"
             )
+        if self.publish is not None:
+            try:
+                table_names(self.publish)
+            except ValueError as exc:
+                raise ConfigurationError(f"{_named('publish')}: {exc}") from None
         if self.max_frame_bytes < self.max_message_bytes:
             raise ConfigurationError(
                 f"{_named('max_frame_bytes')} must be at least {_named('max_message_bytes')}"
             )
+
+    @property
+    def tables_to_publish(self) -> tuple[str, ...]:
+        """The table names of :attr:`publish`."""
+        return () if self.publish is None else table_names(self.publish)
 
     @classmethod
     def load(
@@ -189,6 +201,13 @@ SETTINGS: tuple[Setting, ...] = (
         "data_dir",
         "BROADCASTER_DATA_DIR",
         "Where the embedded Postgres keeps its data (only without DATABASE_URL).",
+    ),
+    Setting(
+        "publish",
+        "BROADCASTER_PUBLISH",
+        "Comma-separated tables whose changes are logged, published by broadcaster migrate "
+        "(and serve on the embedded Postgres) as broadcaster publish does; never unpublishes "
+        "(docs/publishing.md).",
     ),
     Setting(
         "max_message_bytes",

@@ -2,12 +2,11 @@
 
 :func:`migrate` runs the Alembic migrations of ``schema/migrations`` up to head,
 then installs ``triggers.sql`` if the installed copy differs from this
-package's. The installed copy is identified by the sha256 of its text, kept in
-the comment of the trigger function ``broadcaster_capture()``; the file and
-the comment are written in one transaction, so the comment never names a copy
-that is not installed. Installing it waits for the writers' open transactions
-on ``rows`` at most 500 ms at a time, retried, so that writers are not queued
-behind it for longer.
+package's (:mod:`broadcaster.postgres.triggers`). Installing it waits for the
+writers' open transactions on ``rows`` at most 500 ms at a time, retried, so
+that writers are not queued behind it for longer. Then it publishes the
+tables it is given (``BROADCASTER_PUBLISH``) as ``broadcaster publish`` does
+(:mod:`broadcaster.postgres.publishing`); it never unpublishes one.
 
 On a database that is already current, :func:`migrate` only reads
 (``alembic_version`` and that comment), so servers may run it at every start
@@ -22,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationInfo
 
-from ..exceptions import BroadcasterError, MigrationError
+from ..exceptions import BroadcasterError, DatabaseError, MigrationError
+from . import publishing
+from . import triggers as installed_triggers
 from .resources import migrations_dir, triggers_sql
 
 __all__ = ["MigrationReport", "migrate"]
@@ -54,15 +54,6 @@ _ALEMBIC_LOCK = threading.Lock()
 # xid8 and pg_current_xact_id(), which the schema and triggers use, appeared in 13.
 _MINIMUM_SERVER_VERSION_NUM = 130000
 
-_TRIGGERS_FUNCTION = "broadcaster_capture()"
-_TRIGGERS_COMMENT_PREFIX = "broadcaster triggers sha256:"
-# triggers.sql replaces the triggers on rows, which takes an ACCESS EXCLUSIVE
-# lock: a request waiting for a writer's open transaction would queue every
-# later writer of rows behind it. Each attempt waits at most this long, and the
-# install is retried until the writers leave a gap (as revision 0007 does).
-_TRIGGERS_LOCK_TIMEOUT = "500ms"
-_TRIGGERS_LOCK_ATTEMPTS = 40
-
 
 @dataclass(frozen=True)
 class MigrationReport:
@@ -72,17 +63,21 @@ class MigrationReport:
     applied_revisions: list[str]
     #: Whether ``triggers.sql`` was (re)installed.
     triggers_installed: bool
+    #: The tables this run published, or published again (their key changed), as ``schema.table``.
+    published: list[str] = field(default_factory=list)
 
 
-def migrate(database_url: str) -> MigrationReport:
-    """Upgrade the database at ``database_url`` to head and install changed triggers.
+def migrate(database_url: str, *, publish: Sequence[str] = ()) -> MigrationReport:
+    """Upgrade the database at ``database_url`` to head, install changed triggers, publish tables.
 
-    ``database_url`` is any libpq-style URL that asyncpg accepts. This runs an
-    event loop of its own: from async code, call it with
-    ``await asyncio.to_thread(migrate, url)``.
+    ``database_url`` is any libpq-style URL that asyncpg accepts. ``publish``
+    names tables to publish, as ``broadcaster publish`` takes them (those
+    published already are left as they are). This runs an event loop of its
+    own: from async code, call it with ``await asyncio.to_thread(migrate, url)``.
 
-    Raises :class:`MigrationError` when a step fails or the server is older
-    than Postgres 13, and
+    Raises :class:`MigrationError` when a step fails, when a table of
+    ``publish`` cannot be published (once every other one is), or when the
+    server is older than Postgres 13, and
     :class:`ConfigurationError` when ``schema/`` or ``triggers.sql`` cannot be found.
     """
     try:
@@ -96,10 +91,12 @@ def migrate(database_url: str) -> MigrationReport:
         )
     script_location = migrations_dir()
     triggers = triggers_sql()
-    return asyncio.run(_migrate(database_url, script_location, triggers))
+    return asyncio.run(_migrate(database_url, script_location, triggers, publish))
 
 
-async def _migrate(dsn: str, script_location: Path, triggers: str) -> MigrationReport:
+async def _migrate(
+    dsn: str, script_location: Path, triggers: str, publish: Sequence[str]
+) -> MigrationReport:
     with _step("connecting to the database"):
         conn = await asyncpg.connect(dsn)
     try:
@@ -110,17 +107,36 @@ async def _migrate(dsn: str, script_location: Path, triggers: str) -> MigrationR
         with _step("running the Alembic migrations"):
             applied = await asyncio.to_thread(_upgrade, dsn, script_location)
         with _step("installing triggers.sql"):
-            installed = await _install_triggers(conn, triggers)
+            installed = await installed_triggers.install(conn, triggers)
+        with _step("publishing the tables of BROADCASTER_PUBLISH"):
+            outcomes = []
+            for name in publish:
+                outcome = await publishing.publish(conn, name)
+                logger.log(
+                    logging.WARNING if outcome.refused else logging.INFO, "%s", outcome.message
+                )
+                outcomes.append(outcome)
     finally:
         # Ending the session releases the advisory lock.
         await conn.close()
-    return MigrationReport(applied_revisions=applied, triggers_installed=installed)
+    refusals = [outcome.message for outcome in outcomes if outcome.refused]
+    if refusals:
+        raise MigrationError(
+            "cannot publish every table of BROADCASTER_PUBLISH: " + "; ".join(refusals)
+        )
+    return MigrationReport(
+        applied_revisions=applied,
+        triggers_installed=installed,
+        published=[outcome.table for outcome in outcomes if outcome.changed],
+    )
 
 
 @contextlib.contextmanager
 def _step(description: str) -> Iterator[None]:
     try:
         yield
+    except DatabaseError as exc:
+        raise MigrationError(f"migration failed while {description}: {exc}") from exc
     except BroadcasterError:
         raise
     except Exception as exc:
@@ -173,29 +189,3 @@ def _upgrade(dsn: str, script_location: Path) -> list[str]:
     else:
         logger.info("schema is current")
     return applied
-
-
-async def _install_triggers(conn: asyncpg.Connection, triggers: str) -> bool:
-    digest = hashlib.sha256(triggers.encode()).hexdigest()
-    comment = _TRIGGERS_COMMENT_PREFIX + digest
-    installed = await conn.fetchval(
-        "SELECT obj_description(to_regprocedure($1), 'pg_proc')", _TRIGGERS_FUNCTION
-    )
-    if installed == comment:
-        logger.info("triggers.sql is current (sha256 %s)", digest)
-        return False
-    logger.info("installing triggers.sql (sha256 %s; installed: %s)", digest, installed or "none")
-    for attempt in range(1, _TRIGGERS_LOCK_ATTEMPTS + 1):
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{_TRIGGERS_LOCK_TIMEOUT}'")
-                await conn.execute(triggers)
-                await conn.execute(f"COMMENT ON FUNCTION {_TRIGGERS_FUNCTION} IS '{comment}'")
-        except asyncpg.LockNotAvailableError:
-            if attempt == _TRIGGERS_LOCK_ATTEMPTS:
-                raise
-            logger.info("rows is busy; retrying the install of triggers.sql (attempt %d)", attempt)
-            await asyncio.sleep(0.1 * attempt)
-        else:
-            break
-    return True

@@ -1,4 +1,4 @@
-"""The ``broadcaster`` command as a user runs it: serve on the embedded default, migrate."""
+"""The ``broadcaster`` command as a user runs it: serve (embedded Postgres), migrate, publish."""
 
 from __future__ import annotations
 
@@ -162,3 +162,82 @@ async def test_serve_with_workers_runs_a_listener_each_and_stops_cleanly(
             await db.close()
         server.process.send_signal(signal.SIGTERM)
         assert await within(server.process.wait(), 30) == 0, server.log.read_text()
+
+
+async def test_publish_list_and_unpublish_tables(database_url: str) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+        await connection.execute("CREATE TABLE loose (id int)")
+        env = environment(DATABASE_URL=database_url)
+
+        code, stdout, stderr = await _run("publish", "items", "loose", env=env)
+        assert code == 1
+        assert stdout == "public.items: published, key: id\n"
+        assert "broadcaster publish: public.loose has no primary key: add one" in stderr
+
+        code, stdout, stderr = await _run("publish", "public.items", env=env)
+        assert (code, stdout) == (0, "public.items: already published, key: id\n"), stderr
+
+        code, stdout, stderr = await _run("publish", "--list", env=env)
+        assert code == 0, stderr
+        assert stdout.splitlines() == [
+            "public.items (key: id)",
+            "public.rows (key: id; each row logged under its table_id column;"
+            " published by broadcaster migrate)",
+        ]
+
+        await connection.execute("INSERT INTO items VALUES (1, 'a')")
+        assert await connection.fetchval("SELECT table_id FROM broadcaster_changes") == (
+            "public.items"
+        )
+
+        code, stdout, stderr = await _run(
+            "unpublish", "items", "rows", "--database-url", database_url, env=environment()
+        )
+        assert code == 1
+        assert stdout.startswith("public.items: unpublished")
+        assert "broadcaster unpublish: public.rows is the broadcaster's rows table" in stderr
+        code, stdout, _ = await _run("unpublish", "items", env=env)
+        assert (code, stdout) == (0, "public.items: not published\n")
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(
+    "args", [("publish",), ("publish", "--list", "items"), ("unpublish",)], ids=" ".join
+)
+async def test_publish_needs_tables_or_list_alone(args: tuple[str, ...]) -> None:
+    code, _, stderr = await _run(*args, env=environment(DATABASE_URL="postgresql://unused"))
+    assert code == 2
+    assert "usage:" in stderr
+
+
+async def test_publish_without_a_database_says_how_to_give_one() -> None:
+    code, _, stderr = await _run("publish", "items", env=environment())
+    assert code == 2
+    assert "broadcaster publish: set DATABASE_URL or pass --database-url" in stderr
+
+
+async def test_migrate_publishes_the_tables_of_its_setting(empty_database_url: str) -> None:
+    env = environment(DATABASE_URL=empty_database_url, BROADCASTER_PUBLISH="items, nosuch")
+    code, _, _ = await _run("migrate", env=environment(DATABASE_URL=empty_database_url))
+    assert code == 0
+    connection = await asyncpg.connect(empty_database_url)
+    try:
+        await connection.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    finally:
+        await connection.close()
+
+    code, _, stderr = await _run("migrate", env=env)
+    assert code == 1
+    assert "broadcaster migrate: cannot publish every table of BROADCASTER_PUBLISH:" in stderr
+    assert "nosuch: no such table" in stderr
+
+    code, stdout, stderr = await _run(
+        "migrate", env=environment(DATABASE_URL=empty_database_url, BROADCASTER_PUBLISH="items")
+    )
+    assert code == 0, stderr
+    assert "published=[]" in stdout  # published by the run that failed on nosuch
+    code, stdout, _ = await _run("publish", "--list", env=env)
+    assert "public.items (key: id)" in stdout.splitlines()

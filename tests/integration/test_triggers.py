@@ -482,3 +482,40 @@ async def test_the_capture_trigger_serves_any_table_with_any_primary_key(
         ("DELETE", "public.things", '[1, "x"]', None, "changed"),
         ("DELETE", "public.things", '[2, "y"]', None, "second"),
     ]
+
+
+async def test_a_partitioned_tables_capture_logs_the_identity_it_is_given(
+    db: asyncpg.Connection, wakeups: asyncio.Queue[str]
+) -> None:
+    """'=' and a table_id: its partitions' triggers log and wake the root's, not their own name."""
+    await db.execute(
+        "CREATE TABLE m (id int, region text, note text, PRIMARY KEY (id, region))"
+        " PARTITION BY LIST (region)"
+    )
+    await db.execute("CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+    await db.execute(
+        "CREATE TRIGGER capture AFTER INSERT OR UPDATE OR DELETE ON m"
+        " FOR EACH ROW EXECUTE FUNCTION broadcaster_capture('=public.m', 'id', 'region')"
+    )
+    await db.execute(
+        "CREATE TRIGGER capture_truncate BEFORE TRUNCATE ON m FOR EACH STATEMENT"
+        " EXECUTE FUNCTION broadcaster_capture_truncate('=public.m', 'id', 'region')"
+    )
+    # Created after the triggers: it gets the row trigger, cloned.
+    await db.execute("CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us')")
+    await db.execute("INSERT INTO m VALUES (1, 'eu', 'first'), (2, 'us', 'second')")
+    await db.execute("UPDATE m SET region = 'us' WHERE id = 1")
+    await db.execute("TRUNCATE m")
+    logged = [(op, t, i) for op, t, i, _, _ in await entries(db)]
+    assert logged[:4] == [
+        ("INSERT", "public.m", '[1, "eu"]'),
+        ("INSERT", "public.m", '[2, "us"]'),
+        # Moved to another partition: a DELETE there and an INSERT here, as Postgres fires them.
+        ("DELETE", "public.m", '[1, "eu"]'),
+        ("INSERT", "public.m", '[1, "us"]'),
+    ]
+    assert sorted(logged[4:]) == [
+        ("DELETE", "public.m", '[1, "us"]'),
+        ("DELETE", "public.m", '[2, "us"]'),
+    ]
+    assert set(await sent_since(db, wakeups)) == {"public.m", ""}

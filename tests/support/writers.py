@@ -1,4 +1,4 @@
-"""Writers of ``rows`` at work beside what a test does, each write timed."""
+"""Writers of ``rows`` (or of a table like it) at work beside what a test does, each write timed."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import asyncpg
 
 from tests.support.timeouts import eventually, seconds, within
 
-# The longest a writer of rows may wait on a migration, in test units: its lock
-# requests wait at most 500 ms at a time (revision 0007's LOCK_TIMEOUT, the
-# triggers' install in broadcaster/postgres/migrate.py).
+# The longest a writer may wait on a migration or a publish, in test units: their
+# lock requests wait at most 500 ms at a time (revision 0007's LOCK_TIMEOUT,
+# broadcaster/postgres/locking.py's).
 MOMENT = 1.5
 
 
@@ -25,6 +25,8 @@ class Writer:
     url: str
     # The rows it updates in turn; none: it inserts a row and deletes it, in turn.
     ids: list[str]
+    # Another table with a text id and a jsonb data column: its rows are updated.
+    table: str = "rows"
     # When each write started (perf_counter) and how long it took.
     writes: list[tuple[float, float]] = field(default_factory=list)
     # The data each row was last given.
@@ -40,7 +42,8 @@ class Writer:
                 if self.ids:
                     row_id = self.ids[n % len(self.ids)]
                     statement = (
-                        "UPDATE rows SET data = jsonb_build_object('n', $1::int) WHERE id = $2"
+                        f"UPDATE {self.table} SET data = jsonb_build_object('n', $1::int)"
+                        " WHERE id = $2"
                     )
                 else:
                     row_id = f"churn-{id(self)}-{(n + 1) // 2}"
@@ -69,13 +72,15 @@ class Writer:
 
 
 @contextlib.asynccontextmanager
-async def writing(url: str, *id_sets: list[str]) -> AsyncIterator[list[Writer]]:
-    """A writer of each set of rows at work, each in its own connection, while open.
+async def writing(
+    url: str, *id_sets: list[str], table: str = "rows"
+) -> AsyncIterator[list[Writer]]:
+    """A writer of each set of rows (of ``table``) at work, each in its own connection, while open.
 
     Yields once every writer has committed a write; stops them on leaving, and
     raises what any of them raised.
     """
-    writers = [Writer(url, ids) for ids in id_sets]
+    writers = [Writer(url, ids, table) for ids in id_sets]
     tasks = [asyncio.create_task(writer.run()) for writer in writers]
     try:
         await eventually(

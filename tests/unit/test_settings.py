@@ -175,6 +175,7 @@ def test_setting_parse_names_the_variable() -> None:
         ({"BROADCASTER_KEEPALIVE_INTERVAL": "-1.5"}, "keepalive_interval"),
         ({"BROADCASTER_KEEPALIVE_TIMEOUT": "0.0"}, "keepalive_timeout"),
         ({"BROADCASTER_RECONNECT_MAX_DELAY": "-10"}, "reconnect_max_delay"),
+        ({"BROADCASTER_PUBLISH": '"a, b'}, "BROADCASTER_PUBLISH.*double quote is left open"),
         (
             {"BROADCASTER_MAX_MESSAGE_BYTES": "2000", "BROADCASTER_MAX_FRAME_BYTES": "1000"},
             "max_frame_bytes",
@@ -200,6 +201,13 @@ def test_max_frame_bytes_may_equal_max_message_bytes() -> None:
     )
 
     assert settings.max_frame_bytes == settings.max_message_bytes == 4096
+
+
+def test_the_tables_to_publish_are_a_comma_separated_list() -> None:
+    assert Settings().tables_to_publish == ()
+    settings = Settings.load({"BROADCASTER_PUBLISH": 'public.items, "My,Table" ,'})
+
+    assert settings.tables_to_publish == ("public.items", '"My,Table"')
 
 
 def test_settings_are_frozen() -> None:
