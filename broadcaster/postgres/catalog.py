@@ -20,6 +20,8 @@ network fails.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import asyncpg
 
 from ..core.published import Column, PublishedTable
@@ -95,8 +97,17 @@ _PUBLISHED = _RELATIONS.format(
 ORDER BY n.nspname, c.relname"""
 )
 
+
 # What to_regclass raises for a text that is not a name at all: improper
 # syntax, too many dots, a database other than this one.
+class Statements(Protocol):
+    """What reads the catalog: a connection, or a pool."""
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]: ...
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None: ...
+
+
 _NOT_A_NAME = (
     asyncpg.InvalidNameError,
     asyncpg.PostgresSyntaxError,
@@ -104,7 +115,7 @@ _NOT_A_NAME = (
 )
 
 
-async def relation(connection: asyncpg.Connection, name: str) -> Relation | None:
+async def relation(connection: Statements, name: str) -> Relation | None:
     """The relation ``name`` resolves to; None when there is none, or ``name`` is not a name."""
     with database_errors():
         try:
@@ -114,7 +125,7 @@ async def relation(connection: asyncpg.Connection, name: str) -> Relation | None
     return None if record is None else _relation(record)
 
 
-async def published_table(connection: asyncpg.Connection, name: str) -> PublishedTable | None:
+async def published_table(connection: Statements, name: str) -> PublishedTable | None:
     """The table ``name`` resolves to, if it is published."""
     found = await relation(connection, name)
     if found is None or publication(found) is None:
@@ -123,7 +134,7 @@ async def published_table(connection: asyncpg.Connection, name: str) -> Publishe
 
 
 async def published_table_at(
-    connection: asyncpg.Connection, schema: str, name: str
+    connection: Statements, schema: str, name: str
 ) -> PublishedTable | None:
     """The table whose changes are logged under the table_id ``schema.name``, ``rows`` aside.
 
@@ -143,9 +154,7 @@ async def published_table_at(
     return found.table
 
 
-async def published_tables(
-    connection: asyncpg.Connection, schema: str | None = None
-) -> list[Publication]:
+async def published_tables(connection: Statements, schema: str | None = None) -> list[Publication]:
     """Every published table, ``rows`` included, by schema and name; only ``schema``'s if given.
 
     Those whose :attr:`~broadcaster.core.publishing.Publication.table_id` is

@@ -73,7 +73,7 @@ class Connections:
         return ChangeReader(self._pool, reads=self._reads, max_catch_up=self._max_catch_up)
 
     def directory(self) -> Directory:
-        """The published tables and their checks, looked up on the pool (call after :meth:`open`)."""
+        """The published tables and their checks, on the pool; call after :meth:`open`."""
         if self._pool is None:
             raise RuntimeError("Connections.directory() before open()")
         return Directory(self._pool)

@@ -24,7 +24,7 @@ from ..core.published import PublishedTable
 from ..core.visibility import Viewer
 from ..protocols import filter_syntax
 from . import catalog, filtering
-from .queries import raises_database_error
+from .errors import raises_database_error
 from .visibility import RowSecurity
 
 __all__ = ["REMEMBERED_FOR", "Directory"]
@@ -85,13 +85,11 @@ class Directory:
         known, table = self._tables.get((schema, name))
         if known:
             return table
-        async with self._pool.acquire() as connection:
-            found = await catalog.published_table_at(connection, schema, name)
+        found = await catalog.published_table_at(self._pool, schema, name)
         return self._tables.keep((schema, name), found)
 
     async def listed(self, schema: str | None) -> list[PublishedTable]:
-        async with self._pool.acquire() as connection:
-            publications = await catalog.published_tables(connection, schema)
+        publications = await catalog.published_tables(self._pool, schema)
         return [p.table for p in publications if p.table_id is not None]
 
     async def validate(self, table: PublishedTable, filter: str) -> None:

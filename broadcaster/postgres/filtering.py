@@ -19,7 +19,7 @@ from ..core.published import PublishedTable
 from ..exceptions import DatabaseError, FilterError
 from ..protocols import filter_sql
 from ..protocols.filter_syntax import Clause
-from .queries import DRIVER_ERRORS
+from .errors import DRIVER_ERRORS
 
 __all__ = ["Fetcher", "evaluate", "evaluate_compiled", "validate"]
 

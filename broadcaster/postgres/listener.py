@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from ..core.backoff import Backoff
-from .queries import DRIVER_ERRORS
+from .errors import DRIVER_ERRORS
 
 __all__ = ["CHANNEL", "Listener"]
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -28,48 +27,14 @@ from ..core.cursors import FOREIGN, PRUNED, Origin
 from ..core.feed import ReadResult, Request, Row
 from ..core.presence import CHANNEL as PRESENCE_CHANNEL
 from ..core.tables import EVERY_TABLE, to_database
-from ..exceptions import ConfigurationError, DatabaseError
+from ..exceptions import ConfigurationError
+from .errors import DRIVER_ERRORS, raises_database_error
 
 __all__ = [
-    "DRIVER_ERRORS",
     "ChangeReader",
     "PostgresAuthorizerFunction",
     "ReadSession",
-    "raises_database_error",
 ]
-
-DRIVER_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # asyncpg raises this when a connection breaks in the middle of an operation.
-    asyncpg.InternalClientError,
-)
-"""What a driver call may raise when the database or the network fails.
-
-Only the modules of :mod:`broadcaster.postgres` catch these; what they raise
-past their public surface is :class:`~broadcaster.exceptions.DatabaseError`.
-"""
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-def raises_database_error(
-    method: Callable[_P, Awaitable[_T]],
-) -> Callable[_P, Coroutine[Any, Any, _T]]:
-    """``method``, raising :class:`DatabaseError` from the driver's errors."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return await method(*args, **kwargs)
-        except DRIVER_ERRORS as exc:
-            raise DatabaseError(str(exc) or type(exc).__name__) from exc
-
-    return wrapper
-
 
 # A change-log entry (alias c) as clients see it (changes.py: spliced into
 # messages unparsed): the row after the change as logged; for a DELETE, the

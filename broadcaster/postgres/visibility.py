@@ -26,7 +26,7 @@ import asyncpg
 
 from ..core.published import PublishedTable
 from ..core.visibility import Viewer
-from .queries import raises_database_error
+from .errors import raises_database_error
 
 __all__ = ["RowSecurity", "Statements"]
 

@@ -20,8 +20,8 @@ import asyncpg
 import pytest
 
 from broadcaster.postgres.embedded import EmbeddedPostgres
+from broadcaster.postgres.errors import DRIVER_ERRORS
 from broadcaster.postgres.listener import APPLICATION_NAME
-from broadcaster.postgres.queries import DRIVER_ERRORS
 from tests.support.database import with_database
 from tests.support.process import serve
 from tests.support.server import client, is_ready, running_server

@@ -16,7 +16,8 @@ import pytest
 
 from broadcaster.core.feed import Request
 from broadcaster.exceptions import DatabaseError
-from broadcaster.postgres.queries import DRIVER_ERRORS, ChangeReader, PostgresAuthorizerFunction
+from broadcaster.postgres.errors import DRIVER_ERRORS
+from broadcaster.postgres.queries import ChangeReader, PostgresAuthorizerFunction
 from tests.support.timeouts import within
 
 
