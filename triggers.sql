@@ -267,6 +267,58 @@ LANGUAGE sql IMMUTABLE AS $$
     WHERE i > array_lower(args, 1)
 $$;
 
+-- The published tables (rows aside) and the table_id each is logged under:
+-- the capture trigger's first argument, '' for the table's own schema.table
+-- or '=' and the table_id. The argument is cut from the trigger's arguments
+-- as bytes, up to the first NUL, and read as UTF-8.
+CREATE OR REPLACE VIEW broadcaster_published AS
+SELECT CASE WHEN a.first = '' THEN n.nspname || '.' || c.relname ELSE substr(a.first, 2) END
+           AS table_id,
+       c.oid AS relation
+FROM pg_trigger AS t
+JOIN pg_proc AS p ON p.oid = t.tgfoid
+JOIN pg_class AS c ON c.oid = t.tgrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL (
+    SELECT convert_from(substring(t.tgargs FROM 1 FOR position('\x00'::bytea IN t.tgargs) - 1),
+                        'UTF8') AS first
+) AS a
+WHERE t.tgname = 'broadcaster_capture' AND t.tgparentid = 0 AND t.tgnargs > 1
+  AND p.proname = 'broadcaster_capture'
+  AND (a.first = '' OR starts_with(a.first, '='));
+
+-- Every row of the published table logged under `table_id`, for a snapshot
+-- load: its key as the capture trigger logs it, and its JSON. STABLE, so that
+-- it reads in the snapshot of the statement calling it (the read, whose
+-- snapshot becomes the cursor). Nothing for a table_id that is not a
+-- published table's.
+CREATE OR REPLACE FUNCTION broadcaster_rows_of(table_id text)
+RETURNS TABLE (id text, image text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    found oid;
+    keys text[];
+BEGIN
+    SELECT p.relation INTO found FROM broadcaster_published AS p
+    WHERE p.table_id = broadcaster_rows_of.table_id;
+    IF found IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(a.attname::text ORDER BY k.position) INTO keys
+    FROM pg_index AS x
+    CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, position)
+    JOIN pg_attribute AS a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+    WHERE x.indrelid = found AND x.indisprimary;
+    RETURN QUERY EXECUTE format(
+        'SELECT CASE WHEN cardinality($1) = 1 THEN s.image ->> $1[1]'
+        '            ELSE broadcaster_key(s.image, array_prepend(%L, $1)) END,'
+        '       s.image::text'
+        ' FROM (SELECT to_jsonb(t) AS image FROM %s AS t) AS s',
+        '', found::regclass)
+    USING keys;
+END
+$$;
+
 -- Row-level security, checked as a subscriber (broadcaster/postgres/visibility.py):
 -- which of `keys` (a key column's value as text, or the JSON array of a
 -- composite key's values, as logged) name a row of the table that

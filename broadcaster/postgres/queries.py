@@ -74,8 +74,10 @@ _SINCE = """c.table_id = chk.t AND c.xid >= pg_snapshot_xmin(chk.since)
 
 # One statement: a request k reads table t's changes since snapshot `since`
 # (the log's entries whose transaction is not visible in it), or every row of
-# the table when `since` is null or cannot be served; a request with a null t
-# reads every table's changes but those of the tables in $6. The
+# the table when `since` is null or cannot be served (rows' own, or a
+# published table's); a request with a null t reads the changes of every
+# table of rows but those in $6 (every table is rows' tables: a published
+# table is read by its name only). The
 # `xid >= xmin` join condition is what lets the log's index serve the read.
 # A joining subscriber's catch-up ($7) of more than $8 changes is compacted to
 # the latest change of each row, so that a cursor days old costs no more
@@ -118,6 +120,10 @@ SELECT 3, chk.k, 'INSERT', r.table_id, r.id, 0, to_jsonb(r)::text,
 FROM chk JOIN rows AS r ON r.table_id = chk.t
 WHERE chk.since IS NULL OR chk.reset IS NOT NULL
 UNION ALL
+SELECT 3, chk.k, 'INSERT', chk.t, l.id, 0, l.image, NULL, NULL
+FROM chk CROSS JOIN LATERAL broadcaster_rows_of(chk.t) AS l
+WHERE chk.t IS NOT NULL AND (chk.since IS NULL OR chk.reset IS NOT NULL)
+UNION ALL
 {_ENTRY_LIVE} ON {_SINCE}
 WHERE chk.since IS NOT NULL AND chk.reset IS NULL AND NOT chk.compact
 UNION ALL
@@ -131,6 +137,7 @@ SELECT * FROM (
 UNION ALL
 {_ENTRY} ON chk.t IS NULL AND c.xid >= pg_snapshot_xmin(chk.since)
 WHERE chk.reset IS NULL AND c.table_id <> ALL($6::text[])
+  AND c.table_id NOT IN (SELECT p.table_id FROM broadcaster_published AS p)
   AND NOT pg_visible_in_snapshot(c.xid, chk.since)
 """
 

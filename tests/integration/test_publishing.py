@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -282,9 +281,8 @@ async def test_publishing_needs_the_tables_owner(database_url: str, db: asyncpg.
     await publish(db, "pub")
     await db.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'secret'")
     try:
-        parts = urlsplit(database_url)
-        netloc = f"{role}:secret@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        other = await asyncpg.connect(urlunsplit(parts._replace(netloc=netloc)))
+        # The URL's user, replaced: it may name a host or a socket directory.
+        other = await asyncpg.connect(database_url, user=role, password="secret")
         try:
             outcome = await publish(other, "items")
             hidden = await publish(other, "private.items")

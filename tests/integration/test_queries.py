@@ -13,6 +13,7 @@ import pytest
 from broadcaster.core.feed import Request
 from broadcaster.core.tables import EVERY_TABLE
 from broadcaster.exceptions import DatabaseError
+from broadcaster.postgres.publishing import publish
 from broadcaster.postgres.queries import ChangeReader, PostgresAuthorizerFunction, ReadSession
 from tests.support.timeouts import eventually, within
 
@@ -310,3 +311,73 @@ async def test_compacted_catch_ups_of_two_tables_keep_each_tables_latest_change(
 
     latest = {(row.key, row.change.id): row.change.op for row in result.rows}
     assert latest == {(0, "a"): "DELETE", (0, "b"): "UPDATE", (1, "a"): "UPDATE"}
+
+
+async def published_todos(database_url: str) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "CREATE TABLE todos (org int, id int, title text, PRIMARY KEY (org, id));"
+            "CREATE TABLE notes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), body text)"
+        )
+        await publish(connection, "public.todos")
+        await publish(connection, "public.notes")
+    finally:
+        await connection.close()
+
+
+async def test_a_published_table_loads_its_rows_keyed_as_its_changes_are(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    await published_todos(database_url)
+    await pool.execute("INSERT INTO todos VALUES (1, 1, 'a'), (1, 2, 'b')")
+    await pool.execute("INSERT INTO notes (body) VALUES ('n')")
+    reader = ChangeReader(pool)
+    loaded = await reader.read([Request(0, "public.todos", None), Request(1, "public.notes", None)])
+    await pool.execute("UPDATE todos SET title = 'c' WHERE id = 2")
+    await pool.execute("UPDATE notes SET body = 'm'")
+    changed = await reader.read(
+        [Request(0, "public.todos", loaded.snapshot), Request(1, "public.notes", loaded.snapshot)]
+    )
+
+    rows = {(row.key, row.change.id): row.change for row in loaded.rows}
+    assert {key: (c.op, c.version, json.loads(c.row_json)) for key, c in rows.items()} == {
+        (0, "[1, 1]"): ("INSERT", 0, {"org": 1, "id": 1, "title": "a"}),
+        (0, "[1, 2]"): ("INSERT", 0, {"org": 1, "id": 2, "title": "b"}),
+        (1, next(c.id for (k, _), c in rows.items() if k == 1)): (
+            "INSERT",
+            0,
+            {"id": next(c.id for (k, _), c in rows.items() if k == 1), "body": "n"},
+        ),
+    }
+    # The load's ids are those of the table's changes: a client merges them.
+    assert {(row.key, row.change.id) for row in changed.rows} <= set(rows)
+    assert len(changed.rows) == 2
+
+
+async def test_a_load_of_a_table_id_that_is_not_published_reads_rows_only(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute("INSERT INTO rows (id, table_id) VALUES ('r1', 'public.todos')")
+    reader = ChangeReader(pool)
+
+    result = await reader.read([Request(0, "public.todos", None)])
+
+    assert [row.change.id for row in result.rows] == ["r1"]
+
+
+async def test_every_table_leaves_out_the_published_tables(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    await published_todos(database_url)
+    reader = ChangeReader(pool)
+    since = (await reader.read([])).snapshot
+    await pool.execute("INSERT INTO todos VALUES (1, 1, 'a')")
+    await pool.execute("INSERT INTO rows (id, table_id) VALUES ('r1', 't1')")
+
+    result = await reader.read([Request(0, None, since), Request(1, "public.todos", since)])
+
+    assert sorted((row.key, row.change.table_id) for row in result.rows) == [
+        (0, "t1"),
+        (1, "public.todos"),
+    ]
