@@ -105,13 +105,15 @@ class Hub:
     def tables(self) -> int:
         return len(self._tables)
 
-    def publish(self, batch: Batch) -> int:
-        """Deliver ``batch`` to every subscriber of its table, and of every table; return how many.
+    def publish(self, batch: Batch, *, every_table: bool = True) -> int:
+        """Deliver ``batch`` to every subscriber of its table, and of every table unless
+        ``every_table`` is false (a published table's: every table means rows' tables);
+        return how many.
 
         A subscriber of both gets it once.
         """
         subscribers = self._tables.get(batch.table_id)
-        everything = self._tables.get(EVERY_TABLE)
+        everything = self._tables.get(EVERY_TABLE) if every_table else None
         if everything:
             subscribers = {**subscribers, **everything} if subscribers else everything
         if not subscribers:

@@ -127,6 +127,7 @@ class Runtime:
             held_checks=self.directory.checks,
             check_filters=self.directory.check_filters,
             check_rows=self.directory.check_rows,
+            published=self.directory.is_published,
         )
         self.listener = Listener(
             self.database_url,

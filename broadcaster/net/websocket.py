@@ -389,6 +389,7 @@ class WebSocketConnection(asyncio.Protocol):
             token=_token(request, url.query),
             limits=runtime.limits,
             messaging=messaging,
+            published=runtime.directory,
         )
         logger.debug("%s connected to %s", self._peer, url.path)
 

@@ -80,17 +80,38 @@ class Directory:
         self._tables: _Remembered[tuple[str, str], PublishedTable | None] = _Remembered(clock)
         self._columns: _Remembered[tuple[PublishedTable, str], frozenset[str] | None]
         self._columns = _Remembered(clock)
+        # The table_ids of the published tables sessions looked up; bounded by
+        # the published tables themselves.
+        self._published: set[str] = set()
 
     async def lookup(self, schema: str, name: str) -> PublishedTable | None:
         known, table = self._tables.get((schema, name))
         if known:
             return table
         found = await catalog.published_table_at(self._pool, schema, name)
+        if found is None:
+            self._published.discard(f"{schema}.{name}")
+        else:
+            self._published.add(found.table_id)
         return self._tables.keep((schema, name), found)
+
+    async def lookup_id(self, table_id: str) -> PublishedTable | None:
+        """The published table logged under ``table_id``, if it names one."""
+        schema, dot, name = table_id.partition(".")
+        if not dot:
+            return None
+        return await self.lookup(schema, name)
 
     async def listed(self, schema: str | None) -> list[PublishedTable]:
         publications = await catalog.published_tables(self._pool, schema)
-        return [p.table for p in publications if p.table_id is not None]
+        tables = [p.table for p in publications if p.table_id is not None]
+        self._published.update(table.table_id for table in tables)
+        return tables
+
+    def is_published(self, table_id: str) -> bool:
+        """Was ``table_id`` a published table's when last looked up? (Every table_id a
+        subscriber joins has been: its session looked it up.)"""
+        return table_id in self._published
 
     async def validate(self, table: PublishedTable, filter: str) -> None:
         await filtering.validate(self._pool, table, filter_syntax.parse(filter))

@@ -71,11 +71,13 @@ class ReadLoop:
         held_checks: HeldChecks | None = None,
         check_filters: CheckFilters | None = None,
         check_rows: CheckRows | None = None,
+        published: Callable[[str], bool] = lambda table_id: False,
     ) -> None:
         self._hub = hub
         self._held_checks = HeldChecks() if held_checks is None else held_checks
         self._check_filters = check_filters
         self._check_rows = check_rows
+        self._published = published
         self._writes = Writes() if writes is None else writes
         self._reader = reader
         self._feed = Feed()
@@ -266,7 +268,7 @@ class ReadLoop:
         # slow consumer is cut off before the rest is queued for it.
         with self._writes.round():
             for batch in batches:
-                self._hub.publish(batch)
+                self._hub.publish(batch, every_table=not self._published(batch.table_id))
         for join, join_result in answered:
             try:
                 join.on_joined(join_result)

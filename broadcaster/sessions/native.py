@@ -29,6 +29,7 @@ from ..exceptions import AuthenticationError, DatabaseError, ProtocolError
 from ..protocols import native as protocol
 from ..protocols.frames import text_frame
 from .base import Continuation, Joiner, Limits, Messaging, Session, Transport
+from .published import NO_PUBLISHED_TABLES, PublishedTables
 
 __all__ = ["FRAME_BYTES", "NativeSession", "encode_batch"]
 
@@ -116,6 +117,7 @@ class NativeSession(Session[protocol.ClientMessage]):
         verifier: TokenVerifier | None = None,
         token: str | None = None,
         messaging: Messaging | None = None,
+        published: PublishedTables | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -130,6 +132,7 @@ class NativeSession(Session[protocol.ClientMessage]):
             wall_clock=wall_clock,
         )
         self._authorizer = authorizer
+        self._published = NO_PUBLISHED_TABLES if published is None else published
         # Tables whose presence this connection follows, and tracks.
         self._presence: set[str] = set()
         self._tracked: set[str] = set()
@@ -196,7 +199,7 @@ class NativeSession(Session[protocol.ClientMessage]):
             if isinstance(message, protocol.Subscribe):
                 self._check_room(message)
                 verdict = self._authorizer.allowed(self.identity, message.table_id)
-                if isinstance(verdict, bool):
+                if isinstance(verdict, bool) and "." not in message.table_id:
                     self._subscribe(message, verdict)
                     return None
                 return self._subscribe_when_decided(message, verdict)
@@ -279,11 +282,35 @@ class NativeSession(Session[protocol.ClientMessage]):
             )
 
     async def _subscribe_when_decided(
-        self, message: protocol.Subscribe, verdict: Awaitable[bool]
+        self, message: protocol.Subscribe, verdict: Awaitable[bool] | bool
     ) -> None:
-        allowed = await verdict
+        allowed = verdict if isinstance(verdict, bool) else await verdict
+        if allowed and "." in message.table_id:
+            refusal = await self._refusal(message.table_id)
+            if refusal is not None:
+                code, text = refusal
+                self._reply(
+                    protocol.encode_error(code, text, message.ref, table_id=message.table_id)
+                )
+                return
         if not self.closed:
             self._subscribe(message, allowed)
+
+    async def _refusal(self, table_id: str) -> tuple[str, str] | None:
+        """Why ``table_id``, if it is a published table's (schema.table), cannot be served
+        here: a table with row-level security is served on the Supabase endpoint."""
+        try:
+            table = await self._published.lookup_id(table_id)
+        except DatabaseError:
+            logger.warning("could not look up table %r", table_id, exc_info=True)
+            return protocol.UNAVAILABLE, "the database could not be reached: subscribe again"
+        if table is not None and table.row_security:
+            return (
+                protocol.FORBIDDEN,
+                f"{table.table_id} has row-level security, which this protocol does not check: "
+                "subscribe on the Supabase endpoint, which checks it per change",
+            )
+        return None
 
     def _subscribe(self, message: protocol.Subscribe, allowed: bool) -> None:
         table_id = message.table_id

@@ -30,15 +30,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..auth.authorization import EVERY_TABLE_ID, Authorizer, authorizer_table_id, decided
 from ..auth.identity import Identity, TokenVerifier
 from ..core import broadcasts, presence, visibility
-from ..core.checks import Check, FilterCheck, HeldChecks, RowCheck
+from ..core.checks import Check, FilterCheck, RowCheck
 from ..core.feed import Join, JoinResult
 from ..core.hub import Batch, Hub
-from ..core.published import PublishedTable
 from ..core.tables import EVERY_TABLE
 from ..exceptions import AuthenticationError, DatabaseError, FilterError, ProtocolError
 from ..protocols import native, phoenix
@@ -47,57 +46,11 @@ from ..protocols.frames import text_frame
 from ..protocols.phoenix import Message
 from ..protocols.supabase import Binding, Shape
 from .base import Continuation, Joiner, Limits, Messaging, Session, Transport
+from .published import NO_PUBLISHED_TABLES, PublishedTables
 
-__all__ = ["NO_PUBLISHED_TABLES", "PublishedTables", "SupabaseSession"]
+__all__ = ["SupabaseSession"]
 
 logger = logging.getLogger(__name__)
-
-
-class PublishedTables(Protocol):
-    """The tables published besides ``rows``, and the filters Postgres checks on them."""
-
-    checks: HeldChecks
-
-    async def lookup(self, schema: str, name: str) -> PublishedTable | None:
-        """The published table ``schema.name``; None if it is not published.
-        Raises DatabaseError."""
-        ...
-
-    async def listed(self, schema: str | None) -> list[PublishedTable]:
-        """The tables published in ``schema`` (None: in every schema), ``rows`` aside.
-        Raises DatabaseError."""
-        ...
-
-    async def validate(self, table: PublishedTable, filter: str) -> None:
-        """Raise FilterError, saying why, if Postgres cannot check ``filter`` on ``table``."""
-        ...
-
-    async def selectable(self, table: PublishedTable, role: str) -> frozenset[str] | None:
-        """The columns of ``table`` that ``role`` may select; None if there is no such
-        role. Raises DatabaseError."""
-        ...
-
-
-class _NoPublishedTables:
-    """Where only ``rows`` is served."""
-
-    def __init__(self) -> None:
-        self.checks = HeldChecks()
-
-    async def lookup(self, schema: str, name: str) -> PublishedTable | None:
-        return None
-
-    async def listed(self, schema: str | None) -> list[PublishedTable]:
-        return []
-
-    async def validate(self, table: PublishedTable, filter: str) -> None:
-        raise FilterError(f"filters on {table.table_id} are not served here")
-
-    async def selectable(self, table: PublishedTable, role: str) -> frozenset[str] | None:
-        return None
-
-
-NO_PUBLISHED_TABLES: PublishedTables = _NoPublishedTables()
 
 
 @dataclass(frozen=True)

@@ -445,6 +445,10 @@ class FakePublishedTables:
         self.lookups += 1
         return self.tables.get((schema, name))
 
+    async def lookup_id(self, table_id: str) -> PublishedTable | None:
+        schema, _, name = table_id.partition(".")
+        return await self.lookup(schema, name)
+
     async def listed(self, schema: str | None) -> list[PublishedTable]:
         return [t for t in self.tables.values() if schema in (None, t.schema)]
 

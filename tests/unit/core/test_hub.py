@@ -123,6 +123,17 @@ def test_a_subscriber_of_every_table_gets_every_tables_batches(hub: Hub) -> None
     assert not hub.is_subscribed(EVERY_TABLE)
 
 
+def test_a_published_tables_batch_goes_to_its_own_subscribers_only(hub: Hub) -> None:
+    everything, own = Recorder(), Recorder()
+    hub.subscribe(EVERY_TABLE, everything)
+    hub.subscribe("public.todos", own)
+    published = Batch("public.todos", [change("public.todos", "1", 1)], CURSOR, since=CURSOR)
+
+    assert hub.publish(published, every_table=False) == 1
+    assert own.batches == [published]
+    assert everything.batches == []
+
+
 def test_a_subscriber_of_a_table_and_of_every_table_gets_a_batch_once(hub: Hub) -> None:
     subscriber = Recorder()
     hub.subscribe("t1", subscriber)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -20,14 +21,17 @@ from broadcaster.sessions.base import Joiner, Limits
 from broadcaster.sessions.native import NativeSession, encode_batch
 from tests.support.sessions import (
     CURSOR,
+    MESSAGES,
     ORIGIN,
     FakeJoiner,
+    FakePublishedTables,
     FakeTransport,
     decode_frame,
     messages,
     send,
     split_frames,
 )
+from tests.support.timeouts import eventually
 
 MAX_SUBSCRIPTIONS = 3
 MAX_MESSAGE_BYTES = 256
@@ -61,12 +65,18 @@ def joiner() -> FakeJoiner:
     return FakeJoiner()
 
 
-def new_session(hub: Hub, transport: FakeTransport, joiner: Joiner | None = None) -> NativeSession:
+def new_session(
+    hub: Hub,
+    transport: FakeTransport,
+    joiner: Joiner | None = None,
+    published: FakePublishedTables | None = None,
+) -> NativeSession:
     return NativeSession(
         hub,
         joiner if joiner is not None else FakeJoiner(),
         transport,
         authorizer=OpenAuthorizer(),
+        published=published,
         # These tests are about the protocol; limits are tested on their own.
         limits=Limits(
             max_subscriptions=MAX_SUBSCRIPTIONS,
@@ -1056,3 +1066,29 @@ def test_with_a_feed_unsubscribe_during_the_read_sends_nothing_more(
     feed.wake("t1")
     assert feed.plan(ORIGIN, hub.is_subscribed) is None  # nobody left: no longer live
     assert feed.live_tables == 0
+
+
+async def test_a_published_table_without_row_security_is_subscribed_by_its_table_id(
+    hub: Hub, transport: FakeTransport, joiner: FakeJoiner
+) -> None:
+    session = new_session(hub, transport, joiner, FakePublishedTables(MESSAGES))
+
+    send(session, {"type": "subscribe", "ref": 1, "table_id": "public.messages"})
+
+    await eventually(lambda: [j.table_id for j in joiner.pending] == ["public.messages"])
+
+
+async def test_a_published_table_with_row_security_is_refused_with_where_to_go(
+    hub: Hub, transport: FakeTransport, joiner: FakeJoiner
+) -> None:
+    secured = dataclasses.replace(MESSAGES, row_security=True)
+    session = new_session(hub, transport, joiner, FakePublishedTables(secured))
+
+    send(session, {"type": "subscribe", "ref": 1, "table_id": "public.messages"})
+
+    await eventually(lambda: bool(transport.sent))
+    [error] = messages(transport)
+    assert error["code"] == "forbidden"
+    assert error["table_id"] == "public.messages"
+    assert "subscribe on the Supabase endpoint" in error["message"]
+    assert joiner.pending == []
