@@ -161,7 +161,7 @@ $$;
 -- grows with the functions it calls: the common case takes the first branch
 -- that applies and calls nothing it does not need.
 CREATE OR REPLACE FUNCTION broadcaster_capture() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     new_image jsonb;
     old_image jsonb;
@@ -378,7 +378,7 @@ $$;
 -- table fires for a TRUNCATE of the table (every partition's rows), not of
 -- one partition alone.
 CREATE OR REPLACE FUNCTION broadcaster_capture_truncate() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     table_expression text := CASE WHEN TG_ARGV[0] = ''
         THEN quote_literal(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)
@@ -394,6 +394,14 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- A published table's writers are the app's roles (PostgREST's
+-- `authenticated`, say): they must not need rights on the change log, nor
+-- fail for lack of them. So the published tables' captures run as the role
+-- that installed them (SECURITY DEFINER, with the search_path it installed
+-- them with), and only that role, or one it grants EXECUTE to, may create a
+-- trigger calling them: the log's entries cannot be forged through them.
+REVOKE EXECUTE ON FUNCTION broadcaster_capture(), broadcaster_capture_truncate() FROM PUBLIC;
 
 -- Until the change log, a trigger moved rows.updated_at; the log's entries say
 -- when a change committed, and moving it cost every UPDATE 46,900

@@ -394,3 +394,45 @@ async def test_reinstalling_triggers_keeps_the_published_tables(
     await db.execute("INSERT INTO items VALUES (1)")
     assert [(t, i) for _, t, i, _, _ in await entries(db)] == [("public.items", "1")]
     assert (await publish(db, "items")).action is Action.ALREADY_PUBLISHED
+
+
+async def test_a_writer_without_rights_on_the_log_writes_a_published_table(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """The app's roles write their tables; the capture runs as the role that installed it."""
+    role = "bt_writer_" + uuid.uuid4().hex[:12]
+    await db.execute("CREATE TABLE todos (id int PRIMARY KEY, title text)")
+    await publish(db, "todos")
+    await db.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'secret'")
+    await db.execute(f"GRANT INSERT, UPDATE, DELETE, SELECT, TRUNCATE ON todos TO {role}")
+    await db.execute(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
+    try:
+        writer = await asyncpg.connect(database_url, user=role, password="secret")
+        try:
+            await writer.execute("INSERT INTO todos VALUES (1, 'a')")
+            await writer.execute("UPDATE todos SET title = 'b'")
+            await writer.execute("TRUNCATE todos")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await writer.execute(
+                    "INSERT INTO broadcaster_changes (table_id, id, op)"
+                    " VALUES ('public.todos', '9', 'INSERT')"
+                )
+            # Nor can it borrow the capture to log under another table's name.
+            await writer.execute(f"CREATE TABLE {role}.own (id int PRIMARY KEY)")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await writer.execute(
+                    f"CREATE TRIGGER forge AFTER INSERT ON {role}.own FOR EACH ROW"
+                    " EXECUTE FUNCTION broadcaster_capture('=public.todos', 'id')"
+                )
+        finally:
+            await writer.close()
+    finally:
+        await db.execute(f"DROP SCHEMA {role} CASCADE")
+        await db.execute(f"DROP OWNED BY {role}")
+        await db.execute(f"DROP ROLE {role}")
+
+    assert [(op, table_id, id) for op, table_id, id, _, _ in await entries(db)] == [
+        ("INSERT", "public.todos", "1"),
+        ("UPDATE", "public.todos", "1"),
+        ("DELETE", "public.todos", "1"),
+    ]
