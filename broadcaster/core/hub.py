@@ -38,9 +38,20 @@ class Batch:
     read from ``since``: ``changes`` then hold every row of the table.
     ``checks`` holds what Postgres decided for subscribers' filters on a
     published table: for each filter's key, whether each change passed it.
+    ``published`` is whether ``table_id`` is a published table's: its batches
+    do not go to subscribers of every table, which means ``rows``' tables.
     """
 
-    __slots__ = ("_memo", "changes", "checks", "cursor", "reset", "since", "table_id")
+    __slots__ = (
+        "_memo",
+        "changes",
+        "checks",
+        "cursor",
+        "published",
+        "reset",
+        "since",
+        "table_id",
+    )
 
     def __init__(
         self,
@@ -57,6 +68,7 @@ class Batch:
         self.since = since
         self.reset = reset
         self.checks: Mapping[Hashable, Sequence[bool]] = {}
+        self.published = False
         self._memo: dict[object, Any] = {}
 
     def memo(self, key: object, build: Callable[[Batch], T]) -> T:
@@ -105,15 +117,14 @@ class Hub:
     def tables(self) -> int:
         return len(self._tables)
 
-    def publish(self, batch: Batch, *, every_table: bool = True) -> int:
+    def publish(self, batch: Batch) -> int:
         """Deliver ``batch`` to every subscriber of its table, and of every table unless
-        ``every_table`` is false (a published table's: every table means rows' tables);
-        return how many.
+        it is a published table's (:attr:`Batch.published`); return how many.
 
         A subscriber of both gets it once.
         """
         subscribers = self._tables.get(batch.table_id)
-        everything = self._tables.get(EVERY_TABLE) if every_table else None
+        everything = None if batch.published else self._tables.get(EVERY_TABLE)
         if everything:
             subscribers = {**subscribers, **everything} if subscribers else everything
         if not subscribers:

@@ -268,7 +268,8 @@ class ReadLoop:
         # slow consumer is cut off before the rest is queued for it.
         with self._writes.round():
             for batch in batches:
-                self._hub.publish(batch, every_table=not self._published(batch.table_id))
+                batch.published = self._published(batch.table_id)
+                self._hub.publish(batch)
         for join, join_result in answered:
             try:
                 join.on_joined(join_result)

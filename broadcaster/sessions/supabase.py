@@ -263,7 +263,7 @@ class SupabaseSession(Session[Message]):
         if self.closed:
             return None
         tables = frozenset(t for binding in bindings for t in (binding.tables or (EVERY_TABLE,)))
-        forbidden = await self._forbidden(identity, tables)
+        forbidden = await self._forbidden(identity, _authorized(tables, bindings))
         if forbidden == EVERY_TABLE_ID:
             return self._refuse(
                 message,
@@ -465,7 +465,9 @@ class SupabaseSession(Session[Message]):
             return self._end_channel(message.topic, message.join_ref, f"{exc.code}: {exc.message}")
         # A fresh token may grant less than the one the channel joined with.
         channel = self._channels.get(message.topic)
-        forbidden = await self._forbidden(identity, channel.tables if channel else frozenset())
+        forbidden = await self._forbidden(
+            identity, _authorized(channel.tables, channel.bindings) if channel else ()
+        )
         if forbidden is not None:
             return self._end_channel(
                 message.topic,
@@ -632,7 +634,8 @@ class SupabaseSession(Session[Message]):
             self._expire_overdue()
         for channel in self._channels.values():
             if not channel.live or (
-                batch.table_id not in channel.tables and EVERY_TABLE not in channel.tables
+                batch.table_id not in channel.tables
+                and (batch.published or EVERY_TABLE not in channel.tables)
             ):
                 continue
             frames = batch.memo(channel.shape, channel.shape)
@@ -663,3 +666,10 @@ class SupabaseSession(Session[Message]):
 
     def _send(self, message: Message) -> None:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
+
+
+def _authorized(tables: Iterable[str | None], bindings: Iterable[Binding]) -> list[str | None]:
+    """The tables of ``tables`` the authorizer decides on: all but those with row-level
+    security, which Postgres decides on per change, as the subscriber."""
+    secured = {t.table_id for b in bindings for t in b.published or () if t.row_security}
+    return [t for t in tables if t not in secured]

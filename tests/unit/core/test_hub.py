@@ -129,7 +129,9 @@ def test_a_published_tables_batch_goes_to_its_own_subscribers_only(hub: Hub) -> 
     hub.subscribe("public.todos", own)
     published = Batch("public.todos", [change("public.todos", "1", 1)], CURSOR, since=CURSOR)
 
-    assert hub.publish(published, every_table=False) == 1
+    published.published = True
+
+    assert hub.publish(published) == 1
     assert own.batches == [published]
     assert everything.batches == []
 
