@@ -15,8 +15,9 @@ import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from broadcaster.net.server import Server
 from broadcaster.postgres.publishing import publish
-from tests.support.server import Server, client, running_server
+from tests.support.server import client, running_server
 from tests.support.timeouts import within
 
 pytestmark = pytest.mark.asyncio
