@@ -3,7 +3,8 @@
 The client pins websockets<16, so it runs in a virtualenv of its own
 (.venv-realtime, built by the test from supabase_py/requirements.txt):
 supabase_py/listen.py subscribes with it and prints each event the client hands
-its callbacks; this test does the writes and checks what arrived.
+its callbacks; this test does the writes and checks what arrived: on ``rows``,
+and on a table published as a user publishes one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from broadcaster.postgres.publishing import publish
 from tests.support.server import running_server
 from tests.support.timeouts import within
 from tests.support.venvs import ROOT, ensure_venv
@@ -82,7 +84,7 @@ class Listener:
                 self.events[message["binding"]].append(message["data"])
         except TimeoutError:
             got = "; ".join(
-                f"{binding} {data['type']} {_row_id(data)} {(data.get('record') or {}).get('data')}"
+                f"{binding} {data['type']} {_row_id(data)} {data.get('record')}"
                 for binding, received in self.events.items()
                 for data in received
             )
@@ -92,13 +94,17 @@ class Listener:
 
 
 @contextlib.asynccontextmanager
-async def listening(python: Path, url: str, table: str, log: Path) -> AsyncIterator[Listener]:
+async def listening(
+    python: Path, url: str, table: str, filter: str, log: Path
+) -> AsyncIterator[Listener]:
+    """listen.py subscribed to ``table`` (``schema.name``) with ``filter``."""
     with log.open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(
             str(python),
             str(HERE / "listen.py"),
             url,
             table,
+            filter,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
@@ -176,7 +182,13 @@ async def test_four_back_to_back_writes_to_three_rows_arrive_as_four_events_each
     ids = [f"py-{n}" for n in range(3)]
     async with (
         running_server(database_url) as server,
-        listening(python, f"{server.url}/realtime/v1", table, tmp_path / "listen.log") as app,
+        listening(
+            python,
+            f"{server.url}/realtime/v1",
+            "public.rows",
+            f"table_id=eq.{table}",
+            tmp_path / "listen.log",
+        ) as app,
     ):
         assert await app.line() == {"status": "SUBSCRIBED", "error": ""}
         images = await four_writes(database_url, table, ids)
@@ -192,3 +204,100 @@ async def test_four_back_to_back_writes_to_three_rows_arrive_as_four_events_each
         ] == [("UPDATE", {"step": 2}), ("UPDATE", {"step": 3})]
     assert len(app.events["*"]) == 4 * len(ids)
     assert len(app.events["UPDATE"]) == 2 * len(ids)
+
+
+MESSAGES = """
+CREATE TABLE messages (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, room_id int,
+    body text, tags text[], at timestamptz DEFAULT now(), meta jsonb)
+"""
+# A message as the table holds it: what each write's RETURNING gives.
+MESSAGE = "to_jsonb(messages.*)::text AS image"
+# Four writes to a message of room $1 (the UPDATEs and the DELETE: of id $2), in order.
+MESSAGE_WRITES = [
+    (
+        "INSERT",
+        "INSERT INTO messages (room_id, body, tags, meta)"
+        f""" VALUES ($1, 'hello', '{{a,"b c"}}', '{{"n": 1}}') RETURNING {MESSAGE}""",
+    ),
+    (
+        "UPDATE",
+        "UPDATE messages SET body = 'edited', at = '2026-11-26T10:00:00.123456+02:00'"
+        f" WHERE id = $2 AND room_id = $1 RETURNING {MESSAGE}",
+    ),
+    (
+        "UPDATE",
+        """UPDATE messages SET tags = '{}', meta = '{"n": 2, "deep": {"x": [1, null]}}'"""
+        f" WHERE id = $2 AND room_id = $1 RETURNING {MESSAGE}",
+    ),
+    ("DELETE", f"DELETE FROM messages WHERE id = $2 AND room_id = $1 RETURNING {MESSAGE}"),
+]
+
+
+async def four_message_writes(database_url: str, rooms: list[int]) -> dict[int, list[Any]]:
+    """The four writes to a new message in each of ``rooms``, interleaved, each its
+    own transaction, none waiting for an event; each message's images, by its id."""
+    (_, insert), *later = MESSAGE_WRITES
+    messages: list[tuple[int, list[Any]]] = []
+    connection = await asyncpg.connect(database_url)
+    try:
+        for room in rooms:
+            messages.append((room, [json.loads(await connection.fetchval(insert, room))]))
+        for _, sql in later:
+            for room, images in messages:
+                images.append(json.loads(await connection.fetchval(sql, room, images[0]["id"])))
+    finally:
+        await connection.close()
+    return {images[0]["id"]: images for _, images in messages}
+
+
+async def test_four_back_to_back_writes_to_a_published_table_arrive_filtered(
+    database_url: str, tmp_path: Path
+) -> None:
+    python = await ensure_venv(VENV, HERE / "requirements.txt")
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(MESSAGES)
+        outcome = await publish(connection, "public.messages")
+    finally:
+        await connection.close()
+    assert not outcome.refused, outcome.message
+    async with (
+        running_server(database_url) as server,
+        listening(
+            python,
+            f"{server.url}/realtime/v1",
+            "public.messages",
+            "room_id=eq.5",
+            tmp_path / "listen.log",
+        ) as app,
+    ):
+        assert await app.line() == {"status": "SUBSCRIBED", "error": ""}
+        # Room 6's message is written between room 5's, and must not arrive.
+        written = await four_message_writes(database_url, [5, 6, 5])
+        await app.events_until(everything=8, updates=4)
+    room5 = {id: images for id, images in written.items() if images[0]["room_id"] == 5}
+    for message_id, images in room5.items():
+        events = [data for data in app.events["*"] if _row_id(data) == str(message_id)]
+        assert [e["type"] for e in events] == [op for op, _ in MESSAGE_WRITES], events
+        inserted, edited, retagged, deleted = events
+        assert (inserted["record"], inserted.get("old_record")) == (images[0], None)
+        assert (edited["record"], edited["old_record"]) == (images[1], images[0])
+        assert (retagged["record"], retagged["old_record"]) == (images[2], images[1])
+        assert (deleted.get("record"), deleted["old_record"]) == (None, images[3])
+        for event in events:
+            assert (event["schema"], event["table"]) == ("public", "messages"), event
+            assert [(c["name"], c["type"]) for c in event["columns"]] == [
+                ("id", "int8"),
+                ("room_id", "int4"),
+                ("body", "text"),
+                ("tags", "_text"),
+                ("at", "timestamptz"),
+                ("meta", "jsonb"),
+            ], event
+        committed = [datetime.fromisoformat(e["commit_timestamp"]) for e in events]
+        assert committed == sorted(committed), events
+        assert [
+            data["record"] for data in app.events["UPDATE"] if _row_id(data) == str(message_id)
+        ] == images[1:3]
+    assert len(app.events["*"]) == 8
+    assert len(app.events["UPDATE"]) == 4

@@ -5,12 +5,10 @@
 // JWT_SECRET (the server's BROADCASTER_JWT_SECRET; table_ids claim).
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { createHmac } from "node:crypto";
 import pg from "pg";
 import * as helpers from "./helpers.mjs";
-import { eventually, subscribe } from "./helpers.mjs";
+import { eventually, signed, subscribe } from "./helpers.mjs";
 
-const SECRET = process.env.JWT_SECRET;
 const db = new pg.Client({ connectionString: process.env.DATABASE_URL });
 await db.connect();
 after(() => db.end());
@@ -19,14 +17,12 @@ const supabase = (key, realtime = {}) =>
   helpers.supabase(process.env.BROADCASTER_URL, key, realtime);
 
 function jwt(claims) {
-  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
-  const body = `${encode({ alg: "HS256", typ: "JWT" })}.${encode({
+  return signed({
     role: "authenticated",
     sub: "user-1",
     exp: Math.floor(Date.now() / 1000) + 300,
     ...claims,
-  })}`;
-  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
+  });
 }
 
 function on(client, table, changes) {

@@ -1,5 +1,7 @@
-// What every supabase-js test file here needs: clients, bounded waits, subscribing.
+// What every supabase-js test file here needs: clients, bounded waits, subscribing,
+// collecting payloads, signing tokens.
 import { after } from "node:test";
+import { createHmac } from "node:crypto";
 import { createClient } from "@supabase/supabase-js";
 import WebSocket from "ws";
 
@@ -10,11 +12,13 @@ after(async () => {
   for (const client of clients) await client.removeAllChannels();
 });
 
-// A supabase-js client of the server at `url`; `key` is passed as apikey.
-export function supabase(url, key = "anon-key", realtime = {}) {
+// A supabase-js client of the server at `url`; `key` is passed as apikey;
+// `options` are createClient's others (such as accessToken).
+export function supabase(url, key = "anon-key", realtime = {}, options = {}) {
   const client = createClient(url, key, {
     realtime: { transport: WebSocket, ...realtime },
-    auth: { persistSession: false, autoRefreshToken: false },
+    ...(options.accessToken ? {} : { auth: { persistSession: false, autoRefreshToken: false } }),
+    ...options,
   });
   clients.push(client);
   return client;
@@ -50,4 +54,40 @@ export function subscribe(channel) {
     }),
     "the channel to settle",
   );
+}
+
+// Collects payloads; next(n) resolves with the first n, once they are here.
+export function collector() {
+  const seen = [];
+  const waiters = [];
+  return {
+    seen,
+    push(payload) {
+      seen.push(payload);
+      for (const waiter of [...waiters]) waiter();
+    },
+    next(count, what = "changes") {
+      return within(
+        new Promise((resolve) => {
+          const check = () => {
+            if (seen.length >= count) {
+              waiters.splice(waiters.indexOf(check), 1);
+              resolve(seen.slice(0, count));
+            }
+          };
+          waiters.push(check);
+          check();
+        }),
+        what,
+      );
+    },
+  };
+}
+
+// An HS256 JWT of `claims`, signed with the server's BROADCASTER_JWT_SECRET.
+export function signed(claims) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${encode({ alg: "HS256", typ: "JWT" })}.${encode(claims)}`;
+  const signature = createHmac("sha256", process.env.JWT_SECRET).update(body).digest("base64url");
+  return `${body}.${signature}`;
 }

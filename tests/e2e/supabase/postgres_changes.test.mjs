@@ -8,7 +8,7 @@ import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import pg from "pg";
 import * as helpers from "./helpers.mjs";
-import { subscribe, within } from "./helpers.mjs";
+import { collector, subscribe } from "./helpers.mjs";
 
 const db = new pg.Client({ connectionString: process.env.DATABASE_URL });
 await db.connect();
@@ -17,34 +17,6 @@ after(() => db.end());
 // The anon key is only passed through as apikey; this server runs without auth.
 const supabase = (realtime = {}) =>
   helpers.supabase(process.env.BROADCASTER_URL, "anon-key", realtime);
-
-// Collects payloads; next(n) resolves with the next n.
-function collector() {
-  const seen = [];
-  const waiters = [];
-  return {
-    seen,
-    push(payload) {
-      seen.push(payload);
-      for (const waiter of [...waiters]) waiter();
-    },
-    next(count, what = "changes") {
-      return within(
-        new Promise((resolve) => {
-          const check = () => {
-            if (seen.length >= count) {
-              waiters.splice(waiters.indexOf(check), 1);
-              resolve(seen.slice(0, count));
-            }
-          };
-          waiters.push(check);
-          check();
-        }),
-        what,
-      );
-    },
-  };
-}
 
 for (const vsn of ["2.0.0", "1.0.0"]) {
   test(`vsn ${vsn}: insert, update and delete arrive in the supabase shape`, async () => {
