@@ -376,19 +376,20 @@ $$;
 -- BEFORE, with the table already locked against every other writer. Same
 -- arguments as broadcaster_capture(). A statement trigger of a partitioned
 -- table fires for a TRUNCATE of the table (every partition's rows), not of
--- one partition alone.
+-- one partition alone. The row is t.*, never a bare t: that would be the
+-- table's own column t, where it has one.
 CREATE OR REPLACE FUNCTION broadcaster_capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     table_expression text := CASE WHEN TG_ARGV[0] = ''
         THEN quote_literal(TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME)
         WHEN starts_with(TG_ARGV[0], '=') THEN quote_literal(substr(TG_ARGV[0], 2))
-        ELSE format('to_jsonb(t) ->> %L', TG_ARGV[0]) END;
-    key_expression text := CASE WHEN TG_NARGS = 2 THEN format('to_jsonb(t) ->> %L', TG_ARGV[1])
-        ELSE format('broadcaster_key(to_jsonb(t), %L::text[])', TG_ARGV) END;
+        ELSE format('to_jsonb(t.*) ->> %L', TG_ARGV[0]) END;
+    key_expression text := CASE WHEN TG_NARGS = 2 THEN format('to_jsonb(t.*) ->> %L', TG_ARGV[1])
+        ELSE format('broadcaster_key(to_jsonb(t.*), %L::text[])', TG_ARGV) END;
 BEGIN
     EXECUTE format(
-        'INSERT INTO broadcaster_changes (table_id, id, op, old) SELECT %s, %s, ''DELETE'', to_jsonb(t) FROM %s AS t',
+        'INSERT INTO broadcaster_changes (table_id, id, op, old) SELECT %s, %s, ''DELETE'', to_jsonb(t.*) FROM %s AS t',
         table_expression, key_expression, TG_RELID::regclass);
     PERFORM broadcaster_wake('');
     RETURN NULL;

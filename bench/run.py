@@ -5,6 +5,7 @@ Usage, from the repository root (with the repository's virtualenv)::
     .venv/bin/python bench/run.py            # every target, under 5 minutes
     .venv/bin/python bench/run.py --quick    # fewer targets, shorter windows, under 1 minute
     .venv/bin/python bench/run.py --targets fanout,bulk --servers ours,node
+    .venv/bin/python bench/run.py --targets rls --servers supabase   # row-level security
 
 What it does:
 
@@ -33,6 +34,21 @@ What it does:
    waits on another's row lock and the rate measures the triggers alone.
 4. Prints a table per target, ours beside theirs.
 
+Target ``rls`` (issue 21; run only when named, on our server alone, whatever
+``--servers`` says) measures row-level security on the Supabase endpoint: in
+our database it creates ``notes`` (10 rows for each of 100 users, ``owner``
+``user<N>``), publishes it (``broadcaster publish``), creates a NOLOGIN role
+for the subscribers (this run's own name; dropped at the end) that may
+select it, and a policy letting it see the rows whose ``owner`` is the
+token's ``sub``. The server runs with JWT auth; 1,000 clients, 10 a user,
+each with its user's token (role the new one, ``sub`` ``user<N>``), join a
+channel on ``notes`` with realtime-js's join payload; pgbench writers update
+200 rows a second, stamping ``t`` and counting each row's writes as above.
+Three runs, each owed the same events (each change to its owner's 10
+clients): RLS on with that policy, RLS on with the claim read once a
+statement (``(select ...)``), and RLS off with each binding filtered on
+``owner=eq.<sub>``.
+
 Every figure is measured in this run; nothing is copied from elsewhere.
 ``docs/performance.md`` ("Benchmark") explains each column.
 """
@@ -58,13 +74,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypedDict, cast
 from urllib.parse import urlsplit
 
 import asyncpg
+import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -93,8 +110,9 @@ LABELS = {
 }
 TARGETS = ("fanout", "ceiling", "fanout1k", "conns", "writers", "bulk", "workers")
 QUICK_TARGETS = ("fanout", "conns", "writers", "bulk", "workers")
-# Not an issue-5 target, run only when asked for: what serving costs while little changes.
-OPTIONAL_TARGETS = ("quiet",)
+# Not issue-5 targets, run only when asked for: what serving costs while little
+# changes; what row-level security costs (issue 21, our Supabase endpoint).
+OPTIONAL_TARGETS = ("quiet", "rls")
 TABLES = tuple(f"t{i}" for i in range(10))
 BULK_TABLE = "bulk"
 BULK_ROWS = 10_000
@@ -346,12 +364,25 @@ class Writers:
     Each run marks the rows it writes with ``run``. ``counted`` writers draw
     each row at random and count each row's writes in the run
     (``COUNTED_WRITER_SCRIPT``); the others write the rows in sequence, each run
-    starting past the last (``WRITER_SCRIPT``).
+    starting past the last (``WRITER_SCRIPT``). ``script`` (a name and its
+    text) replaces either: the rls target's writers of ``notes``.
     """
 
-    def __init__(self, workdir: Path, nrows: int, *, counted: bool = False) -> None:
-        self.script = workdir / ("writer-counted.sql" if counted else "writer.sql")
-        self.script.write_text(COUNTED_WRITER_SCRIPT if counted else WRITER_SCRIPT)
+    def __init__(
+        self,
+        workdir: Path,
+        nrows: int,
+        *,
+        counted: bool = False,
+        script: tuple[str, str] | None = None,
+    ) -> None:
+        if script is None:
+            script = (
+                ("writer-counted", COUNTED_WRITER_SCRIPT) if counted else ("writer", WRITER_SCRIPT)
+            )
+        name, text = script
+        self.script = workdir / f"{name}.sql"
+        self.script.write_text(text)
         self.log = workdir / "pgbench.log"
         self.nrows = nrows
         self.base = 0
@@ -522,8 +553,14 @@ def process_tree(root: int) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    name: str, url: str, workdir: Path, tag: str, workers: int = 1
+    name: str,
+    url: str,
+    workdir: Path,
+    tag: str,
+    workers: int = 1,
+    settings: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ServerProcess]:
+    """``name`` serving ``url``, ready; ``settings``: environment over the defaults."""
     port = free_port()
     env = {
         **os.environ,
@@ -533,6 +570,7 @@ async def running_server(
         "BROADCASTER_PORT": str(port),
         "BROADCASTER_HOST": "127.0.0.1",
         "BROADCASTER_LOG_LEVEL": "warning",
+        **(settings or {}),
     }
     log = workdir / f"server-{name}-{tag}.log"
     # The peers run outside the repository: from its root, our package would
@@ -579,8 +617,9 @@ async def running_server(
 # Client processes
 
 # One connection of a client process: its index in the target, its table, and
-# whether it samples latencies.
-ClientSpec = tuple[int, str, bool]
+# whether it samples latencies; on the Supabase endpoint, optionally the JSON
+# text of its phx_join payload (the rls target's, with its own token).
+ClientSpec = tuple[int, str, bool] | tuple[int, str, bool, str]
 
 
 class ConnectCommand(TypedDict):
@@ -840,12 +879,11 @@ async def run_load(
     drain_limit: float,
 ) -> LoadResult:
     """Connect ``spec.clients`` clients over ten tables, write at ``spec.rate``, count."""
-    result = LoadResult(server.name, spec.clients, asked=spec.rate, label=server.label)
     workers = len(pool.processes)
-    result.rss_idle = server.rss()
     # Client i reads table i % 10 and lives in process i % workers; in each
     # process the first client of each table is sampled for latency.
     plan: list[list[ClientSpec]] = [[] for _ in range(workers)]
+    tables_of: dict[int, str] = {}
     sampled: set[tuple[int, str]] = set()
     for i in range(spec.clients):
         table = TABLES[i % len(TABLES)]
@@ -853,13 +891,16 @@ async def run_load(
         sample = (worker, table) not in sampled
         sampled.add((worker, table))
         plan[worker].append((i, table, sample))
-    started = time.perf_counter()
-    answers: list[ConnectAnswer] = []
-    if server.name == "encode":
+        tables_of[i] = table
+
+    async def connect() -> list[ConnectAnswer]:
+        if server.name != "encode":
+            return await pool.connect_each([connect_command(server, part) for part in plan])
         # encode/broadcaster loses subscribers when the first ones of a channel
         # subscribe at once (and its one asyncpg connection refuses concurrent
         # LISTENs): the first client of each table connects alone, one table at
         # a time; the rest follow together once every table is listened to.
+        answers: list[ConnectAnswer] = []
         firsts = [[spec_ for spec_ in part if spec_[0] < len(TABLES)] for part in plan]
         rests = [[spec_ for spec_ in part if spec_[0] >= len(TABLES)] for part in plan]
         for worker, part in enumerate(firsts):
@@ -867,9 +908,37 @@ async def run_load(
                 answers.append(
                     await pool.connect(worker, connect_command(server, part, sequential=True))
                 )
-        answers += await pool.connect_each([connect_command(server, part) for part in rests])
-    else:
-        answers = await pool.connect_each([connect_command(server, part) for part in plan])
+        return answers + await pool.connect_each([connect_command(server, part) for part in rests])
+
+    async def owed(run: int) -> dict[str, int]:
+        return await expected_changes(url, run)
+
+    return await measure_load(
+        spec, server, url, pool, writers, drain_limit, connect=connect, keys=tables_of, owed=owed
+    )
+
+
+async def measure_load(
+    spec: LoadSpec,
+    server: ServerProcess,
+    url: str,
+    pool: ClientPool,
+    writers: Writers,
+    drain_limit: float,
+    *,
+    connect: Callable[[], Awaitable[list[ConnectAnswer]]],
+    keys: Mapping[int, str],
+    owed: Callable[[int], Awaitable[dict[str, int]]],
+) -> LoadResult:
+    """``connect`` the clients, write at ``spec.rate``, count what each received.
+
+    ``owed(run)`` maps a key to the events writer run ``run`` owes each client
+    under that key; client ``i``'s key is ``keys[i]`` (its table, its user).
+    """
+    result = LoadResult(server.name, spec.clients, asked=spec.rate, label=server.label)
+    result.rss_idle = server.rss()
+    started = time.perf_counter()
+    answers = await connect()
     result.connect_seconds = time.perf_counter() - started
     result.phases["connect"] = result.connect_seconds
     result.connected = sum(answer["ready"] for answer in answers)
@@ -884,14 +953,9 @@ async def run_load(
         writer = await writers.run(url, spec.seconds, spec.rate)
         result.phases["write"] = writer.seconds
         result.achieved = writer.tps
-        expected = await expected_changes(url, writer.run)
+        expected = await owed(writer.run)
         result.events = sum(expected.values())
-        per_worker = [Counter(table for _i, table, _s in part) for part in plan]
-        result.expected = sum(
-            expected.get(table, 0) * count
-            for counter in per_worker
-            for table, count in counter.items()
-        )
+        result.expected = sum(expected.get(key, 0) for key in keys.values())
         # Drain: wait until every client has what it is owed, or nothing moves.
         last = await _snapshot(server, pool, await pool.received(), backends)
         drain_started = time.perf_counter()
@@ -913,16 +977,15 @@ async def run_load(
     window = last.at - first.at
     result.window = window
     latencies: list[float] = []
-    tables_of = {i: table for part in plan for i, table, _s in part}
     for report in reports:
         latencies += report["latencies"]
         for index, received, frames, closed in report["clients"]:
-            owed = expected.get(tables_of[index], 0)
+            due = expected.get(keys[index], 0)
             result.delivered += received
             result.frames += frames
-            result.lost += max(0, owed - received)
-            result.extra += max(0, received - owed)
-            if closed or (owed and not received):
+            result.lost += max(0, due - received)
+            result.extra += max(0, received - due)
+            if closed or (due and not received):
                 result.dropped += 1
     result.dropped += result.connect_errors
     latencies.sort()
@@ -1195,6 +1258,292 @@ async def catch_up_target(server: ServerProcess, url: str) -> tuple[BulkResult, 
     synced_ms = (second.synced_at - started) * 1000
     second.close()
     return bulk, CatchUpResult(bulk.rows, second.catch_up, synced_ms)
+
+
+# --------------------------------------------------------------------------
+# Row-level security (issue 21)
+
+RLS_TABLE = "notes"
+RLS_TABLE_ID = f"public.{RLS_TABLE}"
+RLS_USERS = 100
+RLS_CONNECTIONS_PER_USER = 10
+RLS_ROWS_PER_USER = 10
+RLS_RATE = 200.0
+
+# t is the commit stamp in epoch milliseconds, as rows' data.t (the clients
+# read the newest number after "t": in a change); double precision keeps its
+# fraction, which a bigint would round to whole milliseconds. r and n are
+# COUNTED_WRITER_SCRIPT's run marker and write count.
+RLS_SETUP = """
+CREATE TABLE notes (
+    id bigint PRIMARY KEY,
+    owner text NOT NULL,
+    body text NOT NULL,
+    t double precision,
+    r int,
+    n int
+)
+"""
+# Row k belongs to user k % users: each user owns RLS_ROWS_PER_USER rows.
+RLS_SEED = """
+INSERT INTO notes (id, owner, body)
+SELECT k, 'user' || (k % $1::int), 'note ' || k FROM generate_series(0, $2::int - 1) AS k
+"""
+# "Users see their own rows" as Supabase's docs write it (auth.uid() reads the
+# same setting), on a text owner: the tokens' subs are not uuids. Postgres
+# evaluates the claim for each row a check scans; Supabase's advice for
+# policies' speed, (select auth.uid()), reads it once a statement
+# (RLS_POLICY_ONCE, the target's second run).
+RLS_SUB = "current_setting('request.jwt.claims', true)::jsonb ->> 'sub'"
+RLS_POLICY = f"""
+CREATE POLICY owner_reads ON notes FOR SELECT TO "{{role}}" USING (owner = {RLS_SUB})
+"""
+RLS_POLICY_ONCE = f"""
+CREATE POLICY owner_reads ON notes FOR SELECT TO "{{role}}" USING (owner = (SELECT {RLS_SUB}))
+"""
+# COUNTED_WRITER_SCRIPT's UPDATE on notes: a row drawn at random among every
+# user's, stamped and counted, so each user is owed the sum of n over its rows.
+RLS_WRITER_SCRIPT = """\\set k random(0, :nrows - 1)
+UPDATE notes
+SET t = round(extract(epoch FROM clock_timestamp()) * 1000, 3),
+    r = :run::int, n = CASE WHEN r = :run::int THEN n + 1 ELSE 1 END
+WHERE id = :k;
+"""
+
+
+@contextlib.asynccontextmanager
+async def subscriber_role(admin_url: str, name: str) -> AsyncIterator[str]:
+    """The rls target's subscribers' role, NOLOGIN (Supabase's ``authenticated``).
+
+    Roles are the cluster's, not a database's: a name of this run's own, so
+    that no one else's role is touched, dropped at the end (after the
+    database, whose grants and policy name it). The benchmark's login is
+    made a member unless it is a superuser: the server, logged in as it,
+    switches to the role for each check.
+    """
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{name}" NOLOGIN')
+        if not await admin.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+            await admin.execute(f'GRANT "{name}" TO CURRENT_USER')
+    finally:
+        await admin.close()
+    try:
+        yield name
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+        finally:
+            await admin.close()
+
+
+def publish(url: str, table: str, log: Path) -> None:
+    """``python -m broadcaster publish TABLE``, as a user runs it."""
+    env = {**os.environ, "DATABASE_URL": url}
+    with open(log, "ab") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "broadcaster", "publish", table], env=env, stdout=out, stderr=out
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"broadcaster publish {table} failed; see {log}")
+
+
+async def setup_rls(url: str, role: str, log: Path) -> None:
+    """``notes``, its owners' rows, ``role`` may select it, the policy, RLS on; published."""
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(RLS_SETUP)
+        await connection.execute(RLS_SEED, RLS_USERS, RLS_USERS * RLS_ROWS_PER_USER)
+        await connection.execute(
+            f'GRANT USAGE ON SCHEMA public TO "{role}"; GRANT SELECT ON notes TO "{role}";'
+            + RLS_POLICY.format(role=role)
+            + "; ALTER TABLE notes ENABLE ROW LEVEL SECURITY"
+        )
+        await connection.execute("VACUUM ANALYZE notes")
+        # Each check is a call of broadcaster_visible(): counted (calls, time)
+        # in the sessions that start from now on, the server's. Superusers only.
+        name = await connection.fetchval("SELECT current_database()")
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await connection.execute(f"ALTER DATABASE \"{name}\" SET track_functions = 'pl'")
+    finally:
+        await connection.close()
+    await asyncio.to_thread(publish, url, RLS_TABLE_ID, log)
+
+
+async def expected_notes(url: str, run: int) -> dict[str, int]:
+    """Events each user's rows had in writer run ``run``: what each of its subscribers is owed."""
+    connection = await asyncpg.connect(url)
+    try:
+        records = await connection.fetch(
+            "SELECT owner, sum(n) AS n FROM notes WHERE r = $1 GROUP BY owner", run
+        )
+    finally:
+        await connection.close()
+    return {record["owner"]: int(record["n"]) for record in records}
+
+
+async def visible_calls(url: str) -> tuple[int, float] | None:
+    """Calls of broadcaster_visible() so far and their milliseconds in Postgres; None
+    when the database does not count them (``track_functions``, set by a superuser)."""
+    connection = await asyncpg.connect(url)
+    try:
+        if await connection.fetchval("SELECT current_setting('track_functions')") == "none":
+            return None
+        record = await connection.fetchrow(
+            "SELECT sum(calls) AS calls, sum(total_time) AS ms FROM pg_stat_user_functions"
+            " WHERE funcname = 'broadcaster_visible'"
+        )
+    finally:
+        await connection.close()
+    if record is None or record["calls"] is None:
+        return 0, 0.0
+    return int(record["calls"]), float(record["ms"])
+
+
+def rls_token(secret: str, role: str, user: str) -> str:
+    """A user's token, as Supabase's auth mints them (``role``, ``sub``), plus the
+    ``table_ids`` claim our default authorizer reads. Its 10 connections share it:
+    one viewer (role and claims) a user."""
+    claims = {
+        "role": role,
+        "sub": user,
+        "table_ids": [RLS_TABLE_ID],
+        "exp": int(time.time()) + 3600,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def realtime_join(token: str, row_filter: str | None) -> str:
+    """realtime-js's phx_join payload (``RealtimeChannel.subscribe()``) for one
+    ``postgres_changes`` binding on ``notes``, as JSON text."""
+    binding = {"event": "*", "schema": "public", "table": RLS_TABLE}
+    if row_filter is not None:
+        binding["filter"] = row_filter
+    payload = {
+        "config": {
+            "broadcast": {"ack": False, "self": False},
+            "presence": {"key": "", "enabled": False},
+            "postgres_changes": [binding],
+            "private": False,
+        },
+        "access_token": token,
+    }
+    return json.dumps(payload, separators=(",", ":"))
+
+
+RlsVariant = Literal["per row", "once", "off"]
+RLS_LABELS: dict[RlsVariant, str] = {
+    "per row": "RLS on, policy reads the claims per row",
+    "once": "RLS on, (select ...) reads them once",
+    "off": "RLS off, filter owner=eq.<sub>",
+}
+
+
+@dataclass
+class RlsResult:
+    load: LoadResult
+    variant: RlsVariant
+    checks: int | None = None
+    """Calls of broadcaster_visible() during the run: one per viewer per read of changes."""
+    check_ms: float | None = None
+    """Their time in Postgres, in all."""
+
+
+async def rls_target(
+    url: str,
+    workdir: Path,
+    pool: ClientPool,
+    writers: Writers,
+    seconds: float,
+    drain_limit: float,
+    role: str,
+) -> list[RlsResult]:
+    """1,000 Supabase clients of 100 users on ``notes``, 200 updates/s, three runs.
+
+    RLS on, each client's binding without a filter, the policy deciding as
+    each user: first as setup_rls made it (RLS_POLICY), then reading the
+    claims once a statement (RLS_POLICY_ONCE). Then RLS off (``DISABLE ROW
+    LEVEL SECURITY``), the same tokens and writers, each binding filtered on
+    ``owner=eq.<sub>``: without a policy, that is what keeps each client to
+    its owner's changes (unfiltered, every client would be owed every change,
+    100 times the messages), so every run delivers the same events. Our
+    server on its Supabase endpoint, with JWT auth.
+    """
+    secret = secrets.token_urlsafe(32)
+    tokens = {f"user{u}": rls_token(secret, role, f"user{u}") for u in range(RLS_USERS)}
+    results: list[RlsResult] = []
+    changes = {
+        "per row": "",
+        "once": "DROP POLICY owner_reads ON notes; " + RLS_POLICY_ONCE.format(role=role),
+        "off": "ALTER TABLE notes DISABLE ROW LEVEL SECURITY",
+    }
+    variant: RlsVariant
+    for variant in ("per row", "once", "off"):
+        if changes[variant]:
+            connection = await asyncpg.connect(url)
+            try:
+                await connection.execute(changes[variant])
+            finally:
+                await connection.close()
+        results.append(
+            await rls_run(
+                url, workdir, pool, writers, seconds, drain_limit, secret, tokens, variant
+            )
+        )
+    return results
+
+
+async def rls_run(
+    url: str,
+    workdir: Path,
+    pool: ClientPool,
+    writers: Writers,
+    seconds: float,
+    drain_limit: float,
+    secret: str,
+    tokens: Mapping[str, str],
+    variant: RlsVariant,
+) -> RlsResult:
+    """One run of the rls target: bindings without a filter, or filtered with RLS off."""
+    clients = RLS_USERS * RLS_CONNECTIONS_PER_USER
+    spec = LoadSpec("rls", "", clients, RLS_RATE, seconds)
+    workers = len(pool.processes)
+    # Client i is user{i % 100}'s and lives in process i % workers; in each
+    # process the first client of each user is sampled for latency.
+    plan: list[list[ClientSpec]] = [[] for _ in range(workers)]
+    users: dict[int, str] = {}
+    sampled: set[tuple[int, str]] = set()
+    for i in range(clients):
+        user = f"user{i % RLS_USERS}"
+        worker = i % workers
+        join = realtime_join(tokens[user], f"owner=eq.{user}" if variant == "off" else None)
+        plan[worker].append((i, RLS_TABLE, (worker, user) not in sampled, join))
+        sampled.add((worker, user))
+        users[i] = user
+    settings = {"BROADCASTER_AUTH": "jwt", "BROADCASTER_JWT_SECRET": secret}
+    tag = "rls-" + variant.replace(" ", "-")
+    async with running_server("supabase", url, workdir, tag, settings=settings) as server:
+
+        async def connect() -> list[ConnectAnswer]:
+            return await pool.connect_each([connect_command(server, part) for part in plan])
+
+        async def owed(run: int) -> dict[str, int]:
+            return await expected_notes(url, run)
+
+        before = await visible_calls(url)
+        result = await measure_load(
+            spec, server, url, pool, writers, drain_limit, connect=connect, keys=users, owed=owed
+        )
+        # A backend reports its counts once idle, at most once a second.
+        await asyncio.sleep(1.5)
+        after = await visible_calls(url)
+    result.label = RLS_LABELS[variant]
+    rls = RlsResult(result, variant)
+    if before is not None and after is not None:
+        rls.checks = after[0] - before[0]
+        rls.check_ms = after[1] - before[1]
+    return rls
 
 
 # --------------------------------------------------------------------------
@@ -1567,6 +1916,7 @@ class Results:
     profiles: dict[str, str] = field(default_factory=dict)
     writers_profiles: dict[str, str] = field(default_factory=dict)
     """Ours during the serving writer variant, with ``--profile``."""
+    rls: list[RlsResult] = field(default_factory=list)
     seconds: float = 0.0
     machine_pct: float = 0.0
 
@@ -1597,13 +1947,20 @@ async def run(plan: Plan, admin_url: str, json_out: Path | None, profile: bool) 
         )
     pool = await ClientPool.start(plan.client_procs)
     try:
-        async with (
-            fresh_database(admin_url, name) as our_url,
-            fresh_database(admin_url, name + "_peers") as peer_url,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            # Entered first, left last: the databases' grants name it.
+            role = None
+            if "rls" in plan.targets:
+                role = await stack.enter_async_context(
+                    subscriber_role(admin_url, f"{name}_authenticated")
+                )
+            our_url = await stack.enter_async_context(fresh_database(admin_url, name))
+            peer_url = await stack.enter_async_context(fresh_database(admin_url, name + "_peers"))
             await asyncio.gather(
                 setup_ours(our_url, plan.nrows, setup_log), setup_peers(peer_url, plan.nrows)
             )
+            if role is not None:
+                await setup_rls(our_url, role, setup_log)
             print(f"setup: databases ready ({time.perf_counter() - started:.1f} s)", flush=True)
             # Target 4a writes every seeded row (see WRITER_SCRIPT); the load
             # targets a few rows a table, each several times a second, counted.
@@ -1673,6 +2030,16 @@ async def run(plan: Plan, admin_url: str, json_out: Path | None, profile: bool) 
                         bulk, results.catch_up = await catch_up_target(server, url)
                     results.bulk.insert(0, bulk)
                     print(f"done: bulk and catch-up ({time.perf_counter() - started:.0f} s)")
+            if role is not None:
+                rls_writers = Writers(
+                    workdir,
+                    RLS_USERS * RLS_ROWS_PER_USER,
+                    script=("writer-notes", RLS_WRITER_SCRIPT),
+                )
+                results.rls = await rls_target(
+                    our_url, workdir, pool, rls_writers, plan.window, plan.drain, role
+                )
+                print(f"done: rls ({time.perf_counter() - started:.0f} s)", flush=True)
     finally:
         await pool.stop()
     results.seconds = time.perf_counter() - started
@@ -1898,6 +2265,8 @@ def print_report(plan: Plan, results: Results) -> None:
                 f"{catch_up.received:,} of {catch_up.changes:,} changes, {verdict(met)}"
             )
         print()
+    if results.rls:
+        print_rls(plan, results.rls)
     for server_name, text in results.profiles.items():
         print(f"## Profile: {LABELS[server_name]} during target {results.profiled} (py-spy)")
         print()
@@ -1908,6 +2277,82 @@ def print_report(plan: Plan, results: Results) -> None:
         print()
         print(text)
         print()
+
+
+def print_rls(plan: Plan, runs: Sequence[RlsResult]) -> None:
+    print(
+        f"## Row-level security (issue 21): {RLS_USERS * RLS_CONNECTIONS_PER_USER:,} Supabase "
+        f"clients of {RLS_USERS} users ({RLS_CONNECTIONS_PER_USER} each, one token a user) / "
+        f"{RLS_TABLE_ID}, {RLS_ROWS_PER_USER} rows a user / {RLS_RATE:,g} updates/s "
+        f"(window {plan.window:g} s)"
+    )
+    print()
+    headers = [
+        "run",
+        "upd/s done",
+        "msgs/s",
+        "lost",
+        "dropped",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "CPU µs/msg",
+        "srv CPU %",
+        "its PG CPU %",
+        "checks/s",
+        "checked reads/s",
+        "PG µs/check",
+        "subscribe s",
+        "machine %",
+    ]
+    rows = []
+    for run in runs:
+        r = run.load
+        window = r.window or 1.0
+        per_check = run.check_ms / run.checks * 1000 if run.check_ms and run.checks else None
+        rows.append(
+            [
+                r.label,
+                fmt(r.achieved),
+                fmt(r.delivered / window),
+                lost_cell(r),
+                fmt(r.dropped),
+                fmt(r.p50, 1),
+                fmt(r.p99, 1),
+                fmt(r.max, 1),
+                fmt(r.cpu_us_per_msg, 1),
+                fmt(r.server_cpu_pct),
+                fmt(r.pg_cpu_pct),
+                fmt(None if run.checks is None else run.checks / window),
+                fmt(None if run.checks is None else run.checks / window / RLS_USERS, 1),
+                fmt(per_check),
+                fmt(r.connect_seconds, 2),
+                fmt(r.machine_pct),
+            ]
+        )
+    print(table(headers, rows))
+    print()
+    print(
+        "checks: calls of broadcaster_visible(), one per viewer (role and claims) per read "
+        f"that brings changes of the table; checked reads/s: checks/s / {RLS_USERS} viewers; "
+        "PG µs/check: their time in Postgres (pg_stat_user_functions)"
+    )
+    for run in runs:
+        r = run.load
+        print(
+            f"goal: each change reaches the {RLS_CONNECTIONS_PER_USER} clients of its owner "
+            f"-> {r.label}: {r.lost:,} of {r.expected:,} lost, {verdict(r.lost == 0)}"
+        )
+        notes = []
+        if r.connect_errors:
+            notes.append(f"{r.connect_errors} connect errors, e.g. {r.error_sample[:1]}")
+        if r.extra:
+            notes.append(f"{r.extra} deliveries beyond what was owed")
+        if r.note:
+            notes.append(r.note)
+        if notes:
+            print(f"note: {r.label}: {'; '.join(notes)}")
+    print()
 
 
 def write_json(path: Path, value: object) -> None:

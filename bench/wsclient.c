@@ -12,7 +12,7 @@
  * (except exit):
  *
  *   connect  {"cmd": "connect", "host", "port", "ours", "phoenix"?, "clients":
- *            [[index, table_id, sampled], ...], "sequential"?, "concurrency"?
+ *            [[index, table_id, sampled, join?], ...], "sequential"?, "concurrency"?
  *            (50), "timeout"? (30 s)}: open the connections, at most
  *            `concurrency` of them connecting at once (sequential: one at a
  *            time), and answer once each is ready or failed:
@@ -32,8 +32,12 @@
  *     {"type":"change" messages in each frame (a frame may be an array);
  *   - against our server's Supabase endpoint ("phoenix": true as well) it
  *     joins realtime:<table_id> (vsn 2.0.0) with one postgres_changes binding
- *     filtered on table_id=eq.<table_id>, is ready at "Subscribed to
- *     PostgreSQL", and counts the "postgres_changes" messages (one per frame);
+ *     filtered on table_id=eq.<table_id>, or, when its spec has a `join`
+ *     (the JSON text of a phx_join payload: realtime-js's, with a binding and
+ *     an access_token of its own), with that payload as it is; it is ready at
+ *     "Subscribed to PostgreSQL", fails at a "status":"error" before then (a
+ *     refused join), and counts the "postgres_changes" messages (one per
+ *     frame);
  *   - against a peer it subscribes by URL (/ws?table_id=...), is ready at
  *     "type":"subscribed", and each frame is one change.
  * A sampled connection also records, for every change after ready, its arrival
@@ -76,6 +80,7 @@ static const char SYNCED[] = "\"type\":\"synced\"";
 static const char SUBSCRIBED[] = "\"type\":\"subscribed\"";
 static const char PHX_CHANGE[] = "\"postgres_changes\",{\"ids\"";
 static const char PHX_SUBSCRIBED[] = "Subscribed to PostgreSQL";
+static const char PHX_ERROR[] = "\"status\":\"error\"";
 static const char STAMP[] = "\"t\":";
 
 /* ------------------------------------------------------------------------ */
@@ -223,6 +228,7 @@ struct spec {
     long index;
     char *table_id;
     bool sampled;
+    char *join; /* a phx_join payload's JSON text, or NULL */
 };
 
 struct command {
@@ -438,6 +444,8 @@ static void jp_spec(struct jp *j, struct spec *s)
     if (!jp_eat(j, ','))
         goto bad;
     s->sampled = jp_bool(j);
+    if (jp_eat(j, ',') && !(s->join = jp_string(j)))
+        goto bad;
     if (!jp_eat(j, ']'))
         goto bad;
     return;
@@ -469,8 +477,10 @@ static void jp_specs(struct jp *j, struct command *c)
 
 static void command_free(struct command *c)
 {
-    for (size_t i = 0; i < c->nspecs; i++)
+    for (size_t i = 0; i < c->nspecs; i++) {
         free(c->specs[i].table_id);
+        free(c->specs[i].join);
+    }
     free(c->specs);
     free(c->cmd);
     free(c->host);
@@ -544,6 +554,7 @@ struct conn {
     uint32_t events; /* what epoll watches for it */
     long index;
     char *table_id;
+    char *join; /* phoenix: the phx_join payload to send, or NULL */
     uint64_t received, frames;
     uint64_t catch_up;  /* changes before synced: not reported */
     char *tail;         /* an incomplete frame (or HTTP header) kept between reads */
@@ -661,6 +672,7 @@ static void conn_free(struct conn *c)
     if (c->fd >= 0)
         close(c->fd); /* also leaves the epoll set */
     free(c->table_id);
+    free(c->join);
     free(c->tail);
     free(c->out.p);
     free(c);
@@ -806,8 +818,8 @@ static void sample(const char *p, size_t n, const char *marker, size_t len, doub
     }
 }
 
-/* A text or continuation frame. */
-static void on_data(struct conn *c, const char *p, size_t n, double now)
+/* A text or continuation frame; false if it failed the connection (freed). */
+static bool on_data(struct conn *c, const char *p, size_t n, double now)
 {
     if (c->state == READY) {
         /* Each change message is one event: a frame of ours may hold several. */
@@ -820,6 +832,10 @@ static void on_data(struct conn *c, const char *p, size_t n, double now)
     } else if (c->phoenix) {
         if (memmem(p, n, PHX_SUBSCRIBED, sizeof PHX_SUBSCRIBED - 1))
             conn_ready(c);
+        else if (memmem(p, n, PHX_ERROR, sizeof PHX_ERROR - 1)) {
+            conn_fail(c, "refused: %.*s", (int)(n < 300 ? n : 300), p);
+            return false;
+        }
     } else if (c->ours) {
         c->catch_up += count(p, n, CHANGE, sizeof CHANGE - 1);
         if (memmem(p, n, SYNCED, sizeof SYNCED - 1))
@@ -827,6 +843,7 @@ static void on_data(struct conn *c, const char *p, size_t n, double now)
     } else if (memmem(p, n, SUBSCRIBED, sizeof SUBSCRIBED - 1)) {
         conn_ready(c);
     }
+    return true;
 }
 
 /* Parse a frame header: 0 if incomplete, else its size and payload length. */
@@ -881,10 +898,16 @@ static ssize_t upgrade(struct conn *c, const char *buf, size_t size)
         sb_printf(&filter, "table_id=eq.%s", c->table_id);
         sb_puts(&m, "[\"1\",\"1\",");
         sb_json_string(&m, topic.p);
-        sb_puts(&m, ",\"phx_join\",{\"config\":{\"postgres_changes\":[{\"event\":\"*\","
-                    "\"schema\":\"public\",\"table\":\"rows\",\"filter\":");
-        sb_json_string(&m, filter.p);
-        sb_puts(&m, "}]}}]");
+        if (c->join) {
+            sb_puts(&m, ",\"phx_join\",");
+            sb_puts(&m, c->join);
+            sb_puts(&m, "]");
+        } else {
+            sb_puts(&m, ",\"phx_join\",{\"config\":{\"postgres_changes\":[{\"event\":"
+                        "\"*\",\"schema\":\"public\",\"table\":\"rows\",\"filter\":");
+            sb_json_string(&m, filter.p);
+            sb_puts(&m, "}]}}]");
+        }
         send_frame(c, 0x1, m.p, m.len);
         free(m.p);
         free(topic.p);
@@ -924,7 +947,8 @@ static ssize_t consume(struct conn *c, const char *buf, size_t size, double now)
         switch (buf[start] & 0x0F) {
         case 0x0: /* continuation */
         case 0x1: /* text */
-            on_data(c, payload, (size_t)len, now);
+            if (!on_data(c, payload, (size_t)len, now))
+                return -1;
             break;
         case 0x9: /* ping */
             send_frame(c, 0xA, payload, (size_t)len);
@@ -1077,6 +1101,7 @@ static void conn_start(const struct spec *s)
         .sampled = s->sampled,
         .index = s->index,
         .table_id = xstrdup(s->table_id),
+        .join = s->join ? xstrdup(s->join) : NULL,
         .deadline = mono_seconds() + j->cmd.timeout,
         .prev = j->last,
     };

@@ -480,10 +480,16 @@ class WebSocketConnection(asyncio.Protocol):
                 # client reads all that was sent and closes its side; closed at
                 # once, input it is still sending would reset the connection
                 # and could destroy the close frame before the client read it.
-                if transport.can_write_eof():
-                    transport.write_eof()
-                else:
+                if not transport.can_write_eof():
                     transport.close()
+                else:
+                    try:
+                        transport.write_eof()
+                    except OSError:
+                        # Reset already: a client that closed its socket right
+                        # after its close frame resets the connection when ours
+                        # reaches it, on loopback before our send() returns.
+                        transport.abort()
         self._close_sent = self._ws.close_sent is not None
         # Pongs count against the limit like any frame: a client sending pings
         # without reading would otherwise queue them without bound.

@@ -297,11 +297,13 @@ def evaluation(table: PublishedTable, filter_sets: Sequence[Sequence[Clause]]) -
     if not branches:
         return Evaluation("", (), tuple(sets))
     # MATERIALIZED: each image becomes a record once, whatever the number of branches.
+    # The record is made in the select list, not as a function in FROM: there
+    # its alias would name both the row and the table's column of that name,
+    # and Postgres takes the column (a table with a column `r` failed every read).
     sql = (
         "WITH e AS MATERIALIZED (\n"
-        "    SELECT u.i, r\n"
-        "    FROM unnest($1::text[]) WITH ORDINALITY AS u(image, i),\n"
-        f"        jsonb_populate_record(NULL::{_qualified(table)}, u.image::jsonb) AS r\n"
+        f"    SELECT u.i, jsonb_populate_record(NULL::{_qualified(table)}, u.image::jsonb) AS r\n"
+        "    FROM unnest($1::text[]) WITH ORDINALITY AS u(image, i)\n"
         ")\n" + "\nUNION ALL\n".join(branches)
     )
     return Evaluation(sql, tuple(args), tuple(sets))

@@ -95,7 +95,8 @@ async def images(pool: asyncpg.Pool, table: PublishedTable) -> list[str]:
     """The table's rows as the change log holds them, in key order."""
     qualified = f"{quote_identifier(table.schema)}.{quote_identifier(table.name)}"
     key = quote_identifier(table.key[0])
-    rows = await pool.fetch(f"SELECT to_jsonb(t)::text FROM {qualified} AS t ORDER BY t.{key}")
+    # t.*: a bare t would be the table's own column t, where it has one.
+    rows = await pool.fetch(f"SELECT to_jsonb(t.*)::text FROM {qualified} AS t ORDER BY t.{key}")
     return [row[0] for row in rows]
 
 
@@ -451,6 +452,39 @@ async def test_names_that_need_quoting(pool: asyncpg.Pool) -> None:
         "filter 'Mood=eq.sideways' on My App.Odd \"Things\": "
         'invalid input value for enum "My App"."Mood Type": "sideways"'
     )
+
+
+async def test_columns_named_as_the_statements_aliases(own_pool: asyncpg.Pool) -> None:
+    # The statements name their rows r, their images u(image, i) and their
+    # values s(j, v0): a table's own columns of those names must not shadow
+    # them (a column r once failed every read of the table's changes).
+    await own_pool.execute(
+        "CREATE TABLE shadows (id int8 PRIMARY KEY, r int4, i int4, e text, u text, v text,"
+        " s text, j int4, image text, v0 text, t float8);"
+        " INSERT INTO shadows VALUES (1, 10, 20, 'e1', 'u1', 'v1', 's1', 30, 'im1', 'x1', 1.5),"
+        " (2, 11, 21, 'e2', 'u2', 'v2', 's2', 31, 'im2', 'x2', 2.5)"
+    )
+    table = await published(own_pool, "public", "shadows")
+    rows = await images(own_pool, table)
+
+    for text, expected in [
+        ("r=eq.11", [False, True]),
+        ("i=eq.20", [True, False]),
+        ("e=eq.e2", [False, True]),
+        ("u=eq.u1", [True, False]),
+        ("v=eq.v2", [False, True]),
+        ("s=in.(s1,s2)", [True, True]),
+        ("j=gt.30", [False, True]),
+        ("image=eq.im1", [True, False]),
+        ("v0=eq.x2", [False, True]),
+        ("t=lt.2", [True, False]),
+        ("r=eq.10,image=eq.im1", [True, False]),
+    ]:
+        clauses = parse(text)
+        await validate(own_pool, table, clauses)
+        assert [row[0] for row in await evaluate(own_pool, table, [clauses], rows)] == expected, (
+            text
+        )
 
 
 async def test_a_table_that_is_gone_is_a_database_error(own_pool: asyncpg.Pool) -> None:

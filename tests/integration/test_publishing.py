@@ -109,6 +109,30 @@ async def test_images_are_whole_rows_and_truncate_deletes_each(db: asyncpg.Conne
     ]
 
 
+@pytest.mark.parametrize(
+    ("columns", "values", "keys"),
+    [
+        ("id int PRIMARY KEY, t float8", "(1, 2.5), (2, 3.5)", ["1", "2"]),
+        ("t int, id int, PRIMARY KEY (t, id)", "(1, 2), (3, 4)", ["[1, 2]", "[3, 4]"]),
+    ],
+    ids=["column-t", "key-column-t"],
+)
+async def test_truncate_logs_whole_rows_of_a_table_with_a_column_named_t(
+    db: asyncpg.Connection, columns: str, values: str, keys: list[str]
+) -> None:
+    # t is what the capture of a TRUNCATE calls each row: a column of that
+    # name once took the row's place, and the TRUNCATE failed.
+    await db.execute(f"CREATE TABLE items ({columns})")
+    await publish(db, "items")
+    await db.execute(f"INSERT INTO items VALUES {values}")
+    rows = [json.loads(r[0]) for r in await db.fetch("SELECT to_jsonb(i)::text FROM items AS i")]
+
+    await db.execute("TRUNCATE items")
+
+    deletes = [(i, old) for op, _, i, _, old in await entries(db) if op == "DELETE"]
+    assert sorted(deletes, key=lambda d: d[0]) == list(zip(keys, rows, strict=True))
+
+
 async def test_a_changed_key_moves_the_row(db: asyncpg.Connection) -> None:
     await db.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
     await publish(db, "items")

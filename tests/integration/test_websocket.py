@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import socket
 import weakref
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from websockets.http11 import Request
 from broadcaster.net.server import Server
 from broadcaster.net.websocket import WebSocketConnection
 from tests.support.server import Client, client, record_writes, running_server
-from tests.support.timeouts import within
+from tests.support.timeouts import eventually, seconds, within
 
 pytestmark = pytest.mark.asyncio
 
@@ -375,3 +376,45 @@ async def test_an_open_connection_does_not_keep_its_upgrade_request(
         await connection.ping()
         gc.collect()
         assert [ref() for ref in requests] == [None]
+
+
+def close_at_once(port: int) -> None:
+    """Upgrade, send a close frame and close the socket without waiting for the answer.
+
+    As bench/wsclient.c leaves, and a client that exits: the server's close
+    frame reaches a socket that is gone, which resets the connection, on
+    loopback before the server's send() returns.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds(5)) as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            received = sock.recv(4096)
+            if not received:
+                break
+            response += received
+        assert b" 101 " in response
+        # A close frame (1000), masked with a zero key.
+        sock.sendall(b"\x88\x82\x00\x00\x00\x00\x03\xe8")
+
+
+async def test_a_client_that_closes_at_once_after_its_close_frame_costs_no_error(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    lost: list[Exception | None] = []
+    connection_lost = WebSocketConnection.connection_lost
+
+    def recording(self: WebSocketConnection, exc: Exception | None) -> None:
+        lost.append(exc)
+        connection_lost(self, exc)
+
+    monkeypatch.setattr(WebSocketConnection, "connection_lost", recording)
+    clients = 20
+    for _ in range(clients):
+        await asyncio.to_thread(close_at_once, server.port)
+    await eventually(lambda: len(lost) == clients)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -189,9 +189,8 @@ def test_evaluation_shares_one_branch_per_shape_and_passes_values_as_arrays() ->
 
     assert statement.sql == (
         "WITH e AS MATERIALIZED (\n"
-        "    SELECT u.i, r\n"
-        "    FROM unnest($1::text[]) WITH ORDINALITY AS u(image, i),\n"
-        '        jsonb_populate_record(NULL::"public"."todos", u.image::jsonb) AS r\n'
+        '    SELECT u.i, jsonb_populate_record(NULL::"public"."todos", u.image::jsonb) AS r\n'
+        "    FROM unnest($1::text[]) WITH ORDINALITY AS u(image, i)\n"
         ")\n"
         "SELECT s.j, e.i FROM e, unnest($2::int4[]) AS s(j)\n"
         'WHERE (e.r)."done" IS TRUE\n'
