@@ -336,7 +336,8 @@ SETTINGS: tuple[Setting, ...] = (
         "authorizer",
         "BROADCASTER_AUTHORIZER",
         "SQL function f(claims jsonb, table_id text) returns boolean deciding each "
-        "subscribe, instead of the claim.",
+        "subscribe, instead of the claim; f(claims jsonb, table_id text, binding jsonb) "
+        "is also given the Supabase binding.",
     ),
     Setting(
         "authorizer_cache_seconds",

@@ -3,8 +3,11 @@
 By default a token's ``table_ids`` claim (the name is a setting) lists the
 table_ids it may subscribe to; ``"*"`` or ``["*"]`` means all. Optionally a SQL
 function ``f(claims jsonb, table_id text) returns boolean`` decides instead, so
-authorization can live beside the data; its answers are cached briefly, and its
-errors deny (and are logged), never crash.
+authorization can live beside the data, or ``f(claims jsonb, table_id text,
+binding jsonb)``, which is also given the Supabase binding asking (its
+``event``, ``schema``, ``table`` and ``filter``; null for the native protocol);
+its answers are cached briefly, and its errors deny (and are logged), never
+crash. A published table is asked about as its table_id, ``schema.table``.
 
 Both spell every table ``"*"`` (:data:`EVERY_TABLE_ID`), a documented contract
 (docs/security.md, docs/supabase.md): a subscription to every table is asked
@@ -51,10 +54,14 @@ def authorizer_table_id(table_id: str | None) -> str:
 
 
 class Authorizer(Protocol):
-    def allowed(self, identity: Identity | None, table_id: str) -> bool | Awaitable[bool]:
+    def allowed(
+        self, identity: Identity | None, table_id: str, binding: str | None = None
+    ) -> bool | Awaitable[bool]:
         """May ``identity`` (``None``: anonymous access) subscribe to ``table_id``?
 
-        An answer known at once is returned as is, so the session need not wait.
+        ``binding`` is the Supabase binding asking, as a JSON object (None for
+        the native protocol). An answer known at once is returned as is, so
+        the session need not wait.
         """
 
 
@@ -66,7 +73,7 @@ async def decided(verdict: bool | Awaitable[bool]) -> bool:
 class OpenAuthorizer:
     """Every table for everyone: ``BROADCASTER_AUTH=none``."""
 
-    def allowed(self, identity: Identity | None, table_id: str) -> bool:
+    def allowed(self, identity: Identity | None, table_id: str, binding: str | None = None) -> bool:
         return True
 
 
@@ -76,7 +83,7 @@ class ClaimAuthorizer:
     def __init__(self, claim: str) -> None:
         self.claim = claim
 
-    def allowed(self, identity: Identity | None, table_id: str) -> bool:
+    def allowed(self, identity: Identity | None, table_id: str, binding: str | None = None) -> bool:
         if identity is None:
             return False
         granted: Any = identity.claims.get(self.claim)
@@ -99,8 +106,9 @@ class AuthorizerFunction(Protocol):
 
     name: str
 
-    async def allows(self, claims: str, table_id: str) -> bool:
-        """Its answer for ``claims`` (a JSON object) and ``table_id``.
+    async def allows(self, claims: str, table_id: str, binding: str | None) -> bool:
+        """Its answer for ``claims`` (a JSON object), ``table_id`` and ``binding`` (a JSON
+        object, or None).
 
         Raises :class:`~broadcaster.exceptions.DatabaseError` when it could not be asked.
         """
@@ -120,18 +128,20 @@ class SqlAuthorizer:
         self._function = function
         self._cache_seconds = cache_seconds
         self._clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._cache: dict[tuple[str, str, str | None], tuple[float, bool]] = {}
 
-    def allowed(self, identity: Identity | None, table_id: str) -> bool | Awaitable[bool]:
+    def allowed(
+        self, identity: Identity | None, table_id: str, binding: str | None = None
+    ) -> bool | Awaitable[bool]:
         claims = _canonical(identity.claims if identity is not None else {})
-        cached = self._cache.get((claims, table_id))
+        cached = self._cache.get((claims, table_id, binding))
         if cached is not None and cached[0] > self._clock():
             return cached[1]
-        return _Deferred(lambda: self._ask(claims, table_id))
+        return _Deferred(lambda: self._ask(claims, table_id, binding))
 
-    async def _ask(self, claims: str, table_id: str) -> bool:
+    async def _ask(self, claims: str, table_id: str, binding: str | None) -> bool:
         try:
-            allowed = await self._function.allows(claims, table_id)
+            allowed = await self._function.allows(claims, table_id, binding)
         except DatabaseError:
             logger.exception(
                 "authorizer %s failed for table %r: denied", self._function.name, table_id
@@ -139,7 +149,7 @@ class SqlAuthorizer:
             return False
         if len(self._cache) >= _CACHE_ENTRIES:
             self._cache.clear()
-        self._cache[(claims, table_id)] = (self._clock() + self._cache_seconds, allowed)
+        self._cache[(claims, table_id, binding)] = (self._clock() + self._cache_seconds, allowed)
         return allowed
 
 

@@ -461,7 +461,8 @@ _FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?"
 
 
 class PostgresAuthorizerFunction:
-    """The operator's ``f(claims jsonb, table_id text) returns boolean``, called on the pool.
+    """The operator's ``f(claims jsonb, table_id text[, binding jsonb]) returns boolean``,
+    called on the pool: with the binding if the function takes it.
 
     ``pool`` is looked up at each call: the server's pool is opened after the
     authorizer is built, and a call before then fails like a lost database.
@@ -475,16 +476,31 @@ class PostgresAuthorizerFunction:
         self.name = name
         self._pool = pool
         # The name is validated above; it cannot be a bind parameter.
-        self._query = f"SELECT {name}($1::jsonb, $2::text)"
+        self._with_binding = f"SELECT {name}($1::jsonb, $2::text, $3::jsonb)"
+        self._without = f"SELECT {name}($1::jsonb, $2::text)"
+        self._takes_binding: bool | None = None
 
     @raises_database_error
-    async def allows(self, claims: str, table_id: str) -> bool:
-        """Does the function answer true for ``claims`` (a JSON object) and ``table_id``?"""
+    async def allows(self, claims: str, table_id: str, binding: str | None) -> bool:
+        """Does the function answer true for ``claims`` (a JSON object), ``table_id``
+        and ``binding`` (a JSON object, or None)?"""
         pool = self._pool()
         if pool is None:
             raise ConnectionError("the database is not connected yet")
         async with pool.acquire() as connection:
-            answer = await connection.fetchval(self._query, claims, table_id)
+            if self._takes_binding is None:
+                # Asked once: a deployment changes its function's signature
+                # with a restart.
+                self._takes_binding = bool(
+                    await connection.fetchval(
+                        "SELECT to_regprocedure($1 || '(jsonb, text, jsonb)') IS NOT NULL",
+                        self.name,
+                    )
+                )
+            if self._takes_binding:
+                answer = await connection.fetchval(self._with_binding, claims, table_id, binding)
+            else:
+                answer = await connection.fetchval(self._without, claims, table_id)
             # The function is the operator's and may leave session state
             # behind (a SET, an advisory lock); the pool does not reset
             # connections (connections.py).

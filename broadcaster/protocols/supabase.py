@@ -121,6 +121,8 @@ class Binding:
     filter: str = ""
     published: tuple[PublishedTable, ...] | None = None
     check: Hashable | None = None
+    spec: str = ""
+    """The entry as the client gave it, as canonical JSON (what an authorizer is shown)."""
 
     @classmethod
     def parse(cls, entry: object) -> Binding:
@@ -149,7 +151,14 @@ class Binding:
         canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"))
         binding_id = zlib.crc32(canonical.encode()) & 0x7FFFFFFF or 1
         if (schema, table) != (SCHEMA, TABLE):
-            return cls(binding_id, event, None, relation=(schema, table), filter=text or "")
+            return cls(
+                binding_id,
+                event,
+                None,
+                relation=(schema, table),
+                filter=text or "",
+                spec=canonical,
+            )
         filters = parse_filters(text) if text else ()
         tables: tuple[str, ...] | None = None
         for row_filter in filters:
@@ -158,7 +167,7 @@ class Binding:
                 tables = routes if tables is None else tuple(t for t in tables if t in routes)
         if tables == ():
             raise FilterError(f"filter {text!r} matches no table_id")
-        return cls(binding_id, event, tables, filters)
+        return cls(binding_id, event, tables, filters, spec=canonical)
 
     def resolve(self, published: Sequence[PublishedTable], check: Hashable | None) -> Binding:
         """This binding on ``published``, the tables its ``relation`` names; ``check``:

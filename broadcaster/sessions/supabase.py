@@ -263,7 +263,7 @@ class SupabaseSession(Session[Message]):
         if self.closed:
             return None
         tables = frozenset(t for binding in bindings for t in (binding.tables or (EVERY_TABLE,)))
-        forbidden = await self._forbidden(identity, _authorized(tables, bindings))
+        forbidden = await self._forbidden(identity, bindings)
         if forbidden == EVERY_TABLE_ID:
             return self._refuse(
                 message,
@@ -465,9 +465,7 @@ class SupabaseSession(Session[Message]):
             return self._end_channel(message.topic, message.join_ref, f"{exc.code}: {exc.message}")
         # A fresh token may grant less than the one the channel joined with.
         channel = self._channels.get(message.topic)
-        forbidden = await self._forbidden(
-            identity, _authorized(channel.tables, channel.bindings) if channel else ()
-        )
+        forbidden = await self._forbidden(identity, channel.bindings if channel else ())
         if forbidden is not None:
             return self._end_channel(
                 message.topic,
@@ -531,13 +529,19 @@ class SupabaseSession(Session[Message]):
             self._end_channel(channel.topic, channel.join_ref, reason)
 
     async def _forbidden(
-        self, identity: Identity | None, routed: Iterable[str | None]
+        self, identity: Identity | None, bindings: Iterable[Binding]
     ) -> str | None:
-        """The first table_id of ``routed`` that ``identity`` may not read, if any
-        (EVERY_TABLE is asked about, and answered, as EVERY_TABLE_ID)."""
-        for table_id in sorted(authorizer_table_id(t) for t in routed):
-            if not await decided(self._authorizer.allowed(identity, table_id)):
-                return table_id
+        """The first table_id ``bindings`` route to that ``identity`` may not read, if any
+        (EVERY_TABLE is asked about, and answered, as EVERY_TABLE_ID). The authorizer
+        is asked about each binding's tables, but for those with row-level security,
+        which Postgres decides on per change, as the subscriber."""
+        for binding in bindings:
+            secured = {t.table_id for t in binding.published or () if t.row_security}
+            routed = [t for t in binding.tables or (EVERY_TABLE,) if t not in secured]
+            for table_id in sorted(authorizer_table_id(t) for t in routed):
+                verdict = self._authorizer.allowed(identity, table_id, binding.spec)
+                if not await decided(verdict):
+                    return table_id
         return None
 
     def _end_channel(self, topic: str, join_ref: str | None, reason: str) -> None:
@@ -666,10 +670,3 @@ class SupabaseSession(Session[Message]):
 
     def _send(self, message: Message) -> None:
         self._transport.send(text_frame(phoenix.encode(message, self._vsn)))
-
-
-def _authorized(tables: Iterable[str | None], bindings: Iterable[Binding]) -> list[str | None]:
-    """The tables of ``tables`` the authorizer decides on: all but those with row-level
-    security, which Postgres decides on per change, as the subscriber."""
-    secured = {t.table_id for b in bindings for t in b.published or () if t.row_security}
-    return [t for t in tables if t not in secured]

@@ -222,13 +222,23 @@ async def test_the_authorizer_function_answers_and_fails_as_a_database_error(
         " LANGUAGE sql AS $$ SELECT claims->>'sub' = table_id $$"
     )
     function = PostgresAuthorizerFunction(lambda: pool, "may_read")
-    assert await within(function.allows('{"sub": "t1"}', "t1")) is True
-    assert await within(function.allows('{"sub": "t1"}', "t2")) is False
-    assert await within(function.allows("{}", "t1")) is False  # null is not true
+    assert await within(function.allows('{"sub": "t1"}', "t1", None)) is True
+    assert await within(function.allows('{"sub": "t1"}', "t2", None)) is False
+    assert await within(function.allows("{}", "t1", None)) is False  # null is not true
+
+    await pool.execute(
+        "CREATE FUNCTION may_bind(claims jsonb, table_id text, binding jsonb) RETURNS boolean"
+        " LANGUAGE sql AS $$ SELECT binding->>'filter' = 'room_id=eq.' || (claims->>'room') $$"
+    )
+    binding = PostgresAuthorizerFunction(lambda: pool, "may_bind")
+    room = '{"filter": "room_id=eq.5"}'
+    assert await within(binding.allows('{"room": "5"}', "public.messages", room)) is True
+    assert await within(binding.allows('{"room": "6"}', "public.messages", room)) is False
+    assert await within(binding.allows('{"room": "5"}', "t1", None)) is False
 
     missing = PostgresAuthorizerFunction(lambda: pool, "no_such_function")
     with pytest.raises(DatabaseError) as raised:
-        await within(missing.allows("{}", "t1"))
+        await within(missing.allows("{}", "t1", None))
     assert isinstance(raised.value.__cause__, asyncpg.UndefinedFunctionError)
 
 

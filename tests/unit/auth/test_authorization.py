@@ -44,19 +44,19 @@ class FakePool(PoolStandIn):
     with the claims (parsed) and the table_id when it is a function.
     """
 
-    def __init__(self, answer: Any = True) -> None:
-        super().__init__()
+    def __init__(self, answer: Any = True, *, takes_binding: bool = False) -> None:
+        super().__init__(takes_binding=takes_binding)
         self.answer = answer
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
 
-    async def fetchval(self, query: str, *args: Any) -> Any:
+    async def call(self, query: str, *args: Any) -> Any:
         self.calls.append((query, args))
         await asyncio.sleep(0)
         answer = self.answer
         if isinstance(answer, BaseException):
             raise answer
         if callable(answer):
-            claims, table_id = args
+            claims, table_id = args[:2]
             return answer(json.loads(claims), table_id)
         return answer
 
@@ -85,9 +85,11 @@ async def decide(verdict: bool | Awaitable[bool]) -> bool:
     return await within(verdict)
 
 
-async def asked(authorizer: SqlAuthorizer, who: Identity | None, table_id: str) -> bool:
+async def asked(
+    authorizer: SqlAuthorizer, who: Identity | None, table_id: str, binding: str | None = None
+) -> bool:
     """Ask, asserting the answer is not a cached one."""
-    verdict = authorizer.allowed(who, table_id)
+    verdict = authorizer.allowed(who, table_id, binding)
     assert inspect.isawaitable(verdict), "expected a question to the database"
     return await within(verdict)
 
@@ -492,3 +494,19 @@ def test_the_claim_may_be_a_dotted_path_into_objects() -> None:
     assert authorizer.allowed(nested, "t2") is False
     flat = Identity(claims={"app_metadata": "t1"}, expires_at=None, subject=None)
     assert authorizer.allowed(flat, "t1") is False
+
+
+async def test_a_function_taking_a_binding_is_given_it_and_asked_once_which_it_takes() -> None:
+    pool = FakePool(takes_binding=True)
+    authorizer = sql_authorizer(pool)
+    binding = '{"event":"*","filter":"room_id=eq.5","schema":"public","table":"messages"}'
+
+    assert await asked(authorizer, identity(), "public.messages", binding)
+    assert await asked(authorizer, identity(), "t1")
+
+    assert [args for _, args in pool.calls] == [
+        ('{"sub":"user-1"}', "public.messages", binding),
+        ('{"sub":"user-1"}', "t1", None),
+    ]
+    assert pool.calls[0][0] == f"SELECT {FUNCTION}($1::jsonb, $2::text, $3::jsonb)"
+    assert pool.probes == 1

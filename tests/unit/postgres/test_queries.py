@@ -107,7 +107,7 @@ async def test_a_bug_is_not_a_database_error(method: str) -> None:
 async def test_the_authorizer_function_before_the_pool_exists_is_a_database_error() -> None:
     function = PostgresAuthorizerFunction(lambda: None, "may_read")
     with pytest.raises(DatabaseError, match="not connected yet") as raised:
-        await within(function.allows("{}", "t1"))
+        await within(function.allows("{}", "t1", None))
     assert isinstance(raised.value.__cause__, ConnectionError)
 
 
@@ -115,5 +115,5 @@ async def test_the_authorizer_function_before_the_pool_exists_is_a_database_erro
 async def test_a_failing_authorizer_function_raises_database_error(failure: BaseException) -> None:
     function = PostgresAuthorizerFunction(lambda: BrokenPool(failure), "may_read")  # type: ignore[arg-type,return-value]
     with pytest.raises(DatabaseError) as raised:
-        await within(function.allows("{}", "t1"))
+        await within(function.allows("{}", "t1", None))
     assert raised.value.__cause__ is failure

@@ -66,7 +66,8 @@ class FakePool(PoolStandIn):
         self._gate = asyncio.Event()
         return self._gate
 
-    async def fetchval(self, query: str, claims: str, table_id: str) -> bool:
+    async def call(self, query: str, *args: Any) -> bool:
+        claims, table_id = args
         self.calls.append(table_id)
         if self._gate is not None:
             await self._gate.wait()

@@ -55,9 +55,11 @@ class RecordingAuthorizer:
 
     def __init__(self) -> None:
         self.asked: list[tuple[Identity | None, str]] = []
+        self.bindings: list[str | None] = []
 
-    def allowed(self, identity: Identity | None, table_id: str) -> bool:
+    def allowed(self, identity: Identity | None, table_id: str, binding: str | None = None) -> bool:
         self.asked.append((identity, table_id))
+        self.bindings.append(binding)
         return True
 
 
@@ -283,8 +285,8 @@ async def test_a_refused_filter_sends_a_system_error_then_an_error_reply(
 
 
 class DenyingEveryTable(RecordingAuthorizer):
-    def allowed(self, identity: Identity | None, table_id: str) -> bool:
-        super().allowed(identity, table_id)
+    def allowed(self, identity: Identity | None, table_id: str, binding: str | None = None) -> bool:
+        super().allowed(identity, table_id, binding)
         return table_id != "*"
 
 
@@ -1398,3 +1400,24 @@ async def test_a_refreshed_token_is_checked_as_itself_once_a_read_answers_it(
     await eventually(lambda: len(client.events()) == 2)
     assert client.messages[1].payload["data"]["record"]["id"] == 3
     assert world.published.checks.on("public.notes") == (after,)
+
+
+async def test_the_authorizer_is_shown_the_binding_asking(world: SupabaseWorld) -> None:
+    authorizer = RecordingAuthorizer()
+    client = world.connect(authorizer=authorizer)
+    await world.live(client, TOPIC, [on_messages("room_id=eq.5")])
+
+    assert [table_id for _, table_id in authorizer.asked] == ["public.messages"]
+    [shown] = authorizer.bindings
+    assert shown is not None
+    assert json.loads(shown) == on_messages("room_id=eq.5")
+
+
+async def test_the_authorizer_is_not_asked_about_a_table_with_row_security(
+    world: SupabaseWorld,
+) -> None:
+    authorizer = RecordingAuthorizer()
+    client = world.connect(verifier=secured_world(world), authorizer=authorizer)
+    await world.live(client, TOPIC, on_notes(), access_token="ada")
+
+    assert authorizer.asked == []
