@@ -338,6 +338,7 @@ DECLARE
     previous_role text := current_setting('role');
     previous_claims text := coalesce(current_setting('request.jwt.claims', true), '');
     previous_row_security text := current_setting('row_security');
+    key_text text;
     key_matches text;
     visible int[];
 BEGIN
@@ -347,23 +348,35 @@ BEGIN
         RAISE EXCEPTION 'rows cannot be checked as role "none", which is the session''s own role'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Types resolved as the caller, before the switch.
-    IF cardinality(key_columns) = 1 THEN
-        key_matches := format('t.%I = k.key::%s', key_columns[1], key_types[1]::regtype);
-    ELSE
-        SELECT string_agg(format('t.%I = (k.key::jsonb ->> %s)::%s', c, i - 1, ty::regtype),
-                          ' AND ' ORDER BY i)
-        INTO key_matches
-        FROM unnest(key_columns, key_types) WITH ORDINALITY AS u(c, ty, i);
-    END IF;
+    -- Types resolved as the caller, before the switch. Each key column is
+    -- compared with an array of the keys' values, cast once (an uncorrelated
+    -- subquery): a comparison Postgres knows leaks nothing, so it finds the
+    -- rows through the primary key before any policy runs, and the policy runs
+    -- on those rows alone. Compared with each key's text cast in a join, it
+    -- ran on every row of the table (a policy reading its claims from
+    -- request.jwt.claims parses them once a row). The rows found give their
+    -- keys back as the capture trigger logs them, from the key columns alone
+    -- (a role may select no other).
+    SELECT string_agg(format('t.%I = ANY (ARRAY(SELECT %s FROM unnest($1::text[]) AS x))',
+                             c,
+                             CASE WHEN cardinality(key_columns) = 1
+                                  THEN format('x::%s', ty::regtype)
+                                  ELSE format('(x::jsonb ->> %s)::%s', i - 1, ty::regtype) END),
+                      ' AND ' ORDER BY i),
+           CASE WHEN cardinality(key_columns) = 1
+                THEN format('to_jsonb(t.%I) #>> ''{}''', key_columns[1])
+                ELSE format('jsonb_build_array(%s)::text',
+                            string_agg(format('t.%I', c), ', ' ORDER BY i)) END
+    INTO key_matches, key_text
+    FROM unnest(key_columns, key_types) WITH ORDINALITY AS u(c, ty, i);
     -- row_security off would make the SELECT fail rather than filter.
     PERFORM set_config('role', viewer_role, true),
             set_config('request.jwt.claims', claims, true),
             set_config('row_security', 'on', true);
     EXECUTE format(
         'SELECT array_agg(k.i - 1) FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)'
-        ' WHERE EXISTS (SELECT FROM %I.%I AS t WHERE %s)',
-        table_schema, table_name, key_matches)
+        ' WHERE k.key IN (SELECT %s FROM %I.%I AS t WHERE %s)',
+        key_text, table_schema, table_name, key_matches)
     INTO visible USING keys;
     PERFORM set_config('role', previous_role, true),
             set_config('request.jwt.claims', previous_claims, true),

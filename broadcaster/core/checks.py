@@ -25,6 +25,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .changes import Change
+from .hashing import cached_hash
 from .hub import Batch
 from .published import PublishedTable
 from .visibility import Viewer
@@ -36,6 +37,8 @@ __all__ = ["Check", "FilterCheck", "HeldChecks", "Pending", "RowCheck", "passed"
 class FilterCheck:
     """A filter's text on a published table, as a binding gave it."""
 
+    __hash__ = cached_hash
+
     table: PublishedTable
     filter: str
 
@@ -43,6 +46,8 @@ class FilterCheck:
 @dataclass(frozen=True)
 class RowCheck:
     """Whether ``viewer`` may see the rows of ``table`` (row-level security)."""
+
+    __hash__ = cached_hash
 
     table: PublishedTable
     viewer: Viewer

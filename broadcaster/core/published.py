@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .hashing import cached_hash
+
 __all__ = ["Column", "PublishedTable"]
 
 
@@ -34,6 +36,8 @@ class PublishedTable:
     ``row_security`` is whether the table has row-level security enabled
     (``ALTER TABLE ... ENABLE ROW LEVEL SECURITY``).
     """
+
+    __hash__ = cached_hash
 
     schema: str
     name: str

@@ -80,9 +80,9 @@ class Directory:
         self._tables: _Remembered[tuple[str, str], PublishedTable | None] = _Remembered(clock)
         self._columns: _Remembered[tuple[PublishedTable, str], frozenset[str] | None]
         self._columns = _Remembered(clock)
-        # The table_ids of the published tables sessions looked up; bounded by
-        # the published tables themselves.
-        self._published: set[str] = set()
+        # The published tables sessions looked up, by table_id; bounded by the
+        # published tables themselves.
+        self._published: dict[str, PublishedTable] = {}
 
     async def lookup(self, schema: str, name: str) -> PublishedTable | None:
         known, table = self._tables.get((schema, name))
@@ -90,10 +90,20 @@ class Directory:
             return table
         found = await catalog.published_table_at(self._pool, schema, name)
         if found is None:
-            self._published.discard(f"{schema}.{name}")
+            self._published.pop(f"{schema}.{name}", None)
         else:
-            self._published.add(found.table_id)
+            found = self._intern(found)
         return self._tables.keep((schema, name), found)
+
+    def _intern(self, table: PublishedTable) -> PublishedTable:
+        # The same instance for a table that did not change: the sessions'
+        # checks and shapes holding it then compare by identity at every
+        # delivery, not column by column.
+        known = self._published.get(table.table_id)
+        if known == table and known is not None:
+            return known
+        self._published[table.table_id] = table
+        return table
 
     async def lookup_id(self, table_id: str) -> PublishedTable | None:
         """The published table logged under ``table_id``, if it names one."""
@@ -104,9 +114,7 @@ class Directory:
 
     async def listed(self, schema: str | None) -> list[PublishedTable]:
         publications = await catalog.published_tables(self._pool, schema)
-        tables = [p.table for p in publications if p.table_id is not None]
-        self._published.update(table.table_id for table in tables)
-        return tables
+        return [self._intern(p.table) for p in publications if p.table_id is not None]
 
     def is_published(self, table_id: str) -> bool:
         """Was ``table_id`` a published table's when last looked up? (Every table_id a

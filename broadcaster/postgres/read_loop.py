@@ -293,8 +293,12 @@ class ReadLoop:
                 )
             if work.rows and self._check_rows is not None:
                 keys = visibility.plan(work.table, work.changes)
-                for check in work.rows:
-                    visible = await self._check_rows(work.table, check.viewer, keys.keys)
+                # One statement per viewer, side by side on the pool's
+                # connections rather than one after another.
+                answers = await asyncio.gather(
+                    *(self._check_rows(work.table, c.viewer, keys.keys) for c in work.rows)
+                )
+                for check, visible in zip(work.rows, answers, strict=True):
                     work.answer(check, keys.delivered(visible))
 
     async def _timer(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Final, TypeAlias
 
 from ..core.changes import Change, with_version
 from ..core.checks import RowCheck, passed
+from ..core.hashing import cached_hash
 from ..core.hub import Batch
 from ..core.members import members, only_members
 from ..core.published import PublishedTable
@@ -110,6 +111,8 @@ class Binding:
     for every subscriber with the same filter on that table, and the result
     is found in the batch under ``check``.
     """
+
+    __hash__ = cached_hash
 
     id: int
     event: str
@@ -207,6 +210,8 @@ class Shape:
     ``selectable`` holds, for each published table, the columns the viewer's
     role may select: the records and ``columns`` it gets.
     """
+
+    __hash__ = cached_hash
 
     vsn: str
     topic: str
