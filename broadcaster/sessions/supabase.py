@@ -2,24 +2,31 @@
 
 Unmodified supabase-js apps subscribe with
 ``supabase.channel(name).on('postgres_changes', {event, schema: 'public',
-table: 'rows', filter: 'table_id=eq.' + id}, callback).subscribe()``. This
+table: 'messages', filter: 'room_id=eq.5'}, callback).subscribe()``. This
 session serves that on the same hub and feed as the native protocol, and on
 the same :class:`~.base.Session`: messages in order, the same limits, access
-ended at each token's expiry. Each channel's bindings
-(:class:`~broadcaster.protocols.supabase.Binding`) name the table_ids they
-route to (``table_id=eq.X`` or ``table_id=in.(a,b)``); the session joins those
-tables through the feed, and only once they are live does it reply to
-``phx_join`` (so a change committed after the client reports SUBSCRIBED is
-never missed). A binding with no such filter (none at all, or filters on
-other columns, see filters.py) joins every table and checks its filters on
-each row; the authorizer must grant it the table_id ``*``.
+ended at each token's expiry. Only once every table a channel's bindings
+route to is live does it reply to ``phx_join`` (so a change committed after
+the client reports SUBSCRIBED is never missed).
+
+- A binding on a published table (:mod:`.published`: looked up when it
+  joins; ``*`` for every published table of a schema) routes to its
+  table_id, ``schema.table``. Its filter is validated by Postgres at join and
+  decided by Postgres once per read (a :class:`~broadcaster.core.checks.FilterCheck`
+  the channel holds); on a table with row-level security, the channel's
+  token is a viewer whose rows Postgres checks once per read (a
+  :class:`~broadcaster.core.checks.RowCheck`), and it gets only the columns
+  its role may select.
+- A binding on ``public.rows`` routes by its ``table_id=eq.X`` or
+  ``table_id=in.(a,b)`` filter; one with no such filter joins every table of
+  ``rows`` and checks its filters on each row (filters.py); the authorizer
+  must grant it the table_id ``*``.
 
 Each channel holds the token it joined with, or the last ``access_token``
 sent on it: when that token expires the channel gets Supabase's ``system``
 error and ``phx_close``, as Supabase's server ends it. Broadcast
 (broadcasts.py) and presence (presence.py) go through Postgres to every
-server process. Bindings on a table other than ``public.rows`` are refused
-with the reason. See ``docs/supabase.md``.
+server process. See ``docs/supabase.md``.
 """
 
 from __future__ import annotations
