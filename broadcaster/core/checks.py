@@ -83,15 +83,18 @@ class Pending:
 
     def attach(self, batches: Iterable[Batch]) -> None:
         """Hang the answers on the batches of this table."""
-        at = {change.version: index for index, change in enumerate(self.changes)}
         for batch in batches:
-            if batch.table_id != self.table.table_id or not batch.changes:
-                continue
-            indices = [at[change.version] for change in batch.changes]
-            checks: dict[Hashable, Sequence[bool]] = dict(batch.checks)
-            for check, passed in self.answers.items():
-                checks[check] = [passed[index] for index in indices]
-            batch.checks = checks
+            if batch.table_id == self.table.table_id and batch.changes:
+                batch.checks = {**batch.checks, **self.answers_for(batch.changes)}
+
+    def answers_for(self, changes: Sequence[Change]) -> dict[Hashable, Sequence[bool]]:
+        """Each check's answer for each of ``changes`` (this table's, among those asked
+        about): for a batch, or a joining subscriber's catch-up or snapshot."""
+        at = {_identity(change): index for index, change in enumerate(self.changes)}
+        indices = [at[_identity(change)] for change in changes]
+        return {
+            check: [passed[index] for index in indices] for check, passed in self.answers.items()
+        }
 
 
 class HeldChecks:
@@ -122,10 +125,10 @@ class HeldChecks:
     def pending(self, changes: Iterable[Change]) -> list[Pending]:
         """What to ask Postgres about ``changes`` (a read's): one :class:`Pending` per
         table with checks, each change once."""
-        found: dict[str, dict[int, Change]] = {}
+        found: dict[str, dict[tuple[int, str], Change]] = {}
         for change in changes:
             if change.table_id in self._held:
-                found.setdefault(change.table_id, {}).setdefault(change.version, change)
+                found.setdefault(change.table_id, {}).setdefault(_identity(change), change)
         pending = []
         for table_id, by_version in found.items():
             checks = self.on(table_id)
@@ -145,6 +148,11 @@ def passed(checks: Mapping[Hashable, Sequence[bool]], check: Hashable, index: in
     asked Postgres has no answer: its channel was not live yet (docs/supabase.md)."""
     found = checks.get(check)
     return found is not None and found[index]
+
+
+def _identity(change: Change) -> tuple[int, str]:
+    # A change's version is its own, but every row of a snapshot has version 0.
+    return change.version, change.id
 
 
 def _image(change: Change) -> str:

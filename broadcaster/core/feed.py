@@ -29,7 +29,7 @@ then publishes the live batches and answers the joins it returns, in that order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -45,11 +45,14 @@ __all__ = ["Feed", "Join", "JoinResult", "Read", "ReadResult", "Request", "Row"]
 
 @dataclass(frozen=True)
 class JoinResult:
-    """What a joining subscriber receives: maybe a reset, its catch-up, its cursor."""
+    """What a joining subscriber receives: maybe a reset, its catch-up, its cursor, and
+    for a published table what Postgres decided on the catch-up's changes (as
+    :attr:`Batch.checks <broadcaster.core.hub.Batch>`)."""
 
     reset: str | None
     changes: list[Change]
     cursor: str
+    checks: Mapping[Hashable, Sequence[bool]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)

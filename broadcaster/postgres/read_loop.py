@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -271,6 +272,11 @@ class ReadLoop:
                 batch.published = self._published(batch.table_id)
                 self._hub.publish(batch)
         for join, join_result in answered:
+            for work in pending:
+                if work.table.table_id == join.table_id and join_result.changes:
+                    join_result = dataclasses.replace(
+                        join_result, checks=work.answers_for(join_result.changes)
+                    )
             try:
                 join.on_joined(join_result)
             except Exception:

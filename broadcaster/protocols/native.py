@@ -67,6 +67,7 @@ TOKEN_EXPIRED: Final = "token_expired"
 FORBIDDEN: Final = "forbidden"
 RATE_LIMITED: Final = "rate_limited"
 NOT_SUBSCRIBED: Final = "not_subscribed"
+BAD_FILTER: Final = "bad_filter"
 UNAVAILABLE: Final = "unavailable"
 
 # Close codes.
@@ -91,6 +92,8 @@ class Subscribe:
     cursor: str | None = None
     snapshot: bool = False
     presence: bool = False
+    filter: str | None = None
+    """Supabase's filter grammar (``room_id=eq.5``), on a published table only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +218,10 @@ def parse_client_message(text: str) -> ClientMessage:
         presence = message.get("presence")
         if presence is not None and not isinstance(presence, bool):
             raise ProtocolError(BAD_MESSAGE, "presence must be true or false", ref)
-        return Subscribe(ref, table_id, cursor, snapshot, presence is True)
+        filter = message.get("filter")
+        if filter is not None and (not isinstance(filter, str) or not _encodable(filter)):
+            raise ProtocolError(BAD_MESSAGE, "filter must be a string such as room_id=eq.5", ref)
+        return Subscribe(ref, table_id, cursor, snapshot, presence is True, filter or None)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", ref)
 
 

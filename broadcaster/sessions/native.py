@@ -13,6 +13,7 @@ table, every live batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -23,9 +24,10 @@ from ..auth.authorization import Authorizer, decided
 from ..auth.identity import TokenVerifier
 from ..core import broadcasts, presence
 from ..core.changes import Change
+from ..core.checks import FilterCheck, passed
 from ..core.feed import Join, JoinResult
 from ..core.hub import Batch, Hub
-from ..exceptions import AuthenticationError, DatabaseError, ProtocolError
+from ..exceptions import AuthenticationError, DatabaseError, FilterError, ProtocolError
 from ..protocols import native as protocol
 from ..protocols.frames import text_frame
 from .base import Continuation, Joiner, Limits, Messaging, Session, Transport
@@ -61,6 +63,19 @@ def _chunks(messages: Sequence[bytes]) -> list[list[bytes]]:
 
 def _frame(messages: Sequence[bytes]) -> bytes:
     return text_frame(messages[0] if len(messages) == 1 else protocol.batch(list(messages)))
+
+
+def _encode_passed(check: FilterCheck, batch: Batch) -> bytes:
+    """The frames of ``batch`` for a subscription with ``check``: its changes that
+    passed. None passed: nothing, unless the batch had no change to pass (a cursor
+    or a reset, which every subscriber gets)."""
+    kept = [c for i, c in enumerate(batch.changes) if passed(batch.checks, check, i)]
+    if batch.changes and not kept and batch.reset is None:
+        return b""
+    if len(kept) == len(batch.changes):
+        return encode_batch(batch)
+    filtered = Batch(batch.table_id, kept, batch.cursor, batch.reset, since=batch.since)
+    return encode_batch(filtered)
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -133,6 +148,8 @@ class NativeSession(Session[protocol.ClientMessage]):
         )
         self._authorizer = authorizer
         self._published = NO_PUBLISHED_TABLES if published is None else published
+        # table_id -> the filter Postgres checks for that subscription.
+        self._filters: dict[str, FilterCheck] = {}
         # Tables whose presence this connection follows, and tracks.
         self._presence: set[str] = set()
         self._tracked: set[str] = set()
@@ -199,8 +216,15 @@ class NativeSession(Session[protocol.ClientMessage]):
             if isinstance(message, protocol.Subscribe):
                 self._check_room(message)
                 verdict = self._authorizer.allowed(self.identity, message.table_id)
+                if message.filter is not None and "." not in message.table_id:
+                    raise ProtocolError(
+                        protocol.BAD_FILTER,
+                        "filter is served on published tables, named schema.table: "
+                        "subscribe to a rows table_id without one",
+                        message.ref,
+                    )
                 if isinstance(verdict, bool) and "." not in message.table_id:
-                    self._subscribe(message, verdict)
+                    self._subscribe(message, verdict, None)
                     return None
                 return self._subscribe_when_decided(message, verdict)
             self._leave(message.table_id)
@@ -285,34 +309,54 @@ class NativeSession(Session[protocol.ClientMessage]):
         self, message: protocol.Subscribe, verdict: Awaitable[bool] | bool
     ) -> None:
         allowed = verdict if isinstance(verdict, bool) else await verdict
+        check = None
         if allowed and "." in message.table_id:
-            refusal = await self._refusal(message.table_id)
-            if refusal is not None:
-                code, text = refusal
+            try:
+                check = await self._published_check(message)
+            except ProtocolError as refused:
                 self._reply(
-                    protocol.encode_error(code, text, message.ref, table_id=message.table_id)
+                    protocol.encode_error(
+                        refused.code, refused.message, message.ref, table_id=message.table_id
+                    )
                 )
                 return
         if not self.closed:
-            self._subscribe(message, allowed)
+            self._subscribe(message, allowed, check)
 
-    async def _refusal(self, table_id: str) -> tuple[str, str] | None:
-        """Why ``table_id``, if it is a published table's (schema.table), cannot be served
-        here: a table with row-level security is served on the Supabase endpoint."""
+    async def _published_check(self, message: protocol.Subscribe) -> FilterCheck | None:
+        """The filter Postgres checks for a subscription to a published table (its
+        table_id is schema.table), if it has one. Raises ProtocolError for a table
+        this protocol cannot serve (one with row-level security: the Supabase endpoint
+        checks it per change), or a filter Postgres refuses."""
         try:
-            table = await self._published.lookup_id(table_id)
+            table = await self._published.lookup_id(message.table_id)
+            if table is not None and table.row_security:
+                raise ProtocolError(
+                    protocol.FORBIDDEN,
+                    f"{table.table_id} has row-level security, which this protocol does not "
+                    "check: subscribe on the Supabase endpoint, which checks it per change",
+                )
+            if message.filter is None:
+                return None
+            if table is None:
+                raise ProtocolError(
+                    protocol.BAD_FILTER,
+                    f"{message.table_id} is not a published table: a filter is served on "
+                    "published tables only (broadcaster publish)",
+                )
+            await self._published.validate(table, message.filter)
         except DatabaseError:
-            logger.warning("could not look up table %r", table_id, exc_info=True)
-            return protocol.UNAVAILABLE, "the database could not be reached: subscribe again"
-        if table is not None and table.row_security:
-            return (
-                protocol.FORBIDDEN,
-                f"{table.table_id} has row-level security, which this protocol does not check: "
-                "subscribe on the Supabase endpoint, which checks it per change",
-            )
-        return None
+            logger.warning("could not look up table %r", message.table_id, exc_info=True)
+            raise ProtocolError(
+                protocol.UNAVAILABLE, "the database could not be reached: subscribe again"
+            ) from None
+        except FilterError as exc:
+            raise ProtocolError(protocol.BAD_FILTER, str(exc)) from None
+        return FilterCheck(table, message.filter)
 
-    def _subscribe(self, message: protocol.Subscribe, allowed: bool) -> None:
+    def _subscribe(
+        self, message: protocol.Subscribe, allowed: bool, check: FilterCheck | None
+    ) -> None:
         table_id = message.table_id
         if not allowed:
             self._reply(
@@ -333,6 +377,10 @@ class NativeSession(Session[protocol.ClientMessage]):
 
         join = Join(table_id, joined, message.cursor, message.snapshot)
         self.tables[table_id] = join
+        if check is not None:
+            # Held before the join's read, which then decides it on the catch-up.
+            self._filters[table_id] = check
+            self._published.checks.add(check)
         if message.presence:
             self._presence.add(table_id)
         self._joiner.join(join)
@@ -343,7 +391,11 @@ class NativeSession(Session[protocol.ClientMessage]):
         self._reply(protocol.encode_subscribed(ref, table_id))
         if result.reset is not None:
             self._reply(protocol.encode_reset(table_id, result.reset))
-        self._send_catch_up(result.changes)
+        check = self._filters.get(table_id)
+        changes = result.changes
+        if check is not None:
+            changes = [c for i, c in enumerate(changes) if passed(result.checks, check, i)]
+        self._send_catch_up(changes)
         self._reply(protocol.encode_synced(table_id, result.cursor))
         # Sending may have closed the session (a slow consumer): it must not
         # become a subscriber after close() has run.
@@ -448,6 +500,9 @@ class NativeSession(Session[protocol.ClientMessage]):
     def _leave(self, table_id: str) -> None:
         if table_id not in self.tables:
             return
+        check = self._filters.pop(table_id, None)
+        if check is not None:
+            self._published.checks.remove(check)
         messaging = self._messaging
         if messaging is not None:
             topic = _topic(table_id)
@@ -468,7 +523,13 @@ class NativeSession(Session[protocol.ClientMessage]):
             self._expire_overdue()
             if self.closed:
                 return
-        self._transport.send(batch.memo(_NATIVE_FRAME, encode_batch))
+        check = self._filters.get(batch.table_id)
+        if check is None:
+            self._transport.send(batch.memo(_NATIVE_FRAME, encode_batch))
+            return
+        frames = batch.memo((_NATIVE_FRAME, check), functools.partial(_encode_passed, check))
+        if frames:
+            self._transport.send(frames)
 
     def _leave_everything(self) -> None:
         for table_id in list(self.tables):

@@ -152,6 +152,34 @@ async def test_the_native_protocol_loads_and_follows_a_published_table(
     )
 
 
+async def test_a_native_subscription_by_a_columns_value_gets_its_rows_only(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    await db.execute("INSERT INTO messages (room_id, body) VALUES (5, 'five'), (6, 'six')")
+    async with running_server(database_url) as server, client(server) as native:
+        synced = await native.subscribe("public.messages", snapshot=True, filter="room_id=eq.5")
+        await db.execute("INSERT INTO messages (room_id, body) VALUES (6, 'other')")
+        await db.execute("UPDATE messages SET body = 'moved', room_id = 5 WHERE body = 'six'")
+        await db.execute("INSERT INTO messages (room_id, body) VALUES (5, 'later')")
+        first, second = await native.recv(), await native.recv()
+        again = await native.subscribe(
+            "public.messages", cursor=synced.cursor, filter="room_id=eq.5"
+        )
+        refused = await native.request(
+            {"type": "subscribe", "table_id": "public.messages", "filter": "nope=eq.1"}
+        )
+
+    assert [c["row"]["body"] for c in synced.changes] == ["five"]
+    assert [(first["op"], first["row"]["body"]), (second["op"], second["row"]["body"])] == [
+        ("UPDATE", "moved"),
+        ("INSERT", "later"),
+    ]
+    # Resumed from its cursor, the subscription catches up on what passed since.
+    assert [c["row"]["body"] for c in again.changes] == ["moved", "later"]
+    assert (refused["type"], refused["code"]) == ("error", "bad_filter")
+    assert "unknown column" in refused["message"]
+
+
 def user_token(role: str, sub: str) -> str:
     claims = {"role": role, "sub": sub, "exp": math.ceil(time.time() + 600)}
     return jwt.encode(claims, SECRET, algorithm="HS256")

@@ -76,3 +76,17 @@ def test_answers_hang_on_the_batches_of_their_table() -> None:
     assert passed(todos.checks, ada, 0)
     assert not passed(todos.checks, ada, 1)
     assert not passed(todos.checks, RowCheck(TODOS, Viewer("anon", "{}")), 0)
+
+
+def test_a_snapshots_rows_are_asked_about_each_though_they_share_version_0() -> None:
+    checks = HeldChecks()
+    check = FilterCheck(TODOS, "id=eq.1")
+    checks.add(check)
+    one = Change("INSERT", "public.todos", "1", 0, '{"id": 1}')
+    two = Change("INSERT", "public.todos", "2", 0, '{"id": 2}')
+
+    [pending] = checks.pending([one, two])
+    pending.answer_filters([[True], [False]])
+
+    assert pending.changes == (one, two)
+    assert pending.answers_for([two, one]) == {check: [False, True]}

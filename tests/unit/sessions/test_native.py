@@ -12,7 +12,7 @@ from broadcaster.auth.authorization import OpenAuthorizer
 from broadcaster.core import cursors
 from broadcaster.core.changes import Change
 from broadcaster.core.cursors import Origin
-from broadcaster.core.feed import Feed, ReadResult, Request, Row
+from broadcaster.core.feed import Feed, JoinResult, ReadResult, Request, Row
 from broadcaster.core.hub import Batch, Hub
 from broadcaster.protocols import native as protocol
 from broadcaster.protocols.frames import text_frame
@@ -1091,4 +1091,63 @@ async def test_a_published_table_with_row_security_is_refused_with_where_to_go(
     assert error["code"] == "forbidden"
     assert error["table_id"] == "public.messages"
     assert "subscribe on the Supabase endpoint" in error["message"]
+    assert joiner.pending == []
+
+
+def message_change(version: int, room_id: int, op: str = "INSERT") -> Change:
+    row = json.dumps({"id": version, "room_id": room_id})
+    return Change(op, "public.messages", str(version), version, row)
+
+
+async def test_a_filtered_subscription_gets_only_what_postgres_passed(
+    hub: Hub, transport: FakeTransport, joiner: FakeJoiner
+) -> None:
+    published = FakePublishedTables(MESSAGES)
+    session = new_session(hub, transport, joiner, published)
+
+    send(session, {"type": "subscribe", "table_id": "public.messages", "filter": "room_id=eq.5"})
+    await eventually(lambda: bool(joiner.pending))
+    [check] = published.checks.on("public.messages")
+    five, six = message_change(1, 5), message_change(2, 6)
+    [join] = joiner.pending
+    join.on_joined(JoinResult(None, [five, six], CURSOR, {check: [True, False]}))
+    live = Batch(
+        "public.messages", [message_change(3, 6), message_change(4, 5)], CURSOR_2, since=CURSOR
+    )
+    live.checks = {check: [False, True]}
+    hub.publish(live)
+    nothing = Batch("public.messages", [message_change(5, 6)], CURSOR_3, since=CURSOR_2)
+    nothing.checks = {check: [False]}
+    hub.publish(nothing)
+
+    sent = messages(transport)
+    assert [(m["type"], m.get("row", {}).get("id")) for m in sent] == [
+        ("subscribed", None),
+        ("change", 1),
+        ("synced", None),
+        ("change", 4),
+    ]
+    send(session, {"type": "unsubscribe", "table_id": "public.messages"})
+    assert published.checks.on("public.messages") == ()
+
+
+@pytest.mark.parametrize(
+    ("table_id", "filter", "reason"),
+    [
+        ("t1", "room_id=eq.5", "filter is served on published tables"),
+        ("public.todos", "room_id=eq.5", "public.todos is not a published table"),
+        ("public.messages", "room_id=eq.nope", "refused"),
+    ],
+)
+async def test_a_filter_that_cannot_be_served_is_a_bad_filter(
+    hub: Hub, transport: FakeTransport, joiner: FakeJoiner, table_id: str, filter: str, reason: str
+) -> None:
+    session = new_session(hub, transport, joiner, FakePublishedTables(MESSAGES))
+
+    send(session, {"type": "subscribe", "ref": 1, "table_id": table_id, "filter": filter})
+
+    await eventually(lambda: bool(transport.sent))
+    [error] = messages(transport)
+    assert (error["type"], error["code"], error["ref"]) == ("error", "bad_filter", 1)
+    assert reason in error["message"]
     assert joiner.pending == []
