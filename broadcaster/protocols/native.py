@@ -312,7 +312,8 @@ def encode_changes(changes: Sequence[Change], cursor: str | None = None) -> list
             )
         old = "" if change.old_json is None else f',"old":{change.old_json}'
         row = with_version(change.row_json, change.version)
-        messages.append(f'{head}{change.op}","row":{row}{old}{tail}'.encode())
+        key = _json(change.id)
+        messages.append(f'{head}{change.op}","id":{key},"row":{row}{old}{tail}'.encode())
     return messages
 
 

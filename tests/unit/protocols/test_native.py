@@ -351,7 +351,7 @@ def test_encode_change_splices_the_row_verbatim_with_its_version_last() -> None:
     encoded = encode_change(Change("UPDATE", "t1", "r1", 42, ROW))
 
     assert encoded == (
-        b'{"type":"change","table_id":"t1","op":"UPDATE","row":'
+        b'{"type":"change","table_id":"t1","op":"UPDATE","id":"r1","row":'
         + ROW[:-1].encode()
         + b',"version":42}}'
     )
@@ -372,6 +372,7 @@ def test_encode_change_escapes_the_table_id(table_id: str) -> None:
         "type": "change",
         "table_id": table_id,
         "op": "INSERT",
+        "id": "r1",
         "row": {"id": "r1", "version": 1},
     }
 
@@ -388,7 +389,7 @@ def test_encode_change_with_a_cursor_appends_it() -> None:
     encoded = encode_change(Change("UPDATE", "t1", "r1", 42, ROW), CURSOR)
 
     assert encoded == (
-        b'{"type":"change","table_id":"t1","op":"UPDATE","row":'
+        b'{"type":"change","table_id":"t1","op":"UPDATE","id":"r1","row":'
         + ROW[:-1].encode()
         + b',"version":42},"cursor":"'
         + CURSOR.encode()
@@ -398,6 +399,7 @@ def test_encode_change_with_a_cursor_appends_it() -> None:
         "type": "change",
         "table_id": "t1",
         "op": "UPDATE",
+        "id": "r1",
         "row": {**json.loads(ROW), "version": 42},
         "cursor": CURSOR,
     }
