@@ -253,19 +253,12 @@ class SupabaseSession(Session[Message]):
             return self._refuse(message, f"{exc.code}: {exc.message}")
         try:
             bindings = [await self._resolve(binding) for binding in bindings]
+            viewing = await self._viewing(identity, bindings)
         except FilterError as exc:
             self._send(protocol.system(topic, "error", str(exc)))
             return self._reject(message, str(exc))
         except DatabaseError:
             logger.warning("could not look up a channel's tables", exc_info=True)
-            return self._reject(message, "the database could not be reached: join again")
-        try:
-            viewing = await self._viewing(identity, bindings)
-        except FilterError as exc:
-            self._send(protocol.system(topic, "error", str(exc)))
-            return self._refuse(message, str(exc))
-        except DatabaseError:
-            logger.warning("could not look up a role's columns", exc_info=True)
             return self._reject(message, "the database could not be reached: join again")
         if self.closed:
             return None
