@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from .changes import Change
 from .tables import EVERY_TABLE
 
-__all__ = ["EVERY_TABLE", "Batch", "Hub", "Subscriber"]
+__all__ = ["EVERY_TABLE", "Batch", "Hub", "Interest", "Subscriber"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +88,30 @@ class Subscriber(Protocol):
         """Queue ``batch`` for sending; never block, never raise."""
 
 
+Interest: TypeAlias = frozenset[Hashable] | None
+"""The checks of which a subscriber needs one passed by some change of a batch to be
+handed the batch (:attr:`Batch.checks`); None: every batch."""
+
+
 class Hub:
-    """Subscriptions by ``table_id`` (or :data:`EVERY_TABLE`)."""
+    """Subscriptions by ``table_id`` (or :data:`EVERY_TABLE`), each with its interest.
+
+    A subscriber whose every channel on a table is filtered (or checked for
+    row-level security) declares the checks that decide what it sends: a
+    batch of which no change passed any of them is not handed to it. Of a
+    thousand subscribers of one table, each filtered on its own user's rows,
+    a batch then visits the few it concerns rather than every one.
+    """
 
     def __init__(self) -> None:
         # dicts as ordered sets: delivery order is subscription order.
-        self._tables: dict[str | None, dict[Subscriber, None]] = {}
+        self._tables: dict[str | None, dict[Subscriber, Interest]] = {}
 
-    def subscribe(self, table_id: str | None, subscriber: Subscriber) -> None:
-        self._tables.setdefault(table_id, {})[subscriber] = None
+    def subscribe(
+        self, table_id: str | None, subscriber: Subscriber, interest: Interest = None
+    ) -> None:
+        """Subscribe, or change an existing subscription's interest."""
+        self._tables.setdefault(table_id, {})[subscriber] = interest
 
     def unsubscribe(self, table_id: str | None, subscriber: Subscriber) -> None:
         subscribers = self._tables.get(table_id)
@@ -131,7 +146,15 @@ class Hub:
             return 0
         # A subscriber may unsubscribe itself while we iterate (a slow consumer
         # being dropped), so iterate over a snapshot.
-        snapshot = tuple(subscribers)
+        if batch.checks and batch.changes and batch.reset is None:
+            passed = {check for check, answers in batch.checks.items() if any(answers)}
+            snapshot = tuple(
+                subscriber
+                for subscriber, interest in subscribers.items()
+                if interest is None or not interest.isdisjoint(passed)
+            )
+        else:
+            snapshot = tuple(subscribers)
         for subscriber in snapshot:
             try:
                 subscriber.deliver(batch)

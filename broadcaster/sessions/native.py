@@ -402,7 +402,8 @@ class NativeSession(Session[protocol.ClientMessage]):
         if self.closed or self.tables.get(table_id) is not join:
             return
         self.tables[table_id] = None
-        self._hub.subscribe(table_id, self)
+        check = self._filters.get(table_id)
+        self._hub.subscribe(table_id, self, None if check is None else frozenset({check}))
         messaging = self._messaging
         if messaging is not None:
             messaging.broadcasts.listen(_topic(table_id), self)

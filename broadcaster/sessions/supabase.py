@@ -35,7 +35,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from ..auth.identity import Identity, TokenVerifier
 from ..core import broadcasts, presence, visibility
 from ..core.checks import Check, FilterCheck, RowCheck
 from ..core.feed import Join, JoinResult
-from ..core.hub import Batch, Hub
+from ..core.hub import Batch, Hub, Interest
 from ..core.tables import EVERY_TABLE
 from ..exceptions import AuthenticationError, DatabaseError, FilterError, ProtocolError
 from ..protocols import native, phoenix
@@ -297,6 +297,7 @@ class SupabaseSession(Session[Message]):
             presence_key=key if isinstance(key, str) and key else self._origin,
         )
         self._channels[topic] = channel
+        self._update_interest(tables)
         self._expire_at(topic, identity.expires_at if identity is not None else None)
         self._messaging.broadcasts.listen(topic, self)
         # Follow diffs before reading the state: a diff that arrives first is
@@ -401,7 +402,7 @@ class SupabaseSession(Session[Message]):
             if self.closed or self.tables.get(table_id) is not join:
                 return
             self.tables[table_id] = None
-            self._hub.subscribe(table_id, self)
+            self._hub.subscribe(table_id, self, self._interest(table_id))
             for channel in list(self._channels.values()):
                 channel.pending.discard(table_id)
                 self._maybe_live(channel)
@@ -434,6 +435,35 @@ class SupabaseSession(Session[Message]):
                 self._hub.unsubscribe(table_id, self)
             else:
                 self._joiner.cancel(join)
+        self._update_interest(channel.tables & still)
+
+    def _interest(self, table_id: str | None) -> Interest:
+        """The checks of which one must pass for a batch of ``table_id`` to bring this
+        connection anything (None: any batch may): a filtered binding needs its
+        filter passed, one on a table with row-level security its viewer's check."""
+        wanted: set[Hashable] = set()
+        for channel in self._channels.values():
+            for binding in channel.bindings:
+                if binding.tables is not None and table_id not in binding.tables:
+                    continue
+                if binding.check is not None:
+                    wanted.add(binding.check)
+                    continue
+                rows = [
+                    c
+                    for c in (*channel.row_checks, *channel.retiring)
+                    if c.table.table_id == table_id
+                ]
+                if not rows:
+                    return None
+                wanted.update(rows)
+        return frozenset(wanted)
+
+    def _update_interest(self, table_ids: Iterable[str | None]) -> None:
+        """Tell the hub what the live tables of ``table_ids`` now need."""
+        for table_id in table_ids:
+            if table_id in self.tables and self.tables[table_id] is None:
+                self._hub.subscribe(table_id, self, self._interest(table_id))
 
     def _leave_everything(self) -> None:
         for topic in list(self._channels):
@@ -497,11 +527,15 @@ class SupabaseSession(Session[Message]):
         for check in new:
             self._published.checks.add(check)
         if new:
-            # Until a read answers the new checks, the previous ones decide.
-            channel.retiring.extend(c for c in channel.row_checks if c not in viewing.row_checks)
+            # Until a read answers the new checks, the previous ones decide:
+            # one generation of them, those of the token this one replaces.
+            for check in channel.retiring:
+                self._published.checks.remove(check)
+            channel.retiring = [c for c in channel.row_checks if c not in viewing.row_checks]
         channel.row_checks = list(viewing.row_checks)
         channel.selectable = viewing.selectable
         channel.reshape()
+        self._update_interest(channel.tables)
 
     def _retire(self, channel: _Channel, batch: Batch) -> None:
         """Forget the previous viewer's checks of ``batch``'s table once it answers the new."""
@@ -518,6 +552,7 @@ class SupabaseSession(Session[Message]):
             self._published.checks.remove(check)
         if retired:
             channel.reshape()
+            self._update_interest([batch.table_id])
 
     def _auth_timed_out(self) -> None:
         self._transport.close(native.CLOSE_UNAUTHORIZED, "authentication timeout")

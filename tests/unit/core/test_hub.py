@@ -396,3 +396,26 @@ def test_batch_has_no_instance_dict() -> None:
 
     with pytest.raises(AttributeError):
         the_batch.extra = 1  # type: ignore[attr-defined]
+
+
+def test_a_batch_goes_to_the_subscribers_whose_interest_some_change_passed(hub: Hub) -> None:
+    everything, five, six = Recorder(), Recorder(), Recorder()
+    hub.subscribe("public.todos", everything)
+    hub.subscribe("public.todos", five, frozenset({"room 5"}))
+    hub.subscribe("public.todos", six, frozenset({"room 6", "room 7"}))
+    changed = Batch("public.todos", [change("public.todos", "1", 1)], CURSOR, since=CURSOR)
+    changed.checks = {"room 5": [True], "room 6": [False]}
+
+    assert hub.publish(changed) == 2
+    assert (everything.batches, five.batches, six.batches) == ([changed], [changed], [])
+
+    # A batch with nothing to pass (a cursor, a reset) goes to every subscriber.
+    moved = Batch("public.todos", [], CURSOR, since=CURSOR)
+    assert hub.publish(moved) == 3
+    reset = Batch("public.todos", changed.changes, CURSOR, "history_pruned", since=CURSOR)
+    reset.checks = changed.checks
+    assert hub.publish(reset) == 3
+
+    # Subscribing again changes the interest.
+    hub.subscribe("public.todos", six, frozenset({"room 5"}))
+    assert hub.publish(changed) == 3

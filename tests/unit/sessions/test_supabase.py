@@ -1421,3 +1421,19 @@ async def test_the_authorizer_is_not_asked_about_a_table_with_row_security(
     await world.live(client, TOPIC, on_notes(), access_token="ada")
 
     assert authorizer.asked == []
+
+
+async def test_the_hub_hands_a_filtered_connection_only_the_batches_its_checks_passed(
+    world: SupabaseWorld,
+) -> None:
+    client = world.connect()
+    await world.live(client, TOPIC, [on_messages("room_id=eq.5")])
+    [check] = world.published.checks.on("public.messages")
+    client.clear()
+    other = batch("public.messages", message_change("INSERT", 6, 7))
+    other.checks = {check: [False]}
+
+    assert world.hub.publish(other) == 0
+
+    await world.live(client, OTHER, [on_messages()])
+    assert world.hub.publish(other) == 1
