@@ -29,6 +29,8 @@ from tests.support.timeouts import within
 pytestmark = pytest.mark.asyncio
 
 HERE = Path(__file__).parent / "supabase"
+# What the servers with authentication on sign tokens with; the tests sign theirs alike.
+JWT_SECRET = "supabase-compat-test-secret-32-bytes!"
 
 
 async def _run(*command: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -112,17 +114,75 @@ GRANT SELECT (id, owner, body) ON notes TO {role};
 """
 
 
+# What Supabase provides and plain Postgres lacks: the auth schema's helpers,
+# reading the claims the server sets for each check, as docs/supabase.md
+# ("Moving a multi-table app") gives them.
+AUTH_HELPERS = """
+CREATE SCHEMA auth;
+CREATE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT nullif(current_setting('request.jwt.claims', true), '')::jsonb
+$$;
+CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$
+    SELECT (auth.jwt() ->> 'sub')::uuid
+$$;
+CREATE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT auth.jwt() ->> 'role'
+$$;
+GRANT USAGE ON SCHEMA auth TO {anon}, {authenticated};
+"""
+
+# A chat app as Supabase apps have it: members read their rooms' messages (a
+# policy reading request.jwt.claims itself) and their rooms (one calling
+# auth.uid()); profiles have no row-level security, and the authorizer lets
+# every token read them. `anon` may select every table, and no policy grants
+# it a row.
+CHAT = """
+CREATE TABLE rooms (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text);
+CREATE TABLE memberships (room_id uuid, user_id uuid, PRIMARY KEY (room_id, user_id));
+CREATE TABLE messages (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, room_id uuid,
+    author uuid, body text, sent_at timestamptz DEFAULT now(), pinned bool DEFAULT false,
+    meta jsonb, n int);
+CREATE TABLE profiles (id uuid PRIMARY KEY, name text);
+
+ALTER TABLE memberships ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own ON memberships FOR SELECT TO {authenticated} USING (user_id = auth.uid());
+ALTER TABLE messages ENABLE ROW LEVEL SECURITY;
+CREATE POLICY members_read ON messages FOR SELECT TO {authenticated} USING (
+    EXISTS (SELECT 1 FROM memberships m
+            WHERE m.room_id = messages.room_id
+              AND m.user_id = (current_setting('request.jwt.claims', true)::jsonb
+                               ->> 'sub')::uuid));
+ALTER TABLE rooms ENABLE ROW LEVEL SECURITY;
+CREATE POLICY members_read ON rooms FOR SELECT TO {authenticated} USING (
+    EXISTS (SELECT 1 FROM memberships m WHERE m.room_id = rooms.id AND m.user_id = auth.uid()));
+GRANT SELECT ON rooms, memberships, messages, profiles TO {anon}, {authenticated};
+
+CREATE FUNCTION broadcaster_authorize(claims jsonb, table_id text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT table_id = 'public.profiles'
+$$;
+"""
+
+
 @contextlib.asynccontextmanager
-async def _authenticated_role(database_url: str) -> AsyncIterator[str]:
-    """Supabase's ``authenticated`` role, granted to the server's login (this
-    connection's user); named apart, since roles are the whole cluster's."""
-    role = f"authenticated_{uuid.uuid4().hex[:10]}"
-    await _execute(database_url, f"CREATE ROLE {role} NOLOGIN; GRANT {role} TO CURRENT_USER")
+async def _supabase_roles(database_url: str, *kinds: str) -> AsyncIterator[list[str]]:
+    """Supabase's roles of ``kinds`` (``authenticated``, ``anon``), NOLOGIN,
+    granted to the server's login (this connection's user); named apart, since
+    roles are the whole cluster's, and dropped at the end whatever happened."""
+    suffix = uuid.uuid4().hex[:10]
+    made: list[str] = []
     try:
-        yield role
+        for kind in kinds:
+            role = f"{kind}_{suffix}"
+            await _execute(database_url, f"CREATE ROLE {role} NOLOGIN")
+            made.append(role)
+            await _execute(database_url, f"GRANT {role} TO CURRENT_USER")
+        yield made
     finally:
-        # Its privileges in this database would keep it from being dropped.
-        await _execute(database_url, f"DROP OWNED BY {role}; DROP ROLE {role}")
+        if made:
+            # Their privileges in this database would keep them from being dropped.
+            roles = ", ".join(made)
+            await _execute(database_url, f"DROP OWNED BY {roles}; DROP ROLE {roles}")
 
 
 async def test_supabase_js_postgres_changes(database_url: str) -> None:
@@ -144,7 +204,7 @@ async def test_supabase_js_with_authentication(database_url: str) -> None:
         database_url,
         "auth.test.mjs",
         auth="jwt",
-        jwt_secret="supabase-compat-test-secret-32-bytes!",
+        jwt_secret=JWT_SECRET,
         publishable_keys="sb_publishable_test_key=anon",
     )
 
@@ -156,10 +216,24 @@ async def test_supabase_js_published_tables(database_url: str) -> None:
 
 
 async def test_supabase_js_row_level_security(database_url: str) -> None:
-    secret = "supabase-compat-test-secret-32-bytes!"
-    async with _authenticated_role(database_url) as role:
+    async with _supabase_roles(database_url, "authenticated") as [role]:
         await _execute(database_url, NOTES.format(role=role))
         await _publish(database_url, "public.notes")
         await _node_tests(
-            database_url, "row_security.test.mjs", {"ROLE": role}, auth="jwt", jwt_secret=secret
+            database_url, "row_security.test.mjs", {"ROLE": role}, auth="jwt", jwt_secret=JWT_SECRET
+        )
+
+
+async def test_supabase_js_chat_app(database_url: str) -> None:
+    async with _supabase_roles(database_url, "authenticated", "anon") as [role, anon]:
+        names = {"authenticated": role, "anon": anon}
+        await _execute(database_url, AUTH_HELPERS.format(**names) + CHAT.format(**names))
+        await _publish(database_url, "public.rooms", "public.messages", "public.profiles")
+        await _node_tests(
+            database_url,
+            "app.test.mjs",
+            {"ROLE": role, "ANON": anon},
+            auth="jwt",
+            jwt_secret=JWT_SECRET,
+            authorizer="broadcaster_authorize",
         )
