@@ -377,6 +377,7 @@ class WebSocketConnection(asyncio.Protocol):
                 limits=runtime.limits,
                 publishable_keys=runtime.publishable_keys,
                 published=runtime.directory,
+                authorizer_decides_published=runtime.settings.authorizer is not None,
             )
             logger.debug("%s connected to %s (vsn %s)", self._peer, url.path, vsn)
             return

@@ -130,6 +130,7 @@ class SupabaseSession(Session[Message]):
         limits: Limits,
         publishable_keys: Mapping[str, str] | None = None,
         published: PublishedTables | None = None,
+        authorizer_decides_published: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -148,6 +149,7 @@ class SupabaseSession(Session[Message]):
         self._apikey = apikey
         self._publishable_keys = publishable_keys or {}
         self._published = NO_PUBLISHED_TABLES if published is None else published
+        self._authorizer_decides_published = authorizer_decides_published
         self._channels: dict[str, _Channel] = {}
         # table_id (EVERY_TABLE: every table) -> its pending Join, or None once live.
         self.tables: dict[str | None, Join | None] = {}
@@ -263,7 +265,7 @@ class SupabaseSession(Session[Message]):
         if self.closed:
             return None
         tables = frozenset(t for binding in bindings for t in (binding.tables or (EVERY_TABLE,)))
-        forbidden = await self._forbidden(identity, bindings)
+        forbidden = await self._forbidden(identity, bindings, viewing)
         if forbidden == EVERY_TABLE_ID:
             return self._refuse(
                 message,
@@ -495,7 +497,17 @@ class SupabaseSession(Session[Message]):
             return self._end_channel(message.topic, message.join_ref, f"{exc.code}: {exc.message}")
         # A fresh token may grant less than the one the channel joined with.
         channel = self._channels.get(message.topic)
-        forbidden = await self._forbidden(identity, channel.bindings if channel else ())
+        bindings = channel.bindings if channel is not None else []
+        try:
+            viewing = await self._viewing(identity, bindings)
+        except FilterError as exc:
+            return self._end_channel(message.topic, message.join_ref, str(exc))
+        except DatabaseError:
+            logger.warning("could not look up a role's columns", exc_info=True)
+            return self._end_channel(
+                message.topic, message.join_ref, "the database could not be reached: join again"
+            )
+        forbidden = await self._forbidden(identity, bindings, viewing)
         if forbidden is not None:
             return self._end_channel(
                 message.topic,
@@ -503,17 +515,6 @@ class SupabaseSession(Session[Message]):
                 f"forbidden: the new token may not read {forbidden!r}",
             )
         if channel is not None and self._channels.get(channel.topic) is channel:
-            try:
-                viewing = await self._viewing(identity, channel.bindings)
-            except FilterError as exc:
-                return self._end_channel(message.topic, message.join_ref, str(exc))
-            except DatabaseError:
-                logger.warning("could not look up a role's columns", exc_info=True)
-                return self._end_channel(
-                    message.topic, message.join_ref, "the database could not be reached: join again"
-                )
-            if self._channels.get(channel.topic) is not channel:
-                return None
             self._view_as(channel, viewing)
         self.identity = identity
         if channel is not None and self._channels.get(channel.topic) is channel:
@@ -564,15 +565,21 @@ class SupabaseSession(Session[Message]):
             self._end_channel(channel.topic, channel.join_ref, reason)
 
     async def _forbidden(
-        self, identity: Identity | None, bindings: Iterable[Binding]
+        self, identity: Identity | None, bindings: Iterable[Binding], viewing: _Viewing
     ) -> str | None:
         """The first table_id ``bindings`` route to that ``identity`` may not read, if any
-        (EVERY_TABLE is asked about, and answered, as EVERY_TABLE_ID). The authorizer
-        is asked about each binding's tables, but for those with row-level security,
-        which Postgres decides on per change, as the subscriber."""
+        (EVERY_TABLE is asked about, and answered, as EVERY_TABLE_ID).
+
+        The authorizer decides, but not about a published table whose rights
+        Postgres decided already (``viewing``), as Supabase has them decide: one
+        with row-level security (its policies, per change) and, unless the
+        authorizer is a SQL function, one the token's role may select from.
+        """
+        decided_already = {c.table.table_id for c in viewing.row_checks}
+        if not self._authorizer_decides_published:
+            decided_already.update(table_id for table_id, _ in viewing.selectable)
         for binding in bindings:
-            secured = {t.table_id for t in binding.published or () if t.row_security}
-            routed = [t for t in binding.tables or (EVERY_TABLE,) if t not in secured]
+            routed = [t for t in binding.tables or (EVERY_TABLE,) if t not in decided_already]
             for table_id in sorted(authorizer_table_id(t) for t in routed):
                 verdict = self._authorizer.allowed(identity, table_id, binding.spec)
                 if not await decided(verdict):

@@ -491,6 +491,7 @@ class SupabaseWorld:
         verifier: FakeVerifier | None = None,
         apikey: str | None = None,
         publishable_keys: Mapping[str, str] | None = None,
+        authorizer_decides_published: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         **limits: Any,
@@ -516,6 +517,7 @@ class SupabaseWorld:
             limits=Limits(**options),
             publishable_keys=publishable_keys,
             published=self.published,
+            authorizer_decides_published=authorizer_decides_published,
             clock=clock,
             wall_clock=wall_clock,
         )

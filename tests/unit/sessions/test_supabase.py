@@ -1437,3 +1437,20 @@ async def test_the_hub_hands_a_filtered_connection_only_the_batches_its_checks_p
 
     await world.live(client, OTHER, [on_messages()])
     assert world.hub.publish(other) == 1
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["claims", "sql function"])
+async def test_a_role_that_may_select_a_published_table_is_let_in_by_its_privileges(
+    world: SupabaseWorld, function: bool
+) -> None:
+    """As on Supabase: Postgres' rights decide, not the token's table_ids claim; a SQL
+    authorizer, when there is one, still decides."""
+    verifier = secured_world(world)
+    authorizer = RecordingAuthorizer()
+    client = world.connect(
+        verifier=verifier, authorizer=authorizer, authorizer_decides_published=function
+    )
+    await world.live(client, TOPIC, [on_messages()], access_token="ada")
+
+    asked = [table_id for _, table_id in authorizer.asked]
+    assert asked == (["public.messages"] if function else [])
