@@ -351,7 +351,7 @@ def test_encode_change_splices_the_row_verbatim_with_its_version_last() -> None:
     encoded = encode_change(Change("UPDATE", "t1", "r1", 42, ROW))
 
     assert encoded == (
-        b'{"type":"change","table_id":"t1","op":"UPDATE","row":'
+        b'{"type":"change","table_id":"t1","op":"UPDATE","id":"r1","row":'
         + ROW[:-1].encode()
         + b',"version":42}}'
     )
@@ -372,8 +372,18 @@ def test_encode_change_escapes_the_table_id(table_id: str) -> None:
         "type": "change",
         "table_id": table_id,
         "op": "INSERT",
+        "id": "r1",
         "row": {"id": "r1", "version": 1},
     }
+
+
+def test_encode_change_carries_the_key_a_published_row_does_not_hold() -> None:
+    row = '{"room_id": 5, "seq": 1, "body": "hi"}'
+
+    encoded = encode_change(Change("INSERT", "public.messages", "[5, 1]", 9, row))
+
+    message = strict_json(encoded)
+    assert (message["id"], message["row"]) == ("[5, 1]", {**json.loads(row), "version": 9})
 
 
 def test_encode_change_of_a_non_ascii_row_is_utf8() -> None:
@@ -388,7 +398,7 @@ def test_encode_change_with_a_cursor_appends_it() -> None:
     encoded = encode_change(Change("UPDATE", "t1", "r1", 42, ROW), CURSOR)
 
     assert encoded == (
-        b'{"type":"change","table_id":"t1","op":"UPDATE","row":'
+        b'{"type":"change","table_id":"t1","op":"UPDATE","id":"r1","row":'
         + ROW[:-1].encode()
         + b',"version":42},"cursor":"'
         + CURSOR.encode()
@@ -398,6 +408,7 @@ def test_encode_change_with_a_cursor_appends_it() -> None:
         "type": "change",
         "table_id": "t1",
         "op": "UPDATE",
+        "id": "r1",
         "row": {**json.loads(ROW), "version": 42},
         "cursor": CURSOR,
     }

@@ -106,6 +106,7 @@ def live_change(the_change: Change, cursor: str = CURSOR) -> dict[str, Any]:
         "type": "change",
         "table_id": the_change.table_id,
         "op": the_change.op,
+        "id": the_change.id,
         "row": {**json.loads(the_change.row_json), "version": the_change.version},
         "cursor": cursor,
     }
@@ -710,6 +711,7 @@ def test_deliver_sends_one_change_as_one_message(
             "type": "change",
             "table_id": "t1",
             "op": "UPDATE",
+            "id": "r1",
             "row": json.loads(row("t1", "r1", 7)),
             "cursor": CURSOR_2,
         }
