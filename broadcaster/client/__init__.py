@@ -21,12 +21,15 @@ Two ways to consume a table::
             print(len(table.rows), table.get("r1"))
             row = await table.wait_for_row("r2", lambda row: row["data"].get("done"), timeout=5)
 
-            # 2. A stream of changes, e.g. for a worker.
-            async for event in client.subscribe("t2", snapshot=True):
+            # 2. A stream of changes, e.g. for a worker; here of a published
+            #    table's rows whose room_id is 5.
+            async for event in client.subscribe(
+                "public.messages", snapshot=True, filter="room_id=eq.5"
+            ):
                 if isinstance(event, Reset):
-                    ...  # drop what you hold for t2: its snapshot follows
+                    ...  # drop what you hold: the table's snapshot follows
                 elif event.op == "DELETE":
-                    ...  # event.id was deleted
+                    ...  # the row keyed event.id was deleted
                 else:
                     ...  # event.row is the row's new state (event.version)
 
@@ -47,7 +50,8 @@ Exceptions, all under :class:`broadcaster.exceptions.BroadcasterError`::
     └── SubscriptionError           the server refused a subscribe, or ended a
         │                           subscription (``forbidden``); ``code`` is
         │                           the protocol's error code
-        └── TooManySubscriptionsError   code ``too_many_subscriptions``
+        ├── TooManySubscriptionsError   code ``too_many_subscriptions``
+        └── BadFilterError              code ``bad_filter``
 
 Import everything from here: the modules of this package (``_client``,
 ``_connection``, ``_core``, ``_stream``, ``_subscription``, ``_table``,
@@ -61,6 +65,7 @@ from ..core.backoff import Backoff
 from ._client import DEFAULT_QUEUE_SIZE, Client, connect
 from ._connection import Token
 from ._errors import (
+    BadFilterError,
     ClientClosedError,
     ClientError,
     ConnectError,
@@ -76,6 +81,7 @@ __all__ = [
     "DEFAULT_QUEUE_SIZE",
     "INTERRUPTED",
     "Backoff",
+    "BadFilterError",
     "Change",
     "Client",
     "ClientClosedError",

@@ -138,16 +138,22 @@ class Client(Connection):
         cursor: str | None = None,
         snapshot: bool = False,
         queue_size: int | None = None,
+        filter: str | None = None,
     ) -> Subscription:
         """Subscribe to ``table_id``; iterate the result for its changes.
 
-        With ``snapshot=True`` every row comes first (as ``INSERT`` changes);
-        with ``cursor`` (from :attr:`Subscription.cursor` or
-        :attr:`Table.cursor`) every change since that cursor does, or a
+        ``table_id`` is a table_id of ``rows``, or a published table's
+        ``schema.table``. With ``snapshot=True`` every row comes first (as
+        ``INSERT`` changes); with ``cursor`` (from :attr:`Subscription.cursor`
+        or :attr:`Table.cursor`) every change since that cursor does, or a
         :class:`Reset` and every row if the server cannot serve the cursor.
-        With neither, only changes committed from now on. The subscribe is
-        sent at once (or when connected); an error answering it is raised by
-        the iterator and by :meth:`Subscription.wait_synced`.
+        With neither, only changes committed from now on. ``filter``, on a
+        published table only, keeps the rows that pass it (Supabase's grammar:
+        ``room_id=eq.5``; ``docs/supabase.md``): snapshot, catch-up and live
+        changes alike; it is sent again with every resume. The subscribe is
+        sent at once (or when connected); an error answering it (a refused
+        filter: :class:`BadFilterError`) is raised by the iterator and by
+        :meth:`Subscription.wait_synced`.
         """
         subscription = Subscription(
             self._core,
@@ -155,6 +161,7 @@ class Client(Connection):
             cursor=cursor,
             snapshot=snapshot,
             queue_size=self.queue_size if queue_size is None else queue_size,
+            filter=filter,
         )
         self._core.add(subscription)
         return subscription
@@ -165,15 +172,18 @@ class Client(Connection):
         *,
         rows: Mapping[str, Mapping[str, Any]] | None = None,
         cursor: str | None = None,
+        filter: str | None = None,
     ) -> Table:
         """A live view of ``table_id``, returned once its snapshot is in.
 
-        To resume a view saved earlier, pass its ``rows`` and ``cursor``: only
-        what changed since is sent (or a reset and a snapshot, if the cursor
-        cannot be served). Raises :class:`SubscriptionError` if the server
-        refuses the subscription.
+        ``filter`` keeps a published table's rows that pass it, as for
+        :meth:`subscribe`. To resume a view saved earlier, pass its ``rows``
+        and ``cursor`` (and the same ``filter``): only what changed since is
+        sent (or a reset and a snapshot, if the cursor cannot be served).
+        Raises :class:`SubscriptionError` if the server refuses the
+        subscription (:class:`BadFilterError` for a refused filter).
         """
-        view = Table(self._core, table_id, rows=rows, cursor=cursor)
+        view = Table(self._core, table_id, rows=rows, cursor=cursor, filter=filter)
         self._core.add(view)
         try:
             await view.wait_synced()

@@ -91,7 +91,8 @@ class Connection:
         self._refresh: asyncio.TimerHandle | None = None
         self._refusal: ClientError | None = None
         self._outbox_ready = asyncio.Event()
-        self._core = Core(self._outbox_ready.set)
+        # Read at each use: the backoff may be replaced after construction.
+        self._core = Core(self._outbox_ready.set, lambda failures: self.backoff.delay(failures))
         self._core.on_authenticated = self._authenticated
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final, get_args
 
+from ..core.backoff import Backoff
 from ._errors import ClientClosedError, ClientError, subscription_error
 from ._events import Change, Op
 from ._stream import IDLE, LIVE, PAUSED, PENDING, SYNCING, Stream
@@ -25,6 +26,11 @@ __all__ = ["Core"]
 logger = logging.getLogger("broadcaster.client")
 
 _OPS: Final[frozenset[str]] = frozenset(get_args(Op))
+
+# Refusals of a subscribe that say "not now": it is sent again after a delay.
+# (A published table is looked up in the database at each subscribe.)
+_TRANSIENT: Final[frozenset[str]] = frozenset({"unavailable", "rate_limited"})
+_BACKOFF: Final = Backoff()
 
 
 class _Malformed(Exception):
@@ -53,10 +59,12 @@ def _parse_change(message: Mapping[str, Any]) -> Change:
         raise _Malformed(f"unknown op {op!r}")
     if not isinstance(row, dict):
         raise _Malformed("row is not an object")
-    row_id = row.get("id")
+    # The row's key; a server older than the message's id has it in row.id
+    # (every row of rows does, and every DELETE's).
+    row_id = message.get("id", row.get("id"))
     version = row.get("version")
     if not isinstance(row_id, str):
-        raise _Malformed("row.id is not a string")
+        raise _Malformed("id is not a string")
     if not isinstance(version, int) or isinstance(version, bool):
         raise _Malformed("row.version is not an integer")
     if cursor is not None and not isinstance(cursor, str):
@@ -72,10 +80,16 @@ class Core:
 
     The connection feeds it every text frame (:meth:`receive`) and sends what
     it appends to :attr:`outbox`, in order; ``wake`` is called after each append.
+    A subscribe refused for now (``unavailable``, ``rate_limited``) is sent
+    again ``retry_delay(n)`` seconds later, ``n`` counting such refusals of
+    the table in a row.
     """
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, wake: Callable[[], None], retry_delay: Callable[[int], float] = _BACKOFF.delay
+    ) -> None:
         self._wake = wake
+        self._retry_delay = retry_delay
         self.streams: dict[str, Stream] = {}
         self.outbox: deque[str] = deque()
         self.connected = False
@@ -242,6 +256,9 @@ class Core:
             # It answers a subscribe: the server did not subscribe.
             if stream._state != PENDING or self.streams.get(stream.table_id) is not stream:
                 return
+            if code in _TRANSIENT:
+                self._retry(stream, code, text)
+                return
         elif code == "forbidden" and isinstance(message.get("table_id"), str):
             # The server ended a subscription (a refreshed token no longer allows it).
             stream = self.streams.get(message["table_id"])
@@ -252,3 +269,23 @@ class Core:
             return
         del self.streams[stream.table_id]
         stream._fail(subscription_error(stream.table_id, code, text))
+
+    def _retry(self, stream: Stream, code: str, text: str) -> None:
+        stream._state = IDLE
+        stream._refusals += 1
+        delay = self._retry_delay(stream._refusals)
+        logger.info(
+            "subscribing to %r refused for now (%s: %s); again in %.1f s",
+            stream.table_id,
+            code,
+            text,
+            delay,
+        )
+
+        def again() -> None:
+            # Unless a new connection subscribed it meanwhile, or it is gone.
+            current = self.streams.get(stream.table_id) is stream
+            if self.connected and current and stream._state == IDLE:
+                self._subscribe(stream)
+
+        asyncio.get_running_loop().call_later(delay, again)

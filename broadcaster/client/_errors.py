@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..exceptions import BroadcasterError
 
 __all__ = [
+    "BadFilterError",
     "ClientClosedError",
     "ClientError",
     "ConnectError",
@@ -65,8 +66,19 @@ class TooManySubscriptionsError(SubscriptionError):
     """The connection already holds the server's maximum of subscriptions."""
 
 
+class BadFilterError(SubscriptionError):
+    """The server refused the subscription's ``filter`` (code ``bad_filter``).
+
+    The table is not a published table, or Postgres refused the filter (an
+    unknown column, a value that does not cast to the column's type, an
+    operator the type lacks); ``message`` says which.
+    """
+
+
 def subscription_error(table_id: str, code: str, message: str) -> SubscriptionError:
     """The :class:`SubscriptionError`, or the subclass for ``code``, of a server's error."""
     if code == "too_many_subscriptions":
         return TooManySubscriptionsError(table_id, code, message)
+    if code == "bad_filter":
+        return BadFilterError(table_id, code, message)
     return SubscriptionError(table_id, code, message)

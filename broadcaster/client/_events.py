@@ -18,8 +18,12 @@ short by a lost connection and starts over."""
 class Change:
     """One change of one row, as the server sent it.
 
-    ``row`` is the whole row after the change (``docs/protocol.md``); for a
-    ``DELETE`` it holds only ``id``, ``table_id`` and ``version``. ``old`` is
+    ``id`` is the row's key: ``rows``' id, or a published table's primary key
+    as text (``42``) or, for a composite key, JSON array text (``[5, 1]``).
+    ``row`` is the whole row after the change (``docs/protocol.md``): for
+    ``rows``, ``id``, ``table_id``, ``data``...; for a published table, its own
+    columns; ``version`` in both. For a ``DELETE`` it holds only ``id``,
+    ``table_id`` and ``version``. ``old`` is
     the whole row before an ``UPDATE`` or ``DELETE`` (``None`` for an
     ``INSERT``, and for rows of a snapshot). ``cursor`` is set on live changes
     and ``None`` on catch-up (snapshot or resume) changes. A cursor covers the

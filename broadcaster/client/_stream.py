@@ -38,10 +38,16 @@ class Stream:
     """What :class:`Subscription` and :class:`Table` share: one table's
     subscription state, its cursor and what it holds to drop stale versions."""
 
-    def __init__(self, core: Core, table_id: str, cursor: str | None, snapshot: bool) -> None:
+    def __init__(
+        self, core: Core, table_id: str, cursor: str | None, snapshot: bool, filter: str | None
+    ) -> None:
         if not isinstance(table_id, str) or not table_id:
             raise ValueError("table_id must be a non-empty string")
+        if filter is not None and (not isinstance(filter, str) or not filter):
+            raise ValueError("filter must be a non-empty string such as 'room_id=eq.5', or None")
         self.table_id = table_id
+        self.filter = filter
+        """The filter sent with every subscribe (``room_id=eq.5``), or ``None``."""
         self._core = core
         self._snapshot = snapshot
         self._state: str = IDLE
@@ -55,7 +61,9 @@ class Stream:
         # Make an INTERRUPTED reset when the next subscribe is answered.
         self._restart = False
         self._ever_synced = False
-        # Row id -> the highest version taken in, deleted rows included.
+        # Subscribes refused for now (unavailable, rate_limited) since the last synced.
+        self._refusals = 0
+        # Row key (the change's id) -> the highest version taken in, deleted rows included.
         self._versions: dict[str, int] = {}
         # Deleted row ids, forgotten at the second new cursor after their delete:
         # by then a cursor that covers the delete is the resume point, and a
@@ -69,6 +77,10 @@ class Stream:
 
     def _subscribe_message(self, ref: int) -> dict[str, Any]:
         message: dict[str, Any] = {"type": "subscribe", "ref": ref, "table_id": self.table_id}
+        if self.filter is not None:
+            # On every subscribe, resumes included: the server holds no filter
+            # across connections, and a cursor alone would catch up unfiltered.
+            message["filter"] = self.filter
         if self._received is not None:
             message["cursor"] = self._received
         else:
@@ -137,6 +149,7 @@ class Stream:
         self._commit(cursor)
         self._state = LIVE
         self._ever_synced = True
+        self._refusals = 0
         self._notify()
 
     def _overflow(self) -> None:

@@ -46,10 +46,11 @@ class Subscription(Stream):
         cursor: str | None,
         snapshot: bool,
         queue_size: int,
+        filter: str | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
-        super().__init__(core, table_id, cursor, snapshot)
+        super().__init__(core, table_id, cursor, snapshot, filter)
         self._queue: deque[_Item] = deque()
         self._queue_size = queue_size
         self._position = cursor

@@ -1,4 +1,4 @@
-"""A live view of one table: its rows by id, kept up to date as changes arrive."""
+"""A live view of one table: its rows by key, kept up to date as changes arrive."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ __all__ = ["Table"]
 
 
 class Table(Stream):
-    """A live view of one table: its rows by id, kept up to date.
+    """A live view of one table: its rows by key, kept up to date.
 
     Get one from :meth:`Client.table`. :attr:`rows` is replaced in place as
     changes arrive; treat it as read-only. After a :class:`Reset` (see
     :attr:`resets`) it is emptied and refilled by the snapshot that follows.
+    A row's key is the id its changes carry (:attr:`Change.id`): ``rows``' id,
+    or a published table's primary key as text (``42``) or, for a composite
+    key, JSON array text (``[5, 1]``).
     """
 
     def __init__(
@@ -30,12 +33,14 @@ class Table(Stream):
         *,
         rows: Mapping[str, Mapping[str, Any]] | None,
         cursor: str | None,
+        filter: str | None = None,
     ) -> None:
         if rows and cursor is None:
             raise ValueError("rows need the cursor they were read at")
-        super().__init__(core, table_id, cursor, snapshot=True)
+        super().__init__(core, table_id, cursor, snapshot=True, filter=filter)
         self.rows: dict[str, dict[str, Any]] = {}
-        """Row id -> the row (``id``, ``table_id``, ``data``, ``version``, ...)."""
+        """Row key -> the row as the server sent it, ``version`` included: for
+        ``rows``, ``id``, ``table_id``, ``data``...; for a published table, its columns."""
         self.resets: list[str] = []
         """The reason of every reset this view went through, oldest first."""
         for row_id, row in (rows or {}).items():
@@ -51,7 +56,7 @@ class Table(Stream):
         return self._received
 
     def get(self, row_id: str) -> dict[str, Any] | None:
-        """The row with id ``row_id``, or ``None``."""
+        """The row whose key is ``row_id``, or ``None``."""
         return self.rows.get(row_id)
 
     def __len__(self) -> int:
@@ -99,7 +104,7 @@ class Table(Stream):
         predicate: Callable[[dict[str, Any]], object] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (a convenience for tests)
     ) -> dict[str, Any]:
-        """Wait until row ``row_id`` exists (and satisfies ``predicate``); return it."""
+        """Wait until the row keyed ``row_id`` exists (and satisfies ``predicate``); return it."""
 
         def ready(table: Table) -> bool:
             row = table.rows.get(row_id)

@@ -293,6 +293,9 @@ def encode_cursor(table_id: str, cursor: str) -> bytes:
 def encode_change(change: Change, cursor: str | None = None) -> bytes:
     """The ``change`` message; the row's JSON is spliced in as Postgres wrote it.
 
+    ``id`` is the row's key as the change log holds it (``rows``' id; a
+    published table's primary key as text or a JSON array).
+
     Live changes carry the ``cursor`` to resume from; catch-up changes, sent
     before ``synced``, carry none.
     """
@@ -312,6 +315,8 @@ def encode_changes(changes: Sequence[Change], cursor: str | None = None) -> list
             )
         old = "" if change.old_json is None else f',"old":{change.old_json}'
         row = with_version(change.row_json, change.version)
+        # The key as logged: a published table's row need not hold it under
+        # one column (a composite key, a key column not named id).
         key = _json(change.id)
         messages.append(f'{head}{change.op}","id":{key},"row":{row}{old}{tail}'.encode())
     return messages

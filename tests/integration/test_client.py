@@ -12,6 +12,7 @@ import pytest
 
 from broadcaster.client import (
     Backoff,
+    BadFilterError,
     Change,
     Client,
     ClientClosedError,
@@ -25,6 +26,7 @@ from broadcaster.client import (
     connect,
 )
 from broadcaster.net.server import Server
+from broadcaster.postgres.publishing import publish
 from tests.support.server import running_server
 from tests.support.timeouts import eventually, seconds, within
 from tests.support.view import Rows, database_rows
@@ -430,3 +432,166 @@ async def test_a_table_the_token_does_not_grant_is_a_subscription_error(
             await c.table("t2")
         assert refused.value.code == "forbidden"
         await c.table("t1")
+
+
+# A published table keyed by two columns, with an ordinary column named id:
+# rows are keyed by the key the server sends ("[5, 1]"), never by row["id"].
+MESSAGES = "public.messages"
+ROOM_5 = "room_id=eq.5"
+
+
+@pytest.fixture
+async def messages(db: asyncpg.Connection) -> asyncpg.Connection:
+    await db.execute(
+        "CREATE TABLE messages (room_id int, seq int, id int, body text,"
+        " PRIMARY KEY (room_id, seq))"
+    )
+    await publish(db, MESSAGES)
+    await db.execute(
+        "INSERT INTO messages VALUES (5, 1, 100, 'a'), (5, 2, 101, 'b'), (6, 1, 102, 'c')"
+    )
+    return db
+
+
+async def messages_rows(db: asyncpg.Connection, where: str = "true") -> dict[str, Any]:
+    """The table's rows keyed as the server keys them, as to_jsonb writes them."""
+    records = await db.fetch(
+        "SELECT jsonb_build_array(room_id, seq)::text AS key, to_jsonb(m)::text AS row"
+        f" FROM messages AS m WHERE {where}"
+    )
+    return {r["key"]: json.loads(r["row"]) for r in records}
+
+
+def columns(table: Table) -> dict[str, Any]:
+    """A view's rows without the version the server adds."""
+    return {
+        key: {name: value for name, value in row.items() if name != "version"}
+        for key, row in table.rows.items()
+    }
+
+
+async def same_rows(table: Table, db: asyncpg.Connection, where: str = "true") -> None:
+    async def check() -> bool:
+        return columns(table) == await messages_rows(db, where)
+
+    try:
+        await eventually(check, 20, interval=0.05)
+    except TimeoutError:
+        want = await messages_rows(db, where)
+        raise AssertionError(f"view {columns(table)} != database {want}") from None
+
+
+async def test_a_published_table_whole_and_by_a_columns_value(
+    server: Server, messages: asyncpg.Connection
+) -> None:
+    async with client_for(server) as one, client_for(server) as other:
+        whole = await within(one.table(MESSAGES))
+        room = await within(other.table(MESSAGES, filter=ROOM_5))
+        assert sorted(whole.rows) == ["[5, 1]", "[5, 2]", "[6, 1]"]
+        assert room.rows == {
+            "[5, 1]": {"room_id": 5, "seq": 1, "id": 100, "body": "a", "version": 0},
+            "[5, 2]": {"room_id": 5, "seq": 2, "id": 101, "body": "b", "version": 0},
+        }
+        await messages.execute("UPDATE messages SET body = 'edited' WHERE seq = 1")
+        await messages.execute("INSERT INTO messages VALUES (5, 3, 103, 'd'), (6, 2, 104, 'e')")
+        await messages.execute("DELETE FROM messages WHERE (room_id, seq) = (5, 2)")
+        await same_rows(whole, messages)
+        await same_rows(room, messages, "room_id = 5")
+        assert room.get("[5, 1]") is not None
+        assert room.rows["[5, 1]"]["version"] == whole.rows["[5, 1]"]["version"] > 0
+
+
+async def test_a_filtered_subscription_resumes_with_its_filter(
+    database_url: str, messages: asyncpg.Connection
+) -> None:
+    client: Client | None = None
+    try:
+        async with running_server(database_url) as first:
+            port = first.port
+            client = client_for(first)
+            await client.open()
+            subscription = client.subscribe(MESSAGES, snapshot=True, filter=ROOM_5)
+            loaded = changes(await take(subscription, 2))
+            assert {(c.op, c.id, c.version) for c in loaded} == {
+                ("INSERT", "[5, 1]", 0),
+                ("INSERT", "[5, 2]", 0),
+            }
+            await messages.execute(
+                "UPDATE messages SET body = 'live' WHERE (room_id, seq) = (5, 2)"
+            )
+            (live,) = changes(await take(subscription, 1))
+            assert (live.op, live.id, live.row["body"], live.old) == (
+                "UPDATE",
+                "[5, 2]",
+                "live",
+                {"room_id": 5, "seq": 2, "id": 101, "body": "b"},
+            )
+        # The server is gone; writes go on without it.
+        await eventually(lambda: not client.connected, 10)
+        await messages.execute("UPDATE messages SET body = 'while down' WHERE seq = 1")
+        await messages.execute("INSERT INTO messages VALUES (5, 3, 103, 'd'), (6, 2, 104, 'e')")
+        await messages.execute("DELETE FROM messages WHERE (room_id, seq) = (5, 2)")
+        async with running_server(database_url, port=port) as second:
+            # Caught up from the cursor, through the filter: room 6 stays out.
+            arrived = changes(await take(subscription, 3))
+            assert sorted((c.op, c.id) for c in arrived) == [
+                ("DELETE", "[5, 2]"),
+                ("INSERT", "[5, 3]"),
+                ("UPDATE", "[5, 1]"),
+            ]
+            assert all(c.cursor is None for c in arrived)
+            (deleted,) = [c for c in arrived if c.op == "DELETE"]
+            assert deleted.row == {"id": "[5, 2]", "table_id": MESSAGES, "version": deleted.version}
+            # Synced: the cursor covers the catch-up, all of it yielded.
+            await eventually(lambda: subscription.synced, 10)
+            saved = subscription.cursor
+            await client.close()
+
+            # Another client, from the saved cursor: only what changed since.
+            await messages.execute("INSERT INTO messages VALUES (6, 3, 105, 'f'), (5, 4, 106, 'g')")
+            async with client_for(second) as resumed:
+                again = resumed.subscribe(MESSAGES, cursor=saved, filter=ROOM_5)
+                (caught_up,) = changes(await take(again, 1))
+                assert (caught_up.op, caught_up.id, caught_up.row["body"]) == (
+                    "INSERT",
+                    "[5, 4]",
+                    "g",
+                )
+                await within(again.wait_synced())
+                assert again.queued == 0
+    finally:
+        if client is not None:
+            await client.close()
+
+
+async def test_a_refused_filter_is_a_bad_filter_error(
+    server: Server, messages: asyncpg.Connection
+) -> None:
+    async with client_for(server) as client:
+        with pytest.raises(BadFilterError) as unknown:
+            await within(client.table(MESSAGES, filter="nope=eq.1"))
+        assert (unknown.value.code, unknown.value.table_id) == ("bad_filter", MESSAGES)
+        assert "unknown column" in unknown.value.message
+
+        uncast = client.subscribe(MESSAGES, filter="room_id=eq.five")
+        with pytest.raises(BadFilterError):
+            await within(uncast.wait_synced())
+        assert uncast.closed
+
+        with pytest.raises(BadFilterError, match="published"):
+            await within(client.table("t1", filter=ROOM_5))
+
+        # The refusals leave the client as it was.
+        table = await within(client.table(MESSAGES, filter="room_id=eq.6"))
+        assert sorted(table.rows) == ["[6, 1]"]
+
+
+async def test_a_published_table_with_row_level_security_is_forbidden(
+    server: Server, messages: asyncpg.Connection
+) -> None:
+    await messages.execute("ALTER TABLE messages ENABLE ROW LEVEL SECURITY")
+    async with client_for(server) as client:
+        with pytest.raises(SubscriptionError) as refused:
+            await within(client.table(MESSAGES))
+        assert (refused.value.code, refused.value.table_id) == ("forbidden", MESSAGES)
+        assert "row-level security" in refused.value.message

@@ -13,7 +13,16 @@ import { Reconnector } from "./backoff.js";
 import { browserOffline, watchBrowser } from "./browser.js";
 import { Connection, isOrdinaryClose, Link } from "./connection.js";
 import { Emitter, type Listener, type Unsubscribe } from "./emitter.js";
-import { CloseCode, parseFrame, type ErrorMessage, type RowData, type ServerMessage } from "./protocol.js";
+import {
+  CloseCode,
+  parseFrame,
+  type ErrorMessage,
+  type PublishedRow,
+  type Row,
+  type RowData,
+  type ServerMessage,
+  type Versioned,
+} from "./protocol.js";
 import { Requests } from "./requests.js";
 import { resolveSettings, type Settings } from "./settings.js";
 import { TableHandle, type TableStore } from "./store.js";
@@ -24,6 +33,8 @@ import {
   type ClientEvents,
   type ClientOptions,
   type ClientStatus,
+  type LivePublishedTable,
+  type LiveRows,
   type LiveTable,
   type PresenceMeta,
   type TableOptions,
@@ -67,7 +78,7 @@ class Client implements BroadcasterClient {
     this.settings = resolveSettings(options);
     this.reconnector = new Reconnector(this.settings);
     this.requests = new Requests(this.link, (subscription) => this.subscriptions.isHeld(subscription));
-    this.subscriptions = new Subscriptions(this.link, this.requests, this.settings.unsubscribeDelayMs);
+    this.subscriptions = new Subscriptions(this.link, this.requests, this.settings.unsubscribeDelayMs, this.settings);
     this.unwatchBrowser = watchBrowser({
       online: () => this.wake(),
       offline: () => this.onOffline(),
@@ -92,16 +103,35 @@ class Client implements BroadcasterClient {
     tableId: string,
     options: TableOptions = {},
   ): LiveTable<TData, TMeta> {
+    return this.hold<Row<TData>, TMeta>(tableId, options);
+  }
+
+  publishedTable<TColumns extends object = RowData, TMeta extends object = PresenceMeta>(
+    tableId: string,
+    options: TableOptions = {},
+  ): LivePublishedTable<TColumns, TMeta> {
+    return this.hold<PublishedRow<TColumns>, TMeta>(tableId, options);
+  }
+
+  private hold<TRow extends Versioned, TMeta extends object>(
+    tableId: string,
+    options: TableOptions,
+  ): LiveRows<TRow, TMeta> {
     if (this.link.closed) throw new BroadcasterError("closed", "the client is closed", { tableId });
     if (typeof tableId !== "string" || tableId === "") {
       throw new TypeError("@broadcaster/client: tableId must be a non-empty string");
     }
-    const held = this.subscriptions.hold(tableId, options.snapshot ?? true, this.currentStatus);
+    // Checked as unknown: callers in plain JavaScript are not held to the types.
+    const filter: unknown = options.filter;
+    if (filter !== undefined && (typeof filter !== "string" || filter === "")) {
+      throw new TypeError('@broadcaster/client: a filter must be a non-empty string, such as "room_id=eq.5"');
+    }
+    const held = this.subscriptions.hold(tableId, options.snapshot ?? true, filter ?? null, this.currentStatus);
     // The store holds rows of whatever shape the caller declares; the client
-    // cannot check TData, it only relays what the server sent.
-    const store = held.store as unknown as TableStore<TData>;
+    // cannot check TRow, it only relays what the server sent.
+    const store = held.store as unknown as TableStore<TRow>;
     const release = (): void => this.subscriptions.release(held);
-    return new TableHandle<TData, TMeta>(store, release, this.requests.actionsFor(held));
+    return new TableHandle<TRow, TMeta>(store, release, this.requests.actionsFor(held));
   }
 
   async refreshAuth(): Promise<void> {

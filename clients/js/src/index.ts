@@ -7,6 +7,7 @@
  *     table.on("change", () => render(table.rows()));
  *     table.on("broadcast", ({ event, payload }) => console.log(event, payload));
  *     await table.presence.track({ name: "Ada" });
+ *     const room = client.publishedTable("public.messages", { filter: "room_id=eq.5" });
  */
 
 export { createClient } from "./client.js";
@@ -15,11 +16,15 @@ export type {
   BroadcastEvent,
   BroadcastOptions,
   BroadcasterClient,
+  ChangeEventOf,
   ChangeKind,
   ClientEvents,
   ClientOptions,
   ClientStatus,
+  DeleteEventOf,
   LivePresence,
+  LivePublishedTable,
+  LiveRows,
   LiveTable,
   Presence,
   PresenceEvents,
@@ -28,6 +33,9 @@ export type {
   PresenceMeta,
   PresenceState,
   PresenceSyncEvent,
+  PublishedChangeEvent,
+  PublishedDeleteEvent,
+  PublishedTableEvents,
   ReconnectOptions,
   ResetEvent,
   RowChangeEvent,
@@ -37,10 +45,11 @@ export type {
   SyncedEvent,
   TableChangeEvent,
   TableEvents,
+  TableEventsOf,
   TableOptions,
   TrackOptions,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";
 export type { Listener, Unsubscribe } from "./emitter.js";
-export type { DeletedRow, OldRow, Op, Ref, ResetReason, Row, RowData } from "./protocol.js";
+export type { DeletedRow, OldRow, Op, PublishedRow, Ref, ResetReason, Row, RowData, Versioned } from "./protocol.js";

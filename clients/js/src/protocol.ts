@@ -4,9 +4,10 @@
  *
  * Validation is deliberately shallow: the server is trusted to send what the
  * protocol says, but a message that lacks what the client relies on (a
- * `table_id`, a row `id` and `version`) is dropped rather than allowed to
- * corrupt a store. Unknown message types and extra fields are ignored, so a
- * newer server can add to the protocol without breaking this client.
+ * `table_id`, a change's `id` and its row's `version`) is dropped rather than
+ * allowed to corrupt a store. Unknown message types and extra fields are
+ * ignored, so a newer server can add to the protocol without breaking this
+ * client.
  */
 
 /** A client's correlation value; replies carry it unchanged. */
@@ -38,12 +39,27 @@ export interface Row<TData extends object = RowData> {
 /** The whole row before an `UPDATE` or `DELETE`, as the change log holds it (no `version`). */
 export type OldRow<TData extends object = RowData> = Omit<Row<TData>, "version">;
 
-/** What a `DELETE` carries: the row's identity and the version of the deletion. */
+/**
+ * A row of a published table (`schema.table`, see docs/publishing.md): its
+ * own columns as Postgres' `to_jsonb` writes them, and `version` (the change's,
+ * which hides a column of that name).
+ */
+export type PublishedRow<TColumns extends object = RowData> = TColumns & { version: number };
+
+/** What every row a store holds carries: the version of its latest change. */
+export interface Versioned {
+  version: number;
+}
+
+/** What a `DELETE` carries: the row's key (as the change's `id`), its table and the version of the deletion. */
 export interface DeletedRow {
   id: string;
   table_id: string;
   version: number;
 }
+
+/** A change's row as received, before a store gives it a type: any table's, so only its `version` is known. */
+export type ChangedRow = Versioned;
 
 export type Op = "INSERT" | "UPDATE" | "DELETE";
 
@@ -61,10 +77,32 @@ export interface UnsubscribedMessage {
   table_id: string;
 }
 
+/**
+ * A change of one row. `id` is the row's key: `rows`' id, or a published
+ * table's primary key as text (`42`), or JSON array text for a composite key
+ * (`[5, 1]`). A server that does not send it has it in `row.id`; the parser
+ * fills it in from there.
+ */
 export type ChangeMessage =
-  | { type: "change"; table_id: string; op: "INSERT"; row: Row; cursor?: string }
-  | { type: "change"; table_id: string; op: "UPDATE"; row: Row; old?: OldRow; cursor?: string }
-  | { type: "change"; table_id: string; op: "DELETE"; row: DeletedRow; old?: OldRow; cursor?: string };
+  | { type: "change"; table_id: string; op: "INSERT"; id: string; row: ChangedRow; cursor?: string }
+  | {
+      type: "change";
+      table_id: string;
+      op: "UPDATE";
+      id: string;
+      row: ChangedRow;
+      old?: object;
+      cursor?: string;
+    }
+  | {
+      type: "change";
+      table_id: string;
+      op: "DELETE";
+      id: string;
+      row: DeletedRow;
+      old?: object;
+      cursor?: string;
+    };
 
 export interface SyncedMessage {
   type: "synced";
@@ -155,7 +193,15 @@ export type ServerMessage =
   | ErrorMessage;
 
 export type ClientMessage =
-  | { type: "subscribe"; ref: Ref; table_id: string; snapshot?: boolean; cursor?: string; presence?: boolean }
+  | {
+      type: "subscribe";
+      ref: Ref;
+      table_id: string;
+      snapshot?: boolean;
+      cursor?: string;
+      presence?: boolean;
+      filter?: string;
+    }
   | { type: "broadcast"; ref: Ref; table_id: string; event: string; payload: unknown; self: boolean }
   | { type: "track"; ref: Ref; table_id: string; meta: Record<string, unknown>; key?: string }
   | { type: "untrack"; ref: Ref; table_id: string }
@@ -190,15 +236,9 @@ function hasString(message: JsonObject, key: string): boolean {
   return typeof message[key] === "string";
 }
 
-function isRow(value: unknown): value is Row {
-  return (
-    isObject(value) &&
-    typeof value["id"] === "string" &&
-    typeof value["table_id"] === "string" &&
-    typeof value["version"] === "number" &&
-    isObject(value["data"]) &&
-    Array.isArray(value["enriching_columns"])
-  );
+/** A row of any table: only `version` is common to all (a published table's columns are its own). */
+function isChangedRow(value: unknown): value is ChangedRow & JsonObject {
+  return isObject(value) && typeof value["version"] === "number";
 }
 
 /** `{key: {metas: [{..., phx_ref: "..."}]}}`; anything else is malformed. */
@@ -213,8 +253,10 @@ function isPresences(value: unknown): value is WirePresences {
   return true;
 }
 
-function isDeletedRow(value: unknown): value is DeletedRow {
-  return isObject(value) && typeof value["id"] === "string" && typeof value["version"] === "number";
+/** The change's key: its `id`, or `row.id` from a server that does not send one; null if neither is a string. */
+function changeKey(message: JsonObject, row: JsonObject): string | null {
+  const id = message["id"] === undefined ? row["id"] : message["id"];
+  return typeof id === "string" ? id : null;
 }
 
 /**
@@ -233,12 +275,13 @@ export function toServerMessage(value: unknown): ServerMessage | "unknown" | nul
       if (!hasString(message, "table_id")) return null;
       if (message["cursor"] !== undefined && !hasString(message, "cursor")) return null;
       const op = message["op"];
+      if (op !== "INSERT" && op !== "UPDATE" && op !== "DELETE") return null;
       if (message["old"] !== undefined && !isObject(message["old"])) return null;
-      if (op === "DELETE") return isDeletedRow(message["row"]) ? (message as unknown as ChangeMessage) : null;
-      if (op === "INSERT" || op === "UPDATE") {
-        return isRow(message["row"]) ? (message as unknown as ChangeMessage) : null;
-      }
-      return null;
+      const row = message["row"];
+      if (!isChangedRow(row)) return null;
+      const id = changeKey(message, row);
+      if (id === null) return null;
+      return (message["id"] === id ? message : { ...message, id }) as unknown as ChangeMessage;
     }
     case "synced":
     case "cursor":

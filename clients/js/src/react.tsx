@@ -2,8 +2,9 @@
 /**
  * React bindings: one client per <RealtimeProvider>, and hooks that share its
  * table subscriptions. Every hook on a table takes a handle from
- * `client.table()`, whose reference count keeps one subscription per table
- * however many components use it and unsubscribes when the last unmounts.
+ * `client.table()` (or `client.publishedTable()`), whose reference count
+ * keeps one subscription per table however many components use it and
+ * unsubscribes when the last unmounts.
  *
  * The client is created in an effect, never during render: rendering on a
  * server (Next.js) or twice (StrictMode) must not open sockets. Until it
@@ -23,14 +24,16 @@ import {
 } from "react";
 
 import { createClient } from "./client.js";
-import type { Row, RowData } from "./protocol.js";
+import type { PublishedRow, Row, RowData, Versioned } from "./protocol.js";
 import type {
   BroadcasterClient,
+  ChangeEventOf,
   ClientOptions,
   ClientStatus,
+  DeleteEventOf,
+  LivePublishedTable,
+  LiveRows,
   LiveTable,
-  RowChangeEvent,
-  RowDeleteEvent,
   WebSocketConstructor,
 } from "./types.js";
 
@@ -38,7 +41,7 @@ import type {
 // does not exist yet (first render, server render).
 const RealtimeContext = createContext<BroadcasterClient | null | undefined>(undefined);
 
-const EMPTY_ROWS: readonly Row<never>[] = Object.freeze([]);
+const EMPTY_ROWS: readonly never[] = Object.freeze([]);
 const EMPTY_IDS: ReadonlySet<string> = new Set<string>();
 
 type ClientSettings = Omit<ClientOptions, "token" | "getToken" | "WebSocket">;
@@ -148,30 +151,66 @@ export function useRealtimeStatus(): { status: ClientStatus; isConnected: boolea
   return { status, isConnected: status === "live" };
 }
 
+/** What a hook asks of a table besides its id. */
+export interface LiveTableHookOptions {
+  /** A published table's rows that pass this filter only (`"room_id=eq.5"`); see `TableOptions.filter`. */
+  filter?: string | undefined;
+}
+
 /**
- * A handle on `tableId` held for as long as the component is mounted with the
- * same client and table; null while there is none (no client yet, disabled).
+ * A handle held for as long as the component is mounted with the same
+ * client, table and filter; null while there is none (no client yet,
+ * disabled). `published` picks the client's method: the rows' type differs,
+ * the subscription does not.
  */
-export function useLiveTable<TData extends object = RowData>(
+function useHandle<TRow extends Versioned>(
   tableId: string | null | undefined,
-): LiveTable<TData> | null {
+  filter: string | undefined,
+  published: boolean,
+): LiveRows<TRow> | null {
   const client = useRealtimeClient();
-  const [table, setTable] = useState<LiveTable<TData> | null>(null);
+  const [table, setTable] = useState<LiveRows<TRow> | null>(null);
   useEffect(() => {
     if (client === null || tableId === null || tableId === undefined || tableId === "") {
       setTable(null);
       return undefined;
     }
-    const handle = client.table<TData>(tableId);
+    const options = filter === undefined ? {} : { filter };
+    // TRow is the caller's declaration of the rows' shape, which the client cannot check.
+    const handle = (published
+      ? client.publishedTable(tableId, options)
+      : client.table(tableId, options)) as unknown as LiveRows<TRow>;
     setTable(handle);
     return () => handle.close();
-  }, [client, tableId]);
+  }, [client, tableId, filter, published]);
   // Between an effect's cleanup and the next render the state may still hold
   // a closed handle or another table's.
-  return table !== null && !table.closed && table.tableId === tableId ? table : null;
+  return table !== null && !table.closed && table.tableId === tableId && table.filter === (filter ?? null)
+    ? table
+    : null;
 }
 
-function useTableRows<TData extends object>(table: LiveTable<TData> | null): readonly Row<TData>[] {
+/**
+ * A handle on `tableId`, a table of `rows`, held for as long as the component
+ * is mounted with the same client and table; null while there is none (no
+ * client yet, disabled).
+ */
+export function useLiveTable<TData extends object = RowData>(
+  tableId: string | null | undefined,
+  options: LiveTableHookOptions = {},
+): LiveTable<TData> | null {
+  return useHandle<Row<TData>>(tableId, options.filter, false);
+}
+
+/** `useLiveTable` for a published table, `schema.table`, whole or by `options.filter`. */
+export function useLivePublishedTable<TColumns extends object = RowData>(
+  tableId: string | null | undefined,
+  options: LiveTableHookOptions = {},
+): LivePublishedTable<TColumns> | null {
+  return useHandle<PublishedRow<TColumns>>(tableId, options.filter, true);
+}
+
+function useTableRows<TRow extends Versioned>(table: LiveRows<TRow> | null): readonly TRow[] {
   const subscribe = useCallback(
     (onChange: () => void) => (table === null ? () => {} : table.on("change", onChange)),
     [table],
@@ -183,7 +222,7 @@ function useTableRows<TData extends object>(table: LiveTable<TData> | null): rea
   );
 }
 
-function useTableSynced<TData extends object>(table: LiveTable<TData> | null): boolean {
+function useTableSynced<TRow extends Versioned>(table: LiveRows<TRow> | null): boolean {
   const subscribe = useCallback(
     (onChange: () => void) => {
       if (table === null) return () => {};
@@ -205,33 +244,43 @@ function useTableSynced<TData extends object>(table: LiveTable<TData> | null): b
   );
 }
 
-export interface UseTableRealtimeOptions<TData extends object = RowData> {
+/** The options of `useTableRealtime` and `usePublishedTableRealtime`, for rows of type `TRow`. */
+export interface RealtimeOptionsOf<TRow extends Versioned> {
   /** The table to follow; null or undefined follows none. */
   tableId: string | null | undefined;
   /** False unsubscribes (when no other component holds the table). Default true. */
   enabled?: boolean;
+  /** A published table's rows that pass this filter only (`"room_id=eq.5"`); a new filter resubscribes. */
+  filter?: string | undefined;
   /**
    * Called for rows the store gains, live or caught up after a reconnect; not
    * for the rows of a snapshot (the first load, or the reload after a reset),
    * which arrive through `rows`.
    */
-  onRowInsert?: (row: Row<TData>, event: RowChangeEvent<TData>) => void;
+  onRowInsert?: (row: TRow, event: ChangeEventOf<TRow>) => void;
   /** Called for a newer state of a row the store holds (same rule as onRowInsert). */
-  onRowUpdate?: (row: Row<TData>, event: RowChangeEvent<TData>) => void;
+  onRowUpdate?: (row: TRow, event: ChangeEventOf<TRow>) => void;
   /** Called with the last state of a row the store drops (same rule as onRowInsert). */
-  onRowDelete?: (previous: Row<TData>, event: RowDeleteEvent<TData>) => void;
+  onRowDelete?: (previous: TRow, event: DeleteEventOf<TRow>) => void;
   /** How long an id stays in `updatedRows` after its last change. Default 2000 ms. */
   updatedRowsWindowMs?: number;
 }
 
-export interface TableRealtimeState<TData extends object = RowData> {
+export type UseTableRealtimeOptions<TData extends object = RowData> = RealtimeOptionsOf<Row<TData>>;
+
+export type UsePublishedTableRealtimeOptions<TColumns extends object = RowData> = RealtimeOptionsOf<
+  PublishedRow<TColumns>
+>;
+
+/** What `useTableRealtime` and `usePublishedTableRealtime` return, for rows of type `TRow`. */
+export interface RealtimeStateOf<TRow extends Versioned> {
   /** The client is connected (status "live"). */
   isConnected: boolean;
   status: ClientStatus;
   /** The table's catch-up is complete: `rows` equals the database as of the table's cursor. */
   isSynced: boolean;
   /** Every row, in the order first received; a new array only when a row changed. */
-  rows: readonly Row<TData>[];
+  rows: readonly TRow[];
   /**
    * Ids inserted, updated or deleted within the last `updatedRowsWindowMs`,
    * live or caught up after a reconnect (not snapshot rows): for highlighting
@@ -239,18 +288,36 @@ export interface TableRealtimeState<TData extends object = RowData> {
    */
   updatedRows: ReadonlySet<string>;
   /** The underlying store handle, for `get()` and events; null while not subscribed. */
-  table: LiveTable<TData> | null;
+  table: LiveRows<TRow> | null;
 }
+
+export type TableRealtimeState<TData extends object = RowData> = RealtimeStateOf<Row<TData>>;
+
+export type PublishedTableRealtimeState<TColumns extends object = RowData> = RealtimeStateOf<PublishedRow<TColumns>>;
 
 const DEFAULT_UPDATED_WINDOW_MS = 2_000;
 
-/** The rows of a table, kept live, with change callbacks. */
+/** The rows of a table of `rows`, kept live, with change callbacks. */
 export function useTableRealtime<TData extends object = RowData>(
   options: UseTableRealtimeOptions<TData>,
 ): TableRealtimeState<TData> {
+  return useRealtime(options, false);
+}
+
+/** The rows of a published table, `schema.table`, whole or by `filter`, kept live, with change callbacks. */
+export function usePublishedTableRealtime<TColumns extends object = RowData>(
+  options: UsePublishedTableRealtimeOptions<TColumns>,
+): PublishedTableRealtimeState<TColumns> {
+  return useRealtime(options, true);
+}
+
+function useRealtime<TRow extends Versioned>(
+  options: RealtimeOptionsOf<TRow>,
+  published: boolean,
+): RealtimeStateOf<TRow> {
   const { tableId, enabled = true } = options;
   const windowMs = options.updatedRowsWindowMs ?? DEFAULT_UPDATED_WINDOW_MS;
-  const table = useLiveTable<TData>(enabled ? tableId : null);
+  const table = useHandle<TRow>(enabled ? tableId : null, options.filter, published);
   const { status, isConnected } = useRealtimeStatus();
   const rows = useTableRows(table);
   const isSynced = useTableSynced(table);
@@ -285,8 +352,8 @@ export function useTableRealtime<TData extends object = RowData>(
 }
 
 /** Ids changed (live or resumed) within the last `windowMs`, each expiring on its own. */
-function useRecentlyChanged<TData extends object>(
-  table: LiveTable<TData> | null,
+function useRecentlyChanged<TRow extends Versioned>(
+  table: LiveRows<TRow> | null,
   windowMs: number,
 ): ReadonlySet<string> {
   const [ids, setIds] = useState<ReadonlySet<string>>(EMPTY_IDS);

@@ -2,26 +2,28 @@
  * One table's rows as the client holds them, and the handles that share them.
  *
  * The store applies the client's side of the contract (docs/guarantees.md):
- * keep per row id the state with the highest `version`, drop anything not
- * newer, remember the version of deleted ids so an older re-sent state is not
- * resurrected, and drop everything on `reset`. The table's subscription
+ * keep per row key (the change's `id`) the state with the highest `version`,
+ * drop anything not newer, remember the version of deleted keys so an older
+ * re-sent state is not resurrected, and drop everything on `reset`. It holds
+ * rows of any table: `rows`' or a published table's, whose only common field
+ * is `version`. The table's subscription
  * (subscriptions.ts) feeds the store; the store knows nothing of sockets.
  */
 
 import { Emitter, type Listener, type Unsubscribe } from "./emitter.js";
 import { PresenceStore } from "./presence.js";
-import type { ChangeMessage, OldRow, ResetReason, Row, RowData } from "./protocol.js";
+import type { ChangeMessage, ResetReason, Row, Versioned } from "./protocol.js";
 import {
   BroadcasterError,
   type BroadcastOptions,
   type ChangeKind,
   type ClientStatus,
   type LivePresence,
-  type LiveTable,
+  type LiveRows,
   type PresenceEvents,
   type PresenceMeta,
   type PresenceState,
-  type TableEvents,
+  type TableEventsOf,
   type TrackOptions,
 } from "./types.js";
 
@@ -35,19 +37,19 @@ export interface TableActions {
 /** How the current subscription's catch-up is to be labelled. */
 export type CatchUp = "snapshot" | "resume" | "none";
 
-export class TableStore<TData extends object = RowData> {
-  readonly events = new Emitter<TableEvents<TData>>();
+export class TableStore<TRow extends Versioned = Row> {
+  readonly events = new Emitter<TableEventsOf<TRow>>();
   readonly presence: PresenceStore;
   cursor: string | null = null;
   synced = false;
   status: ClientStatus;
 
-  private readonly byId = new Map<string, Row<TData>>();
+  private readonly byId = new Map<string, TRow>();
   // Versions of deleted ids. Kept until a reset (versions from before a reset
   // may come from another database: see `reset`). Grows with the number of
   // distinct ids deleted while subscribed; an id re-inserted leaves it.
   private readonly deletedVersions = new Map<string, number>();
-  private rowsCache: readonly Row<TData>[] | null = null;
+  private rowsCache: readonly TRow[] | null = null;
   private catchUp: CatchUp = "none";
   // During a snapshot into a store that already holds rows (a first load cut
   // short by a disconnect): the ids the snapshot sent. Rows it did not send
@@ -60,6 +62,8 @@ export class TableStore<TData extends object = RowData> {
   constructor(
     readonly tableId: string,
     status: ClientStatus,
+    /** The filter its subscription is asked with; null for none. */
+    readonly filter: string | null = null,
   ) {
     this.status = status;
     this.presence = new PresenceStore(tableId);
@@ -69,7 +73,7 @@ export class TableStore<TData extends object = RowData> {
     return this.byId.size;
   }
 
-  get(id: string): Row<TData> | undefined {
+  get(id: string): TRow | undefined {
     return this.byId.get(id);
   }
 
@@ -77,7 +81,7 @@ export class TableStore<TData extends object = RowData> {
     return this.byId.has(id);
   }
 
-  rows(): readonly Row<TData>[] {
+  rows(): readonly TRow[] {
     if (this.rowsCache === null) this.rowsCache = Object.freeze([...this.byId.values()]);
     return this.rowsCache;
   }
@@ -100,7 +104,7 @@ export class TableStore<TData extends object = RowData> {
   applyChange(message: ChangeMessage): void {
     // A change with a cursor is live; without, it belongs to the catch-up.
     const kind: ChangeKind = message.cursor !== undefined ? "live" : this.catchUp === "resume" ? "resume" : "snapshot";
-    const id = message.row.id;
+    const id = message.id;
     const version = message.row.version;
     if (kind === "snapshot") this.seen?.add(id);
     const held = this.byId.get(id);
@@ -113,16 +117,17 @@ export class TableStore<TData extends object = RowData> {
       if (held === undefined) return; // Nothing held, nothing visible changed.
       this.byId.delete(id);
       this.touched(id, kind);
-      const old = message.old as OldRow<TData> | undefined;
+      const old = message.old as Omit<TRow, "version"> | undefined;
       this.events.emit("delete", { tableId: this.tableId, id, previous: held, old, version, kind });
       return;
     }
 
-    const row = message.row as Row<TData>;
+    // The row as the caller declared its type; the client cannot check it.
+    const row = message.row as unknown as TRow;
     this.deletedVersions.delete(id);
     this.byId.set(id, row);
     this.touched(id, kind);
-    const old = message.op === "UPDATE" ? (message.old as OldRow<TData> | undefined) : undefined;
+    const old = message.op === "UPDATE" ? (message.old as Omit<TRow, "version"> | undefined) : undefined;
     const event = { tableId: this.tableId, id, row, previous: held, old, op: message.op, kind };
     this.events.emit(held === undefined ? "insert" : "update", event);
   }
@@ -214,8 +219,8 @@ function closedError(tableId: string): BroadcasterError {
 }
 
 /** One `client.table()` call's view of a shared store. */
-export class TableHandle<TData extends object = RowData, TMeta extends object = PresenceMeta> implements LiveTable<
-  TData,
+export class TableHandle<TRow extends Versioned = Row, TMeta extends object = PresenceMeta> implements LiveRows<
+  TRow,
   TMeta
 > {
   readonly presence: LivePresence<TMeta>;
@@ -225,7 +230,7 @@ export class TableHandle<TData extends object = RowData, TMeta extends object = 
   private readonly closeCallbacks = new Set<() => void>();
 
   constructor(
-    private readonly store: TableStore<TData>,
+    private readonly store: TableStore<TRow>,
     private readonly release: () => void,
     private readonly actions: TableActions,
   ) {
@@ -234,6 +239,9 @@ export class TableHandle<TData extends object = RowData, TMeta extends object = 
 
   get tableId(): string {
     return this.store.tableId;
+  }
+  get filter(): string | null {
+    return this.store.filter;
   }
   get cursor(): string | null {
     return this.store.cursor;
@@ -251,7 +259,7 @@ export class TableHandle<TData extends object = RowData, TMeta extends object = 
     return this.isClosed;
   }
 
-  get(id: string): Row<TData> | undefined {
+  get(id: string): TRow | undefined {
     return this.store.get(id);
   }
 
@@ -259,11 +267,11 @@ export class TableHandle<TData extends object = RowData, TMeta extends object = 
     return this.store.has(id);
   }
 
-  rows(): readonly Row<TData>[] {
+  rows(): readonly TRow[] {
     return this.store.rows();
   }
 
-  on<K extends keyof TableEvents<TData>>(event: K, listener: Listener<TableEvents<TData>[K]>): Unsubscribe {
+  on<K extends keyof TableEventsOf<TRow>>(event: K, listener: Listener<TableEventsOf<TRow>[K]>): Unsubscribe {
     if (this.isClosed) return () => {};
     return this.holdListener(this.store.events.on(event, listener));
   }

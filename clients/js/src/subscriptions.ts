@@ -1,14 +1,16 @@
 /**
  * The client's table subscriptions: one per table however many handles share
- * it, subscribed on every new connection from the table's last cursor,
- * released when the last handle closes, and fed the table messages that
- * belong to it.
+ * it, subscribed on every new connection from the table's last cursor (with
+ * its filter), released when the last handle closes, and fed the table
+ * messages that belong to it.
  */
 
+import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import type { Connection, Link } from "./connection.js";
 import type {
   BroadcastMessage,
   ChangeMessage,
+  ClientMessage,
   CursorMessage,
   ErrorMessage,
   PresenceDiffMessage,
@@ -26,12 +28,19 @@ import { BroadcasterError, type ClientStatus } from "./types.js";
 // second is enough for a dropped subscribe to go through.
 const RATE_LIMIT_RETRY_MS = 1_000;
 
+/** Refusals of a subscribe that say "not now": it is sent again later. */
+const TRANSIENT_REFUSALS: ReadonlySet<string> = new Set(["rate_limited", "unavailable"]);
+
 /** The client's one subscription to a table, shared by all its handles. */
 export interface Subscription {
   readonly tableId: string;
   readonly store: TableStore;
   readonly snapshot: boolean;
+  /** Sent with every subscribe (a published table's rows that pass it); null for none. */
+  readonly filter: string | null;
   handles: number;
+  /** Subscribes answered `unavailable` in a row, since the table last synced: the retry's backoff. */
+  refusals: number;
   /** The connection the latest subscribe went out on; null when none is in force. */
   sentOn: Connection | null;
   /**
@@ -65,6 +74,7 @@ export class Subscriptions {
     private readonly link: Link,
     private readonly requests: Requests,
     private readonly unsubscribeDelayMs: number,
+    private readonly backoff: BackoffOptions,
   ) {}
 
   values(): IterableIterator<Subscription> {
@@ -76,15 +86,35 @@ export class Subscriptions {
     return this.byTable.get(subscription.tableId) === subscription;
   }
 
-  /** A new handle on the table: its subscription, created (and subscribed) if there is none. */
-  hold(tableId: string, snapshot: boolean, status: ClientStatus): Subscription {
+  /**
+   * A new handle on the table: its subscription, created (and subscribed) if
+   * there is none. Throws `filter_conflict` if the table is held with another
+   * filter: the server holds one subscription per table and connection.
+   */
+  hold(tableId: string, snapshot: boolean, filter: string | null, status: ClientStatus): Subscription {
     let subscription = this.byTable.get(tableId);
+    if (subscription !== undefined && subscription.filter !== filter) {
+      if (subscription.handles > 0) {
+        const held = subscription.filter === null ? "no filter" : `filter ${JSON.stringify(subscription.filter)}`;
+        throw new BroadcasterError(
+          "filter_conflict",
+          `${tableId} is held with ${held}: close its handles first, or use another client for another filter`,
+          { tableId },
+        );
+      }
+      // Nobody holds it any more (its release is pending): the new filter
+      // replaces it. The new subscribe replaces it on the server too.
+      this.drop(subscription);
+      subscription = undefined;
+    }
     if (subscription === undefined) {
       subscription = {
         tableId,
-        store: new TableStore(tableId, status),
+        store: new TableStore(tableId, status, filter),
         snapshot,
+        filter,
         handles: 0,
+        refusals: 0,
         sentOn: null,
         pendingRef: null,
         releaseTimer: null,
@@ -114,16 +144,24 @@ export class Subscriptions {
     subscription.releaseTimer = setTimeout(() => {
       subscription.releaseTimer = null;
       if (subscription.handles > 0 || !this.isHeld(subscription)) return;
-      this.byTable.delete(subscription.tableId);
       const connection = this.link.current;
       if (connection !== null && connection.open && subscription.sentOn === connection) {
         connection.send({ type: "unsubscribe", ref: this.link.nextRef(), table_id: subscription.tableId });
       }
-      subscription.sentOn = null;
-      subscription.trackedOn = null;
-      subscription.store.connectionLost();
-      this.requests.dropQueued(subscription);
+      this.drop(subscription);
     }, this.unsubscribeDelayMs);
+  }
+
+  /** Forget a subscription nobody holds: nothing more comes to its store. */
+  private drop(subscription: Subscription): void {
+    if (subscription.releaseTimer !== null) clearTimeout(subscription.releaseTimer);
+    subscription.releaseTimer = null;
+    this.byTable.delete(subscription.tableId);
+    subscription.sentOn = null;
+    subscription.pendingRef = null;
+    subscription.trackedOn = null;
+    subscription.store.connectionLost();
+    this.requests.dropQueued(subscription);
   }
 
   /** A new connection opened: subscribe every table still held on it. */
@@ -154,6 +192,7 @@ export class Subscriptions {
       case "synced":
         // The server accepts broadcasts and presence from now on. What waited
         // goes first, before `synced` listeners can add to it.
+        subscription.refusals = 0;
         this.requests.flush(connection, subscription);
         store.applySynced(message.cursor);
         return store;
@@ -178,8 +217,9 @@ export class Subscriptions {
   /**
    * An error that answers no request: end the subscription it is about, if
    * any (the one whose subscribe it answers: too_many_subscriptions,
-   * forbidden, rate_limited; or the one it names: a refreshed token that no
-   * longer allows the table). Returns the error to report.
+   * forbidden, bad_filter, rate_limited, unavailable; or the one it names: a
+   * refreshed token that no longer allows the table). Returns the error to
+   * report.
    */
   end(connection: Connection, message: ErrorMessage): BroadcasterError {
     let ended: Subscription | undefined;
@@ -211,9 +251,12 @@ export class Subscriptions {
       ended.trackedOn = null;
       ended.store.connectionLost();
       ended.store.fail(error);
-      if (answeredSubscribe && message.code === "rate_limited") this.retrySubscribe(connection, ended);
-      // No retry on this connection: what waited for the table to sync fails with it.
-      else this.requests.failQueued(ended, error);
+      if (answeredSubscribe && TRANSIENT_REFUSALS.has(message.code)) {
+        this.retrySubscribe(connection, ended, message.code);
+      } else {
+        // No retry on this connection: what waited for the table to sync fails with it.
+        this.requests.failQueued(ended, error);
+      }
     }
     return error;
   }
@@ -245,27 +288,40 @@ export class Subscriptions {
 
   private subscribe(connection: Connection, subscription: Subscription): void {
     const ref = this.link.nextRef();
-    const { store, tableId } = subscription;
+    const { store, tableId, filter } = subscription;
     subscription.sentOn = connection;
     subscription.pendingRef = ref;
     // Presence is always asked for: a presence_state (often empty) and the
-    // diffs of a table nobody tracks on cost next to nothing.
+    // diffs of a table nobody tracks on cost next to nothing. The filter goes
+    // with every subscribe: a cursor does not carry it.
+    const message: ClientMessage = { type: "subscribe", ref, table_id: tableId, presence: true };
+    if (filter !== null) message.filter = filter;
     // The last cursor seen wins: resume from it. Without one (first load, or
     // a first load cut short) start from a snapshot again.
     if (store.cursor !== null) {
       store.beginSubscription("resume");
-      connection.send({ type: "subscribe", ref, table_id: tableId, cursor: store.cursor, presence: true });
+      message.cursor = store.cursor;
     } else if (subscription.snapshot) {
       store.beginSubscription("snapshot");
-      connection.send({ type: "subscribe", ref, table_id: tableId, snapshot: true, presence: true });
+      message.snapshot = true;
     } else {
       store.beginSubscription("none");
-      connection.send({ type: "subscribe", ref, table_id: tableId, presence: true });
     }
+    connection.send(message);
   }
 
-  /** A subscribe dropped by the server's rate limit is sent again a little later. */
-  private retrySubscribe(connection: Connection, subscription: Subscription): void {
+  /**
+   * A subscribe the server refused for now is sent again later: one dropped
+   * by its rate limit after a second, one it could not serve (`unavailable`:
+   * it could not look a published table up) after the reconnection backoff,
+   * growing while the refusals go on.
+   */
+  private retrySubscribe(connection: Connection, subscription: Subscription, code: string): void {
+    let delay = RATE_LIMIT_RETRY_MS;
+    if (code === "unavailable") {
+      delay = backoffDelay(subscription.refusals, this.backoff);
+      subscription.refusals += 1;
+    }
     setTimeout(() => {
       if (
         this.link.isOpen(connection) &&
@@ -275,6 +331,6 @@ export class Subscriptions {
       ) {
         this.subscribe(connection, subscription);
       }
-    }, RATE_LIMIT_RETRY_MS);
+    }, delay);
   }
 }

@@ -1,7 +1,7 @@
 /** The public types of the core client. */
 
 import type { Unsubscribe } from "./emitter.js";
-import type { OldRow, Op, Ref, ResetReason, Row, RowData } from "./protocol.js";
+import type { Op, PublishedRow, Ref, ResetReason, Row, RowData, Versioned } from "./protocol.js";
 
 /**
  * The connection's state:
@@ -98,6 +98,15 @@ export interface TableOptions {
    * `table()` call for a table decides; later calls share its subscription.
    */
   snapshot?: boolean;
+  /**
+   * On a published table only: hold only its rows that pass this filter, in
+   * Supabase's grammar (`"room_id=eq.5"`; several conditions joined by
+   * commas, all required), decided by Postgres. Sent with every subscribe,
+   * resumes included. The handles of a table share one subscription, so they
+   * must ask for the same filter: another filter while the table is held
+   * throws a `filter_conflict` error.
+   */
+  filter?: string;
 }
 
 /** Where a change came from. */
@@ -109,31 +118,47 @@ export type ChangeKind =
   /** A live change, as it happened. */
   | "live";
 
-export interface RowChangeEvent<TData extends object = RowData> {
+/** An insert or update of a store whose rows are `TRow`s (see `RowChangeEvent`). */
+export interface ChangeEventOf<TRow extends Versioned> {
   tableId: string;
+  /** The row's key: `rows`' id, or a published table's primary key as text (`"[5, 1]"` for a composite key). */
   id: string;
   /** The row as the store now holds it. */
-  row: Row<TData>;
+  row: TRow;
   /** The state it replaced; undefined for `insert`. */
-  previous: Row<TData> | undefined;
+  previous: TRow | undefined;
   /** The whole row before this change, from the server, for an `UPDATE`; undefined otherwise. */
-  old: OldRow<TData> | undefined;
+  old: Omit<TRow, "version"> | undefined;
   /** The server's op. A store `insert` may come from an `UPDATE` of a row it did not hold yet (and vice versa). */
   op: Op;
   kind: ChangeKind;
 }
 
-export interface RowDeleteEvent<TData extends object = RowData> {
+/** A deletion from a store whose rows are `TRow`s (see `RowDeleteEvent`). */
+export interface DeleteEventOf<TRow extends Versioned> {
   tableId: string;
+  /** The row's key, as in `ChangeEventOf`. */
   id: string;
   /** The state the store held until the deletion. */
-  previous: Row<TData>;
+  previous: TRow;
   /** The whole row the deletion removed, from the server; undefined for a row missing from a snapshot. */
-  old: OldRow<TData> | undefined;
+  old: Omit<TRow, "version"> | undefined;
   /** The version of the deletion. */
   version: number;
   kind: ChangeKind;
 }
+
+/** A row of `rows` inserted or updated (`insert` and `update` events of `table()`). */
+export type RowChangeEvent<TData extends object = RowData> = ChangeEventOf<Row<TData>>;
+
+/** A row of `rows` deleted (`delete` events of `table()`). */
+export type RowDeleteEvent<TData extends object = RowData> = DeleteEventOf<Row<TData>>;
+
+/** A published table's row inserted or updated (`insert` and `update` events of `publishedTable()`). */
+export type PublishedChangeEvent<TColumns extends object = RowData> = ChangeEventOf<PublishedRow<TColumns>>;
+
+/** A published table's row deleted (`delete` events of `publishedTable()`). */
+export type PublishedDeleteEvent<TColumns extends object = RowData> = DeleteEventOf<PublishedRow<TColumns>>;
 
 export interface ResetEvent {
   tableId: string;
@@ -169,10 +194,11 @@ export interface BroadcastOptions {
   self?: boolean;
 }
 
-export interface TableEvents<TData extends object = RowData> {
-  insert: RowChangeEvent<TData>;
-  update: RowChangeEvent<TData>;
-  delete: RowDeleteEvent<TData>;
+/** The events of a store whose rows are `TRow`s. */
+export interface TableEventsOf<TRow extends Versioned> {
+  insert: ChangeEventOf<TRow>;
+  update: ChangeEventOf<TRow>;
+  delete: DeleteEventOf<TRow>;
   reset: ResetEvent;
   synced: SyncedEvent;
   change: TableChangeEvent;
@@ -180,6 +206,12 @@ export interface TableEvents<TData extends object = RowData> {
   error: BroadcasterError;
   broadcast: BroadcastEvent;
 }
+
+/** The events of `table()`'s stores, whose rows are rows of `rows`. */
+export type TableEvents<TData extends object = RowData> = TableEventsOf<Row<TData>>;
+
+/** The events of `publishedTable()`'s stores. */
+export type PublishedTableEvents<TColumns extends object = RowData> = TableEventsOf<PublishedRow<TColumns>>;
 
 /** What a presence carries: any JSON object, given to `presence.track()`. */
 export type PresenceMeta = Record<string, unknown>;
@@ -255,12 +287,15 @@ export interface LivePresence<TMeta extends object = PresenceMeta> {
 }
 
 /**
- * A table's rows, kept up to date. Every `client.table()` call returns its own
- * handle onto the one store and subscription per table; `close()` releases the
- * handle (and its listeners) and the last release unsubscribes.
+ * A table's rows, of type `TRow`, kept up to date by key. Every
+ * `client.table()` or `client.publishedTable()` call returns its own handle
+ * onto the one store and subscription per table; `close()` releases the handle
+ * (and its listeners) and the last release unsubscribes.
  */
-export interface LiveTable<TData extends object = RowData, TMeta extends object = PresenceMeta> {
+export interface LiveRows<TRow extends Versioned, TMeta extends object = PresenceMeta> {
   readonly tableId: string;
+  /** The filter the table's subscription was asked with; null for none. */
+  readonly filter: string | null;
   /** The last cursor seen for the table (synced, live change or cursor message); null before the first. */
   readonly cursor: string | null;
   /** True once the current subscription's catch-up is complete; false while (re)subscribing. */
@@ -271,14 +306,15 @@ export interface LiveTable<TData extends object = RowData, TMeta extends object 
   readonly size: number;
   /** True after `close()`. */
   readonly closed: boolean;
-  get(id: string): Row<TData> | undefined;
+  /** The row whose key is `id` (a published table's: its primary key as text, `"[5, 1]"` for a composite key). */
+  get(id: string): TRow | undefined;
   has(id: string): boolean;
   /**
    * Every row held, in the order first received. The same array is returned
    * until the rows change, so it can be compared by identity (React).
    */
-  rows(): readonly Row<TData>[];
-  on<K extends keyof TableEvents<TData>>(event: K, listener: (value: TableEvents<TData>[K]) => void): Unsubscribe;
+  rows(): readonly TRow[];
+  on<K extends keyof TableEventsOf<TRow>>(event: K, listener: (value: TableEventsOf<TRow>[K]) => void): Unsubscribe;
   /** Resolves once `synced` is true; rejects if the handle is closed first. */
   whenSynced(): Promise<void>;
   /**
@@ -294,6 +330,18 @@ export interface LiveTable<TData extends object = RowData, TMeta extends object 
   close(): void;
 }
 
+/** A table of `rows`, kept up to date: `client.table()`. `TData` types each row's `data`. */
+export type LiveTable<TData extends object = RowData, TMeta extends object = PresenceMeta> = LiveRows<
+  Row<TData>,
+  TMeta
+>;
+
+/** A published table, kept up to date: `client.publishedTable()`. `TColumns` types each row's columns. */
+export type LivePublishedTable<TColumns extends object = RowData, TMeta extends object = PresenceMeta> = LiveRows<
+  PublishedRow<TColumns>,
+  TMeta
+>;
+
 export interface ClientEvents {
   status: ClientStatus;
   error: BroadcasterError;
@@ -304,11 +352,20 @@ export interface BroadcasterClient {
   readonly status: ClientStatus;
   /** `status === "live"`. */
   readonly isConnected: boolean;
-  /** A live store for `tableId`, sharing the client's one subscription to it. */
+  /** A live store for `tableId`, a table_id of `rows`, sharing the client's one subscription to it. */
   table<TData extends object = RowData, TMeta extends object = PresenceMeta>(
     tableId: string,
     options?: TableOptions,
   ): LiveTable<TData, TMeta>;
+  /**
+   * A live store for a published table, `schema.table` (docs/publishing.md),
+   * whole or by a column's value (`{ filter: "room_id=eq.5" }`). The same
+   * subscription as `table()`, with rows typed as the table's columns.
+   */
+  publishedTable<TColumns extends object = RowData, TMeta extends object = PresenceMeta>(
+    tableId: string,
+    options?: TableOptions,
+  ): LivePublishedTable<TColumns, TMeta>;
   on<K extends keyof ClientEvents>(event: K, listener: (value: ClientEvents[K]) => void): Unsubscribe;
   /** Fetch a token now and authenticate the open connection with it (e.g. after a login change). */
   refreshAuth(): Promise<void>;
@@ -325,7 +382,8 @@ export interface BroadcasterClient {
  * close; see `closeCode`), `malformed_frame`, `token_error` (getToken threw),
  * `closed` (whenSynced on a closed handle; a request on a closed handle or
  * client), `disconnected` (a broadcast, track or untrack whose connection was
- * lost before the server answered it).
+ * lost before the server answered it), `filter_conflict` (thrown by `table()`
+ * for a table held with another filter).
  */
 export class BroadcasterError extends Error {
   readonly code: string;

@@ -1,7 +1,8 @@
 // @ts-check
 /**
  * Against a real server and Postgres: the snapshot, live inserts, updates and
- * deletes into the store, and one subscription per table.
+ * deletes into the store, one subscription per table, and a published table
+ * by a column's value.
  */
 
 import assert from "node:assert/strict";
@@ -128,4 +129,58 @@ test("one subscription per table however many handles; unsubscribed after the la
   await within(c.whenSynced(), 10_000, "synced again");
   assert.equal(subscribes().length, 2);
   assert.ok(c.has("sh1"), "a new subscription loads the snapshot again");
+});
+
+test("a published table by a column's value: snapshot, live changes and a resume, keyed by its primary key", async () => {
+  // Keyed (room_id, seq), with an ordinary column named id.
+  await backend.query(
+    `CREATE TABLE messages (room_id int, seq int, id int, body text, PRIMARY KEY (room_id, seq));
+     INSERT INTO messages VALUES (5, 1, 100, 'a'), (5, 2, 101, 'b'), (6, 1, 102, 'c')`,
+  );
+  await backend.publish("public.messages");
+  const recorder = recordingWebSocket();
+  const client = connect({ WebSocket: recorder.WebSocket });
+  /** @type {import("../dist/index.js").LivePublishedTable<{ room_id: number, seq: number, id: number, body: string }>} */
+  const room = client.publishedTable("public.messages", { filter: "room_id=eq.5" });
+  await within(room.whenSynced(), 10_000, "the filtered snapshot");
+  assert.deepEqual(
+    room
+      .rows()
+      .map((r) => `${r.room_id}/${r.seq} ${r.body}`)
+      .sort(),
+    ["5/1 a", "5/2 b"],
+  );
+  assert.deepEqual(room.get("[5, 1]"), { room_id: 5, seq: 1, id: 100, body: "a", version: 0 });
+
+  await backend.query(`UPDATE messages SET body = 'edited' WHERE seq = 1`);
+  await backend.query(`INSERT INTO messages VALUES (5, 3, 103, 'd'), (6, 2, 104, 'e')`);
+  await backend.query(`DELETE FROM messages WHERE (room_id, seq) = (5, 2)`);
+  await eventually(() => room.get("[5, 1]")?.body === "edited" && room.has("[5, 3]") && !room.has("[5, 2]"), {
+    label: "the live changes of room 5",
+    describe: () => room.rows(),
+  });
+  assert.equal(room.size, 2, "room 6's changes did not pass the filter");
+
+  // Cut off, then resumed from the cursor with the filter: what changed meanwhile, of room 5 only.
+  const opened = recorder.opened.count;
+  await server.stop();
+  await eventually(() => client.status !== "live", { label: "the connection lost" });
+  await backend.query(`INSERT INTO messages VALUES (5, 4, 105, 'while away'), (6, 3, 106, 'f')`);
+  server = await backend.serve({ port: server.port });
+  await eventually(() => recorder.opened.count > opened && room.synced && room.has("[5, 4]"), {
+    ms: 20_000,
+    label: "the resume",
+    describe: () => room.rows(),
+  });
+  const resume = recorder.sent.filter((m) => m["type"] === "subscribe").at(-1);
+  assert.ok(resume !== undefined);
+  assert.equal(resume["filter"], "room_id=eq.5");
+  assert.equal(typeof resume["cursor"], "string");
+  assert.deepEqual(
+    room
+      .rows()
+      .map((r) => `${r.room_id}/${r.seq} ${r.body}`)
+      .sort(),
+    ["5/1 edited", "5/3 d", "5/4 while away"],
+  );
 });

@@ -28,7 +28,7 @@ import { row } from "./support/fake-server.js";
  */
 function upsert(id, version, data = {}, options = {}) {
   /** @type {ChangeMessage} */
-  const message = { type: "change", table_id: "t1", op: options.op ?? "UPDATE", row: row(id, version, data) };
+  const message = { type: "change", table_id: "t1", op: options.op ?? "UPDATE", id, row: row(id, version, data) };
   if (options.cursor !== undefined) message.cursor = options.cursor;
   return message;
 }
@@ -41,7 +41,7 @@ function upsert(id, version, data = {}, options = {}) {
  */
 function remove(id, version, cursor) {
   /** @type {ChangeMessage} */
-  const message = { type: "change", table_id: "t1", op: "DELETE", row: { id, table_id: "t1", version } };
+  const message = { type: "change", table_id: "t1", op: "DELETE", id, row: { id, table_id: "t1", version } };
   if (cursor !== undefined) message.cursor = cursor;
   return message;
 }
@@ -126,7 +126,7 @@ function ids(store) {
 function syncedStore(...rows) {
   const store = new TableStore("t1", "live");
   store.beginSubscription("snapshot");
-  for (const r of rows) store.applyChange({ type: "change", table_id: "t1", op: "INSERT", row: r });
+  for (const r of rows) store.applyChange({ type: "change", table_id: "t1", op: "INSERT", id: r.id, row: r });
   store.applySynced("c0");
   store.flush();
   return store;
@@ -221,10 +221,10 @@ test("the server's old row reaches the update and delete events", () => {
   const { version: _, ...before } = row("a", 5, { v: "five" });
 
   const row7 = row("a", 7, { v: "seven" });
-  store.applyChange({ type: "change", table_id: "t1", op: "UPDATE", row: row7, old: before, cursor: "c1" });
+  store.applyChange({ type: "change", table_id: "t1", op: "UPDATE", id: "a", row: row7, old: before, cursor: "c1" });
   const deleted = { id: "a", table_id: "t1", version: 8 };
   const old7 = { ...before, data: { v: "seven" } };
-  store.applyChange({ type: "change", table_id: "t1", op: "DELETE", row: deleted, old: old7, cursor: "c2" });
+  store.applyChange({ type: "change", table_id: "t1", op: "DELETE", id: "a", row: deleted, old: old7, cursor: "c2" });
   store.flush();
 
   assert.deepEqual(payload(events, 0, "update").old, before);

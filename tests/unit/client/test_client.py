@@ -124,6 +124,22 @@ async def test_a_slow_consumer_close_is_followed_by_a_resume() -> None:
         assert table.synced
 
 
+async def test_a_filtered_view_resumes_with_its_filter_after_a_reconnect() -> None:
+    fake = FakeServer()
+
+    async def close_once(ws: ServerConnection) -> None:
+        if fake.connections == 1:
+            await ws.close(1001, "going away")
+
+    fake.after_synced = close_once
+    async with fake_server(fake), fast_client(fake.url) as client:
+        table = await within(client.table("public.messages", filter="room_id=eq.5"))
+        await eventually(lambda: table.cursor == "cursor-2")
+    first, again = fake.subscribes()
+    assert (first["filter"], first["snapshot"]) == ("room_id=eq.5", True)
+    assert (again["filter"], again["cursor"]) == ("room_id=eq.5", "cursor-1")
+
+
 async def test_a_refused_handshake_is_a_connect_error() -> None:
     def not_found(connection: ServerConnection, request: Request) -> Response:
         return connection.respond(HTTPStatus.NOT_FOUND, "no WebSocket here\n")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from broadcaster.client import (
     INTERRUPTED,
+    BadFilterError,
     Change,
     Event,
     Reset,
@@ -48,11 +50,34 @@ def change(
     return message
 
 
+def published(
+    key: str, version: int, op: str = "INSERT", cursor: str | None = None, **columns: Any
+) -> dict[str, Any]:
+    """A change of a published table, public.messages, as the server sends it:
+    its key in ``id``; its row, the table's columns (a DELETE's: the key)."""
+    table = "public.messages"
+    deleted = {"id": key, "table_id": table}
+    message: dict[str, Any] = {
+        "type": "change",
+        "table_id": table,
+        "op": op,
+        "id": key,
+        "row": {**(deleted if op == "DELETE" else columns), "version": version},
+    }
+    if cursor is not None:
+        message["cursor"] = cursor
+    return message
+
+
 class Harness:
     """A core with a connection that is opened, fed and lost by hand."""
 
-    def __init__(self) -> None:
-        self.core = Core(lambda: None)
+    def __init__(self, retry_delay: Callable[[int], float] | None = None) -> None:
+        self.woken = asyncio.Event()
+        if retry_delay is None:
+            self.core = Core(self.woken.set)
+        else:
+            self.core = Core(self.woken.set, retry_delay)
 
     def subscribe(self, table_id: str = "t", **options: Any) -> Subscription:
         options.setdefault("cursor", None)
@@ -401,3 +426,135 @@ async def test_a_forbidden_error_naming_a_table_ends_its_subscription() -> None:
         await s.__anext__()
     assert raised.value.code == "forbidden"
     assert not other.closed
+
+
+async def test_a_published_tables_rows_are_keyed_by_the_changes_id() -> None:
+    h = Harness()
+    view = h.view("public.messages", filter="room_id=eq.5")
+    h.core.opened()
+    h.answer(
+        "public.messages",
+        published("[5, 1]", 0, room_id=5, seq=1, body="a"),
+        published("[5, 2]", 0, room_id=5, seq=2, body="b"),
+    )
+    assert sorted(view.rows) == ["[5, 1]", "[5, 2]"]
+    assert view.get("[5, 1]") == {"room_id": 5, "seq": 1, "body": "a", "version": 0}
+    h.feed(published("[5, 1]", 7, "UPDATE", C1, room_id=5, seq=1, body="edited"))
+    h.feed(published("[5, 1]", 6, "UPDATE", C1, room_id=5, seq=1, body="older"))
+    h.feed(published("[5, 2]", 8, "DELETE", C2))
+    assert view.rows == {"[5, 1]": {"room_id": 5, "seq": 1, "body": "edited", "version": 7}}
+    assert view._versions == {"[5, 1]": 7, "[5, 2]": 8}
+
+
+async def test_the_changes_id_wins_over_a_column_named_id() -> None:
+    h = Harness()
+    s = h.subscribe("public.codes")
+    h.core.opened()
+    h.answer("public.codes")
+    # Keyed by code; id is an ordinary column, and not even a string.
+    message = {**published("k1", 3, cursor=C1, code="k1", id=42), "table_id": "public.codes"}
+    h.feed(message)
+    (event,) = drain(s)
+    assert isinstance(event, Change)
+    assert (event.id, event.version, event.row) == ("k1", 3, {"code": "k1", "id": 42, "version": 3})
+
+
+async def test_a_change_whose_key_is_not_a_string_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    s = h.subscribe("public.messages")
+    h.core.opened()
+    h.answer("public.messages")
+    h.feed({**published("a", 1, cursor=C1), "id": 5})
+    h.feed({**published("a", 2, cursor=C1), "id": None})
+    h.feed(published("b", 3, cursor=C1))
+    assert ids(drain(s)) == ["b"]
+    assert ["(id is not a string)" in r.getMessage() for r in caplog.records] == [True, True]
+
+
+async def test_the_filter_is_sent_with_every_subscribe() -> None:
+    h = Harness()
+    s = h.subscribe("public.messages", snapshot=True, filter="room_id=eq.5", queue_size=1)
+    h.core.opened()
+    (first,) = h.sent()
+    assert (first["filter"], first["snapshot"]) == ("room_id=eq.5", True)
+    h.core.outbox.append(json.dumps(first))
+    h.answer("public.messages", cursor=C0)
+    # After a lost connection: the cursor, and the filter again.
+    h.core.lost()
+    h.core.opened()
+    (resumed,) = h.sent()
+    assert (resumed["filter"], resumed["cursor"]) == ("room_id=eq.5", C0)
+    h.core.outbox.append(json.dumps(resumed))
+    h.answer("public.messages", cursor=C1)
+    # After a pause (the queue filled): the same.
+    h.feed(published("a", 1, cursor=C2), published("b", 2, cursor=C2))
+    assert [m["type"] for m in h.sent()] == ["unsubscribe"]
+    drain(s)
+    (unpaused,) = h.sent()
+    assert (unpaused["filter"], unpaused["cursor"]) == ("room_id=eq.5", C1)
+    assert s.filter == "room_id=eq.5"
+
+
+@pytest.mark.parametrize("bad", ["", 5])
+async def test_a_filter_must_be_a_non_empty_string(bad: Any) -> None:
+    h = Harness()
+    with pytest.raises(ValueError, match="non-empty string"):
+        h.subscribe("public.messages", filter=bad)
+    with pytest.raises(ValueError, match="non-empty string"):
+        h.view("public.messages", filter=bad)
+
+
+async def test_a_refused_filter_raises_bad_filter_error() -> None:
+    h = Harness()
+    view = h.view("public.messages", filter="nope=eq.1")
+    h.core.opened()
+    (subscribe,) = h.sent()
+    h.feed(
+        {
+            "type": "error",
+            "ref": subscribe["ref"],
+            "code": "bad_filter",
+            "message": "unknown column nope",
+            "table_id": "public.messages",
+        }
+    )
+    assert "public.messages" not in h.core.streams
+    with pytest.raises(BadFilterError) as raised:
+        await view.wait_synced()
+    assert isinstance(raised.value, SubscriptionError)
+    assert (raised.value.code, raised.value.table_id) == ("bad_filter", "public.messages")
+    assert "unknown column nope" in str(raised.value)
+
+
+@pytest.mark.parametrize("code", ["unavailable", "rate_limited"])
+async def test_a_subscribe_refused_for_now_is_sent_again(code: str) -> None:
+    refusals: list[int] = []
+
+    def no_delay(failures: int) -> float:
+        refusals.append(failures)
+        return 0.0
+
+    h = Harness(no_delay)
+    s = h.subscribe("public.messages", filter="room_id=eq.5", cursor=C0)
+
+    async def refuse() -> None:
+        (subscribe,) = h.sent()
+        h.woken.clear()
+        h.feed({"type": "error", "ref": subscribe["ref"], "code": code, "message": "not now"})
+        await within(h.woken.wait())
+
+    h.core.opened()
+    await refuse()
+    await refuse()
+    assert not s.closed
+    assert refusals == [1, 2]
+    h.answer("public.messages", cursor=C1)
+    assert s.synced
+    h.core.lost()
+    h.core.opened()
+    await refuse()
+    assert refusals == [1, 2, 1], "counted again from 1 once synced"
+    (again,) = h.sent()
+    assert (again["filter"], again["cursor"]) == ("room_id=eq.5", C1)

@@ -377,6 +377,15 @@ def test_encode_change_escapes_the_table_id(table_id: str) -> None:
     }
 
 
+def test_encode_change_carries_the_key_a_published_row_does_not_hold() -> None:
+    row = '{"room_id": 5, "seq": 1, "body": "hi"}'
+
+    encoded = encode_change(Change("INSERT", "public.messages", "[5, 1]", 9, row))
+
+    message = strict_json(encoded)
+    assert (message["id"], message["row"]) == ("[5, 1]", {**json.loads(row), "version": 9})
+
+
 def test_encode_change_of_a_non_ascii_row_is_utf8() -> None:
     row = '{"id":"r1","data":"é😀"}'
 

@@ -194,6 +194,15 @@ export class Backend {
   }
 
   /**
+   * Publish tables (`broadcaster publish`, docs/publishing.md) on the backend's database.
+   * @param {string[]} tables
+   */
+  async publish(...tables) {
+    if (this.dsn === null) throw new Error("no database yet: call serve() first");
+    await runBroadcaster(["publish", ...tables], { DATABASE_URL: this.dsn });
+  }
+
+  /**
    * The rows of a table as the store would hold them, keyed by id.
    * @param {string} tableId
    * @returns {Promise<Map<string, { data: unknown, enriching_columns: string[] }>>}
