@@ -30,7 +30,7 @@ from .hub import Batch
 from .published import PublishedTable
 from .visibility import Viewer
 
-__all__ = ["Check", "FilterCheck", "HeldChecks", "Pending", "RowCheck", "passed"]
+__all__ = ["Check", "FilterCheck", "HeldChecks", "LeftFilter", "Pending", "RowCheck", "passed"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,15 @@ class RowCheck:
     viewer: Viewer
 
 
+@dataclass(frozen=True)
+class LeftFilter:
+    """Whether an UPDATE's row, before it, passed ``check``: with the row after it
+    failing, the row left the filter's rows (a native filtered subscription gets
+    it as a DELETE). False for any other change."""
+
+    check: FilterCheck
+
+
 Check = FilterCheck | RowCheck
 
 
@@ -64,18 +73,34 @@ class Pending:
     filters: tuple[FilterCheck, ...]
     rows: tuple[RowCheck, ...]
     changes: tuple[Change, ...]
-    answers: dict[Check, Sequence[bool]] = field(default_factory=dict)
-    """Each check's answer for each of ``changes``, once given."""
+    answers: dict[Hashable, Sequence[bool]] = field(default_factory=dict)
+    """Each check's answer for each of ``changes``, once given (and each filter's
+    :class:`LeftFilter`)."""
 
     @property
     def images(self) -> list[str]:
-        """The row each change's filters are checked on, as JSON text."""
-        return [_image(change) for change in self.changes]
+        """The rows the filters are checked on, as JSON text: each change's (the row
+        it leaves, or for a DELETE the row it removed), then each UPDATE's row
+        before it."""
+        return [_image(change) for change in self.changes] + [old for _, old in self._updated()]
 
     def answer_filters(self, passed: Sequence[Sequence[bool]]) -> None:
-        """``passed``: for each change, whether it passed each of :attr:`filters`."""
-        for index, check in enumerate(self.filters):
-            self.answers[check] = [row[index] for row in passed]
+        """``passed``: for each of :attr:`images`, whether it passed each of :attr:`filters`."""
+        count = len(self.changes)
+        updated = [index for index, _ in self._updated()]
+        for column, check in enumerate(self.filters):
+            self.answers[check] = [row[column] for row in passed[:count]]
+            before = [False] * count
+            for index, row in zip(updated, passed[count:], strict=True):
+                before[index] = row[column]
+            self.answers[LeftFilter(check)] = before
+
+    def _updated(self) -> list[tuple[int, str]]:
+        return [
+            (index, change.old_json)
+            for index, change in enumerate(self.changes)
+            if change.op == "UPDATE" and change.old_json is not None
+        ]
 
     def answer(self, check: Check, passed: Sequence[bool]) -> None:
         """``passed``: for each change, whether it passed ``check``."""

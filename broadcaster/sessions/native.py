@@ -17,14 +17,14 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Final
 
 from ..auth.authorization import Authorizer, decided
 from ..auth.identity import TokenVerifier
 from ..core import broadcasts, presence
 from ..core.changes import Change
-from ..core.checks import FilterCheck, passed
+from ..core.checks import FilterCheck, LeftFilter, passed
 from ..core.feed import Join, JoinResult
 from ..core.hub import Batch, Hub
 from ..exceptions import AuthenticationError, DatabaseError, FilterError, ProtocolError
@@ -67,15 +67,33 @@ def _frame(messages: Sequence[bytes]) -> bytes:
 
 def _encode_passed(check: FilterCheck, batch: Batch) -> bytes:
     """The frames of ``batch`` for a subscription with ``check``: its changes that
-    passed. None passed: nothing, unless the batch had no change to pass (a cursor
-    or a reset, which every subscriber gets)."""
-    kept = [c for i, c in enumerate(batch.changes) if passed(batch.checks, check, i)]
+    passed, and as DELETEs its UPDATEs whose row left the filter. None: nothing,
+    unless the batch had no change to pass (a cursor or a reset, which every
+    subscriber gets)."""
+    kept = _passed_changes(check, batch.changes, batch.checks)
     if batch.changes and not kept and batch.reset is None:
         return b""
-    if len(kept) == len(batch.changes):
+    if kept == batch.changes:
         return encode_batch(batch)
     filtered = Batch(batch.table_id, kept, batch.cursor, batch.reset, since=batch.since)
     return encode_batch(filtered)
+
+
+def _passed_changes(
+    check: FilterCheck, changes: Sequence[Change], checks: Mapping[Hashable, Sequence[bool]]
+) -> list[Change]:
+    """``changes`` as a subscription filtered by ``check`` sees them. An UPDATE whose row
+    passed before it and fails after it is the row leaving the subscription's rows:
+    a DELETE of its key, with the row before it (as a key change is logged)."""
+    left = LeftFilter(check)
+    kept = []
+    for index, change in enumerate(changes):
+        if passed(checks, check, index):
+            kept.append(change)
+        elif passed(checks, left, index):
+            identity = f'{{"id":{json.dumps(change.id)},"table_id":{json.dumps(change.table_id)}}}'
+            kept.append(change._replace(op="DELETE", row_json=identity))
+    return kept
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -394,7 +412,7 @@ class NativeSession(Session[protocol.ClientMessage]):
         check = self._filters.get(table_id)
         changes = result.changes
         if check is not None:
-            changes = [c for i, c in enumerate(changes) if passed(result.checks, check, i)]
+            changes = _passed_changes(check, changes, result.checks)
         self._send_catch_up(changes)
         self._reply(protocol.encode_synced(table_id, result.cursor))
         # Sending may have closed the session (a slow consumer): it must not
@@ -403,7 +421,8 @@ class NativeSession(Session[protocol.ClientMessage]):
             return
         self.tables[table_id] = None
         check = self._filters.get(table_id)
-        self._hub.subscribe(table_id, self, None if check is None else frozenset({check}))
+        interest = None if check is None else frozenset({check, LeftFilter(check)})
+        self._hub.subscribe(table_id, self, interest)
         messaging = self._messaging
         if messaging is not None:
             messaging.broadcasts.listen(_topic(table_id), self)

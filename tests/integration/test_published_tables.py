@@ -180,6 +180,29 @@ async def test_a_native_subscription_by_a_columns_value_gets_its_rows_only(
     assert "unknown column" in refused["message"]
 
 
+async def test_a_row_leaving_a_native_filter_arrives_as_a_delete(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    await db.execute("INSERT INTO messages (room_id, body) VALUES (5, 'here')")
+    async with running_server(database_url) as server, client(server) as native:
+        synced = await native.subscribe("public.messages", snapshot=True, filter="room_id=eq.5")
+        await db.execute("UPDATE messages SET room_id = 6")
+        await db.execute("UPDATE messages SET body = 'away'")
+        await db.execute("UPDATE messages SET room_id = 5")
+        left, back = await native.recv(), await native.recv()
+        again = await native.subscribe(
+            "public.messages", cursor=synced.cursor, filter="room_id=eq.5"
+        )
+
+    [loaded] = synced.changes
+    assert (left["op"], left["id"], left["old"]["room_id"]) == ("DELETE", loaded["id"], 5)
+    assert (back["op"], back["row"]["body"]) == ("UPDATE", "away")
+    assert [(c["op"], c["id"]) for c in again.changes] == [
+        ("DELETE", loaded["id"]),
+        ("UPDATE", loaded["id"]),
+    ]
+
+
 def user_token(role: str, sub: str) -> str:
     claims = {"role": role, "sub": sub, "exp": math.ceil(time.time() + 600)}
     return jwt.encode(claims, SECRET, algorithm="HS256")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from broadcaster.core.changes import Change
-from broadcaster.core.checks import FilterCheck, HeldChecks, RowCheck, passed
+from broadcaster.core.checks import FilterCheck, HeldChecks, LeftFilter, RowCheck, passed
 from broadcaster.core.hub import Batch
 from broadcaster.core.published import Column, PublishedTable
 from broadcaster.core.visibility import Viewer
@@ -64,14 +64,22 @@ def test_answers_hang_on_the_batches_of_their_table() -> None:
         checks.add(check)
     first, second = change("INSERT", TODOS, 1), change("UPDATE", TODOS, 2)
     [pending] = checks.pending([first, second])
-    pending.answer_filters([[True, False], [False, True]])
+    # The rows after each change, then the UPDATE's row before it.
+    assert pending.images == [first.row_json, second.row_json, second.old_json]
+    pending.answer_filters([[True, False], [False, True], [True, True]])
     pending.answer(ada, [False, True])
     todos = Batch("public.todos", [second, first], "c2", since="c1")
     messages = Batch("public.messages", [change("INSERT", MESSAGES, 3)], "c2", since="c1")
 
     pending.attach([todos, messages])
 
-    assert todos.checks == {one: [False, True], two: [True, False], ada: [True, False]}
+    assert todos.checks == {
+        one: [False, True],
+        two: [True, False],
+        LeftFilter(one): [True, False],
+        LeftFilter(two): [True, False],
+        ada: [True, False],
+    }
     assert messages.checks == {}
     assert passed(todos.checks, ada, 0)
     assert not passed(todos.checks, ada, 1)
@@ -89,4 +97,7 @@ def test_a_snapshots_rows_are_asked_about_each_though_they_share_version_0() -> 
     pending.answer_filters([[True], [False]])
 
     assert pending.changes == (one, two)
-    assert pending.answers_for([two, one]) == {check: [False, True]}
+    assert pending.answers_for([two, one]) == {
+        check: [False, True],
+        LeftFilter(check): [False, False],
+    }
