@@ -27,6 +27,10 @@ Semantics:
 * Text compares by code point, which is what Postgres's C collation does
   (UTF-8 byte order is code point order), not by a locale's rules.
 * Timestamps compare as instants; a filter value without an offset is UTC.
+  Every instant a ``timestamptz`` holds compares, as ``to_jsonb`` writes it
+  in the writer's time zone: years past 9999, BC, ``infinity`` and
+  ``-infinity``, offsets in seconds (Amsterdam's +00:19:32 before 1937); a
+  filter value may be written so too.
 * A missing key or a null never matches, even for ``neq``: in SQL a comparison
   with NULL is not true.
 * ``table_id=eq.X`` and ``table_id=in.(...)`` route to those tables
@@ -40,7 +44,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any, Final, TypeAlias
 
@@ -49,9 +53,9 @@ from . import filter_syntax
 
 __all__ = ["RowFilter", "Value", "parse_filters"]
 
-# A parsed filter value: str for text columns, int for version, an aware datetime for
-# timestamps, a canonical form for jsonb and text[] (see _jsonb and _text_array).
-Value: TypeAlias = str | int | datetime | tuple[Any, ...]
+# A parsed filter value: str for text columns, int for version, a canonical form for
+# timestamps, jsonb and text[] (see _instant, _jsonb and _text_array).
+Value: TypeAlias = str | int | tuple[Any, ...]
 
 _TEXT: Final = "text"
 _INT8: Final = "int8"
@@ -91,15 +95,22 @@ _OPERATORS: Final = (*_COMPARE, "in")
 _INT8_MIN: Final = -(2**63)
 _INT8_MAX: Final = 2**63 - 1
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
-# Extended ISO-8601 only, so "2026", week dates and the like are refused rather
-# than read as something the user did not mean. At most 6 fraction digits:
-# timestamptz keeps microseconds, and Python would silently truncate more.
+# Extended ISO-8601, and what to_jsonb writes beyond it (years past 9999, BC,
+# offsets in seconds), so that "2026", week dates and the like are refused
+# rather than read as something the user did not mean. At most 6 fraction
+# digits: timestamptz keeps microseconds.
 _TIMESTAMP = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
-    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?",
+    r"([0-9]{4,6})-([0-9]{2})-([0-9]{2})"
+    r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,6}))?)?"
+    r"(Z|[+-][0-9]{2}(?:[0-9]{2}|:[0-9]{2}(?::[0-9]{2})?)?)?)?"
+    r"( BC)?",
     re.ASCII,
 )
+# The instants past every finite one, as (rank, microseconds since 1970 UTC).
+_INFINITIES: Final = {"infinity": (1, 0), "-infinity": (-1, 0)}
+_EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+_DAYS_IN_400_YEARS: Final = 146_097
+_MAX_OFFSET_HOURS: Final = 15  # Postgres' limit on a time zone's offset
 _TIMESTAMP_EXAMPLE: Final = "2026-11-26T10:00:00Z"
 
 
@@ -202,15 +213,45 @@ def _convert(text: str, column: str, kind: str, raw: str) -> Value:
     return raw
 
 
-def _parse_timestamp(raw: str) -> datetime | None:
-    """An aware datetime (UTC when no offset is given), or None if ``raw`` is not one."""
-    if not _TIMESTAMP.fullmatch(raw):
+def _parse_timestamp(raw: str) -> tuple[int, int] | None:
+    """The instant ``raw`` names (UTC when no offset is given), or None if it is not one.
+
+    ``(0, microseconds since 1970-01-01 UTC)``, or ``(1, 0)`` for ``infinity``
+    and ``(-1, 0)`` for ``-infinity``: ordered as Postgres orders them, over
+    its whole range, which Python's datetime does not reach.
+    """
+    infinite = _INFINITIES.get(raw)
+    if infinite is not None:
+        return infinite
+    match = _TIMESTAMP.fullmatch(raw)
+    if match is None:
         return None
+    year, month, day, hour, minute, second, fraction, offset, bc = match.groups()
+    hours, minutes, seconds = int(hour or 0), int(minute or 0), int(second or 0)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        return None
+    shift = 0
+    if offset and offset != "Z":
+        digits = offset[1:].replace(":", "")
+        parts = [int(digits[i : i + 2]) for i in range(0, len(digits), 2)]
+        parts += [0] * (3 - len(parts))
+        if parts[0] > _MAX_OFFSET_HOURS or parts[1] > 59 or parts[2] > 59:
+            return None
+        shift = (parts[0] * 3600 + parts[1] * 60 + parts[2]) * (-1 if offset[0] == "-" else 1)
+    # Astronomical years: 1 BC is year 0. Days are counted in a year moved by
+    # whole 400-year cycles into date's range, which repeat the calendar.
+    number = int(year)
+    if number == 0:
+        return None
+    astronomical = 1 - number if bc else number
+    cycles = (astronomical - 1) // 400
     try:
-        instant = datetime.fromisoformat(raw)
-    except ValueError:  # out-of-range fields, such as month 13 or hour 24
+        days = date(astronomical - 400 * cycles, int(month), int(day)).toordinal()
+    except ValueError:  # out-of-range fields, such as month 13 or February 30
         return None
-    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+    days += _DAYS_IN_400_YEARS * cycles - _EPOCH_DAY
+    total = days * 86_400 + hours * 3600 + minutes * 60 + seconds - shift
+    return (0, total * 1_000_000 + int((fraction or "").ljust(6, "0")))
 
 
 def _no_constant(name: str) -> None:

@@ -15,6 +15,11 @@ T0 = "2026-11-26T10:00:00.123456Z"
 T0_AT = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
 
 
+def instant(moment: datetime) -> tuple[int, int]:
+    """A timestamp filter's value: microseconds since 1970 UTC, ranked among the infinities."""
+    return (0, (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1))
+
+
 def row(**overrides: Any) -> dict[str, Any]:
     """A row as clients see it; keyword ``None`` sets a JSON null."""
     base: dict[str, Any] = {
@@ -53,8 +58,8 @@ def refused(text: str) -> str:
         ("version=lt.10", RowFilter("version", "lt", (10,))),
         ("version=lte.-3", RowFilter("version", "lte", (-3,))),
         ("version=gt.+7", RowFilter("version", "gt", (7,))),
-        ("created_at=gte." + T0, RowFilter("created_at", "gte", (T0_AT,))),
-        ("updated_at=in.(" + T0 + ")", RowFilter("updated_at", "in", (T0_AT,))),
+        ("created_at=gte." + T0, RowFilter("created_at", "gte", (instant(T0_AT),))),
+        ("updated_at=in.(" + T0 + ")", RowFilter("updated_at", "in", (instant(T0_AT),))),
         ("version=in.(1,2,3)", RowFilter("version", "in", (1, 2, 3))),
     ],
 )
@@ -124,17 +129,27 @@ def test_in_lists_values_with_postgrest_quoting(text: str, values: tuple[str, ..
 def test_timestamps_are_iso_8601_and_utc_without_an_offset(value: str, expected: datetime) -> None:
     (parsed,) = RowFilter.parse("created_at=eq." + value).values
 
-    assert isinstance(parsed, datetime)
-    assert parsed.tzinfo is not None
+    assert parsed == instant(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # As to_jsonb writes what Python's datetime cannot hold, and Postgres orders it.
+        ("10000-01-01T00:00:00+00:00", (0, 253_402_300_800_000_000)),
+        ("1970-01-01T00:00:00+00:00 BC", (0, -124_302_816_000_000_000)),
+        ("0001-12-31T23:59:59.999999+00:00 BC", (0, -62_135_596_800_000_001)),
+        ("1900-01-01T00:19:32+00:19:32", instant(datetime(1900, 1, 1, tzinfo=UTC))),
+        ("infinity", (1, 0)),
+        ("-infinity", (-1, 0)),
+    ],
+)
+def test_every_instant_a_timestamptz_holds_is_a_value(
+    value: str, expected: tuple[int, int]
+) -> None:
+    (parsed,) = RowFilter.parse("created_at=eq." + value).values
+
     assert parsed == expected
-
-
-def test_an_offset_is_kept_but_compares_as_the_same_instant() -> None:
-    (parsed,) = RowFilter.parse("updated_at=eq.2026-11-26T12:00:00.123456+02:00").values
-
-    assert parsed == T0_AT
-    assert isinstance(parsed, datetime)
-    assert parsed.utcoffset() == timedelta(hours=2)
 
 
 def test_a_filter_is_a_frozen_value() -> None:
@@ -217,6 +232,10 @@ def test_a_filter_is_a_frozen_value() -> None:
         ("created_at=eq.2026-11-26T10:00:00.1234567Z", "compares created_at (timestamptz)"),
         ("created_at=eq.2026-11-26T10:00:00z", "compares created_at (timestamptz)"),
         ("created_at=eq.2026-11-26T10:00:00 UTC", "compares created_at (timestamptz)"),
+        ("created_at=eq.0000-01-01", "compares created_at (timestamptz)"),
+        ("created_at=eq.Infinity", "compares created_at (timestamptz)"),
+        ("created_at=eq.2026-11-26T10:00:00+16:00", "compares created_at (timestamptz)"),
+        ("created_at=eq.2026-11-26T10:00:00+01:00:60", "compares created_at (timestamptz)"),
         ("updated_at=eq.1732615200", "compares updated_at (timestamptz) with '1732615200'"),
         ("updated_at=in.(" + T0 + ",soon)", "compares updated_at (timestamptz) with 'soon'"),
     ],
@@ -513,6 +532,28 @@ def test_matching_ignores_the_other_columns() -> None:
     matching = row(data=None, enriching_columns=None, created_at=None)
     assert RowFilter.parse("id=eq.r2").matches(matching)
     assert RowFilter.parse("id=eq.r2").matches({"id": "r2"})
+
+
+@pytest.mark.parametrize(
+    ("stored", "condition"),
+    [
+        # Past Python's datetime: ordered as Postgres orders them, not unmatched.
+        ("10000-01-01T01:00:00+01:00", "gt.9999-12-31T23:59:59.999999Z"),
+        ("10000-01-01T01:00:00+01:00", "lt.9999-12-31T23:00:00-01:00:01"),
+        ("10000-01-01T01:00:00+01:00", "eq.10000-01-01T00:00:00Z"),
+        ("0044-03-15T00:00:00+00:19:32 BC", "lt.0001-01-01T00:00:00Z"),
+        ("0044-03-15T00:00:00+00:19:32 BC", "neq.0044-03-15T00:00:00Z"),
+        ("0001-12-31T23:00:00+00:00 BC", "eq.0001-01-01T05:00:00+06:00"),
+        ("1900-01-01T00:19:32+00:19:32", "eq.1900-01-01T00:00:00Z"),
+        ("infinity", "gt.9999-12-31"),
+        ("infinity", "eq.infinity"),
+        ("-infinity", "lt.0001-01-01T00:00:00 BC"),
+        ("-infinity", "in.(infinity,-infinity)"),
+        ("2026-11-26T10:00:00+00:00", "lt.infinity"),
+    ],
+)
+def test_a_row_timestamp_beyond_python_compares_as_in_postgres(stored: str, condition: str) -> None:
+    assert RowFilter.parse("created_at=" + condition).matches(row(created_at=stored))
 
 
 def test_a_row_offset_east_of_utc_still_compares_as_an_instant() -> None:
