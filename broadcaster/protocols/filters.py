@@ -281,32 +281,84 @@ def _text_array(elements: Sequence[str | None]) -> tuple[Any, ...]:
     return tuple((1, "") if element is None else (0, element) for element in elements)
 
 
-_ARRAY_ELEMENT = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^",{}\s][^",{}]*?))\s*(,|$)', re.DOTALL)
+_ARRAY_SPACE: Final = " \t\n\r\v\f"
+"""The whitespace Postgres' array input skips (``array_isspace``): ASCII only."""
 
 
 def _parse_array(raw: str) -> tuple[Any, ...] | None:
-    """A one-dimensional Postgres array literal (``{a,"b c",NULL}``), or None if it is not one."""
-    stripped = raw.strip()
-    if len(stripped) < 2 or stripped[0] != "{" or stripped[-1] != "}":
+    """A one-dimensional Postgres array literal (``{a,"b c",NULL}``), or None if it is not one.
+
+    Read as Postgres' ``array_in`` reads it: whitespace around an element is
+    dropped, a backslash escapes the next character in an element quoted or
+    not, and only a bare ``NULL`` (any case, unescaped) is a null.
+    """
+    text = raw.strip(_ARRAY_SPACE)
+    if len(text) < 2 or text[0] != "{" or text[-1] != "}":
         return None
-    inner = stripped[1:-1]
-    if not inner.strip():
+    end = len(text) - 1
+    if not text[1:end].strip(_ARRAY_SPACE):
         return ()
     elements: list[str | None] = []
-    position = 0
-    while position < len(inner):
-        match = _ARRAY_ELEMENT.match(inner, position)
-        if match is None or match.end() == position:
+    index = 1
+    while True:
+        while text[index] in _ARRAY_SPACE:
+            index += 1
+        element, index = (_quoted if text[index] == '"' else _bare)(text, index, end)
+        if index < 0:
             return None
-        quoted, bare = match.group(1), match.group(2)
-        if quoted is not None:
-            elements.append(re.sub(r"\\(.)", r"\1", quoted, flags=re.DOTALL))
+        elements.append(element)
+        while index < end and text[index] in _ARRAY_SPACE:
+            index += 1
+        if index == end:
+            return _text_array(elements)
+        if text[index] != ",":
+            return None
+        index += 1
+
+
+def _quoted(text: str, index: int, end: int) -> tuple[str | None, int]:
+    """The double-quoted element at ``index`` and the index after it (-1: malformed)."""
+    chars: list[str] = []
+    index += 1
+    while index < end:
+        char = text[index]
+        if char == '"':
+            return "".join(chars), index + 1
+        if char == "\\":
+            index += 1
+            if index == end:
+                break
+            char = text[index]
+        chars.append(char)
+        index += 1
+    return None, -1
+
+
+def _bare(text: str, index: int, end: int) -> tuple[str | None, int]:
+    """The unquoted element at ``index`` and the index of what follows it (-1: malformed)."""
+    chars: list[str] = []
+    kept = 0  # up to the last character that is not trailing whitespace
+    escaped = False
+    while index < end and text[index] != ",":
+        char = text[index]
+        if char in '{}"':
+            return None, -1
+        if char == "\\":
+            index += 1
+            if index == end:
+                return None, -1
+            chars.append(text[index])
+            escaped = True
+            kept = len(chars)
         else:
-            elements.append(None if bare.upper() == "NULL" else bare)
-        position = match.end()
-        if match.group(3) == "," and position == len(inner):
-            return None  # a trailing comma
-    return _text_array(elements)
+            chars.append(char)
+            if char not in _ARRAY_SPACE:
+                kept = len(chars)
+        index += 1
+    if kept == 0:
+        return None, -1
+    element = "".join(chars[:kept])
+    return (None if not escaped and element.upper() == "NULL" else element), index
 
 
 def _row_value(kind: str, raw: object) -> Value | None:

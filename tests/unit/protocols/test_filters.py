@@ -271,6 +271,40 @@ def test_the_reason_says_what_to_do(text: str, remedy: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("literal", "elements"),
+    [
+        # Each as Postgres' array_in reads it.
+        ('{"a" ,b}', ["a", "b"]),
+        ("{a b , c\\ }", ["a b", "c "]),
+        ("{\\NULL}", ["NULL"]),
+        ('{NuLL,"NULL"}', [None, "NULL"]),
+        ("{ }", []),
+        (" {a} ", ["a"]),
+        ("{ab\\\\}", ["ab\\"]),
+        ('{"\\\\"}', ["\\"]),
+        ('{NULL,\\"}', [None, '"']),
+        ("{\\{x\\}}", ["{x}"]),
+        ("{\\ a}", [" a"]),
+        ("{a\tb}", ["a\tb"]),
+        # Only ASCII whitespace is dropped.
+        ("{\u00a0a}", ["\u00a0a"]),
+    ],
+)
+def test_an_array_literal_is_read_as_postgres_reads_it(literal: str, elements: list[str]) -> None:
+    assert RowFilter.parse("enriching_columns=eq." + literal).matches(
+        row(enriching_columns=elements)
+    )
+
+
+@pytest.mark.parametrize(
+    "literal",
+    ['{"a"b}', '{a"b}', "{a}x", "{a, ,b}", "{a\\}", "{a,}", "{,a}", "{a{b}", "{a}b}", '{x"}'],
+)
+def test_an_array_literal_postgres_refuses_is_refused(literal: str) -> None:
+    assert "give an array literal" in refused("enriching_columns=eq." + literal)
+
+
+@pytest.mark.parametrize(
     ("text", "value", "matches"),
     [
         ('data=eq.{"a":1,"b":[true,"x"]}', {"b": [True, "x"], "a": 1.0}, True),
