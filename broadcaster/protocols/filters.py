@@ -32,7 +32,8 @@ Semantics:
   ``-infinity``, offsets in seconds (Amsterdam's +00:19:32 before 1937); a
   filter value may be written so too.
 * A missing key or a null never matches, even for ``neq``: in SQL a comparison
-  with NULL is not true.
+  with NULL is not true. ``data`` is the exception: it is never an SQL null
+  (``NOT NULL``), so its null is JSON's, equal to ``data=eq.null``.
 * ``table_id=eq.X`` and ``table_id=in.(...)`` route to those tables
   (:attr:`RowFilter.tables`); any other filter must be checked on every row.
 """
@@ -155,8 +156,11 @@ class RowFilter:
         return tuple(dict.fromkeys(str(value) for value in self.values))
 
     def matches(self, row: Mapping[str, Any]) -> bool:
-        """Whether ``row`` (a row as clients see it) passes; a missing or null value never does."""
-        value = _row_value(_COLUMNS[self.column], row.get(self.column))
+        """Whether ``row`` (a row as clients see it) passes; a missing or null value never
+        does, but ``data``'s null, which is JSON's."""
+        if self.column not in row:
+            return False
+        value = _row_value(_COLUMNS[self.column], row[self.column])
         if value is None:
             return False
         if self.op == "in":
@@ -362,9 +366,13 @@ def _bare(text: str, index: int, end: int) -> tuple[str | None, int]:
 
 
 def _row_value(kind: str, raw: object) -> Value | None:
-    """A row's JSON value as the column's type; None (never matching) if null or mistyped."""
+    """A row's JSON value as the column's type; None (never matching) if null or mistyped.
+
+    ``data`` is never an SQL null (``NOT NULL``): a null there is the jsonb
+    ``null``, which ``data=eq.null`` matches, as Postgres' ``=`` does.
+    """
     if kind == _JSONB:
-        return None if raw is None else _jsonb(raw)
+        return _jsonb(raw)
     if kind == _TEXT_ARRAY:
         if not isinstance(raw, list) or not all(e is None or isinstance(e, str) for e in raw):
             return None

@@ -379,19 +379,18 @@ def _row(row_json: str) -> dict[str, Any]:
     """The row Postgres wrote as JSON, for the bindings' filters.
 
     A ``jsonb`` value may nest deeper than Python's parser goes (about a
-    thousand levels): that column alone reads as null here, so filters on it
-    do not match, and the change still goes to every other binding. The
-    record sent is the row's own JSON, whole, either way.
+    thousand levels): that column alone is left out here, so filters on it
+    do not match (not even ``data=neq.1``: a null ``data`` would be JSON's
+    null), and the change still goes to every other binding. The record
+    sent is the row's own JSON, whole, either way.
     """
     try:
         row: dict[str, Any] = json.loads(row_json)
     except RecursionError:
-        return {name: _value(value) for name, _, value in members(row_json)}
+        row = {}
+        for name, _, value in members(row_json):
+            try:
+                row[name] = json.loads(value)
+            except RecursionError:
+                continue
     return row
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except RecursionError:
-        return None

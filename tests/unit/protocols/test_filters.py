@@ -311,7 +311,11 @@ def test_an_array_literal_postgres_refuses_is_refused(literal: str) -> None:
         ('data=eq.{"a":1}', {"a": True}, False),
         ('data=eq.{"a":1}', {"a": 1, "b": 2}, False),
         ('data=neq.{"a":1}', {"a": 2}, True),
-        ("data=eq.null", None, False),
+        # data is NOT NULL: its null is JSON's, as Postgres compares it.
+        ("data=eq.null", None, True),
+        ("data=neq.null", None, False),
+        ("data=neq.1", None, True),
+        ("data=in.(1,null)", None, True),
         ('data=in.(1,"\\"x\\"")', 1.0, True),
         ('data=in.(1,"\\"x\\"")', "y", False),
         ('data=in.(1,"\\"x\\"")', "x", True),
@@ -560,6 +564,12 @@ def test_a_missing_key_never_matches_not_even_neq(text: str) -> None:
 )
 def test_a_value_of_the_wrong_json_type_never_matches(text: str, value: object) -> None:
     assert not RowFilter.parse(text).matches(row(**{_column(text): value}))
+
+
+def test_a_missing_data_never_matches_though_its_null_is_json() -> None:
+    assert RowFilter.parse("data=neq.1").matches(row(data=None))
+    assert not RowFilter.parse("data=neq.1").matches(without("data"))
+    assert not RowFilter.parse("data=eq.null").matches(without("data"))
 
 
 def test_matching_ignores_the_other_columns() -> None:

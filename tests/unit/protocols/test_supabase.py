@@ -318,7 +318,9 @@ def test_a_row_nested_deeper_than_the_parser_goes_is_still_delivered() -> None:
     every = Binding.parse(binding(None))
     by_table = Binding.parse(binding("table_id=eq.t1"))
     by_data = Binding.parse(binding('data=eq.{"a":1}'))
-    shape = supabase.Shape("2.0.0", "realtime:room", (every, by_table, by_data))
+    # Not JSON's null either, which data=neq.1 would match.
+    by_other_data = Binding.parse(binding("data=neq.1"))
+    shape = supabase.Shape("2.0.0", "realtime:room", (every, by_table, by_data, by_other_data))
 
     sent = shape(batch("t1", Change("INSERT", "t1", "r1", 1, row_json)))
 
