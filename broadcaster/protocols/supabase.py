@@ -343,14 +343,18 @@ def _too_large(*images: str | None) -> bool:
 
 
 def _small_values(image: str) -> str:
-    """The image with only its values of at most 64 bytes, as Supabase cuts a large change."""
-    return compact_json(
-        {
-            key: value
-            for key, value in _row(image).items()
-            if len(compact_json(value).encode()) <= MAX_VALUE_BYTES_WHEN_TOO_LARGE
-        }
-    )
+    """The image with only its values of at most 64 bytes, as Supabase cuts a large change.
+
+    Measured as Postgres writes them (Supabase's ``octet_length(value::text)``)
+    and kept as written: re-encoded, a ``numeric`` lost its digits past a
+    float's, and one past a float's range became ``Infinity``, which is not JSON.
+    """
+    kept = [
+        member
+        for _, member, value in members(image)
+        if len(value.encode()) <= MAX_VALUE_BYTES_WHEN_TOO_LARGE
+    ]
+    return "{" + ", ".join(kept) + "}"
 
 
 def _data_head(schema: str, table: str) -> str:
