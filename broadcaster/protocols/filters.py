@@ -17,7 +17,9 @@ Semantics:
   The grammar's other operators and ``not.`` are refused here.
 * ``data`` (jsonb) takes ``eq, neq, in`` with JSON values, compared as jsonb
   compares them (key order and ``1`` against ``1.0`` do not matter, ``true`` is
-  not ``1``); ``enriching_columns`` (text[]) takes ``eq, neq, lt, lte, gt,
+  not ``1``, every digit counts: a number is read as a decimal, never a float,
+  here and in the row, which must be parsed so: :func:`row_values`);
+  ``enriching_columns`` (text[]) takes ``eq, neq, lt, lte, gt,
   gte`` with a Postgres array literal (``{a,"b c"}``), compared element by
   element and then by length, as Postgres compares arrays.
   ``in.(a,"b,c")`` lists up to 100 values, quoted as :mod:`.filter_syntax`
@@ -49,10 +51,11 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Final, TypeAlias
 
+from ..core.members import members
 from ..exceptions import FilterError
 from . import filter_syntax
 
-__all__ = ["RowFilter", "Value", "parse_filters"]
+__all__ = ["RowFilter", "Value", "parse_filters", "row_values"]
 
 # A parsed filter value: str for text columns, int for version, a canonical form for
 # timestamps, jsonb and text[] (see _instant, _jsonb and _text_array).
@@ -181,11 +184,31 @@ def parse_filters(text: str) -> tuple[RowFilter, ...]:
     )
 
 
+def row_values(row_json: str) -> dict[str, Any]:
+    """A row's JSON text, as Postgres wrote it, as :meth:`RowFilter.matches` reads it.
+
+    Numbers are read as decimals, so that every digit of a jsonb number
+    counts. A value nested deeper than Python's parser goes (about a
+    thousand levels, which jsonb allows) is left out: filters on it do not
+    match (not even ``data=neq.1``: a null ``data`` would be JSON's null).
+    """
+    try:
+        row: dict[str, Any] = json.loads(row_json, parse_float=Decimal)
+    except RecursionError:
+        row = {}
+        for name, _, value in members(row_json):
+            try:
+                row[name] = json.loads(value, parse_float=Decimal)
+            except RecursionError:
+                continue
+    return row
+
+
 def _convert(text: str, column: str, kind: str, raw: str) -> Value:
     """A filter value as the column's type, or a FilterError saying what was expected."""
     if kind == _JSONB:
         try:
-            return _jsonb(json.loads(raw, parse_constant=_no_constant))
+            return _jsonb(json.loads(raw, parse_constant=_no_constant, parse_float=Decimal))
         except ValueError:
             raise FilterError(
                 f"filter {text!r} compares {column} (jsonb) with {raw!r}: give a JSON value "
@@ -268,8 +291,11 @@ def _jsonb(value: Any) -> tuple[Any, ...]:
         return ("null",)
     if isinstance(value, bool):
         return ("boolean", value)
+    if isinstance(value, Decimal):
+        # jsonb numbers are numerics: 1 and 1.0 are equal, 1.00000000000000000001 is not 1.
+        return ("number", value)
     if isinstance(value, int | float):
-        # jsonb numbers are numerics: 1 and 1.0 are equal; str() keeps a float's digits.
+        # str() keeps a float's digits.
         return ("number", Decimal(str(value)))
     if isinstance(value, str):
         return ("string", value)

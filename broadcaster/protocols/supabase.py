@@ -28,7 +28,7 @@ from ..core.published import PublishedTable
 from ..core.visibility import visible_columns
 from ..exceptions import FilterError
 from . import phoenix
-from .filters import RowFilter, parse_filters
+from .filters import RowFilter, parse_filters, row_values
 from .frames import text_frame
 from .phoenix import Message, compact_json
 
@@ -301,10 +301,10 @@ def _change(
         # Its record is the row's identity only: old_record is the row it
         # removed (its identity, for a change read without one).
         record, old_record = None, old or identity
-        row = _row(old_record)
+        row = row_values(old_record)
     else:
         record, old_record = new, old
-        row = _row(record)
+        row = row_values(record)
     committed = compact_json(
         change.committed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     )
@@ -377,24 +377,3 @@ def _columns_json(table: PublishedTable, selectable: frozenset[str] | None) -> s
 
 _DATA_HEAD: Final = _data_head(SCHEMA, TABLE)
 _COLUMNS_JSON: Final = compact_json(COLUMNS)
-
-
-def _row(row_json: str) -> dict[str, Any]:
-    """The row Postgres wrote as JSON, for the bindings' filters.
-
-    A ``jsonb`` value may nest deeper than Python's parser goes (about a
-    thousand levels): that column alone is left out here, so filters on it
-    do not match (not even ``data=neq.1``: a null ``data`` would be JSON's
-    null), and the change still goes to every other binding. The record
-    sent is the row's own JSON, whole, either way.
-    """
-    try:
-        row: dict[str, Any] = json.loads(row_json)
-    except RecursionError:
-        row = {}
-        for name, _, value in members(row_json):
-            try:
-                row[name] = json.loads(value)
-            except RecursionError:
-                continue
-    return row

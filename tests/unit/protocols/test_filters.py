@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from broadcaster.exceptions import BroadcasterError, FilterError
-from broadcaster.protocols.filters import RowFilter, parse_filters
+from broadcaster.protocols.filters import RowFilter, parse_filters, row_values
 
 T0 = "2026-11-26T10:00:00.123456Z"
 T0_AT = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
@@ -564,6 +565,34 @@ def test_a_missing_key_never_matches_not_even_neq(text: str) -> None:
 )
 def test_a_value_of_the_wrong_json_type_never_matches(text: str, value: object) -> None:
     assert not RowFilter.parse(text).matches(row(**{_column(text): value}))
+
+
+@pytest.mark.parametrize(
+    ("text", "data", "matches"),
+    [
+        # jsonb numbers are numerics: every digit counts, past a float's too.
+        ("data=eq.1.00000000000000000001", "1", False),
+        ("data=eq.1.00000000000000000001", "1.000000000000000000010", True),
+        ("data=eq.9007199254740993", "9007199254740992", False),
+        ("data=eq.[1E+400]", "[1" + "0" * 400 + "]", True),
+        ("data=eq.1e400", "1e401", False),
+        ('data=in.(0.1,"{\\"a\\": 1.0}")', '{"a": 1}', True),
+        ("data=neq.1.5", "1.50", False),
+    ],
+)
+def test_jsonb_numbers_compare_with_every_digit(text: str, data: str, matches: bool) -> None:
+    image = '{"id": "r1", "table_id": "t1", "data": ' + data + ', "version": 1}'
+
+    assert RowFilter.parse(text).matches(row_values(image)) is matches
+
+
+def test_row_values_leaves_out_a_value_nested_deeper_than_the_parser_goes() -> None:
+    deep = "[" * 5_000 + "]" * 5_000
+
+    assert row_values('{"id": "r1", "data": ' + deep + ', "version": 1.5}') == {
+        "id": "r1",
+        "version": Decimal("1.5"),
+    }
 
 
 def test_a_missing_data_never_matches_though_its_null_is_json() -> None:
