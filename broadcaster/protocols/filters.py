@@ -58,7 +58,7 @@ from . import filter_syntax
 __all__ = ["RowFilter", "Value", "parse_filters", "row_values"]
 
 # A parsed filter value: str for text columns, int for version, a canonical form for
-# timestamps, jsonb and text[] (see _instant, _jsonb and _text_array).
+# timestamps, jsonb and text[] (see _parse_timestamp, _jsonb and _text_array).
 Value: TypeAlias = str | int | tuple[Any, ...]
 
 _TEXT: Final = "text"
