@@ -17,10 +17,10 @@ The grammar, as Supabase's server reads it, and where it differs on purpose:
   quotes included (``name=eq."a"`` compares with ``"a"``, quotes and all, as
   PostgREST does; Supabase's server strips them).
 * ``in.(a,"b,c")`` lists at most 100 values: a double-quoted value may hold
-  commas, ``\\"`` and ``\\\\``; whitespace around a value is dropped, as in a
-  Postgres array; an unquoted ``NULL`` is the text ``NULL`` (in Supabase's,
-  an SQL null that matches nothing). An empty list is refused (Supabase's
-  matches nothing).
+  commas, ``\\"`` and ``\\\\``; ASCII whitespace around a value is dropped,
+  as in a Postgres array (a no-break space is kept); an unquoted ``NULL`` is
+  the text ``NULL`` (in Supabase's, an SQL null that matches nothing). An
+  empty list is refused (Supabase's matches nothing).
 * ``is`` takes ``null``, ``true``, ``false`` or ``unknown``.
 * A ``like``/``ilike`` pattern may not end with its escape character ``\\``,
   which Postgres refuses only once a row's text reaches it.
@@ -69,6 +69,8 @@ MAX_IN_VALUES: Final = 100
 """Supabase's cap on an ``in`` list (``realtime.subscription_check_filters``)."""
 
 _NEGATION: Final = "not."
+_ARRAY_SPACE: Final = " \t\n\r\v\f"
+"""The whitespace Postgres' array input drops around a value (``array_isspace``): ASCII only."""
 
 
 @dataclass(frozen=True)
@@ -204,12 +206,12 @@ def _parse_list(text: str, raw: str) -> tuple[str, ...]:
             f"filter {text!r} must list its values in parentheses, such as id=in.(a,b)"
         )
     inner = raw[1:-1]
-    if not inner.strip():
+    if not inner.strip(_ARRAY_SPACE):
         raise FilterError(f"filter {text!r} has an empty in list: give at least one value")
     values: list[str] = []
     i, end = 0, len(inner)
     while True:
-        while i < end and inner[i].isspace():
+        while i < end and inner[i] in _ARRAY_SPACE:
             i += 1
         if i < end and inner[i] == '"':
             i += 1
@@ -229,7 +231,7 @@ def _parse_list(text: str, raw: str) -> tuple[str, ...]:
                     char = inner[i]
                 chars.append(char)
                 i += 1
-            while i < end and inner[i].isspace():
+            while i < end and inner[i] in _ARRAY_SPACE:
                 i += 1
             if i < end and inner[i] != ",":
                 raise FilterError(
@@ -240,7 +242,7 @@ def _parse_list(text: str, raw: str) -> tuple[str, ...]:
         else:
             comma = inner.find(",", i)
             stop = end if comma == -1 else comma
-            value = inner[i:stop].strip()
+            value = inner[i:stop].strip(_ARRAY_SPACE)
             if not value:
                 raise FilterError(
                     f"filter {text!r} has an empty value in its in list: "

@@ -17,7 +17,9 @@ Semantics:
   The grammar's other operators and ``not.`` are refused here.
 * ``data`` (jsonb) takes ``eq, neq, in`` with JSON values, compared as jsonb
   compares them (key order and ``1`` against ``1.0`` do not matter, ``true`` is
-  not ``1``); ``enriching_columns`` (text[]) takes ``eq, neq, lt, lte, gt,
+  not ``1``, every digit counts: a number is read as a decimal, never a float,
+  here and in the row, which must be parsed so: :func:`row_values`);
+  ``enriching_columns`` (text[]) takes ``eq, neq, lt, lte, gt,
   gte`` with a Postgres array literal (``{a,"b c"}``), compared element by
   element and then by length, as Postgres compares arrays.
   ``in.(a,"b,c")`` lists up to 100 values, quoted as :mod:`.filter_syntax`
@@ -27,8 +29,13 @@ Semantics:
 * Text compares by code point, which is what Postgres's C collation does
   (UTF-8 byte order is code point order), not by a locale's rules.
 * Timestamps compare as instants; a filter value without an offset is UTC.
+  Every instant a ``timestamptz`` holds compares, as ``to_jsonb`` writes it
+  in the writer's time zone: years past 9999, BC, ``infinity`` and
+  ``-infinity``, offsets in seconds (Amsterdam's +00:19:32 before 1937); a
+  filter value may be written so too.
 * A missing key or a null never matches, even for ``neq``: in SQL a comparison
-  with NULL is not true.
+  with NULL is not true. ``data`` is the exception: it is never an SQL null
+  (``NOT NULL``), so its null is JSON's, equal to ``data=eq.null``.
 * ``table_id=eq.X`` and ``table_id=in.(...)`` route to those tables
   (:attr:`RowFilter.tables`); any other filter must be checked on every row.
 """
@@ -40,18 +47,19 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any, Final, TypeAlias
 
+from ..core.members import members
 from ..exceptions import FilterError
 from . import filter_syntax
 
-__all__ = ["RowFilter", "Value", "parse_filters"]
+__all__ = ["RowFilter", "Value", "parse_filters", "row_values"]
 
-# A parsed filter value: str for text columns, int for version, an aware datetime for
-# timestamps, a canonical form for jsonb and text[] (see _jsonb and _text_array).
-Value: TypeAlias = str | int | datetime | tuple[Any, ...]
+# A parsed filter value: str for text columns, int for version, a canonical form for
+# timestamps, jsonb and text[] (see _parse_timestamp, _jsonb and _text_array).
+Value: TypeAlias = str | int | tuple[Any, ...]
 
 _TEXT: Final = "text"
 _INT8: Final = "int8"
@@ -91,15 +99,22 @@ _OPERATORS: Final = (*_COMPARE, "in")
 _INT8_MIN: Final = -(2**63)
 _INT8_MAX: Final = 2**63 - 1
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
-# Extended ISO-8601 only, so "2026", week dates and the like are refused rather
-# than read as something the user did not mean. At most 6 fraction digits:
-# timestamptz keeps microseconds, and Python would silently truncate more.
+# Extended ISO-8601, and what to_jsonb writes beyond it (years past 9999, BC,
+# offsets in seconds), so that "2026", week dates and the like are refused
+# rather than read as something the user did not mean. At most 6 fraction
+# digits: timestamptz keeps microseconds.
 _TIMESTAMP = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
-    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?)?",
+    r"([0-9]{4,6})-([0-9]{2})-([0-9]{2})"
+    r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,6}))?)?"
+    r"(Z|[+-][0-9]{2}(?:[0-9]{2}|:[0-9]{2}(?::[0-9]{2})?)?)?)?"
+    r"( BC)?",
     re.ASCII,
 )
+# The instants past every finite one, as (rank, microseconds since 1970 UTC).
+_INFINITIES: Final = {"infinity": (1, 0), "-infinity": (-1, 0)}
+_EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+_DAYS_IN_400_YEARS: Final = 146_097
+_MAX_OFFSET_HOURS: Final = 15  # Postgres' limit on a time zone's offset
 _TIMESTAMP_EXAMPLE: Final = "2026-11-26T10:00:00Z"
 
 
@@ -144,8 +159,11 @@ class RowFilter:
         return tuple(dict.fromkeys(str(value) for value in self.values))
 
     def matches(self, row: Mapping[str, Any]) -> bool:
-        """Whether ``row`` (a row as clients see it) passes; a missing or null value never does."""
-        value = _row_value(_COLUMNS[self.column], row.get(self.column))
+        """Whether ``row`` (a row as clients see it) passes; a missing or null value never
+        does, but ``data``'s null, which is JSON's."""
+        if self.column not in row:
+            return False
+        value = _row_value(_COLUMNS[self.column], row[self.column])
         if value is None:
             return False
         if self.op == "in":
@@ -166,11 +184,31 @@ def parse_filters(text: str) -> tuple[RowFilter, ...]:
     )
 
 
+def row_values(row_json: str) -> dict[str, Any]:
+    """A row's JSON text, as Postgres wrote it, as :meth:`RowFilter.matches` reads it.
+
+    Numbers are read as decimals, so that every digit of a jsonb number
+    counts. A value nested deeper than Python's parser goes (about a
+    thousand levels, which jsonb allows) is left out: filters on it do not
+    match (not even ``data=neq.1``: a null ``data`` would be JSON's null).
+    """
+    try:
+        row: dict[str, Any] = json.loads(row_json, parse_float=Decimal)
+    except RecursionError:
+        row = {}
+        for name, _, value in members(row_json):
+            try:
+                row[name] = json.loads(value, parse_float=Decimal)
+            except RecursionError:
+                continue
+    return row
+
+
 def _convert(text: str, column: str, kind: str, raw: str) -> Value:
     """A filter value as the column's type, or a FilterError saying what was expected."""
     if kind == _JSONB:
         try:
-            return _jsonb(json.loads(raw, parse_constant=_no_constant))
+            return _jsonb(json.loads(raw, parse_constant=_no_constant, parse_float=Decimal))
         except ValueError:
             raise FilterError(
                 f"filter {text!r} compares {column} (jsonb) with {raw!r}: give a JSON value "
@@ -202,15 +240,45 @@ def _convert(text: str, column: str, kind: str, raw: str) -> Value:
     return raw
 
 
-def _parse_timestamp(raw: str) -> datetime | None:
-    """An aware datetime (UTC when no offset is given), or None if ``raw`` is not one."""
-    if not _TIMESTAMP.fullmatch(raw):
+def _parse_timestamp(raw: str) -> tuple[int, int] | None:
+    """The instant ``raw`` names (UTC when no offset is given), or None if it is not one.
+
+    ``(0, microseconds since 1970-01-01 UTC)``, or ``(1, 0)`` for ``infinity``
+    and ``(-1, 0)`` for ``-infinity``: ordered as Postgres orders them, over
+    its whole range, which Python's datetime does not reach.
+    """
+    infinite = _INFINITIES.get(raw)
+    if infinite is not None:
+        return infinite
+    match = _TIMESTAMP.fullmatch(raw)
+    if match is None:
         return None
+    year, month, day, hour, minute, second, fraction, offset, bc = match.groups()
+    hours, minutes, seconds = int(hour or 0), int(minute or 0), int(second or 0)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        return None
+    shift = 0
+    if offset and offset != "Z":
+        digits = offset[1:].replace(":", "")
+        parts = [int(digits[i : i + 2]) for i in range(0, len(digits), 2)]
+        parts += [0] * (3 - len(parts))
+        if parts[0] > _MAX_OFFSET_HOURS or parts[1] > 59 or parts[2] > 59:
+            return None
+        shift = (parts[0] * 3600 + parts[1] * 60 + parts[2]) * (-1 if offset[0] == "-" else 1)
+    # Astronomical years: 1 BC is year 0. Days are counted in a year moved by
+    # whole 400-year cycles into date's range, which repeat the calendar.
+    number = int(year)
+    if number == 0:
+        return None
+    astronomical = 1 - number if bc else number
+    cycles = (astronomical - 1) // 400
     try:
-        instant = datetime.fromisoformat(raw)
-    except ValueError:  # out-of-range fields, such as month 13 or hour 24
+        days = date(astronomical - 400 * cycles, int(month), int(day)).toordinal()
+    except ValueError:  # out-of-range fields, such as month 13 or February 30
         return None
-    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+    days += _DAYS_IN_400_YEARS * cycles - _EPOCH_DAY
+    total = days * 86_400 + hours * 3600 + minutes * 60 + seconds - shift
+    return (0, total * 1_000_000 + int((fraction or "").ljust(6, "0")))
 
 
 def _no_constant(name: str) -> None:
@@ -223,8 +291,11 @@ def _jsonb(value: Any) -> tuple[Any, ...]:
         return ("null",)
     if isinstance(value, bool):
         return ("boolean", value)
+    if isinstance(value, Decimal):
+        # jsonb numbers are numerics: 1 and 1.0 are equal, 1.00000000000000000001 is not 1.
+        return ("number", value)
     if isinstance(value, int | float):
-        # jsonb numbers are numerics: 1 and 1.0 are equal; str() keeps a float's digits.
+        # str() keeps a float's digits.
         return ("number", Decimal(str(value)))
     if isinstance(value, str):
         return ("string", value)
@@ -240,38 +311,94 @@ def _text_array(elements: Sequence[str | None]) -> tuple[Any, ...]:
     return tuple((1, "") if element is None else (0, element) for element in elements)
 
 
-_ARRAY_ELEMENT = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^",{}\s][^",{}]*?))\s*(,|$)', re.DOTALL)
+_ARRAY_SPACE: Final = " \t\n\r\v\f"
+"""The whitespace Postgres' array input skips (``array_isspace``): ASCII only."""
 
 
 def _parse_array(raw: str) -> tuple[Any, ...] | None:
-    """A one-dimensional Postgres array literal (``{a,"b c",NULL}``), or None if it is not one."""
-    stripped = raw.strip()
-    if len(stripped) < 2 or stripped[0] != "{" or stripped[-1] != "}":
+    """A one-dimensional Postgres array literal (``{a,"b c",NULL}``), or None if it is not one.
+
+    Read as Postgres' ``array_in`` reads it: whitespace around an element is
+    dropped, a backslash escapes the next character in an element quoted or
+    not, and only a bare ``NULL`` (any case, unescaped) is a null.
+    """
+    text = raw.strip(_ARRAY_SPACE)
+    if len(text) < 2 or text[0] != "{" or text[-1] != "}":
         return None
-    inner = stripped[1:-1]
-    if not inner.strip():
+    end = len(text) - 1
+    if not text[1:end].strip(_ARRAY_SPACE):
         return ()
     elements: list[str | None] = []
-    position = 0
-    while position < len(inner):
-        match = _ARRAY_ELEMENT.match(inner, position)
-        if match is None or match.end() == position:
+    index = 1
+    while True:
+        while text[index] in _ARRAY_SPACE:
+            index += 1
+        element, index = (_quoted if text[index] == '"' else _bare)(text, index, end)
+        if index < 0:
             return None
-        quoted, bare = match.group(1), match.group(2)
-        if quoted is not None:
-            elements.append(re.sub(r"\\(.)", r"\1", quoted, flags=re.DOTALL))
+        elements.append(element)
+        while index < end and text[index] in _ARRAY_SPACE:
+            index += 1
+        if index == end:
+            return _text_array(elements)
+        if text[index] != ",":
+            return None
+        index += 1
+
+
+def _quoted(text: str, index: int, end: int) -> tuple[str | None, int]:
+    """The double-quoted element at ``index`` and the index after it (-1: malformed)."""
+    chars: list[str] = []
+    index += 1
+    while index < end:
+        char = text[index]
+        if char == '"':
+            return "".join(chars), index + 1
+        if char == "\\":
+            index += 1
+            if index == end:
+                break
+            char = text[index]
+        chars.append(char)
+        index += 1
+    return None, -1
+
+
+def _bare(text: str, index: int, end: int) -> tuple[str | None, int]:
+    """The unquoted element at ``index`` and the index of what follows it (-1: malformed)."""
+    chars: list[str] = []
+    kept = 0  # up to the last character that is not trailing whitespace
+    escaped = False
+    while index < end and text[index] != ",":
+        char = text[index]
+        if char in '{}"':
+            return None, -1
+        if char == "\\":
+            index += 1
+            if index == end:
+                return None, -1
+            chars.append(text[index])
+            escaped = True
+            kept = len(chars)
         else:
-            elements.append(None if bare.upper() == "NULL" else bare)
-        position = match.end()
-        if match.group(3) == "," and position == len(inner):
-            return None  # a trailing comma
-    return _text_array(elements)
+            chars.append(char)
+            if char not in _ARRAY_SPACE:
+                kept = len(chars)
+        index += 1
+    if kept == 0:
+        return None, -1
+    element = "".join(chars[:kept])
+    return (None if not escaped and element.upper() == "NULL" else element), index
 
 
 def _row_value(kind: str, raw: object) -> Value | None:
-    """A row's JSON value as the column's type; None (never matching) if null or mistyped."""
+    """A row's JSON value as the column's type; None (never matching) if null or mistyped.
+
+    ``data`` is never an SQL null (``NOT NULL``): a null there is the jsonb
+    ``null``, which ``data=eq.null`` matches, as Postgres' ``=`` does.
+    """
     if kind == _JSONB:
-        return None if raw is None else _jsonb(raw)
+        return _jsonb(raw)
     if kind == _TEXT_ARRAY:
         if not isinstance(raw, list) or not all(e is None or isinstance(e, str) for e in raw):
             return None

@@ -28,7 +28,7 @@ from ..core.published import PublishedTable
 from ..core.visibility import visible_columns
 from ..exceptions import FilterError
 from . import phoenix
-from .filters import RowFilter, parse_filters
+from .filters import RowFilter, parse_filters, row_values
 from .frames import text_frame
 from .phoenix import Message, compact_json
 
@@ -301,10 +301,10 @@ def _change(
         # Its record is the row's identity only: old_record is the row it
         # removed (its identity, for a change read without one).
         record, old_record = None, old or identity
-        row = _row(old_record)
+        row = row_values(old_record)
     else:
         record, old_record = new, old
-        row = _row(record)
+        row = row_values(record)
     committed = compact_json(
         change.committed_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     )
@@ -343,14 +343,18 @@ def _too_large(*images: str | None) -> bool:
 
 
 def _small_values(image: str) -> str:
-    """The image with only its values of at most 64 bytes, as Supabase cuts a large change."""
-    return compact_json(
-        {
-            key: value
-            for key, value in _row(image).items()
-            if len(compact_json(value).encode()) <= MAX_VALUE_BYTES_WHEN_TOO_LARGE
-        }
-    )
+    """The image with only its values of at most 64 bytes, as Supabase cuts a large change.
+
+    Measured as Postgres writes them (Supabase's ``octet_length(value::text)``)
+    and kept as written: re-encoded, a ``numeric`` lost its digits past a
+    float's, and one past a float's range became ``Infinity``, which is not JSON.
+    """
+    kept = [
+        member
+        for _, member, value in members(image)
+        if len(value.encode()) <= MAX_VALUE_BYTES_WHEN_TOO_LARGE
+    ]
+    return "{" + ", ".join(kept) + "}"
 
 
 def _data_head(schema: str, table: str) -> str:
@@ -373,25 +377,3 @@ def _columns_json(table: PublishedTable, selectable: frozenset[str] | None) -> s
 
 _DATA_HEAD: Final = _data_head(SCHEMA, TABLE)
 _COLUMNS_JSON: Final = compact_json(COLUMNS)
-
-
-def _row(row_json: str) -> dict[str, Any]:
-    """The row Postgres wrote as JSON, for the bindings' filters.
-
-    A ``jsonb`` value may nest deeper than Python's parser goes (about a
-    thousand levels): that column alone reads as null here, so filters on it
-    do not match, and the change still goes to every other binding. The
-    record sent is the row's own JSON, whole, either way.
-    """
-    try:
-        row: dict[str, Any] = json.loads(row_json)
-    except RecursionError:
-        return {name: _value(value) for name, _, value in members(row_json)}
-    return row
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except RecursionError:
-        return None

@@ -9,6 +9,7 @@
 // rooms (id int primary key, name text)
 // app."Room Members" (room_id int, "user" text, since date, primary key (room_id, "user"))
 // drafts (id int primary key, body text)
+// typed (a column of each type) is made and published by its own test.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -383,3 +384,50 @@ for (const [what, table, filter, reason] of [
     );
   });
 }
+
+test("each Postgres type, as supabase-js converts it (docs/supabase.md, Types)", async () => {
+  await db.query(`
+    CREATE TYPE mood AS ENUM ('sad', 'happy');
+    CREATE DOMAIN positive AS int4 CHECK (VALUE > 0);
+    CREATE TABLE typed (
+      id int8 PRIMARY KEY, price numeric, nan numeric, inf float8, flag bool,
+      at timestamptz, local timestamp, day date, ref uuid, tags text[], nums int4[],
+      doc jsonb, word jsonb, raw json, bytes bytea, mood mood, qty positive, nothing text
+    )`);
+  await publish("public.typed");
+  const client = supabase();
+  const [channel, [typed]] = channelOf(client, "typed", "typed", [null]);
+  assert.equal((await subscribe(channel))[0], "SUBSCRIBED");
+  await db.query(`INSERT INTO typed VALUES (
+    9007199254740993, 12345678901234567890.123456789, 'NaN', 'Infinity', true,
+    '2026-11-26 10:00:00.123456+00', '2026-11-26 10:00', '2026-11-26',
+    '6F1C2A4E-9B7D-4C3A-8E21-5D0F7A9B3C11', '{a,"b c",NULL}', '{1,NULL,3}',
+    '{"b": [1.50, true], "a": null}', '"123"', '{"b":1,  "a":2, "b":3}', '\\x00ff',
+    'happy', 5, NULL)`);
+  const [inserted] = await typed.next(1, "the typed row");
+  const { at, ...rest } = inserted.new;
+  assert.deepEqual(rest, {
+    // JSON.parse reads numbers as doubles: past 2^53 and 17 digits, rounded.
+    id: 9007199254740992,
+    price: 12345678901234567000,
+    // Strings through parseFloat: NaN stays a string, Infinity is a number.
+    nan: "NaN",
+    inf: Infinity,
+    flag: true,
+    local: "2026-11-26T10:00:00",
+    day: "2026-11-26",
+    ref: "6f1c2a4e-9b7d-4c3a-8e21-5d0f7a9b3c11",
+    tags: ["a", "b c", null],
+    nums: [1, null, 3],
+    doc: { a: null, b: [1.5, true] },
+    // A jsonb string is parsed again: "123" becomes 123.
+    word: 123,
+    raw: { a: 2, b: 3 },
+    bytes: "\\x00ff",
+    mood: "happy",
+    qty: 5,
+    nothing: null,
+  });
+  // In the writer's time zone, left as a string.
+  assert.equal(new Date(at).toISOString(), "2026-11-26T10:00:00.123Z");
+});

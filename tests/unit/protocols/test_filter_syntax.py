@@ -62,6 +62,10 @@ def test_each_operator_is_negated_by_not(op: str) -> None:
         ("status=in.(a,b)", Clause("status", "in", ("a", "b"))),
         ("status=not.in.(a,b)", Clause("status", "in", ("a", "b"), negated=True)),
         ('status=in.("a,b", c )', Clause("status", "in", ("a,b", "c"))),
+        # As in a Postgres array, only ASCII whitespace is dropped around a value.
+        ("s=in.(\ta\n,\x0bb\x0c,\r c)", Clause("s", "in", ("a", "b", "c"))),
+        ("s=in.(\u00a0a\u2003, b)", Clause("s", "in", ("\u00a0a\u2003", "b"))),
+        ("s=in.(\u00a0)", Clause("s", "in", ("\u00a0",))),
         ("done=is.null", Clause("done", "is", ("null",))),
         ("done=is.true", Clause("done", "is", ("true",))),
         ("done=is.false", Clause("done", "is", ("false",))),

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from broadcaster.exceptions import BroadcasterError, FilterError
-from broadcaster.protocols.filters import RowFilter, parse_filters
+from broadcaster.protocols.filters import RowFilter, parse_filters, row_values
 
 T0 = "2026-11-26T10:00:00.123456Z"
 T0_AT = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def instant(moment: datetime) -> tuple[int, int]:
+    """A timestamp filter's value: microseconds since 1970 UTC, ranked among the infinities."""
+    return (0, (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1))
 
 
 def row(**overrides: Any) -> dict[str, Any]:
@@ -53,8 +59,8 @@ def refused(text: str) -> str:
         ("version=lt.10", RowFilter("version", "lt", (10,))),
         ("version=lte.-3", RowFilter("version", "lte", (-3,))),
         ("version=gt.+7", RowFilter("version", "gt", (7,))),
-        ("created_at=gte." + T0, RowFilter("created_at", "gte", (T0_AT,))),
-        ("updated_at=in.(" + T0 + ")", RowFilter("updated_at", "in", (T0_AT,))),
+        ("created_at=gte." + T0, RowFilter("created_at", "gte", (instant(T0_AT),))),
+        ("updated_at=in.(" + T0 + ")", RowFilter("updated_at", "in", (instant(T0_AT),))),
         ("version=in.(1,2,3)", RowFilter("version", "in", (1, 2, 3))),
     ],
 )
@@ -124,17 +130,27 @@ def test_in_lists_values_with_postgrest_quoting(text: str, values: tuple[str, ..
 def test_timestamps_are_iso_8601_and_utc_without_an_offset(value: str, expected: datetime) -> None:
     (parsed,) = RowFilter.parse("created_at=eq." + value).values
 
-    assert isinstance(parsed, datetime)
-    assert parsed.tzinfo is not None
+    assert parsed == instant(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # As to_jsonb writes what Python's datetime cannot hold, and Postgres orders it.
+        ("10000-01-01T00:00:00+00:00", (0, 253_402_300_800_000_000)),
+        ("1970-01-01T00:00:00+00:00 BC", (0, -124_302_816_000_000_000)),
+        ("0001-12-31T23:59:59.999999+00:00 BC", (0, -62_135_596_800_000_001)),
+        ("1900-01-01T00:19:32+00:19:32", instant(datetime(1900, 1, 1, tzinfo=UTC))),
+        ("infinity", (1, 0)),
+        ("-infinity", (-1, 0)),
+    ],
+)
+def test_every_instant_a_timestamptz_holds_is_a_value(
+    value: str, expected: tuple[int, int]
+) -> None:
+    (parsed,) = RowFilter.parse("created_at=eq." + value).values
+
     assert parsed == expected
-
-
-def test_an_offset_is_kept_but_compares_as_the_same_instant() -> None:
-    (parsed,) = RowFilter.parse("updated_at=eq.2026-11-26T12:00:00.123456+02:00").values
-
-    assert parsed == T0_AT
-    assert isinstance(parsed, datetime)
-    assert parsed.utcoffset() == timedelta(hours=2)
 
 
 def test_a_filter_is_a_frozen_value() -> None:
@@ -217,6 +233,10 @@ def test_a_filter_is_a_frozen_value() -> None:
         ("created_at=eq.2026-11-26T10:00:00.1234567Z", "compares created_at (timestamptz)"),
         ("created_at=eq.2026-11-26T10:00:00z", "compares created_at (timestamptz)"),
         ("created_at=eq.2026-11-26T10:00:00 UTC", "compares created_at (timestamptz)"),
+        ("created_at=eq.0000-01-01", "compares created_at (timestamptz)"),
+        ("created_at=eq.Infinity", "compares created_at (timestamptz)"),
+        ("created_at=eq.2026-11-26T10:00:00+16:00", "compares created_at (timestamptz)"),
+        ("created_at=eq.2026-11-26T10:00:00+01:00:60", "compares created_at (timestamptz)"),
         ("updated_at=eq.1732615200", "compares updated_at (timestamptz) with '1732615200'"),
         ("updated_at=in.(" + T0 + ",soon)", "compares updated_at (timestamptz) with 'soon'"),
     ],
@@ -252,13 +272,51 @@ def test_the_reason_says_what_to_do(text: str, remedy: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("literal", "elements"),
+    [
+        # Each as Postgres' array_in reads it.
+        ('{"a" ,b}', ["a", "b"]),
+        ("{a b , c\\ }", ["a b", "c "]),
+        ("{\\NULL}", ["NULL"]),
+        ('{NuLL,"NULL"}', [None, "NULL"]),
+        ("{ }", []),
+        (" {a} ", ["a"]),
+        ("{ab\\\\}", ["ab\\"]),
+        ('{"\\\\"}', ["\\"]),
+        ('{NULL,\\"}', [None, '"']),
+        ("{\\{x\\}}", ["{x}"]),
+        ("{\\ a}", [" a"]),
+        ("{a\tb}", ["a\tb"]),
+        # Only ASCII whitespace is dropped.
+        ("{\u00a0a}", ["\u00a0a"]),
+    ],
+)
+def test_an_array_literal_is_read_as_postgres_reads_it(literal: str, elements: list[str]) -> None:
+    assert RowFilter.parse("enriching_columns=eq." + literal).matches(
+        row(enriching_columns=elements)
+    )
+
+
+@pytest.mark.parametrize(
+    "literal",
+    ['{"a"b}', '{a"b}', "{a}x", "{a, ,b}", "{a\\}", "{a,}", "{,a}", "{a{b}", "{a}b}", '{x"}'],
+)
+def test_an_array_literal_postgres_refuses_is_refused(literal: str) -> None:
+    assert "give an array literal" in refused("enriching_columns=eq." + literal)
+
+
+@pytest.mark.parametrize(
     ("text", "value", "matches"),
     [
         ('data=eq.{"a":1,"b":[true,"x"]}', {"b": [True, "x"], "a": 1.0}, True),
         ('data=eq.{"a":1}', {"a": True}, False),
         ('data=eq.{"a":1}', {"a": 1, "b": 2}, False),
         ('data=neq.{"a":1}', {"a": 2}, True),
-        ("data=eq.null", None, False),
+        # data is NOT NULL: its null is JSON's, as Postgres compares it.
+        ("data=eq.null", None, True),
+        ("data=neq.null", None, False),
+        ("data=neq.1", None, True),
+        ("data=in.(1,null)", None, True),
         ('data=in.(1,"\\"x\\"")', 1.0, True),
         ('data=in.(1,"\\"x\\"")', "y", False),
         ('data=in.(1,"\\"x\\"")', "x", True),
@@ -509,10 +567,66 @@ def test_a_value_of_the_wrong_json_type_never_matches(text: str, value: object) 
     assert not RowFilter.parse(text).matches(row(**{_column(text): value}))
 
 
+@pytest.mark.parametrize(
+    ("text", "data", "matches"),
+    [
+        # jsonb numbers are numerics: every digit counts, past a float's too.
+        ("data=eq.1.00000000000000000001", "1", False),
+        ("data=eq.1.00000000000000000001", "1.000000000000000000010", True),
+        ("data=eq.9007199254740993", "9007199254740992", False),
+        ("data=eq.[1E+400]", "[1" + "0" * 400 + "]", True),
+        ("data=eq.1e400", "1e401", False),
+        ('data=in.(0.1,"{\\"a\\": 1.0}")', '{"a": 1}', True),
+        ("data=neq.1.5", "1.50", False),
+    ],
+)
+def test_jsonb_numbers_compare_with_every_digit(text: str, data: str, matches: bool) -> None:
+    image = '{"id": "r1", "table_id": "t1", "data": ' + data + ', "version": 1}'
+
+    assert RowFilter.parse(text).matches(row_values(image)) is matches
+
+
+def test_row_values_leaves_out_a_value_nested_deeper_than_the_parser_goes() -> None:
+    deep = "[" * 5_000 + "]" * 5_000
+
+    assert row_values('{"id": "r1", "data": ' + deep + ', "version": 1.5}') == {
+        "id": "r1",
+        "version": Decimal("1.5"),
+    }
+
+
+def test_a_missing_data_never_matches_though_its_null_is_json() -> None:
+    assert RowFilter.parse("data=neq.1").matches(row(data=None))
+    assert not RowFilter.parse("data=neq.1").matches(without("data"))
+    assert not RowFilter.parse("data=eq.null").matches(without("data"))
+
+
 def test_matching_ignores_the_other_columns() -> None:
     matching = row(data=None, enriching_columns=None, created_at=None)
     assert RowFilter.parse("id=eq.r2").matches(matching)
     assert RowFilter.parse("id=eq.r2").matches({"id": "r2"})
+
+
+@pytest.mark.parametrize(
+    ("stored", "condition"),
+    [
+        # Past Python's datetime: ordered as Postgres orders them, not unmatched.
+        ("10000-01-01T01:00:00+01:00", "gt.9999-12-31T23:59:59.999999Z"),
+        ("10000-01-01T01:00:00+01:00", "lt.9999-12-31T23:00:00-01:00:01"),
+        ("10000-01-01T01:00:00+01:00", "eq.10000-01-01T00:00:00Z"),
+        ("0044-03-15T00:00:00+00:19:32 BC", "lt.0001-01-01T00:00:00Z"),
+        ("0044-03-15T00:00:00+00:19:32 BC", "neq.0044-03-15T00:00:00Z"),
+        ("0001-12-31T23:00:00+00:00 BC", "eq.0001-01-01T05:00:00+06:00"),
+        ("1900-01-01T00:19:32+00:19:32", "eq.1900-01-01T00:00:00Z"),
+        ("infinity", "gt.9999-12-31"),
+        ("infinity", "eq.infinity"),
+        ("-infinity", "lt.0001-01-01T00:00:00 BC"),
+        ("-infinity", "in.(infinity,-infinity)"),
+        ("2026-11-26T10:00:00+00:00", "lt.infinity"),
+    ],
+)
+def test_a_row_timestamp_beyond_python_compares_as_in_postgres(stored: str, condition: str) -> None:
+    assert RowFilter.parse("created_at=" + condition).matches(row(created_at=stored))
 
 
 def test_a_row_offset_east_of_utc_still_compares_as_an_instant() -> None:

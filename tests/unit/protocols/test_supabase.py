@@ -318,7 +318,9 @@ def test_a_row_nested_deeper_than_the_parser_goes_is_still_delivered() -> None:
     every = Binding.parse(binding(None))
     by_table = Binding.parse(binding("table_id=eq.t1"))
     by_data = Binding.parse(binding('data=eq.{"a":1}'))
-    shape = supabase.Shape("2.0.0", "realtime:room", (every, by_table, by_data))
+    # Not JSON's null either, which data=neq.1 would match.
+    by_other_data = Binding.parse(binding("data=neq.1"))
+    shape = supabase.Shape("2.0.0", "realtime:room", (every, by_table, by_data, by_other_data))
 
     sent = shape(batch("t1", Change("INSERT", "t1", "r1", 1, row_json)))
 
@@ -332,6 +334,32 @@ def data_of(sent: bytes) -> dict[str, Any]:
     message = json.loads(sent[start:])
     data: dict[str, Any] = message[4]["data"]
     return data
+
+
+def test_a_change_past_a_mebibyte_keeps_its_small_values_as_postgres_wrote_them() -> None:
+    table = PublishedTable(
+        "public",
+        "prices",
+        (
+            Column("id", "bigint", "int8"),
+            Column("price", "numeric", "numeric"),
+            Column("big", "numeric", "numeric"),
+            Column("body", "text", "text"),
+        ),
+        ("id",),
+    )
+    resolved = Binding.parse({"table": "prices"}).resolve([table], None)
+    shape = supabase.Shape("2.0.0", "realtime:room", (resolved,))
+    exact = "12345678901234567890.123456789012345678901"
+    image = '{"id": 9007199254740993, "price": ' + exact + ', "big": 1' + "0" * 400
+    image += ', "body": "' + "x" * 1_100_000 + '"}'
+
+    sent = shape(batch("public.prices", Change("INSERT", "public.prices", "1", 9, image)))
+
+    # Every digit, as Postgres wrote it (not 1.2345678901234568e+19), and
+    # the 401-digit number dropped as a long value, not sent as Infinity.
+    assert f'"record":{{"id": 9007199254740993, "price": {exact}}}'.encode() in sent
+    assert data_of(sent)["errors"] == [supabase.PAYLOAD_TOO_LARGE]
 
 
 @pytest.mark.parametrize("op", ["INSERT", "UPDATE", "DELETE"])
