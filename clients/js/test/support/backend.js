@@ -176,8 +176,12 @@ export class Backend {
     if (this.db !== null) return this.db;
     if (this.dsn === null) throw new Error("no database yet: call serve() first");
     const client = new pg.Client({ connectionString: this.dsn });
-    // An idle connection's error (Postgres stopping at the end) is not a test failure.
-    client.on("error", () => {});
+    // An idle connection's error (Postgres stopping at the end, or the embedded
+    // Postgres closing its connections when a server stops) is not a test
+    // failure: the next query connects again.
+    client.on("error", () => {
+      if (this.db === client) this.db = null;
+    });
     await within(client.connect(), 10_000, "connecting to Postgres");
     this.db = client;
     return client;
