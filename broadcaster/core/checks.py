@@ -4,10 +4,12 @@ Sans-I/O. Two kinds of check, each a hashable key under which a batch holds,
 for each of its changes, whether the change passed
 (:attr:`Batch.checks <broadcaster.core.hub.Batch>`):
 
-* :class:`FilterCheck`: a Supabase binding's filter (``room_id=eq.5``) on a
-  published table, checked on the row a change leaves, or for a ``DELETE``
-  on the row it removed. Every subscriber with the same filter on a table
-  shares one; Postgres checks all of a table's in one statement
+* :class:`FilterCheck`: a filter (``room_id=eq.5``) on a published table, a
+  Supabase binding's or a native subscription's, checked on the row a change
+  leaves, or for a ``DELETE`` on the row it removed; its
+  :class:`LeftFilter` answer says whether an UPDATE's row passed before it
+  (a row leaving the filter). Every subscriber with the same filter on a
+  table shares one; Postgres checks all of a table's in one statement
   (``broadcaster/postgres/filtering.py``).
 * :class:`RowCheck`: on a table with row-level security, whether a viewer
   (a role and claims, :mod:`broadcaster.core.visibility`) may see the row;
