@@ -13,6 +13,7 @@ the network fails.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Generic, TypeVar
@@ -22,7 +23,7 @@ import asyncpg
 from ..core.checks import HeldChecks
 from ..core.published import PublishedTable
 from ..core.visibility import Viewer
-from ..protocols import filter_syntax
+from ..protocols import filter_sql, filter_syntax
 from . import catalog, filtering
 from .errors import raises_database_error
 from .visibility import RowSecurity
@@ -141,11 +142,19 @@ class Directory:
         self, table: PublishedTable, filters: Sequence[str], images: Sequence[str]
     ) -> Sequence[Sequence[bool]]:
         """The read loop's question: does each image pass each filter?"""
-        sets = [filter_syntax.parse(text) for text in filters]
-        return await filtering.evaluate(self._pool, table, sets, images)
+        return await filtering.evaluate_compiled(
+            self._pool, _evaluation(table, tuple(filters)), images
+        )
 
     async def check_rows(
         self, table: PublishedTable, viewer: Viewer, keys: Sequence[str]
     ) -> Collection[int]:
         """The read loop's question: which of these keys' rows may ``viewer`` see?"""
         return await self._row_security.visible(self._pool, table, viewer, keys)
+
+
+@functools.lru_cache(maxsize=256)
+def _evaluation(table: PublishedTable, filters: tuple[str, ...]) -> filter_sql.Evaluation:
+    # A table's filters change only as subscribers come and go, and parsing and
+    # compiling a thousand of them takes milliseconds: not at every read.
+    return filter_sql.evaluation(table, [filter_syntax.parse(text) for text in filters])
