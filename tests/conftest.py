@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from broadcaster.postgres.embedded import EmbeddedPostgres
 from broadcaster.postgres.migrate import migrate
 from tests.support.database import Databases, postgres_server, private_cluster
+from tests.support.loops import failing_on_loop_exceptions
 
 TEMPLATE = "broadcaster_test_template"
 
@@ -50,15 +50,8 @@ async def database_url(databases: Databases, migrated_template: str) -> AsyncIte
 @pytest.fixture(autouse=True)
 async def _fail_on_loop_exceptions() -> AsyncIterator[None]:
     """An exception nobody handled on the event loop fails the test."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield
-    await asyncio.sleep(0)
-    loop.set_exception_handler(None)
-    if errors:
-        details = "; ".join(f"{ctx.get('message')}: {ctx.get('exception')!r}" for ctx in errors)
-        pytest.fail(f"unhandled exceptions on the event loop: {details}")
+    async with failing_on_loop_exceptions():
+        yield
 
 
 @pytest.fixture

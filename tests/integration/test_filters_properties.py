@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import pytest
@@ -34,6 +33,7 @@ from broadcaster.exceptions import FilterError
 from broadcaster.protocols.filters import parse_filters, row_values
 from tests.support import pgvalues as pv
 from tests.support.database import Databases
+from tests.support.loops import failing_on_loop_exceptions
 from tests.support.timeouts import seconds
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -96,15 +96,8 @@ async def pools(databases: Databases, migrated_template: str) -> AsyncIterator[P
 @pytest_asyncio.fixture(loop_scope="module")
 async def _fail_on_loop_exceptions() -> AsyncIterator[None]:
     """tests/conftest.py's check, on this module's loop, where the pools run."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield
-    await asyncio.sleep(0)
-    loop.set_exception_handler(None)
-    if errors:
-        details = "; ".join(f"{ctx.get('message')}: {ctx.get('exception')!r}" for ctx in errors)
-        pytest.fail(f"unhandled exceptions on the event loop: {details}")
+    async with failing_on_loop_exceptions():
+        yield
 
 
 def predicate(column: str, op: str, values: list[str]) -> str:

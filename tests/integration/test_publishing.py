@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
@@ -22,6 +21,7 @@ from broadcaster.exceptions import MigrationError
 from broadcaster.postgres import catalog
 from broadcaster.postgres.migrate import MigrationReport, migrate
 from broadcaster.postgres.publishing import publish, unpublish
+from tests.support.change_log import entries
 from tests.support.timeouts import seconds, within
 from tests.support.writers import MOMENT, writing, written_after
 
@@ -31,23 +31,6 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url)
     yield conn
     await conn.close()
-
-
-async def entries(db: asyncpg.Connection) -> list[tuple[str, str, str, Any, Any]]:
-    """The change log in order: (op, table_id, id, new image, old image)."""
-    records = await db.fetch(
-        "SELECT op, table_id, id, new, old FROM broadcaster_changes ORDER BY seq"
-    )
-    return [
-        (
-            r["op"],
-            r["table_id"],
-            r["id"],
-            json.loads(r["new"] or "null"),
-            json.loads(r["old"] or "null"),
-        )
-        for r in records
-    ]
 
 
 UUID = "6f1c2a4e-9b7d-4c3a-8e21-5d0f7a9b3c11"

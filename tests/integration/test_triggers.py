@@ -12,12 +12,12 @@ import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import pytest
 
 from broadcaster.core.promises import REMEMBERED_FOR
+from tests.support.change_log import entries
 from tests.support.wakeups import listening, sent_since
 
 
@@ -76,23 +76,6 @@ async def remembered(db: asyncpg.Connection, table_id: str) -> datetime | None:
     """Until when the session skips ``table_id``'s wake-up without a lookup."""
     until: datetime | None = await db.fetchval("SELECT broadcaster_remembered($1)", table_id)
     return until
-
-
-async def entries(db: asyncpg.Connection) -> list[tuple[str, str, str, Any, Any]]:
-    """The change log in order: (op, table_id, id, new image, old image)."""
-    records = await db.fetch(
-        "SELECT op, table_id, id, new, old FROM broadcaster_changes ORDER BY seq"
-    )
-    return [
-        (
-            r["op"],
-            r["table_id"],
-            r["id"],
-            json.loads(r["new"] or "null"),
-            json.loads(r["old"] or "null"),
-        )
-        for r in records
-    ]
 
 
 async def test_a_write_wakes_its_table_once_per_transaction(
